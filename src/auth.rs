@@ -1,0 +1,346 @@
+//! [`NiftyAuth`], the token manager handle, and its [`Builder`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+
+use crate::endpoint::{self, Backoff, Endpoint, HttpClient};
+use crate::origin::Origins;
+use crate::store::{MemoryStore, TokenStore};
+use crate::token::cache::TokenCache;
+use crate::token::refresh::{TokenManager, Want};
+use crate::{AuthError, BoxError, Credentials, NiftyAuthLayer, TokenSet};
+
+/// Nifty's token endpoint: the default [`Builder::token_url`].
+pub const DEFAULT_TOKEN_URL: &str = "https://openapi.niftypm.com/oauth/token";
+/// The default [`Builder::refresh_skew`]: refresh this long before the access token expires.
+pub const DEFAULT_REFRESH_SKEW: Duration = Duration::from_secs(60);
+/// The default [`Builder::token_timeout`] of one token call.
+pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`Builder::token_attempts`]: calls per refresh when the endpoint fails transiently.
+pub const DEFAULT_TOKEN_ATTEMPTS: u32 = 3;
+/// The default first backoff delay of [`Builder::token_backoff`]; it doubles per attempt.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// The default longest backoff delay of [`Builder::token_backoff`].
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+/// The token manager: fetches, caches, refreshes and stores the tokens of one Nifty grant.
+///
+/// Cheap to clone (an `Arc`); every clone, every [`NiftyAuthLayer`] made from it and every request
+/// share one token cache and one single-flight refresh.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), nifty_auth::AuthError> {
+/// use std::time::Duration;
+/// use nifty_auth::{Credentials, FileStore, NiftyAuth};
+///
+/// let auth = NiftyAuth::builder(Credentials::new("client-id", "client-secret"))
+///     .store(FileStore::new("nifty-tokens.json"))
+///     .refresh_skew(Duration::from_secs(60))
+///     .build()?;
+/// let token = auth.access_token().await?; // refreshes if needed
+/// # let _ = token; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NiftyAuth {
+    pub(crate) shared: Arc<SharedAuth>,
+}
+
+/// What every clone of a [`NiftyAuth`] shares.
+pub(crate) struct SharedAuth {
+    pub(crate) manager: Arc<TokenManager>,
+    pub(crate) origins: Origins,
+}
+
+impl NiftyAuth {
+    /// Starts configuring a token manager for the Nifty app with these client credentials.
+    pub fn builder(credentials: Credentials) -> Builder {
+        Builder::new(credentials)
+    }
+
+    /// Runs the authorization_code grant: exchanges the `code` from the authorize redirect for tokens,
+    /// saves them to the store and uses them from now on (lifting any "re-authorization required"
+    /// latch).
+    ///
+    /// `redirect_uri` must be the one the authorize step used. The call runs in its own task: if the
+    /// caller is dropped, the tokens are still saved.
+    ///
+    /// # Errors
+    /// [`AuthError::ReauthorizationRequired`] for a bad or used code; any other [`AuthError`] from the
+    /// token endpoint or the store.
+    pub async fn exchange_code(
+        &self,
+        code: impl Into<String>,
+        redirect_uri: impl Into<String>,
+    ) -> Result<TokenSet, AuthError> {
+        let current = Arc::clone(&self.shared.manager)
+            .exchange_code(code.into(), redirect_uri.into())
+            .await?;
+        tokens_of(&current)
+    }
+
+    /// A valid access token, refreshing first if the current one is expired or missing (through the
+    /// same single flight as requests). Within the refresh skew it returns the current token and
+    /// refreshes in the background.
+    ///
+    /// # Errors
+    /// The refresh's [`AuthError`].
+    pub async fn access_token(&self) -> Result<String, AuthError> {
+        let manager = &self.shared.manager;
+        if manager.header_now().is_some() {
+            let current = manager.cache.load();
+            if let Some(token) = current.access_token() {
+                return Ok(token.to_owned());
+            }
+        }
+        let current = Arc::clone(manager).token(Want::Usable).await?;
+        current
+            .access_token()
+            .map(str::to_owned)
+            .ok_or_else(|| AuthError::Internal {
+                reason: "a refresh published no token".to_owned(),
+            })
+    }
+
+    /// Replaces the tokens, e.g. after the user authorized the app again: saves them to the store,
+    /// uses them from now on, and lifts a "re-authorization required" latch. Waits for a running
+    /// refresh to finish first, so the new tokens are not overwritten by it.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidResponse`] if the access token cannot be sent in a header or the token type
+    /// is not bearer; [`AuthError::Store`] if the store cannot save (the tokens are then not used).
+    pub async fn set_tokens(&self, tokens: TokenSet) -> Result<(), AuthError> {
+        Arc::clone(&self.shared.manager).set_tokens(tokens).await.map(drop)
+    }
+
+    /// The token set in use now, if any (no refresh, no I/O).
+    pub fn tokens(&self) -> Option<TokenSet> {
+        self.shared.manager.cache.load().tokens.clone()
+    }
+
+    /// A [`NiftyAuthLayer`] attaching this manager's tokens; the same as [`NiftyAuthLayer::new`].
+    pub fn layer(&self) -> NiftyAuthLayer {
+        NiftyAuthLayer::new(self.clone())
+    }
+
+    /// Whether the bearer token may be attached to a request for `uri` (see
+    /// [`Builder::allowed_origins`]).
+    pub fn is_allowed(&self, uri: &Uri) -> bool {
+        self.shared.origins.allows(uri)
+    }
+}
+
+fn tokens_of(current: &crate::token::cache::Current) -> Result<TokenSet, AuthError> {
+    current.tokens.clone().ok_or_else(|| AuthError::Internal {
+        reason: "a token call published no token".to_owned(),
+    })
+}
+
+impl fmt::Debug for NiftyAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.shared.manager.cache.load();
+        f.debug_struct("NiftyAuth")
+            .field("endpoint", &self.shared.manager.endpoint)
+            .field("allowed_origins", &self.shared.origins)
+            .field("has_token", &current.header.is_some())
+            .field("generation", &current.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`NiftyAuth`]; made by [`NiftyAuth::builder`].
+///
+/// Every setting has a default (the `DEFAULT_*` constants); only the credentials are required.
+pub struct Builder {
+    credentials: Credentials,
+    token_url: Result<Uri, String>,
+    refresh_token: Option<String>,
+    store: Option<Arc<dyn TokenStore>>,
+    refresh_skew: Duration,
+    allowed_origins: Option<Result<Origins, AuthError>>,
+    http_client: Option<HttpClient>,
+    token_timeout: Duration,
+    token_attempts: u32,
+    backoff_base: Duration,
+    backoff_max: Duration,
+}
+
+impl Builder {
+    fn new(credentials: Credentials) -> Self {
+        Builder {
+            credentials,
+            token_url: Ok(Uri::from_static(DEFAULT_TOKEN_URL)),
+            refresh_token: None,
+            store: None,
+            refresh_skew: DEFAULT_REFRESH_SKEW,
+            allowed_origins: None,
+            http_client: None,
+            token_timeout: DEFAULT_TOKEN_TIMEOUT,
+            token_attempts: DEFAULT_TOKEN_ATTEMPTS,
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+
+    /// The token endpoint (a `&str`, `String` or [`http::Uri`]). Defaults to [`DEFAULT_TOKEN_URL`].
+    /// A URL that does not parse makes [`build`](Self::build) fail.
+    pub fn token_url<U>(mut self, url: U) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        self.token_url = url.try_into().map_err(|e| e.to_string());
+        self
+    }
+
+    /// A refresh token to start from (e.g. saved from an earlier run), used when the store holds no
+    /// tokens: the first request refreshes with it. Defaults to none.
+    pub fn refresh_token(mut self, refresh_token: impl Into<String>) -> Self {
+        self.refresh_token = Some(refresh_token.into());
+        self
+    }
+
+    /// Where tokens are kept: any [`TokenStore`], including `Arc<dyn TokenStore>`. Defaults to a
+    /// [`MemoryStore`].
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Refresh this long before the access token expires, in the background, while requests keep
+    /// using the current token. Clamped to half of each token's lifetime. Defaults to
+    /// [`DEFAULT_REFRESH_SKEW`].
+    pub fn refresh_skew(mut self, skew: Duration) -> Self {
+        self.refresh_skew = skew;
+        self
+    }
+
+    /// The origins (scheme, host, port) the bearer token may be sent to, e.g.
+    /// `["https://openapi.niftypm.com"]`. Requests to any other origin pass through without a token;
+    /// relative URIs count as allowed. Defaults to the token URL's origin.
+    pub fn allowed_origins<I, T>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.allowed_origins = Some(Origins::parse(origins));
+        self
+    }
+
+    /// The HTTP client for token calls, instead of the built-in hyper-util client (rustls): any tower
+    /// service taking `Request<Full<Bytes>>`, e.g. a hyper-util `Client` with your own connector, a
+    /// proxy or a test double. It must not follow redirects.
+    pub fn http_client<S, RB>(mut self, client: S) -> Self
+    where
+        S: tower_service::Service<Request<Full<Bytes>>, Response = Response<RB>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        self.http_client = Some(endpoint::box_client(client));
+        self
+    }
+
+    /// The timeout of one token call, reading the answer included. Defaults to
+    /// [`DEFAULT_TOKEN_TIMEOUT`].
+    pub fn token_timeout(mut self, timeout: Duration) -> Self {
+        self.token_timeout = timeout;
+        self
+    }
+
+    /// How many calls one refresh makes when the endpoint fails transiently (transport errors,
+    /// timeouts, 5xx, 429), at least 1. Defaults to [`DEFAULT_TOKEN_ATTEMPTS`].
+    pub fn token_attempts(mut self, attempts: u32) -> Self {
+        self.token_attempts = attempts.max(1);
+        self
+    }
+
+    /// The backoff between those calls: `base` doubled per attempt, capped at `max`, with jitter (each
+    /// delay is between half and all of that). Defaults to [`DEFAULT_BACKOFF_BASE`] and
+    /// [`DEFAULT_BACKOFF_MAX`].
+    pub fn token_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max.max(base);
+        self
+    }
+
+    /// Builds the token manager. No I/O happens here: tokens are loaded or fetched on first use.
+    ///
+    /// # Errors
+    /// [`AuthError::Configuration`] for a token URL that is not an absolute http(s) URL, an https
+    /// token URL without the `rustls` feature or a custom client, or a malformed allowed origin.
+    pub fn build(self) -> Result<NiftyAuth, AuthError> {
+        let url = self
+            .token_url
+            .map_err(|e| AuthError::config(format!("the token URL is not a URL: {e}")))?;
+        let scheme_ok = matches!(url.scheme_str(), Some("http") | Some("https"));
+        if !scheme_ok || url.host().is_none_or(str::is_empty) {
+            return Err(AuthError::config(format!(
+                "the token URL `{url}` must be an absolute http(s) URL"
+            )));
+        }
+        let origins = match self.allowed_origins {
+            Some(origins) => origins?,
+            None => Origins::of_uri(&url)?,
+        };
+        let client = match self.http_client {
+            Some(client) => client,
+            None => {
+                if cfg!(not(feature = "rustls")) && url.scheme_str() == Some("https") {
+                    return Err(AuthError::config(
+                        "an https token URL needs the `rustls` feature or a custom http_client",
+                    ));
+                }
+                endpoint::default_client()?
+            }
+        };
+        let endpoint = Endpoint::new(
+            url,
+            self.credentials,
+            client,
+            self.token_timeout,
+            Backoff {
+                attempts: self.token_attempts,
+                base: self.backoff_base,
+                max: self.backoff_max,
+            },
+        )?;
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>);
+        let manager = TokenManager::new(
+            TokenCache::new(self.refresh_skew),
+            endpoint,
+            store,
+            self.refresh_token,
+        );
+        Ok(NiftyAuth {
+            shared: Arc::new(SharedAuth {
+                manager: Arc::new(manager),
+                origins,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("credentials", &self.credentials)
+            .field("token_url", &self.token_url)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "***"))
+            .field("refresh_skew", &self.refresh_skew)
+            .field("token_timeout", &self.token_timeout)
+            .field("token_attempts", &self.token_attempts)
+            .finish_non_exhaustive()
+    }
+}

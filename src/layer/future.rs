@@ -1,0 +1,218 @@
+//! [`ResponseFuture`]: the first send, and when a 401 comes back, the one retry.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::body::{replay_copy, ReplayableBody};
+use crate::token::refresh::{TokenFuture, Want};
+use crate::trace;
+use crate::{AuthError, BoxError, NiftyAuth};
+
+/// Everything a retry needs: a service to send with, a copy of the request (without the old
+/// `Authorization`), and the token generation the first send used.
+pub(crate) struct Retry<S, B> {
+    service: S,
+    auth: NiftyAuth,
+    request: Request<B>,
+    generation: u64,
+}
+
+impl<S: Clone, B: ReplayableBody> Retry<S, B> {
+    /// A copy of `request` for a retry, or `None` if its body cannot be kept.
+    #[inline]
+    pub(crate) fn new(
+        request: &Request<B>,
+        service: &S,
+        auth: &NiftyAuth,
+        max_body_bytes: u64,
+        generation: u64,
+    ) -> Option<Self> {
+        let body = replay_copy(request.body(), max_body_bytes)?;
+        let mut copy = Request::new(body);
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        *copy.extensions_mut() = request.extensions().clone();
+        Some(Retry {
+            service: service.clone(),
+            auth: auth.clone(),
+            request: copy,
+            generation,
+        })
+    }
+}
+
+/// A request waiting for a token before its first send.
+struct Waiting<S, B> {
+    service: S,
+    request: Request<B>,
+    /// `None` when 401 retries are off.
+    retry: Option<(NiftyAuth, u64)>,
+}
+
+pin_project! {
+    /// The response future of [`NiftyAuthService`](super::NiftyAuthService).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B, S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, F> {
+        // No usable token yet: waiting for the single-flight refresh.
+        WaitToken { token: TokenFuture, waiting: Option<Waiting<S, B>> },
+        // The first send.
+        First { #[pin] future: F, retry: Option<Retry<S, B>> },
+        // A 401 came back: waiting for a token newer than the rejected one.
+        Refresh { token: TokenFuture, retry: Option<Retry<S, B>> },
+        // Waiting for the service to be ready again before the retry.
+        Ready { header: HeaderValue, retry: Option<Retry<S, B>> },
+        // The retry; its answer, 401 or not, goes to the caller.
+        Second { #[pin] future: F },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn first(future: S::Future, retry: Option<Retry<S, B>>) -> Self {
+        ResponseFuture {
+            state: State::First { future, retry },
+        }
+    }
+
+    pub(crate) fn wait_for_token(
+        token: TokenFuture,
+        service: S,
+        request: Request<B>,
+        retry: Option<(NiftyAuth, u64)>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::WaitToken {
+                token,
+                waiting: Some(Waiting {
+                    service,
+                    request,
+                    retry,
+                }),
+            },
+        }
+    }
+}
+
+fn gone() -> BoxError {
+    AuthError::Internal {
+        reason: "response future polled after completion".to_owned(),
+    }
+    .into()
+}
+
+fn header_of(current: &crate::token::cache::Current) -> Result<HeaderValue, BoxError> {
+    current.header.clone().ok_or_else(|| {
+        AuthError::Internal {
+            reason: "a refresh published no token".to_owned(),
+        }
+        .into()
+    })
+}
+
+impl<S, B, RB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayableBody,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::WaitToken { token, waiting } => {
+                    let current = ready!(token.as_mut().poll(cx))?;
+                    let header = header_of(&current)?;
+                    let Waiting {
+                        mut service,
+                        mut request,
+                        retry,
+                    } = waiting.take().ok_or_else(gone)?;
+                    let retry = retry.and_then(|(auth, max)| {
+                        Retry::new(&request, &service, &auth, max, current.generation)
+                    });
+                    request.headers_mut().insert(AUTHORIZATION, header);
+                    // `service` was driven to readiness before `call` took it.
+                    let future = service.call(request);
+                    state.set(State::First { future, retry });
+                }
+                StateProj::First { future, retry } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if response.status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let Some(retry) = retry.take() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    trace::debug!(generation = retry.generation, "401 answered; retrying once with a newer token");
+                    let manager = Arc::clone(&retry.auth.shared.manager);
+                    let token = Box::pin(manager.token(Want::NewerThan(retry.generation)));
+                    state.set(State::Refresh {
+                        token,
+                        retry: Some(retry),
+                    });
+                }
+                StateProj::Refresh { token, retry } => {
+                    let current = ready!(token.as_mut().poll(cx))?;
+                    let header = header_of(&current)?;
+                    let retry = retry.take();
+                    state.set(State::Ready { header, retry });
+                }
+                StateProj::Ready { header, retry } => {
+                    let service = &mut retry.as_mut().ok_or_else(gone)?.service;
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let Retry {
+                        mut service,
+                        mut request,
+                        ..
+                    } = retry.take().ok_or_else(gone)?;
+                    request.headers_mut().insert(AUTHORIZATION, header.clone());
+                    let future = service.call(request);
+                    state.set(State::Second { future });
+                }
+                StateProj::Second { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::WaitToken { .. } => "waiting for a token",
+            State::First { .. } => "sending",
+            State::Refresh { .. } => "refreshing after 401",
+            State::Ready { .. } => "waiting for readiness to retry",
+            State::Second { .. } => "retrying",
+        };
+        f.debug_struct("ResponseFuture").field("state", &state).finish()
+    }
+}

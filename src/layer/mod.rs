@@ -1,0 +1,221 @@
+//! [`NiftyAuthLayer`] and its service: attach the bearer token, retry once on 401.
+//!
+//! See the [crate docs](crate) for how a request flows.
+
+use std::fmt;
+use std::mem;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::token::refresh::Want;
+use crate::{BoxError, NiftyAuth};
+
+mod body;
+mod future;
+
+pub use body::ReplayableBody;
+pub use future::ResponseFuture;
+
+use future::Retry;
+
+/// The default [`NiftyAuthLayer::max_replay_body_bytes`]: bodies up to 64 KiB are replayed after a 401.
+pub const DEFAULT_MAX_REPLAY_BODY_BYTES: usize = 64 * 1024;
+
+/// A tower [`Layer`] that authenticates requests to Nifty with the tokens of a [`NiftyAuth`].
+///
+/// Made by [`NiftyAuth::layer`] or [`NiftyAuthLayer::new`]. It holds only configuration and the shared
+/// token manager; every service it makes shares the one token cache.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), nifty_auth::BoxError> {
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use nifty_auth::{Credentials, NiftyAuth};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// let auth = NiftyAuth::builder(Credentials::new("client-id", "client-secret"))
+///     .refresh_token("rt-from-last-time")
+///     .build()?;
+/// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// let mut svc = ServiceBuilder::new().layer(auth.layer()).service(client);
+///
+/// let request = http::Request::get("https://openapi.niftypm.com/api/v1.0/projects")
+///     .body(Full::new(Bytes::new()))?;
+/// let response = svc.ready().await?.call(request).await?;
+/// # let _ = response; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NiftyAuthLayer {
+    auth: NiftyAuth,
+    max_replay_body_bytes: u64,
+    retry_on_unauthorized: bool,
+}
+
+impl NiftyAuthLayer {
+    /// A layer attaching the tokens of `auth`.
+    pub fn new(auth: NiftyAuth) -> Self {
+        NiftyAuthLayer {
+            auth,
+            max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES as u64,
+            retry_on_unauthorized: true,
+        }
+    }
+
+    /// Request bodies up to this size (by their size hint) are kept for the retry after a 401;
+    /// larger ones are sent once and their 401 returned as it is. Defaults to
+    /// [`DEFAULT_MAX_REPLAY_BODY_BYTES`].
+    pub fn max_replay_body_bytes(mut self, max: usize) -> Self {
+        self.max_replay_body_bytes = max as u64;
+        self
+    }
+
+    /// Whether a 401 is retried once with a fresh token. Defaults to `true`.
+    pub fn retry_on_unauthorized(mut self, retry: bool) -> Self {
+        self.retry_on_unauthorized = retry;
+        self
+    }
+}
+
+impl<S> Layer<S> for NiftyAuthLayer {
+    type Service = NiftyAuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        NiftyAuthService {
+            inner,
+            auth: self.auth.clone(),
+            max_replay_body_bytes: self.max_replay_body_bytes,
+            retry_on_unauthorized: self.retry_on_unauthorized,
+        }
+    }
+}
+
+impl fmt::Debug for NiftyAuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NiftyAuthLayer")
+            .field("auth", &self.auth)
+            .field("max_replay_body_bytes", &self.max_replay_body_bytes)
+            .field("retry_on_unauthorized", &self.retry_on_unauthorized)
+            .finish()
+    }
+}
+
+/// The service made by [`NiftyAuthLayer`].
+///
+/// For each request to an allowed origin without an `Authorization` header of its own, it attaches
+/// `Authorization: Bearer <token>` (marked sensitive) and forwards it. With a valid token cached that
+/// is all it does: no lock, no allocation beyond cloning the shared header value. Without one, the
+/// request waits for the single-flight refresh. A 401 answer is retried once with a newer token if the
+/// body could be kept (see [`ReplayableBody`]).
+///
+/// Errors are [`BoxError`]s: the inner service's errors as they are, token failures as an
+/// [`AuthError`](crate::AuthError) (`err.downcast_ref::<AuthError>()`).
+#[derive(Clone)]
+pub struct NiftyAuthService<S> {
+    inner: S,
+    auth: NiftyAuth,
+    max_replay_body_bytes: u64,
+    retry_on_unauthorized: bool,
+}
+
+impl<S> NiftyAuthService<S> {
+    /// Wraps `inner` with the default layer settings; the same as `auth.layer().layer(inner)`.
+    pub fn new(inner: S, auth: NiftyAuth) -> Self {
+        NiftyAuthLayer::new(auth).layer(inner)
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for NiftyAuthService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayableBody,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if request.headers().contains_key(AUTHORIZATION)
+            || !self.auth.shared.origins.allows(request.uri())
+        {
+            // The caller chose its own credentials, or the origin may not see our token.
+            return ResponseFuture::first(self.inner.call(request), None);
+        }
+        let manager = &self.auth.shared.manager;
+        match manager.header_now() {
+            Some((header, generation)) => {
+                let retry = self.retry_for(&request, generation);
+                request.headers_mut().insert(AUTHORIZATION, header);
+                ResponseFuture::first(self.inner.call(request), retry)
+            }
+            None => {
+                // The future calls the service once a token arrives: take the service that was driven
+                // to readiness and leave a clone behind for the next poll_ready.
+                let clone = self.inner.clone();
+                let ready = mem::replace(&mut self.inner, clone);
+                let token = Box::pin(Arc::clone(manager).token(Want::Usable));
+                ResponseFuture::wait_for_token(
+                    token,
+                    ready,
+                    request,
+                    self.retry_on_unauthorized
+                        .then(|| (self.auth.clone(), self.max_replay_body_bytes)),
+                )
+            }
+        }
+    }
+}
+
+impl<S: Clone> NiftyAuthService<S> {
+    /// What a retry after a 401 needs, if the request can be retried.
+    #[inline]
+    fn retry_for<B: ReplayableBody>(&self, request: &Request<B>, generation: u64) -> Option<Retry<S, B>> {
+        if !self.retry_on_unauthorized {
+            return None;
+        }
+        Retry::new(
+            request,
+            &self.inner,
+            &self.auth,
+            self.max_replay_body_bytes,
+            generation,
+        )
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for NiftyAuthService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NiftyAuthService")
+            .field("inner", &self.inner)
+            .field("auth", &self.auth)
+            .field("max_replay_body_bytes", &self.max_replay_body_bytes)
+            .field("retry_on_unauthorized", &self.retry_on_unauthorized)
+            .finish()
+    }
+}

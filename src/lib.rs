@@ -1,0 +1,113 @@
+//! OAuth 2.0 bearer auth for [Nifty PM's API](https://openapi.niftypm.com) as a [tower] layer.
+//!
+//! [`NiftyAuthLayer`] wraps any tower HTTP client (hyper-util's `Client`, a `ServiceBuilder` stack)
+//! and gives each request `Authorization: Bearer <token>`. Tokens come from Nifty's
+//! `POST /oauth/token` (authorization_code and refresh_token grants) and are managed by
+//! [`NiftyAuth`]:
+//!
+//! - **Single flight.** Any number of concurrent requests that need a new token cause one call to the
+//!   token endpoint; all of them go on with its result (or all get its error).
+//! - **Rotation safety.** The refresh runs in its own task, so it completes and its rotated refresh
+//!   token is saved even if every waiting request was dropped. New tokens are saved to the
+//!   [`TokenStore`] *before* any request uses them; a failed refresh keeps the old tokens;
+//!   [`FileStore`] writes atomically with mode `0600`.
+//! - **Retry once on 401.** A 401 answer triggers one refresh (shared by every request rejected with
+//!   the same token) and one retry with the same method, URI, headers and body bytes.
+//! - **Refresh ahead.** Within [`refresh_skew`](Builder::refresh_skew) of expiry, requests keep using
+//!   the current token while one background refresh runs; an expired token is never sent.
+//! - **No leaks.** Secrets never appear in `Debug`, logs or errors; the bearer header is marked
+//!   sensitive and goes only to [`allowed_origins`](Builder::allowed_origins).
+//! - **Typed errors.** Every bad answer from the token endpoint becomes an [`AuthError`] that says
+//!   whether to re-authorize, fix the configuration or retry later.
+//! - **Cheap hot path.** With a valid token cached, a request costs one lock-free load and the clone of
+//!   a pre-built header value.
+//!
+//! # Example
+//!
+//! Against a fake Nifty on loopback (feature `testing`; with the real one, leave `token_url` and
+//! `allowed_origins` at their defaults):
+//!
+//! ```
+//! # #[cfg(feature = "testing")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), nifty_auth::BoxError> {
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use nifty_auth::testing::FakeNifty;
+//! use nifty_auth::NiftyAuth;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let nifty = FakeNifty::start().await?;
+//! let auth = NiftyAuth::builder(nifty.credentials())
+//!     .token_url(nifty.token_url().as_str())
+//!     .refresh_token(nifty.issue_refresh_token())
+//!     .build()?;
+//!
+//! let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let svc = ServiceBuilder::new().layer(auth.layer()).service(client);
+//!
+//! let request = http::Request::get(nifty.api_url("/users/me")).body(Full::new(Bytes::new()))?;
+//! let response = svc.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(nifty.token_calls(), 1);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "testing"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Features
+//!
+//! - `rustls` (default): HTTPS for the built-in token endpoint client (hyper-util + rustls with webpki
+//!   roots; no system libraries). Without it, supply [`Builder::http_client`] for an https token URL.
+//! - `tracing` (default): debug events for refreshes and 401 retries, never with a token or secret.
+//! - `testing`: [`testing::FakeNifty`], a real loopback Nifty token endpoint and API for your tests.
+//!
+//! # Design notes
+//!
+//! The current token lives behind an [`arc_swap::ArcSwap`]: the hot path never locks. A refresh is a
+//! spawned task whose `Shared` handle waiters await; a [`parking_lot::Mutex`] guards only the
+//! in-flight slot and the failure latches. A 401 names the token *generation* it was sent with: if a
+//! newer token is already current the retry just uses it, otherwise it joins (or starts) the refresh.
+//! Request bodies are not buffered by the layer: bodies that can copy themselves cheaply
+//! ([`ReplayableBody`], e.g. `Full<Bytes>`) are kept for the retry, streaming bodies are sent once.
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod auth;
+mod credentials;
+mod endpoint;
+mod error;
+mod layer;
+mod origin;
+pub mod store;
+mod token;
+mod trace;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use auth::{
+    Builder, NiftyAuth, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_REFRESH_SKEW,
+    DEFAULT_TOKEN_ATTEMPTS, DEFAULT_TOKEN_TIMEOUT, DEFAULT_TOKEN_URL,
+};
+pub use credentials::Credentials;
+pub use endpoint::MAX_TOKEN_RESPONSE_BYTES;
+pub use error::AuthError;
+pub use layer::{
+    NiftyAuthLayer, NiftyAuthService, ReplayableBody, ResponseFuture,
+    DEFAULT_MAX_REPLAY_BODY_BYTES,
+};
+pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};
+pub use token::{TokenSet, MAX_EXPIRES_IN};
+
+/// The error type of [`NiftyAuthService`] and of [`TokenStore`] methods (tower's boxed error).
+pub use tower::BoxError;

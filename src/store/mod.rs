@@ -1,0 +1,162 @@
+//! Where tokens live between runs: the [`TokenStore`] trait, [`MemoryStore`] and [`FileStore`].
+//!
+//! The token manager calls the store at three moments, always from its one refresh task:
+//!
+//! 1. [`lock`](TokenStore::lock) before a refresh (a no-op by default; a shared store such as Redis
+//!    takes a cross-process lock here),
+//! 2. [`load`](TokenStore::load) right after, because someone else may have refreshed already,
+//! 3. [`save`](TokenStore::save) with the new tokens *before* any request uses them. A refresh whose
+//!    save fails returns [`AuthError::Store`](crate::AuthError::Store) and the new tokens stay unused
+//!    in memory until a later attempt saves them: a rotated refresh token is never lost and never used
+//!    unsaved.
+//!
+//! # Writing your own store
+//!
+//! The trait is object-safe (`Arc<dyn TokenStore>` works), so its methods return boxed futures:
+//!
+//! ```
+//! use nifty_auth::{BoxError, TokenSet, TokenStore};
+//! use nifty_auth::store::BoxFuture;
+//!
+//! /// Keeps tokens in a database table (here: a mutex standing in for it).
+//! #[derive(Debug, Default)]
+//! struct DbStore {
+//!     row: std::sync::Mutex<Option<String>>,
+//! }
+//!
+//! impl TokenStore for DbStore {
+//!     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+//!         Box::pin(async move {
+//!             let row = self.row.lock().unwrap().clone();
+//!             Ok(match row {
+//!                 Some(json) => Some(serde_json::from_str(&json)?),
+//!                 None => None,
+//!             })
+//!         })
+//!     }
+//!
+//!     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+//!         Box::pin(async move {
+//!             *self.row.lock().unwrap() = Some(serde_json::to_string(tokens)?);
+//!             Ok(())
+//!         })
+//!     }
+//! }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::{BoxError, TokenSet};
+
+mod file;
+mod memory;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// A boxed, `Send` future: what [`TokenStore`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Persistent storage for a [`TokenSet`].
+///
+/// Implemented by [`MemoryStore`] (the default) and [`FileStore`]; implement it for your own storage
+/// (a database, a secrets manager). See the [module docs](self) for when each method is called and an
+/// example implementation. Errors may be any error type; they reach callers as
+/// [`AuthError::Store`](crate::AuthError::Store) with the error as `source()`.
+pub trait TokenStore: Send + Sync + 'static {
+    /// Reads the stored token set; `Ok(None)` when nothing has been stored yet.
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>>;
+
+    /// Durably stores `tokens`, replacing what was there. Must not return before the data is safe:
+    /// the new access token is used (and the old refresh token forgotten) only after this succeeds.
+    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Takes an exclusive lock around one refresh, for stores shared by several processes.
+    ///
+    /// Called before [`load`](Self::load) at the start of every refresh; the returned [`StoreLock`]
+    /// is released after the new tokens are saved (or the refresh failed). The default takes no lock:
+    /// inside one process the token manager already runs one refresh at a time.
+    fn lock(&self) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        Box::pin(async { Ok(StoreLock::none()) })
+    }
+}
+
+impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        (**self).load()
+    }
+    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).save(tokens)
+    }
+    fn lock(&self) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        (**self).lock()
+    }
+}
+
+impl<T: TokenStore + ?Sized> TokenStore for Box<T> {
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        (**self).load()
+    }
+    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).save(tokens)
+    }
+    fn lock(&self) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        (**self).lock()
+    }
+}
+
+type Release = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// A lock held around one refresh, returned by [`TokenStore::lock`].
+///
+/// The token manager calls [`release`](Self::release) when the refresh is over. If the lock is dropped
+/// without being released (a panic), the release future is spawned on the current tokio runtime.
+pub struct StoreLock {
+    release: Option<Release>,
+}
+
+impl StoreLock {
+    /// A lock that holds nothing (what the default [`TokenStore::lock`] returns).
+    pub fn none() -> Self {
+        StoreLock { release: None }
+    }
+
+    /// A lock released by running `release` (for example a compare-and-delete of a Redis key).
+    pub fn new<F, Fut>(release: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        StoreLock {
+            release: Some(Box::new(move || Box::pin(release()))),
+        }
+    }
+
+    /// Releases the lock.
+    pub async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            release().await;
+        }
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(release());
+            }
+        }
+    }
+}
+
+impl fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreLock")
+            .field("held", &self.release.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,134 @@
+//! The current token and its generation; the hot-path read.
+//!
+//! The current token lives in an [`ArcSwap`]: readers never take a lock and never allocate. A
+//! publication builds the sensitive `Authorization` value once; every request clones it (a reference
+//! count increment).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::{AuthError, TokenSet};
+
+/// How far in the future "unknown expiry" is placed (the token is then only replaced after a 401).
+const UNKNOWN_EXPIRY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// One published token: everything a request needs, computed once.
+#[derive(Debug)]
+pub(crate) struct Current {
+    /// `Bearer <access token>`, marked sensitive; `None` before the first token.
+    pub(crate) header: Option<HeaderValue>,
+    /// Increases by one with every publication; a 401 names the generation it was sent with.
+    pub(crate) generation: u64,
+    /// From here on, requests still use the token but start a background refresh.
+    pub(crate) refresh_at: Instant,
+    /// From here on, the token is never sent.
+    pub(crate) expires_at: Instant,
+    pub(crate) tokens: Option<TokenSet>,
+}
+
+impl Current {
+    fn empty() -> Self {
+        let now = Instant::now();
+        Current {
+            header: None,
+            generation: 0,
+            refresh_at: now,
+            expires_at: now,
+            tokens: None,
+        }
+    }
+
+    /// A token that may still be sent at `now`.
+    pub(crate) fn usable(&self, now: Instant) -> bool {
+        self.header.is_some() && now < self.expires_at
+    }
+
+    /// A token that needs no refresh yet at `now`.
+    pub(crate) fn fresh(&self, now: Instant) -> bool {
+        self.header.is_some() && now < self.refresh_at
+    }
+
+    pub(crate) fn access_token(&self) -> Option<&str> {
+        self.tokens.as_ref().map(TokenSet::access_token)
+    }
+}
+
+/// What the hot path found.
+pub(crate) enum Read {
+    /// Use this header (and generation).
+    Fresh(HeaderValue, u64),
+    /// Use this header, and start a background refresh: the token is within the skew of its expiry.
+    Stale(HeaderValue, u64),
+    /// No usable token: wait for a refresh.
+    Missing,
+}
+
+/// The current token.
+#[derive(Debug)]
+pub(crate) struct TokenCache {
+    current: ArcSwap<Current>,
+    skew: Duration,
+}
+
+impl TokenCache {
+    pub(crate) fn new(skew: Duration) -> Self {
+        TokenCache {
+            current: ArcSwap::from_pointee(Current::empty()),
+            skew,
+        }
+    }
+
+    /// The hot-path read: one clock read, one lock-free load, one header clone.
+    #[inline]
+    pub(crate) fn read(&self) -> Read {
+        let now = Instant::now();
+        let current = self.current.load();
+        match &current.header {
+            Some(header) if now < current.refresh_at => Read::Fresh(header.clone(), current.generation),
+            Some(header) if now < current.expires_at => Read::Stale(header.clone(), current.generation),
+            _ => Read::Missing,
+        }
+    }
+
+    pub(crate) fn load(&self) -> Arc<Current> {
+        self.current.load_full()
+    }
+
+    /// Publishes `tokens` as the new current token (generation + 1).
+    ///
+    /// The refresh point is `expires_at - skew`, with the skew clamped to half the token's remaining
+    /// lifetime so a short-lived token is not refreshed in a loop.
+    pub(crate) fn publish(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
+        let header = tokens.bearer_header()?;
+        let now = Instant::now();
+        let remaining = match tokens.expires_at() {
+            Some(at) => at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO),
+            None => UNKNOWN_EXPIRY,
+        };
+        let expires_at = now + remaining;
+        let refresh_at = expires_at - self.skew.min(remaining / 2);
+        let previous = self.current.load();
+        let next = Arc::new(Current {
+            header: Some(header),
+            generation: previous.generation + 1,
+            refresh_at,
+            expires_at,
+            tokens: Some(tokens),
+        });
+        // Publications are serialized by the refresh gate, so a plain store cannot lose one.
+        self.current.store(Arc::clone(&next));
+        Ok(next)
+    }
+
+    /// Whether `tokens` (e.g. just loaded from the store) can be adopted without a refresh: it has
+    /// more than a second left (after publication its refresh point is clamped into its lifetime).
+    pub(crate) fn adoptable(tokens: &TokenSet) -> bool {
+        tokens
+            .expires_in()
+            .is_none_or(|left| left > Duration::from_secs(1))
+    }
+}

@@ -1,0 +1,8 @@
+//! Tokens: the parsed [`TokenSet`], the lock-free cache of the current one, and the single-flight
+//! refresh.
+
+pub(crate) mod cache;
+pub(crate) mod refresh;
+mod set;
+
+pub use set::{TokenSet, MAX_EXPIRES_IN};

@@ -1,0 +1,392 @@
+//! [`TokenSet`]: a parsed, validated token answer with an absolute expiry.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::AuthError;
+
+/// The longest `expires_in` accepted from the token endpoint (ten years); longer is treated as garbage.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// A set of tokens: the access token, the refresh token (if any), and when the access token expires.
+///
+/// Built by the token manager from the token endpoint's answer, saved by a [`TokenStore`](crate::TokenStore),
+/// and given back to [`NiftyAuth::set_tokens`](crate::NiftyAuth::set_tokens) after a re-authorization.
+///
+/// `Debug` never shows the tokens. The serde form (for stores) is
+/// `{"access_token", "refresh_token", "token_type", "expires_at" (Unix seconds), "scope"}`.
+///
+/// ```
+/// use std::time::Duration;
+/// use nifty_auth::TokenSet;
+///
+/// let tokens = TokenSet::new("access-123")
+///     .with_refresh_token("refresh-456")
+///     .with_expires_in(Duration::from_secs(3600));
+/// assert_eq!(tokens.access_token(), "access-123");
+/// assert_eq!(tokens.refresh_token(), Some("refresh-456"));
+/// assert!(tokens.expires_at().is_some());
+/// assert!(!format!("{tokens:?}").contains("access-123"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoredTokenSet", into = "StoredTokenSet")]
+pub struct TokenSet {
+    access_token: String,
+    refresh_token: Option<String>,
+    token_type: String,
+    expires_at: Option<SystemTime>,
+    scope: Option<String>,
+}
+
+impl TokenSet {
+    /// A bearer token set holding just an access token, with unknown expiry and no refresh token.
+    ///
+    /// An access token that cannot be sent in a header (control characters, non-ASCII) is rejected
+    /// when the set is used ([`NiftyAuth::set_tokens`](crate::NiftyAuth::set_tokens) returns an error).
+    pub fn new(access_token: impl Into<String>) -> Self {
+        TokenSet {
+            access_token: access_token.into(),
+            refresh_token: None,
+            token_type: "bearer".to_owned(),
+            expires_at: None,
+            scope: None,
+        }
+    }
+
+    /// Sets the refresh token.
+    pub fn with_refresh_token(mut self, refresh_token: impl Into<String>) -> Self {
+        self.refresh_token = Some(refresh_token.into());
+        self
+    }
+
+    /// Sets the expiry to `expires_in` from now (wall clock).
+    pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
+        self.expires_at = Some(SystemTime::now() + expires_in);
+        self
+    }
+
+    /// Sets the absolute expiry.
+    pub fn with_expires_at(mut self, expires_at: SystemTime) -> Self {
+        self.expires_at = Some(expires_at);
+        self
+    }
+
+    /// Sets the granted scope (space-separated).
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The access token.
+    pub fn access_token(&self) -> &str {
+        &self.access_token
+    }
+
+    /// The refresh token, if the grant has one.
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.refresh_token.as_deref()
+    }
+
+    /// When the access token expires (wall clock); `None` when the endpoint did not say.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// The granted scope, space-separated (an array answer is joined with spaces).
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// The token type as the endpoint sent it (always some casing of `bearer`).
+    pub fn token_type(&self) -> &str {
+        &self.token_type
+    }
+
+    /// Time left until the access token expires, measured on the wall clock; `None` when unknown.
+    /// Zero when already expired.
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_at.map(|at| {
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        })
+    }
+
+    /// The `Authorization: Bearer …` value, marked sensitive; an error if the token cannot be a header.
+    pub(crate) fn bearer_header(&self) -> Result<HeaderValue, AuthError> {
+        let mut value = HeaderValue::try_from(format!("Bearer {}", self.access_token))
+            .map_err(|_| AuthError::invalid_response("the access token holds characters not allowed in a header"))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// Checks what a token set from any source must satisfy to be used.
+    pub(crate) fn validate(&self) -> Result<(), AuthError> {
+        if self.access_token.is_empty() {
+            return Err(AuthError::invalid_response("`access_token` is empty"));
+        }
+        if !self.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::invalid_response(format!(
+                "`token_type` is `{}`, not `bearer`",
+                sanitize_short(&self.token_type)
+            )));
+        }
+        self.bearer_header().map(drop)?;
+        if let Some(rt) = &self.refresh_token {
+            if rt.is_empty() || rt.chars().any(|c| c.is_control()) {
+                return Err(AuthError::invalid_response(
+                    "`refresh_token` is empty or holds control characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses a token endpoint success body.
+    ///
+    /// `previous_refresh_token` is kept when the answer carries none (refresh answers may omit it).
+    pub(crate) fn from_token_response(
+        body: &[u8],
+        previous_refresh_token: Option<&str>,
+    ) -> Result<TokenSet, AuthError> {
+        let received_at = SystemTime::now();
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(AuthError::invalid_response("the body is empty"));
+        }
+        // Parse into a `Value` first: serde's typed errors quote the offending value, which could be a token.
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            AuthError::invalid_response(format!(
+                "the body is not JSON ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let Value::Object(map) = value else {
+            return Err(AuthError::invalid_response("the body is not a JSON object"));
+        };
+
+        let access_token = match map.get("access_token") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(AuthError::invalid_response("`access_token` is not a string")),
+            None => return Err(AuthError::invalid_response("`access_token` is missing")),
+        };
+        let token_type = match map.get("token_type") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(AuthError::invalid_response("`token_type` is not a string")),
+            None => return Err(AuthError::invalid_response("`token_type` is missing")),
+        };
+        let refresh_token = match map.get("refresh_token") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::String(_)) | Some(Value::Null) | None => {
+                previous_refresh_token.map(str::to_owned)
+            }
+            Some(_) => return Err(AuthError::invalid_response("`refresh_token` is not a string")),
+        };
+        let expires_at = match map.get("expires_in") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(received_at + parse_expires_in(v)?),
+        };
+        let scope = match map.get("scope") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(items)) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(s) => parts.push(s.as_str()),
+                        _ => return Err(AuthError::invalid_response("`scope` array holds a non-string")),
+                    }
+                }
+                Some(parts.join(" "))
+            }
+            Some(_) => return Err(AuthError::invalid_response("`scope` is neither a string nor an array")),
+        };
+
+        let set = TokenSet {
+            access_token,
+            refresh_token,
+            token_type,
+            expires_at,
+            scope,
+        };
+        set.validate()?;
+        Ok(set)
+    }
+}
+
+/// `expires_in` as an integer, a float (`42.0`) or a numeric string; positive and at most ten years.
+fn parse_expires_in(value: &Value) -> Result<Duration, AuthError> {
+    let secs = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| AuthError::invalid_response("`expires_in` is not a number"))?;
+    if !secs.is_finite() {
+        return Err(AuthError::invalid_response("`expires_in` is not a finite number"));
+    }
+    if secs <= 0.0 {
+        return Err(AuthError::invalid_response("`expires_in` is zero or negative"));
+    }
+    if secs > MAX_EXPIRES_IN.as_secs_f64() {
+        return Err(AuthError::invalid_response("`expires_in` is over ten years"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// At most 32 printable ASCII characters of an untrusted short value (e.g. a token type).
+fn sanitize_short(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(32)
+        .collect()
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &"***")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "***"))
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// The serde form of a [`TokenSet`] (what stores keep).
+#[derive(Serialize, Deserialize)]
+struct StoredTokenSet {
+    access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(default = "default_token_type")]
+    token_type: String,
+    /// Unix seconds (fractional allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+fn default_token_type() -> String {
+    "bearer".to_owned()
+}
+
+impl From<TokenSet> for StoredTokenSet {
+    fn from(t: TokenSet) -> Self {
+        StoredTokenSet {
+            access_token: t.access_token,
+            refresh_token: t.refresh_token,
+            token_type: t.token_type,
+            expires_at: t.expires_at.map(|at| match at.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            }),
+            scope: t.scope,
+        }
+    }
+}
+
+impl TryFrom<StoredTokenSet> for TokenSet {
+    type Error = String;
+
+    fn try_from(s: StoredTokenSet) -> Result<Self, Self::Error> {
+        let expires_at = match s.expires_at {
+            None => None,
+            Some(secs) if secs.is_finite() && secs >= 0.0 && secs < 1e11 => {
+                Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
+            }
+            Some(_) => return Err("`expires_at` is not a valid Unix time".to_owned()),
+        };
+        let set = TokenSet {
+            access_token: s.access_token,
+            refresh_token: s.refresh_token,
+            token_type: s.token_type,
+            expires_at,
+            scope: s.scope,
+        };
+        set.validate().map_err(|e| e.to_string())?;
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<TokenSet, AuthError> {
+        TokenSet::from_token_response(body.as_bytes(), Some("old-rt"))
+    }
+
+    #[test]
+    fn parses_nifty_documented_answer_with_float_expiry() {
+        let t = parse(r#"{"access_token":"a","token_type":"bearer","refresh_token":"r","expires_in":42.0,"scope":"task project"}"#).unwrap();
+        assert_eq!(t.access_token(), "a");
+        assert_eq!(t.refresh_token(), Some("r"));
+        assert_eq!(t.scope(), Some("task project"));
+        let left = t.expires_in().unwrap();
+        assert!(left <= Duration::from_secs(42) && left > Duration::from_secs(40));
+    }
+
+    #[test]
+    fn accepts_array_scope_any_case_bearer_and_keeps_old_refresh_token() {
+        let t = parse(r#"{"access_token":"a","token_type":"Bearer","expires_in":60,"scope":["task","time_tracking"]}"#).unwrap();
+        assert_eq!(t.scope(), Some("task time_tracking"));
+        assert_eq!(t.refresh_token(), Some("old-rt"));
+        assert_eq!(t.token_type(), "Bearer");
+    }
+
+    #[test]
+    fn absent_expiry_is_unknown() {
+        let t = parse(r#"{"access_token":"a","token_type":"bearer"}"#).unwrap();
+        assert_eq!(t.expires_at(), None);
+    }
+
+    #[test]
+    fn rejects_bad_answers_without_echoing_them() {
+        for (body, needle) in [
+            ("", "empty"),
+            ("<html>oops</html>", "not JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"token_type":"bearer"}"#, "access_token"),
+            (r#"{"access_token":"secret-at"}"#, "token_type"),
+            (r#"{"access_token":"secret-at","token_type":"mac"}"#, "mac"),
+            (r#"{"access_token":"secret-at","token_type":"bearer","expires_in":-5}"#, "negative"),
+            (r#"{"access_token":"secret-at","token_type":"bearer","expires_in":1e12}"#, "ten years"),
+            (r#"{"access_token":"secret-at","token_type":"bearer","expires_in":"NaN"}"#, "finite"),
+            (r#"{"access_token":"secret-at","token_type":"bearer","expires_in":true}"#, "not a number"),
+            (r#"{"access_token":"bad\ntoken","token_type":"bearer"}"#, "header"),
+        ] {
+            let err = parse(body).unwrap_err();
+            assert!(matches!(err, AuthError::InvalidResponse { .. }), "{body}: {err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains(needle), "{body}: {msg}");
+            assert!(!msg.contains("secret-at"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn serde_round_trip_keeps_everything() {
+        let t = parse(r#"{"access_token":"a","token_type":"bearer","refresh_token":"r","expires_in":3600,"scope":"task"}"#).unwrap();
+        let json = serde_json::to_string(&t).unwrap();
+        let back: TokenSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.access_token(), "a");
+        assert_eq!(back.refresh_token(), Some("r"));
+        assert_eq!(back.scope(), Some("task"));
+        let (a, b) = (t.expires_at().unwrap(), back.expires_at().unwrap());
+        let diff = a.duration_since(b).or_else(|_| b.duration_since(a)).unwrap();
+        assert!(diff < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn debug_hides_tokens() {
+        let t = TokenSet::new("at-secret").with_refresh_token("rt-secret");
+        let d = format!("{t:?}");
+        assert!(!d.contains("at-secret") && !d.contains("rt-secret"), "{d}");
+    }
+}
