@@ -958,7 +958,7 @@ impl Inner {
                 state.grant
             }
         };
-        if !st.grants.get(&grant).is_some_and(|g| !g.revoked) {
+        if !matches!(st.grants.get(&grant), Some(g) if !g.revoked) {
             return st.invalid_grant("grant revoked");
         }
         let refresh_token = st.new_refresh_token(grant);
