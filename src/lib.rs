@@ -80,6 +80,10 @@
     rust_2018_idioms
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(
+    not(feature = "tracing"),
+    allow(unused_variables, reason = "some values are only read by tracing events")
+)]
 
 mod auth;
 mod credentials;

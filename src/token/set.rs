@@ -298,7 +298,7 @@ impl TryFrom<StoredTokenSet> for TokenSet {
     fn try_from(s: StoredTokenSet) -> Result<Self, Self::Error> {
         let expires_at = match s.expires_at {
             None => None,
-            Some(secs) if secs.is_finite() && secs >= 0.0 && secs < 1e11 => {
+            Some(secs) if (0.0..1e11).contains(&secs) => {
                 Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
             }
             Some(_) => return Err("`expires_at` is not a valid Unix time".to_owned()),
