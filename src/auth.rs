@@ -114,7 +114,10 @@ impl NiftyAuth {
     /// [`AuthError::InvalidResponse`] if the access token cannot be sent in a header or the token type
     /// is not bearer; [`AuthError::Store`] if the store cannot save (the tokens are then not used).
     pub async fn set_tokens(&self, tokens: TokenSet) -> Result<(), AuthError> {
-        Arc::clone(&self.shared.manager).set_tokens(tokens).await.map(drop)
+        Arc::clone(&self.shared.manager)
+            .set_tokens(tokens)
+            .await
+            .map(drop)
     }
 
     /// The token set in use now, if any (no refresh, no I/O).

@@ -49,8 +49,13 @@ impl Backoff {
 
 /// The grant a token call asks for.
 pub(crate) enum Grant<'a> {
-    AuthorizationCode { code: &'a str, redirect_uri: &'a str },
-    RefreshToken { refresh_token: &'a str },
+    AuthorizationCode {
+        code: &'a str,
+        redirect_uri: &'a str,
+    },
+    RefreshToken {
+        refresh_token: &'a str,
+    },
 }
 
 impl Grant<'_> {
@@ -142,7 +147,10 @@ impl Endpoint {
         let body = Bytes::from(grant.body().to_string());
         let mut attempt = 1;
         loop {
-            let failure = match self.attempt(grant, body.clone(), previous_refresh_token).await {
+            let failure = match self
+                .attempt(grant, body.clone(), previous_refresh_token)
+                .await
+            {
                 Ok(tokens) => return (Ok(tokens), attempt),
                 Err(failure) => failure,
             };
@@ -230,13 +238,13 @@ impl Endpoint {
         };
 
         if status == StatusCode::OK || status == StatusCode::CREATED {
-            return TokenSet::from_token_response(&bytes, previous_refresh_token).map_err(|error| {
-                Failure {
+            return TokenSet::from_token_response(&bytes, previous_refresh_token).map_err(
+                |error| Failure {
                     error,
                     retry: false,
                     retry_after: None,
-                }
-            });
+                },
+            );
         }
 
         let retry_after = parts
@@ -284,7 +292,10 @@ impl Endpoint {
                 return AuthError::ReauthorizationRequired {
                     reason: match description {
                         Some(d) if !d.is_empty() => format!("invalid_grant: {d}"),
-                        _ => format!("the endpoint answered invalid_grant to the {} grant", grant.name()),
+                        _ => format!(
+                            "the endpoint answered invalid_grant to the {} grant",
+                            grant.name()
+                        ),
                     },
                 }
             }
@@ -416,7 +427,11 @@ pub(crate) fn default_client() -> Result<HttpClient, AuthError> {
 /// Boxes any tower HTTP client into the [`HttpClient`] used for token calls.
 pub(crate) fn box_client<S, RB>(client: S) -> HttpClient
 where
-    S: tower::Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<RB>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     RB: http_body::Body<Data = Bytes> + Send + Sync + 'static,

@@ -82,7 +82,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(feature = "tracing"),
-    allow(unused_variables, reason = "some values are only read by tracing events")
+    allow(
+        unused_variables,
+        reason = "some values are only read by tracing events"
+    )
 )]
 
 mod auth;
@@ -107,8 +110,7 @@ pub use credentials::Credentials;
 pub use endpoint::MAX_TOKEN_RESPONSE_BYTES;
 pub use error::AuthError;
 pub use layer::{
-    NiftyAuthLayer, NiftyAuthService, ReplayableBody, ResponseFuture,
-    DEFAULT_MAX_REPLAY_BODY_BYTES,
+    NiftyAuthLayer, NiftyAuthService, ReplayableBody, ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
 };
 pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};
 pub use token::{TokenSet, MAX_EXPIRES_IN};

@@ -30,10 +30,12 @@ impl Origins {
         let mut list = Vec::new();
         for origin in origins {
             let text = origin.as_ref();
-            let uri: Uri = text
-                .parse()
-                .map_err(|e| AuthError::config(format!("allowed origin `{text}` is not a URL: {e}")))?;
-            let path_ok = uri.path_and_query().is_none_or(|pq| pq.as_str() == "/" || pq.as_str().is_empty());
+            let uri: Uri = text.parse().map_err(|e| {
+                AuthError::config(format!("allowed origin `{text}` is not a URL: {e}"))
+            })?;
+            let path_ok = uri
+                .path_and_query()
+                .is_none_or(|pq| pq.as_str() == "/" || pq.as_str().is_empty());
             if !path_ok {
                 return Err(AuthError::config(format!(
                     "allowed origin `{text}` has a path or query: give scheme, host and port only"
@@ -71,9 +73,7 @@ impl Origins {
             _ => return false,
         };
         let host = authority.host();
-        let port = authority
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         self.list
             .iter()
             .any(|o| o.https == https && o.port == port && o.host.eq_ignore_ascii_case(host))
@@ -130,8 +130,14 @@ mod tests {
         assert!(o.allows(&uri("https://OPENAPI.niftypm.com:443/x")));
         assert!(o.allows(&uri("http://127.0.0.1:8080/x")));
         assert!(o.allows(&uri("/relative/path")));
-        assert!(!o.allows(&uri("http://openapi.niftypm.com/x")), "scheme differs");
-        assert!(!o.allows(&uri("https://openapi.niftypm.com:8443/x")), "port differs");
+        assert!(
+            !o.allows(&uri("http://openapi.niftypm.com/x")),
+            "scheme differs"
+        );
+        assert!(
+            !o.allows(&uri("https://openapi.niftypm.com:8443/x")),
+            "port differs"
+        );
         assert!(!o.allows(&uri("https://evil.example/x")));
         assert!(!o.allows(&uri("https://openapi.niftypm.com.evil.example/x")));
         assert!(!o.allows(&uri("http://127.0.0.1:8081/x")));

@@ -167,7 +167,10 @@ where
                     let Some(retry) = retry.take() else {
                         return Poll::Ready(Ok(response));
                     };
-                    trace::debug!(generation = retry.generation, "401 answered; retrying once with a newer token");
+                    trace::debug!(
+                        generation = retry.generation,
+                        "401 answered; retrying once with a newer token"
+                    );
                     let manager = Arc::clone(&retry.auth.shared.manager);
                     let token = Box::pin(manager.token(Want::NewerThan(retry.generation)));
                     state.set(State::Refresh {
@@ -213,6 +216,8 @@ where
             State::Ready { .. } => "waiting for readiness to retry",
             State::Second { .. } => "retrying",
         };
-        f.debug_struct("ResponseFuture").field("state", &state).finish()
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }

@@ -195,7 +195,11 @@ where
 impl<S: Clone> NiftyAuthService<S> {
     /// What a retry after a 401 needs, if the request can be retried.
     #[inline]
-    fn retry_for<B: ReplayableBody>(&self, request: &Request<B>, generation: u64) -> Option<Retry<S, B>> {
+    fn retry_for<B: ReplayableBody>(
+        &self,
+        request: &Request<B>,
+        generation: u64,
+    ) -> Option<Retry<S, B>> {
         if !self.retry_on_unauthorized {
             return None;
         }

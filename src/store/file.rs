@@ -99,9 +99,12 @@ fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "token file path has no file name"))?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "token file path has no file name",
+        )
+    })?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}-{:016x}",
         name.to_string_lossy(),

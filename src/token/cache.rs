@@ -88,8 +88,12 @@ impl TokenCache {
         let now = Instant::now();
         let current = self.current.load();
         match &current.header {
-            Some(header) if now < current.refresh_at => Read::Fresh(header.clone(), current.generation),
-            Some(header) if now < current.expires_at => Read::Stale(header.clone(), current.generation),
+            Some(header) if now < current.refresh_at => {
+                Read::Fresh(header.clone(), current.generation)
+            }
+            Some(header) if now < current.expires_at => {
+                Read::Stale(header.clone(), current.generation)
+            }
             _ => Read::Missing,
         }
     }
@@ -106,7 +110,9 @@ impl TokenCache {
         let header = tokens.bearer_header()?;
         let now = Instant::now();
         let remaining = match tokens.expires_at() {
-            Some(at) => at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO),
+            Some(at) => at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
             None => UNKNOWN_EXPIRY,
         };
         let expires_at = now + remaining;

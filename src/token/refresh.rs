@@ -250,9 +250,10 @@ impl TokenManager {
             })
             .or_else(|| self.bootstrap_refresh_token.clone())
             .ok_or_else(|| AuthError::ReauthorizationRequired {
-                reason: "there is no refresh token: authorize the app (exchange_code) or supply tokens \
+                reason:
+                    "there is no refresh token: authorize the app (exchange_code) or supply tokens \
                          (set_tokens, the builder's refresh_token)"
-                    .to_owned(),
+                        .to_owned(),
             })?;
 
         // 3. The token call.
@@ -276,22 +277,29 @@ impl TokenManager {
         self.save_and_publish(tokens).await
     }
 
-    /// Saves `tokens`, then publishes them. If the save fails, the tokens wait (unused) for the next
-    /// attempt to save them.
+    /// Saves `tokens`, then publishes them. If the save fails (or panics), the tokens wait, unused,
+    /// for the next attempt to save them.
     async fn save_and_publish(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
-        if let Err(error) = self.store.save(&tokens).await {
-            self.state.lock().pending = Some(tokens);
-            return Err(AuthError::store(error));
-        }
+        // Parked as pending first, so even a store that panics cannot lose a rotated refresh token.
+        self.state.lock().pending = Some(tokens.clone());
+        self.store.save(&tokens).await.map_err(AuthError::store)?;
+        self.state.lock().pending = None;
         self.cache.publish(tokens)
     }
 
     /// Replaces the tokens (after a re-authorization): waits for a running refresh, saves, publishes,
     /// and lifts a terminal latch.
-    pub(crate) async fn set_tokens(self: Arc<Self>, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
+    pub(crate) async fn set_tokens(
+        self: Arc<Self>,
+        tokens: TokenSet,
+    ) -> Result<Arc<Current>, AuthError> {
         tokens.validate()?;
         self.spawn_exclusive(move |manager| async move {
-            manager.store.save(&tokens).await.map_err(AuthError::store)?;
+            manager
+                .store
+                .save(&tokens)
+                .await
+                .map_err(AuthError::store)?;
             let current = manager.cache.publish(tokens)?;
             manager.clear_latches();
             Ok(current)
@@ -363,4 +371,3 @@ impl Drop for InFlightSlot {
         self.0.state.lock().in_flight = None;
     }
 }
-

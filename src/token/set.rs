@@ -117,8 +117,12 @@ impl TokenSet {
 
     /// The `Authorization: Bearer …` value, marked sensitive; an error if the token cannot be a header.
     pub(crate) fn bearer_header(&self) -> Result<HeaderValue, AuthError> {
-        let mut value = HeaderValue::try_from(format!("Bearer {}", self.access_token))
-            .map_err(|_| AuthError::invalid_response("the access token holds characters not allowed in a header"))?;
+        let mut value =
+            HeaderValue::try_from(format!("Bearer {}", self.access_token)).map_err(|_| {
+                AuthError::invalid_response(
+                    "the access token holds characters not allowed in a header",
+                )
+            })?;
         value.set_sensitive(true);
         Ok(value)
     }
@@ -171,7 +175,11 @@ impl TokenSet {
 
         let access_token = match map.get("access_token") {
             Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(AuthError::invalid_response("`access_token` is not a string")),
+            Some(_) => {
+                return Err(AuthError::invalid_response(
+                    "`access_token` is not a string",
+                ))
+            }
             None => return Err(AuthError::invalid_response("`access_token` is missing")),
         };
         let token_type = match map.get("token_type") {
@@ -184,7 +192,11 @@ impl TokenSet {
             Some(Value::String(_)) | Some(Value::Null) | None => {
                 previous_refresh_token.map(str::to_owned)
             }
-            Some(_) => return Err(AuthError::invalid_response("`refresh_token` is not a string")),
+            Some(_) => {
+                return Err(AuthError::invalid_response(
+                    "`refresh_token` is not a string",
+                ))
+            }
         };
         let expires_at = match map.get("expires_in") {
             None | Some(Value::Null) => None,
@@ -198,12 +210,20 @@ impl TokenSet {
                 for item in items {
                     match item {
                         Value::String(s) => parts.push(s.as_str()),
-                        _ => return Err(AuthError::invalid_response("`scope` array holds a non-string")),
+                        _ => {
+                            return Err(AuthError::invalid_response(
+                                "`scope` array holds a non-string",
+                            ))
+                        }
                     }
                 }
                 Some(parts.join(" "))
             }
-            Some(_) => return Err(AuthError::invalid_response("`scope` is neither a string nor an array")),
+            Some(_) => {
+                return Err(AuthError::invalid_response(
+                    "`scope` is neither a string nor an array",
+                ))
+            }
         };
 
         let set = TokenSet {
@@ -227,13 +247,19 @@ fn parse_expires_in(value: &Value) -> Result<Duration, AuthError> {
     }
     .ok_or_else(|| AuthError::invalid_response("`expires_in` is not a number"))?;
     if !secs.is_finite() {
-        return Err(AuthError::invalid_response("`expires_in` is not a finite number"));
+        return Err(AuthError::invalid_response(
+            "`expires_in` is not a finite number",
+        ));
     }
     if secs <= 0.0 {
-        return Err(AuthError::invalid_response("`expires_in` is zero or negative"));
+        return Err(AuthError::invalid_response(
+            "`expires_in` is zero or negative",
+        ));
     }
     if secs > MAX_EXPIRES_IN.as_secs_f64() {
-        return Err(AuthError::invalid_response("`expires_in` is over ten years"));
+        return Err(AuthError::invalid_response(
+            "`expires_in` is over ten years",
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -356,14 +382,32 @@ mod tests {
             (r#"{"token_type":"bearer"}"#, "access_token"),
             (r#"{"access_token":"secret-at"}"#, "token_type"),
             (r#"{"access_token":"secret-at","token_type":"mac"}"#, "mac"),
-            (r#"{"access_token":"secret-at","token_type":"bearer","expires_in":-5}"#, "negative"),
-            (r#"{"access_token":"secret-at","token_type":"bearer","expires_in":1e12}"#, "ten years"),
-            (r#"{"access_token":"secret-at","token_type":"bearer","expires_in":"NaN"}"#, "finite"),
-            (r#"{"access_token":"secret-at","token_type":"bearer","expires_in":true}"#, "not a number"),
-            (r#"{"access_token":"bad\ntoken","token_type":"bearer"}"#, "header"),
+            (
+                r#"{"access_token":"secret-at","token_type":"bearer","expires_in":-5}"#,
+                "negative",
+            ),
+            (
+                r#"{"access_token":"secret-at","token_type":"bearer","expires_in":1e12}"#,
+                "ten years",
+            ),
+            (
+                r#"{"access_token":"secret-at","token_type":"bearer","expires_in":"NaN"}"#,
+                "finite",
+            ),
+            (
+                r#"{"access_token":"secret-at","token_type":"bearer","expires_in":true}"#,
+                "not a number",
+            ),
+            (
+                r#"{"access_token":"bad\ntoken","token_type":"bearer"}"#,
+                "header",
+            ),
         ] {
             let err = parse(body).unwrap_err();
-            assert!(matches!(err, AuthError::InvalidResponse { .. }), "{body}: {err:?}");
+            assert!(
+                matches!(err, AuthError::InvalidResponse { .. }),
+                "{body}: {err:?}"
+            );
             let msg = err.to_string();
             assert!(msg.contains(needle), "{body}: {msg}");
             assert!(!msg.contains("secret-at"), "{msg}");
@@ -379,7 +423,10 @@ mod tests {
         assert_eq!(back.refresh_token(), Some("r"));
         assert_eq!(back.scope(), Some("task"));
         let (a, b) = (t.expires_at().unwrap(), back.expires_at().unwrap());
-        let diff = a.duration_since(b).or_else(|_| b.duration_since(a)).unwrap();
+        let diff = a
+            .duration_since(b)
+            .or_else(|_| b.duration_since(a))
+            .unwrap();
         assert!(diff < Duration::from_millis(1));
     }
 
