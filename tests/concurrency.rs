@@ -35,7 +35,10 @@ async fn cold_start_500_concurrent_requests_make_one_token_call() {
     let statuses = fire(&svc, fake.api_url("/users/me"), 500).await;
 
     assert_eq!(statuses.len(), 500);
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(fake.token_calls_for(Grant::RefreshToken), 1);
     assert_eq!(fake.api_calls(), 500);
@@ -43,7 +46,8 @@ async fn cold_start_500_concurrent_requests_make_one_token_call() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn expiry_then_300_concurrent_requests_make_one_token_call_and_never_send_the_expired_token() {
+async fn expiry_then_300_concurrent_requests_make_one_token_call_and_never_send_the_expired_token()
+{
     let fake = FakeNifty::builder()
         .token_lifetime(Some(Duration::from_secs(120)))
         .token_delay(Duration::from_millis(5))
@@ -61,8 +65,15 @@ async fn expiry_then_300_concurrent_requests_make_one_token_call_and_never_send_
     tokio::time::advance(Duration::from_secs(121)).await;
     let statuses = fire(&svc, fake.api_url("/projects"), 300).await;
 
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
-    assert_eq!(fake.token_calls(), 2, "one call for the cold start, one for the expiry");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        fake.token_calls(),
+        2,
+        "one call for the cold start, one for the expiry"
+    );
     assert_eq!(fake.api_calls(), 301);
     assert_eq!(fake.unauthorized_served(), 0, "an expired token was sent");
     let stale = format!("Bearer {first_token}");

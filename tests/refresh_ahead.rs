@@ -39,8 +39,15 @@ async fn within_the_skew_callers_are_not_blocked_and_one_background_refresh_runs
         let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
         assert_eq!(status, StatusCode::OK);
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "callers waited for the refresh");
-    assert_eq!(fake.token_calls_in_flight(), 1, "one background refresh is running");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "callers waited for the refresh"
+    );
+    assert_eq!(
+        fake.token_calls_in_flight(),
+        1,
+        "one background refresh is running"
+    );
     assert_eq!(fake.token_calls(), 2);
     assert!(fake.api_requests()[1..]
         .iter()
@@ -52,7 +59,10 @@ async fn within_the_skew_callers_are_not_blocked_and_one_background_refresh_runs
     send(&svc, get(fake.api_url("/projects"))).await.unwrap();
     let new = auth.tokens().unwrap().access_token().to_owned();
     assert_ne!(new, old);
-    assert_eq!(fake.api_requests().last().unwrap().authorization, bearer(&new));
+    assert_eq!(
+        fake.api_requests().last().unwrap().authorization,
+        bearer(&new)
+    );
     assert_eq!(fake.token_calls(), 2);
     assert_eq!(fake.unauthorized_served(), 0);
 }

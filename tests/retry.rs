@@ -157,7 +157,8 @@ async fn a_streaming_body_is_sent_once_and_its_401_returned() {
     fake.revoke_access_tokens();
 
     let chunks = futures_util::stream::iter(
-        ["chunk-1 ", "chunk-2"].map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(c)))),
+        ["chunk-1 ", "chunk-2"]
+            .map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(c)))),
     );
     let request = Request::post(fake.api_url("/upload"))
         .body(StreamBody::new(chunks).boxed())
@@ -217,19 +218,39 @@ async fn composes_with_buffer_and_timeout_in_either_order() {
         .timeout(std::time::Duration::from_secs(10))
         .service(http_client());
 
-    let r = outer.clone().oneshot(get(fake.api_url("/projects"))).await.unwrap();
+    let r = outer
+        .clone()
+        .oneshot(get(fake.api_url("/projects")))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = inner.clone().oneshot(post_json(fake.api_url("/tasks"), "{}")).await.unwrap();
+    let r = inner
+        .clone()
+        .oneshot(post_json(fake.api_url("/tasks"), "{}"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     for _ in 0..2 {
         fake.revoke_access_tokens();
-        let r = outer.clone().oneshot(get(fake.api_url("/projects"))).await.unwrap();
+        let r = outer
+            .clone()
+            .oneshot(get(fake.api_url("/projects")))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         fake.revoke_access_tokens();
-        let r = inner.clone().oneshot(post_json(fake.api_url("/tasks"), "{}")).await.unwrap();
+        let r = inner
+            .clone()
+            .oneshot(post_json(fake.api_url("/tasks"), "{}"))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(fake.token_calls(), 5, "one cold start, one refresh per revocation");
+    assert_eq!(
+        fake.token_calls(),
+        5,
+        "one cold start, one refresh per revocation"
+    );
     assert_eq!(fake.unauthorized_served(), 4);
     assert_eq!(fake.api_calls(), 2 + 8);
 }

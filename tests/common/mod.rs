@@ -1,6 +1,9 @@
 //! Shared helpers for the integration tests: a real hyper-util client and a `NiftyAuth` pointed at a
 //! `FakeNifty` on 127.0.0.1.
-#![allow(dead_code, reason = "each test file uses a different subset of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different subset of the helpers"
+)]
 
 use std::time::Duration;
 
