@@ -226,13 +226,28 @@ impl Endpoint {
             }
         };
         let status = parts.status;
+        let success = status == StatusCode::OK || status == StatusCode::CREATED;
         let Some(bytes) = bytes else {
+            let too_big = format!("the body is larger than {} KiB", MAX_TOKEN_RESPONSE_BYTES / 1024);
+            if success {
+                return Err(Failure {
+                    error: AuthError::invalid_response(format!("{too_big} (HTTP {status})")),
+                    retry: false,
+                    retry_after: None,
+                });
+            }
+            // An error answer stays an error answer (and a 5xx stays retryable) whatever its size.
+            let error = match self.classify_error(status, b"", grant) {
+                AuthError::Endpoint { status, error, .. } => AuthError::Endpoint {
+                    status,
+                    error,
+                    excerpt: too_big,
+                },
+                other => other,
+            };
             return Err(Failure {
-                error: AuthError::invalid_response(format!(
-                    "the body is larger than {} KiB (HTTP {status})",
-                    MAX_TOKEN_RESPONSE_BYTES / 1024
-                )),
-                retry: false,
+                retry: is_retryable(status) && !error.is_terminal(),
+                error,
                 retry_after: None,
             });
         };
@@ -254,7 +269,7 @@ impl Endpoint {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let error = self.classify_error(status, &bytes, grant);
-        let retry = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+        let retry = is_retryable(status) && !error.is_terminal();
         Err(Failure {
             error,
             retry,
@@ -271,18 +286,20 @@ impl Endpoint {
                 .and_then(Value::as_str)
                 .map(|s| s.to_owned())
         };
-        let error_code = field("error").map(|code| {
-            // RFC 6749 error codes are %x20-21 / %x23-5B / %x5D-7E; keep it short and plain.
-            code.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .take(64)
-                .collect::<String>()
-        });
         let secrets = [
             self.credentials.client_secret(),
             self.credentials.client_id(),
             grant.secret(),
         ];
+        let error_code = field("error").map(|code| {
+            // RFC 6749 error codes are short ASCII words; anything else is scrubbed like free text.
+            let plain: String = code
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            redact(&plain, &secrets)
+        });
         let description = field("error_description")
             .or_else(|| field("message"))
             .map(|d| redact(&d, &secrets));
@@ -313,7 +330,8 @@ impl Endpoint {
                     (Some(d), _) => d,
                     // A JSON body without a description: name its fields, never their values.
                     (None, Some(map)) => {
-                        let keys: Vec<&str> = map.keys().map(String::as_str).take(8).collect();
+                        let keys: Vec<String> =
+                            map.keys().take(8).map(|k| redact(k, &secrets)).collect();
                         format!("JSON body with fields [{}]", keys.join(", "))
                     }
                     (None, None) => redact(&String::from_utf8_lossy(body), &secrets),
@@ -326,6 +344,11 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// Whether an error status is worth another attempt: 5xx and 429.
+fn is_retryable(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// Reads a body up to [`MAX_TOKEN_RESPONSE_BYTES`]; `Ok(None)` if it is longer.
