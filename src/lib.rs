@@ -89,6 +89,7 @@
 )]
 
 mod auth;
+pub mod authorize;
 mod credentials;
 mod endpoint;
 mod error;

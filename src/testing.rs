@@ -84,6 +84,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 const TOKEN_PATH: &str = "/oauth/token";
+const AUTHORIZE_PATH: &str = "/authorize";
 const API_PREFIX: &str = "/api/v1.0";
 const DEFAULT_CLIENT_ID: &str = "fake-client-id";
 const DEFAULT_CLIENT_SECRET: &str = "fake-client-secret";
@@ -454,6 +455,25 @@ impl FakeNifty {
         self.inner.state.lock().api_statuses.push_back(status);
     }
 
+    /// The authorize page: `base_url() + "/authorize"`. A `GET` with `response_type=code`, this
+    /// fake's `client_id`, a `redirect_uri` and a `state` answers `302` to
+    /// `redirect_uri?code=…&state=…` with a fresh one-time code (as if the user approved), or to
+    /// `redirect_uri?error=access_denied&state=…` after [`FakeNifty::deny_next_authorization`].
+    /// A wrong client id or response type answers `400`.
+    pub fn authorize_url(&self) -> String {
+        format!("{}{AUTHORIZE_PATH}", self.base_url())
+    }
+
+    /// The next authorize request is refused by the "user" (`error=access_denied`).
+    pub fn deny_next_authorization(&self) {
+        self.inner.state.lock().deny_next_authorization = true;
+    }
+
+    /// The number of requests to the authorize page.
+    pub fn authorize_calls(&self) -> usize {
+        self.inner.state.lock().authorize_calls
+    }
+
     /// Invalidates every access token issued so far: the API answers `401` to them. Refresh
     /// tokens stay valid and tokens issued later work.
     pub fn revoke_access_tokens(&self) {
@@ -578,6 +598,8 @@ struct State {
     access_tokens: HashMap<String, AccessState>,
     last_grant: Option<u64>,
 
+    deny_next_authorization: bool,
+    authorize_calls: usize,
     token_calls: usize,
     token_calls_code: usize,
     token_calls_refresh: usize,
@@ -604,6 +626,8 @@ impl State {
             refresh_tokens: HashMap::new(),
             access_tokens: HashMap::new(),
             last_grant: None,
+            deny_next_authorization: false,
+            authorize_calls: 0,
             token_calls: 0,
             token_calls_code: 0,
             token_calls_refresh: 0,
@@ -778,6 +802,8 @@ impl Inner {
         let path = request.uri().path();
         if path == TOKEN_PATH {
             self.token(request, reset).await
+        } else if path == AUTHORIZE_PATH {
+            self.authorize(&request)
         } else if path == API_PREFIX
             || path
                 .strip_prefix(API_PREFIX)
@@ -786,6 +812,62 @@ impl Inner {
             self.api(request).await
         } else {
             json_response(StatusCode::NOT_FOUND, &json!({ "message": "not found" }))
+        }
+    }
+
+    /// The authorize page: approves at once (or refuses once if asked to) and redirects.
+    fn authorize(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let mut params = HashMap::new();
+        for (key, value) in
+            form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+        {
+            params.insert(key.into_owned(), value.into_owned());
+        }
+        let mut st = self.state.lock();
+        st.authorize_calls += 1;
+        let param = |name: &str| params.get(name).map(String::as_str);
+        if request.method() != Method::GET
+            || param("response_type") != Some("code")
+            || param("client_id") != Some(self.client_id.as_str())
+        {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+        }
+        let Some(redirect_uri) = param("redirect_uri").filter(|r| r.parse::<http::Uri>().is_ok())
+        else {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+        };
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if std::mem::take(&mut st.deny_next_authorization) {
+            query.append_pair("error", "access_denied");
+            query.append_pair("error_description", "The user denied the request");
+        } else {
+            let grant = st.new_grant();
+            let code = format!("code-{grant}-{:016x}", fastrand::u64(..));
+            st.codes.insert(
+                code.clone(),
+                CodeState {
+                    grant,
+                    redirect_uri: redirect_uri.to_owned(),
+                    used: false,
+                },
+            );
+            query.append_pair("code", &code);
+        }
+        if let Some(state) = param("state") {
+            query.append_pair("state", state);
+        }
+        let separator = if redirect_uri.contains('?') { '&' } else { '?' };
+        let location = format!("{redirect_uri}{separator}{}", query.finish());
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::FOUND;
+        match HeaderValue::try_from(location) {
+            Ok(location) => {
+                response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, location);
+                response
+            }
+            Err(_) => oauth_error(StatusCode::BAD_REQUEST, "invalid_request"),
         }
     }
 
