@@ -62,6 +62,29 @@ impl NiftyAuth {
         Builder::new(credentials)
     }
 
+    /// A manager for a Nifty **personal access token** (`nft_user_…`): a long-lived bearer with no
+    /// refresh and no token endpoint. The layer attaches it, scoped to the allowed origins (by default
+    /// `https://openapi.niftypm.com`), and does not retry 401s (there is nothing to refresh with).
+    ///
+    /// ```
+    /// use nifty_auth::NiftyAuth;
+    ///
+    /// let auth = NiftyAuth::personal_token("nft_user_abc123").build()?;
+    /// assert!(!auth.can_refresh());
+    /// # Ok::<(), nifty_auth::AuthError>(())
+    /// ```
+    pub fn personal_token(token: impl Into<String>) -> PersonalTokenBuilder {
+        PersonalTokenBuilder {
+            token: token.into(),
+            allowed_origins: None,
+        }
+    }
+
+    /// Whether this manager can get new tokens (`false` for a personal access token).
+    pub fn can_refresh(&self) -> bool {
+        self.shared.manager.endpoint.is_some()
+    }
+
     /// Runs the authorization_code grant: exchanges the `code` from the authorize redirect for tokens,
     /// saves them to the store and uses them from now on (lifting any "re-authorization required"
     /// latch).
@@ -137,6 +160,49 @@ impl NiftyAuth {
     }
 }
 
+impl NiftyAuth {
+    /// The header for a request about to be sent: the cached one (starting a background refresh in
+    /// the skew window), or the result of the single-flight refresh. With its generation.
+    #[cfg_attr(
+        not(feature = "reqwest"),
+        allow(dead_code, reason = "used by the reqwest middleware")
+    )]
+    pub(crate) async fn header_for_request(&self) -> Result<(http::HeaderValue, u64), AuthError> {
+        let manager = &self.shared.manager;
+        if let Some(found) = manager.header_now() {
+            return Ok(found);
+        }
+        let current = Arc::clone(manager).token(Want::Usable).await?;
+        header_and_generation(&current)
+    }
+
+    /// The header to retry with after a 401 for `generation`: a newer current one, or a refresh's.
+    #[cfg_attr(
+        not(feature = "reqwest"),
+        allow(dead_code, reason = "used by the reqwest middleware")
+    )]
+    pub(crate) async fn header_after_unauthorized(
+        &self,
+        generation: u64,
+    ) -> Result<http::HeaderValue, AuthError> {
+        let current = Arc::clone(&self.shared.manager)
+            .token(Want::NewerThan(generation))
+            .await?;
+        header_and_generation(&current).map(|(header, _)| header)
+    }
+}
+
+fn header_and_generation(
+    current: &crate::token::cache::Current,
+) -> Result<(http::HeaderValue, u64), AuthError> {
+    match &current.header {
+        Some(header) => Ok((header.clone(), current.generation)),
+        None => Err(AuthError::Internal {
+            reason: "a refresh published no token".to_owned(),
+        }),
+    }
+}
+
 fn tokens_of(current: &crate::token::cache::Current) -> Result<TokenSet, AuthError> {
     current.tokens.clone().ok_or_else(|| AuthError::Internal {
         reason: "a token call published no token".to_owned(),
@@ -152,6 +218,64 @@ impl fmt::Debug for NiftyAuth {
             .field("has_token", &current.header.is_some())
             .field("generation", &current.generation)
             .finish_non_exhaustive()
+    }
+}
+
+/// The default allowed origin of [`NiftyAuth::personal_token`]: Nifty's API.
+pub const DEFAULT_API_ORIGIN: &str = "https://openapi.niftypm.com";
+
+/// Configures a [`NiftyAuth`] for a personal access token; made by [`NiftyAuth::personal_token`].
+pub struct PersonalTokenBuilder {
+    token: String,
+    allowed_origins: Option<Result<Origins, AuthError>>,
+}
+
+impl PersonalTokenBuilder {
+    /// The origins the token may be sent to. Defaults to [`DEFAULT_API_ORIGIN`].
+    pub fn allowed_origins<I, T>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.allowed_origins = Some(Origins::parse(origins));
+        self
+    }
+
+    /// Builds the manager.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidResponse`] if the token cannot be sent in a header (control characters,
+    /// non-ASCII, empty); [`AuthError::Configuration`] for a malformed origin.
+    pub fn build(self) -> Result<NiftyAuth, AuthError> {
+        let origins = match self.allowed_origins {
+            Some(origins) => origins?,
+            None => Origins::parse([DEFAULT_API_ORIGIN])?,
+        };
+        let tokens = TokenSet::new(self.token);
+        tokens.validate()?;
+        let cache = TokenCache::new(Duration::ZERO);
+        cache.publish(tokens.clone())?;
+        let manager = TokenManager::new(
+            cache,
+            None,
+            Arc::new(MemoryStore::with_tokens(tokens)),
+            None,
+        );
+        Ok(NiftyAuth {
+            shared: Arc::new(SharedAuth {
+                manager: Arc::new(manager),
+                origins,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for PersonalTokenBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersonalTokenBuilder")
+            .field("token", &"***")
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
     }
 }
 
@@ -322,7 +446,7 @@ impl Builder {
             .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>);
         let manager = TokenManager::new(
             TokenCache::new(self.refresh_skew),
-            endpoint,
+            Some(endpoint),
             store,
             self.refresh_token,
         );

@@ -228,7 +228,10 @@ impl Endpoint {
         let status = parts.status;
         let success = status == StatusCode::OK || status == StatusCode::CREATED;
         let Some(bytes) = bytes else {
-            let too_big = format!("the body is larger than {} KiB", MAX_TOKEN_RESPONSE_BYTES / 1024);
+            let too_big = format!(
+                "the body is larger than {} KiB",
+                MAX_TOKEN_RESPONSE_BYTES / 1024
+            );
             if success {
                 return Err(Failure {
                     error: AuthError::invalid_response(format!("{too_big} (HTTP {status})")),

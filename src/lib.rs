@@ -94,6 +94,9 @@ mod credentials;
 mod endpoint;
 mod error;
 mod layer;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod middleware;
 mod origin;
 pub mod store;
 mod token;
@@ -104,8 +107,9 @@ mod trace;
 pub mod testing;
 
 pub use auth::{
-    Builder, NiftyAuth, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX, DEFAULT_REFRESH_SKEW,
-    DEFAULT_TOKEN_ATTEMPTS, DEFAULT_TOKEN_TIMEOUT, DEFAULT_TOKEN_URL,
+    Builder, NiftyAuth, PersonalTokenBuilder, DEFAULT_API_ORIGIN, DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_MAX, DEFAULT_REFRESH_SKEW, DEFAULT_TOKEN_ATTEMPTS, DEFAULT_TOKEN_TIMEOUT,
+    DEFAULT_TOKEN_URL,
 };
 pub use credentials::Credentials;
 pub use endpoint::MAX_TOKEN_RESPONSE_BYTES;
@@ -113,6 +117,9 @@ pub use error::AuthError;
 pub use layer::{
     NiftyAuthLayer, NiftyAuthService, ReplayableBody, ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
 };
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use middleware::NiftyAuthMiddleware;
 pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};
 pub use token::{TokenSet, MAX_EXPIRES_IN};
 

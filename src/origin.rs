@@ -67,13 +67,23 @@ impl Origins {
             // A relative URI goes wherever the inner service sends everything: same origin.
             return true;
         };
-        let https = match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("https") => true,
-            Some(s) if s.eq_ignore_ascii_case("http") => false,
-            _ => return false,
+        match uri.scheme_str() {
+            Some(scheme) => self.allows_origin(scheme, authority.host(), authority.port_u16()),
+            None => false,
+        }
+    }
+
+    /// Whether the bearer may go to `scheme://host:port` (`port`: `None` for the scheme's default).
+    #[inline]
+    pub(crate) fn allows_origin(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        let https = if scheme.eq_ignore_ascii_case("https") {
+            true
+        } else if scheme.eq_ignore_ascii_case("http") {
+            false
+        } else {
+            return false;
         };
-        let host = authority.host();
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let port = port.unwrap_or(if https { 443 } else { 80 });
         self.list
             .iter()
             .any(|o| o.https == https && o.port == port && o.host.eq_ignore_ascii_case(host))

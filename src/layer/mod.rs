@@ -62,9 +62,9 @@ impl NiftyAuthLayer {
     /// A layer attaching the tokens of `auth`.
     pub fn new(auth: NiftyAuth) -> Self {
         NiftyAuthLayer {
+            retry_on_unauthorized: auth.can_refresh(),
             auth,
             max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES as u64,
-            retry_on_unauthorized: true,
         }
     }
 
@@ -76,7 +76,8 @@ impl NiftyAuthLayer {
         self
     }
 
-    /// Whether a 401 is retried once with a fresh token. Defaults to `true`.
+    /// Whether a 401 is retried once with a fresh token. Defaults to `true` (`false` for a personal
+    /// access token, which cannot be refreshed).
     pub fn retry_on_unauthorized(mut self, retry: bool) -> Self {
         self.retry_on_unauthorized = retry;
         self

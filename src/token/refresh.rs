@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use futures_util::future::{FutureExt, Shared};
 use parking_lot::Mutex;
+use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cache::{Current, Read, TokenCache};
@@ -55,7 +56,8 @@ struct State {
 /// The token manager: the current token, the store, the endpoint and the single-flight state.
 pub(crate) struct TokenManager {
     pub(crate) cache: TokenCache,
-    pub(crate) endpoint: Endpoint,
+    /// `None` for a personal access token: nothing to refresh with.
+    pub(crate) endpoint: Option<Endpoint>,
     pub(crate) store: Arc<dyn TokenStore>,
     bootstrap_refresh_token: Option<String>,
     state: Mutex<State>,
@@ -86,7 +88,7 @@ impl std::fmt::Debug for State {
 impl TokenManager {
     pub(crate) fn new(
         cache: TokenCache,
-        endpoint: Endpoint,
+        endpoint: Option<Endpoint>,
         store: Arc<dyn TokenStore>,
         bootstrap_refresh_token: Option<String>,
     ) -> Self {
@@ -207,8 +209,11 @@ impl TokenManager {
             Err(error) => {
                 trace::warning!(error = %error, terminal = error.is_terminal(), "token refresh failed");
                 if want == Want::Background {
-                    self.state.lock().background_not_before =
-                        Some(Instant::now() + self.endpoint.backoff.max);
+                    let cooldown = self
+                        .endpoint
+                        .as_ref()
+                        .map_or(Duration::from_secs(1), |e| e.backoff.max);
+                    self.state.lock().background_not_before = Some(Instant::now() + cooldown);
                 }
             }
         }
@@ -257,10 +262,11 @@ impl TokenManager {
             })?;
 
         // 3. The token call.
+        let endpoint = self.endpoint()?;
         let grant = Grant::RefreshToken {
             refresh_token: &refresh_token,
         };
-        let (result, attempts) = self.endpoint.request(&grant, Some(&refresh_token)).await;
+        let (result, attempts) = endpoint.request(&grant, Some(&refresh_token)).await;
         let tokens = match result {
             Ok(tokens) => tokens,
             Err(error) => {
@@ -318,12 +324,20 @@ impl TokenManager {
                 code: &code,
                 redirect_uri: &redirect_uri,
             };
-            let (result, _attempts) = manager.endpoint.request(&grant, None).await;
+            let (result, _attempts) = manager.endpoint()?.request(&grant, None).await;
             let current = manager.save_and_publish(result?).await?;
             manager.clear_latches();
             Ok(current)
         })
         .await
+    }
+
+    fn endpoint(&self) -> Result<&Endpoint, AuthError> {
+        self.endpoint.as_ref().ok_or_else(|| AuthError::ReauthorizationRequired {
+            reason: "a personal access token cannot be refreshed: create a new one in Nifty and pass it \
+                     to set_tokens"
+                .to_owned(),
+        })
     }
 
     fn clear_latches(&self) {

@@ -1,0 +1,135 @@
+//! [`NiftyAuthMiddleware`]: the same token manager as a reqwest-middleware middleware.
+//!
+//! Built from the same [`NiftyAuth`] as the tower layer, so a process that uses both shares one
+//! token cache and one single-flight refresh. Same semantics: the bearer only goes to allowed
+//! origins, a request with its own `Authorization` is left alone, and a 401 is retried once with a
+//! newer token — using [`reqwest::Request::try_clone`], so a streaming body (which cannot be cloned)
+//! is sent once and its 401 returned as it is.
+//!
+//! # Placement relative to `reqwest-retry`
+//!
+//! Put the retry middleware **outside** and nifty-auth **inside** (add it after):
+//!
+//! ```no_run
+//! # fn run(auth: nifty_auth::NiftyAuth) {
+//! use reqwest_retry::{policies::ExponentialBackoff, RetryTransientMiddleware};
+//!
+//! let retry = RetryTransientMiddleware::new_with_policy(ExponentialBackoff::builder().build_with_max_retries(3));
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(retry)              // outer: retries 5xx / connection errors
+//!     .with(auth.middleware())  // inner: a fresh token on every attempt, 401 handled here
+//!     .build();
+//! # let _ = client; }
+//! ```
+//!
+//! That way every attempt reqwest-retry makes gets the token current *at that moment* (a backoff can
+//! outlive a token), and the 401 refresh-and-retry happens once per attempt, inside it. In the other
+//! order the retry middleware would clone a request that already carries a bearer — which this
+//! middleware then leaves alone as caller-set — and could resend an expired token. reqwest-retry does
+//! not retry 401 (it is not transient), so the two never both retry the same answer.
+
+use http::header::AUTHORIZATION;
+use http::Extensions;
+use reqwest_middleware::{Middleware, Next};
+
+use crate::{NiftyAuth, DEFAULT_MAX_REPLAY_BODY_BYTES};
+
+/// A [`reqwest_middleware::Middleware`] attaching the tokens of a [`NiftyAuth`]; see the
+/// [module docs](self).
+///
+/// Errors from the token manager arrive as `reqwest_middleware::Error::Middleware` wrapping an
+/// [`AuthError`](crate::AuthError): `err` → `match err { Error::Middleware(e) => e.downcast_ref::<AuthError>() … }`.
+#[derive(Clone, Debug)]
+pub struct NiftyAuthMiddleware {
+    auth: NiftyAuth,
+    max_replay_body_bytes: usize,
+    retry_on_unauthorized: bool,
+}
+
+impl NiftyAuthMiddleware {
+    /// A middleware attaching the tokens of `auth`; the same as [`NiftyAuth::middleware`].
+    pub fn new(auth: NiftyAuth) -> Self {
+        NiftyAuthMiddleware {
+            retry_on_unauthorized: auth.can_refresh(),
+            auth,
+            max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
+        }
+    }
+
+    /// Buffered bodies up to this size are replayed after a 401; larger ones are sent once. Defaults
+    /// to [`DEFAULT_MAX_REPLAY_BODY_BYTES`].
+    pub fn max_replay_body_bytes(mut self, max: usize) -> Self {
+        self.max_replay_body_bytes = max;
+        self
+    }
+
+    /// Whether a 401 is retried once with a newer token. Defaults to `true` (`false` for personal
+    /// access tokens, which cannot be refreshed).
+    pub fn retry_on_unauthorized(mut self, retry: bool) -> Self {
+        self.retry_on_unauthorized = retry;
+        self
+    }
+
+    fn allowed(&self, url: &reqwest::Url) -> bool {
+        match url.host_str() {
+            Some(host) => self.auth.shared.origins.allows_origin(
+                url.scheme(),
+                host,
+                url.port_or_known_default(),
+            ),
+            None => false,
+        }
+    }
+}
+
+impl NiftyAuth {
+    /// A [`NiftyAuthMiddleware`] for reqwest-middleware, sharing this manager's tokens.
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn middleware(&self) -> NiftyAuthMiddleware {
+        NiftyAuthMiddleware::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for NiftyAuthMiddleware {
+    async fn handle(
+        &self,
+        mut request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        if request.headers().contains_key(AUTHORIZATION) || !self.allowed(request.url()) {
+            return next.run(request, extensions).await;
+        }
+        let (header, generation) = self
+            .auth
+            .header_for_request()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let small_enough = request.body().is_none_or(|body| {
+            body.as_bytes()
+                .is_some_and(|b| b.len() <= self.max_replay_body_bytes)
+        });
+        let retry = if self.retry_on_unauthorized && small_enough {
+            request.try_clone()
+        } else {
+            None
+        };
+        request.headers_mut().insert(AUTHORIZATION, header);
+        let response = next.clone().run(request, extensions).await?;
+        if response.status() != http::StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let Some(mut retry) = retry else {
+            return Ok(response);
+        };
+        crate::trace::debug!(generation, "401 answered; retrying once with a newer token");
+        let header = self
+            .auth
+            .header_after_unauthorized(generation)
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        retry.headers_mut().insert(AUTHORIZATION, header);
+        next.run(retry, extensions).await
+    }
+}
