@@ -372,15 +372,18 @@ async fn read_capped(mut body: BoxBody<Bytes, BoxError>) -> Result<Option<Bytes>
 /// like a token (a long run of token characters) replaced by `***`.
 fn redact(text: &str, secrets: &[&str]) -> String {
     const MAX_CHARS: usize = 120;
-    const TOKEN_RUN: usize = 24;
     let mut text = text.to_owned();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
         text = text.replace(secret, "***");
     }
     let mut out = String::new();
     let mut run = String::new();
+    // A run of token characters is masked when it is long (32+) or fairly long (12+) with a digit:
+    // words rarely carry digits, tokens nearly always do.
     let flush = |run: &mut String, out: &mut String| {
-        if run.chars().count() >= TOKEN_RUN {
+        let len = run.chars().count();
+        let has_digit = run.chars().any(|c| c.is_ascii_digit());
+        if len >= 32 || (len >= 12 && has_digit) {
             out.push_str("***");
         } else {
             out.push_str(run);
@@ -484,6 +487,17 @@ mod tests {
         assert!(!out.contains("s3cret-client"), "{out}");
         assert!(out.contains("Error"), "{out}");
         assert!(!out.contains('\n'));
+    }
+
+    #[test]
+    fn redact_masks_short_tokens_with_digits_but_keeps_words() {
+        let out = redact(
+            "old token at-1-2-4f3a9c0d1e2b3c4d was revoked: invalid_refresh_token",
+            &[],
+        );
+        assert!(!out.contains("4f3a9c0d1e2b3c4d"), "{out}");
+        assert!(out.contains("invalid_refresh_token"), "{out}");
+        assert!(out.contains("revoked"), "{out}");
     }
 
     #[test]
