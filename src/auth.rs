@@ -80,6 +80,12 @@ impl NiftyAuth {
         }
     }
 
+    /// A snapshot of this manager's counters (token calls by outcome, refreshes, coalesced waiters,
+    /// 401 retries, requests). Cheap: a handful of relaxed atomic loads.
+    pub fn stats(&self) -> crate::Stats {
+        self.shared.manager.counters.snapshot()
+    }
+
     /// Whether this manager can get new tokens (`false` for a personal access token).
     pub fn can_refresh(&self) -> bool {
         self.shared.manager.endpoint.is_some()

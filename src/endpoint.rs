@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
+use crate::stats::Counters;
 use crate::store::BoxFuture;
 use crate::{AuthError, BoxError, Credentials, TokenSet};
 
@@ -135,14 +136,16 @@ impl Endpoint {
         &'a self,
         grant: &'a Grant<'a>,
         previous_refresh_token: Option<&'a str>,
+        counters: &'a Counters,
     ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
-        Box::pin(self.request_inner(grant, previous_refresh_token))
+        Box::pin(self.request_inner(grant, previous_refresh_token, counters))
     }
 
     async fn request_inner(
         &self,
         grant: &Grant<'_>,
         previous_refresh_token: Option<&str>,
+        counters: &Counters,
     ) -> (Result<TokenSet, AuthError>, u32) {
         let body = Bytes::from(grant.body().to_string());
         let mut attempt = 1;
@@ -151,8 +154,14 @@ impl Endpoint {
                 .attempt(grant, body.clone(), previous_refresh_token)
                 .await
             {
-                Ok(tokens) => return (Ok(tokens), attempt),
-                Err(failure) => failure,
+                Ok(tokens) => {
+                    counters.token_call(Ok(()));
+                    return (Ok(tokens), attempt);
+                }
+                Err(failure) => {
+                    counters.token_call(Err(&failure.error));
+                    failure
+                }
             };
             if !failure.retry || attempt >= self.backoff.attempts {
                 return (Err(failure.error), attempt);

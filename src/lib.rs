@@ -98,6 +98,7 @@ mod layer;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod middleware;
 mod origin;
+mod stats;
 pub mod store;
 mod token;
 mod trace;
@@ -120,6 +121,7 @@ pub use layer::{
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use middleware::NiftyAuthMiddleware;
+pub use stats::Stats;
 pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};
 pub use token::{TokenSet, MAX_EXPIRES_IN};
 

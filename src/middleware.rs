@@ -106,6 +106,7 @@ impl Middleware for NiftyAuthMiddleware {
             .header_for_request()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
+        self.auth.shared.manager.counters.request_authorized();
         let small_enough = request.body().is_none_or(|body| {
             body.as_bytes()
                 .is_some_and(|b| b.len() <= self.max_replay_body_bytes)
@@ -130,6 +131,7 @@ impl Middleware for NiftyAuthMiddleware {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         retry.headers_mut().insert(AUTHORIZATION, header);
+        self.auth.shared.manager.counters.unauthorized_retry();
         next.run(retry, extensions).await
     }
 }

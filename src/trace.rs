@@ -20,4 +20,16 @@ macro_rules! warning {
     ($($arg:tt)*) => {{}};
 }
 
-pub(crate) use {debug, warning};
+/// Records a field on the current span.
+#[cfg(feature = "tracing")]
+macro_rules! record {
+    ($name:literal, $value:expr) => {
+        ::tracing::Span::current().record($name, $value)
+    };
+}
+#[cfg(not(feature = "tracing"))]
+macro_rules! record {
+    ($name:literal, $value:expr) => {{}};
+}
+
+pub(crate) use {debug, record, warning};

@@ -55,8 +55,9 @@ impl<S: Clone, B: ReplayableBody> Retry<S, B> {
 struct Waiting<S, B> {
     service: S,
     request: Request<B>,
-    /// `None` when 401 retries are off.
-    retry: Option<(NiftyAuth, u64)>,
+    auth: NiftyAuth,
+    /// The replay cap, or `None` when 401 retries are off.
+    replay_cap: Option<u64>,
 }
 
 pin_project! {
@@ -100,7 +101,8 @@ where
         token: TokenFuture,
         service: S,
         request: Request<B>,
-        retry: Option<(NiftyAuth, u64)>,
+        auth: NiftyAuth,
+        replay_cap: Option<u64>,
     ) -> Self {
         ResponseFuture {
             state: State::WaitToken {
@@ -108,7 +110,8 @@ where
                 waiting: Some(Waiting {
                     service,
                     request,
-                    retry,
+                    auth,
+                    replay_cap,
                 }),
             },
         }
@@ -149,9 +152,11 @@ where
                     let Waiting {
                         mut service,
                         mut request,
-                        retry,
+                        auth,
+                        replay_cap,
                     } = waiting.take().ok_or_else(gone)?;
-                    let retry = retry.and_then(|(auth, max)| {
+                    auth.shared.manager.counters.request_authorized();
+                    let retry = replay_cap.and_then(|max| {
                         Retry::new(&request, &service, &auth, max, current.generation)
                     });
                     request.headers_mut().insert(AUTHORIZATION, header);
@@ -190,8 +195,10 @@ where
                     let Retry {
                         mut service,
                         mut request,
+                        auth,
                         ..
                     } = retry.take().ok_or_else(gone)?;
+                    auth.shared.manager.counters.unauthorized_retry();
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
                     state.set(State::Second { future });

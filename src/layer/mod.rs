@@ -171,6 +171,7 @@ where
         let manager = &self.auth.shared.manager;
         match manager.header_now() {
             Some((header, generation)) => {
+                manager.counters.request_authorized();
                 let retry = self.retry_for(&request, generation);
                 request.headers_mut().insert(AUTHORIZATION, header);
                 ResponseFuture::first(self.inner.call(request), retry)
@@ -185,8 +186,9 @@ where
                     token,
                     ready,
                     request,
+                    self.auth.clone(),
                     self.retry_on_unauthorized
-                        .then(|| (self.auth.clone(), self.max_replay_body_bytes)),
+                        .then_some(self.max_replay_body_bytes),
                 )
             }
         }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::cache::{Current, Read, TokenCache};
 use crate::endpoint::{Endpoint, Grant};
+use crate::stats::Counters;
 use crate::store::TokenStore;
 use crate::trace;
 use crate::{AuthError, TokenSet};
@@ -61,6 +62,7 @@ pub(crate) struct TokenManager {
     pub(crate) store: Arc<dyn TokenStore>,
     bootstrap_refresh_token: Option<String>,
     state: Mutex<State>,
+    pub(crate) counters: Counters,
     /// Serializes everything that changes the tokens: refreshes, `set_tokens`, `exchange_code`.
     gate: tokio::sync::Mutex<()>,
 }
@@ -98,6 +100,7 @@ impl TokenManager {
             store,
             bootstrap_refresh_token,
             state: Mutex::new(State::default()),
+            counters: Counters::default(),
             gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -139,10 +142,15 @@ impl TokenManager {
             let mut state = self.state.lock();
             let current = self.cache.load();
             if satisfies(&current, want, Instant::now()) {
+                // Someone else's refresh already served this caller.
+                self.counters.refresh_coalesced();
                 return Ok(current);
             }
             match &state.in_flight {
-                Some(in_flight) => in_flight.clone(),
+                Some(in_flight) => {
+                    self.counters.refresh_coalesced();
+                    in_flight.clone()
+                }
                 None => {
                     if let Some(error) = &state.terminal {
                         return Err(error.clone());
@@ -157,6 +165,7 @@ impl TokenManager {
     /// Spawns the refresh task and parks its handle in the in-flight slot. Needs the state lock, so the
     /// task cannot clear the slot before it is set.
     fn start(self: &Arc<Self>, state: &mut State, want: Want) -> InFlight {
+        self.counters.refresh_started();
         let manager = Arc::clone(self);
         let future: TokenFuture = match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -188,9 +197,32 @@ impl TokenManager {
         shared
     }
 
-    /// The body of the refresh task.
+    /// The refresh task, in a `nifty_auth.refresh` span (grant, trigger, outcome, attempts, duration).
     async fn refresh(self: &Arc<Self>, want: Want) -> Result<Arc<Current>, AuthError> {
         let started = Instant::now();
+        let refresh = self.refresh_gated(want);
+        #[cfg(feature = "tracing")]
+        let span = tracing::debug_span!(
+            "nifty_auth.refresh",
+            grant = "refresh_token",
+            trigger = ?want,
+            outcome = tracing::field::Empty,
+            attempts = 0u32,
+            duration_ms = tracing::field::Empty,
+        );
+        #[cfg(feature = "tracing")]
+        let refresh = tracing::Instrument::instrument(refresh, span.clone());
+        let result = refresh.await;
+        #[cfg(feature = "tracing")]
+        {
+            span.record("duration_ms", started.elapsed().as_millis() as u64);
+            span.record("outcome", if result.is_ok() { "ok" } else { "failed" });
+        }
+        let _ = started;
+        result
+    }
+
+    async fn refresh_gated(self: &Arc<Self>, want: Want) -> Result<Arc<Current>, AuthError> {
         let _gate = self.gate.lock().await;
         // Someone (set_tokens, exchange_code, an earlier refresh) may have published while we queued.
         let current = self.cache.load();
@@ -201,13 +233,13 @@ impl TokenManager {
         let result = self.refresh_locked(&current).await;
         lock.release().await;
         match &result {
-            Ok(current) => trace::debug!(
-                generation = current.generation,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "token refreshed"
-            ),
+            Ok(current) => trace::debug!(generation = current.generation, "token refreshed"),
             Err(error) => {
-                trace::warning!(error = %error, terminal = error.is_terminal(), "token refresh failed");
+                if error.is_terminal() {
+                    trace::warning!(error = %error, "token refresh failed for good: re-authorization or new configuration needed");
+                } else {
+                    trace::warning!(error = %error, "token refresh failed");
+                }
                 if want == Want::Background {
                     let cooldown = self
                         .endpoint
@@ -240,6 +272,7 @@ impl TokenManager {
             if let Some(stored) = stored {
                 let newer = current.access_token() != Some(stored.access_token());
                 if newer && TokenCache::adoptable(&stored) {
+                    trace::record!("outcome", "adopted_from_store");
                     trace::debug!("adopting tokens from the store");
                     return self.cache.publish(stored);
                 }
@@ -266,18 +299,19 @@ impl TokenManager {
         let grant = Grant::RefreshToken {
             refresh_token: &refresh_token,
         };
-        let (result, attempts) = endpoint.request(&grant, Some(&refresh_token)).await;
+        let (result, attempts) = endpoint
+            .request(&grant, Some(&refresh_token), &self.counters)
+            .await;
+        trace::record!("attempts", attempts);
         let tokens = match result {
             Ok(tokens) => tokens,
             Err(error) => {
                 if error.is_terminal() {
                     self.state.lock().terminal = Some(error.clone());
                 }
-                trace::debug!(attempts, "refresh grant failed");
                 return Err(error);
             }
         };
-        trace::debug!(attempts, "refresh grant succeeded");
 
         // 4. Save before anyone uses the new access token; 5. publish.
         self.save_and_publish(tokens).await
@@ -324,7 +358,10 @@ impl TokenManager {
                 code: &code,
                 redirect_uri: &redirect_uri,
             };
-            let (result, _attempts) = manager.endpoint()?.request(&grant, None).await;
+            let (result, _attempts) = manager
+                .endpoint()?
+                .request(&grant, None, &manager.counters)
+                .await;
             let current = manager.save_and_publish(result?).await?;
             manager.clear_latches();
             Ok(current)

@@ -1,0 +1,152 @@
+//! [`Stats`]: counters a program can export (Prometheus, logs), kept as relaxed atomics.
+//!
+//! The per-request counter is striped over cache-line-padded slots, so threads sending requests in
+//! parallel do not contend on one cache line; everything else is counted on the refresh path only.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use crate::AuthError;
+
+/// A snapshot of a [`NiftyAuth`](crate::NiftyAuth)'s counters, from [`NiftyAuth::stats`](crate::NiftyAuth::stats).
+///
+/// All counts are since the manager was built and shared by every clone, layer and middleware made
+/// from it.
+///
+/// ```
+/// # #[cfg(feature = "testing")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), nifty_auth::BoxError> {
+/// use nifty_auth::testing::FakeNifty;
+/// use nifty_auth::NiftyAuth;
+///
+/// let nifty = FakeNifty::start().await?;
+/// let auth = NiftyAuth::builder(nifty.credentials())
+///     .token_url(nifty.token_url().as_str())
+///     .refresh_token(nifty.issue_refresh_token())
+///     .build()?;
+/// auth.access_token().await?;
+/// let stats = auth.stats();
+/// assert_eq!(stats.token_calls_succeeded, 1);
+/// assert_eq!(stats.refreshes, 1);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "testing"))]
+/// # fn main() {}
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Token endpoint calls answered with usable tokens.
+    pub token_calls_succeeded: u64,
+    /// Token endpoint calls that failed transiently (transport, timeout, 5xx, 429).
+    pub token_calls_failed_transient: u64,
+    /// Token endpoint calls rejected for good (`invalid_grant`, 401, 403).
+    pub token_calls_failed_terminal: u64,
+    /// Other failed token endpoint calls (unusable answers, 405, other 4xx).
+    pub token_calls_failed_other: u64,
+    /// Refreshes run (each one is one task, with up to `token_attempts` token calls).
+    pub refreshes: u64,
+    /// Times a caller needing a new token joined a running refresh, or found one just finished,
+    /// instead of starting its own.
+    pub refreshes_coalesced: u64,
+    /// Requests sent a second time after a 401.
+    pub unauthorized_retries: u64,
+    /// Requests sent with a bearer token from this manager (first sends).
+    pub requests_authorized: u64,
+    /// Of those, the ones that needed no retry.
+    pub requests_without_retry: u64,
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    token_calls_succeeded: AtomicU64,
+    token_calls_failed_transient: AtomicU64,
+    token_calls_failed_terminal: AtomicU64,
+    token_calls_failed_other: AtomicU64,
+    refreshes: AtomicU64,
+    refreshes_coalesced: AtomicU64,
+    unauthorized_retries: AtomicU64,
+    requests_authorized: Striped,
+}
+
+impl Counters {
+    pub(crate) fn token_call(&self, result: Result<(), &AuthError>) {
+        let counter = match result {
+            Ok(()) => &self.token_calls_succeeded,
+            Err(e) if e.is_transient() => &self.token_calls_failed_transient,
+            Err(e) if e.is_terminal() => &self.token_calls_failed_terminal,
+            Err(_) => &self.token_calls_failed_other,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn refresh_started(&self) {
+        self.refreshes.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn refresh_coalesced(&self) {
+        self.refreshes_coalesced.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn unauthorized_retry(&self) {
+        self.unauthorized_retries.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn request_authorized(&self) {
+        self.requests_authorized.increment();
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let requests_authorized = self.requests_authorized.sum();
+        let unauthorized_retries = self.unauthorized_retries.load(Relaxed);
+        Stats {
+            token_calls_succeeded: self.token_calls_succeeded.load(Relaxed),
+            token_calls_failed_transient: self.token_calls_failed_transient.load(Relaxed),
+            token_calls_failed_terminal: self.token_calls_failed_terminal.load(Relaxed),
+            token_calls_failed_other: self.token_calls_failed_other.load(Relaxed),
+            refreshes: self.refreshes.load(Relaxed),
+            refreshes_coalesced: self.refreshes_coalesced.load(Relaxed),
+            unauthorized_retries,
+            requests_authorized,
+            requests_without_retry: requests_authorized.saturating_sub(unauthorized_retries),
+        }
+    }
+}
+
+const STRIPES: usize = 8;
+
+/// One cache line per slot, so two threads never write the same line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(AtomicU64);
+
+/// A counter striped over [`STRIPES`] slots; each thread always writes the same slot.
+#[derive(Debug, Default)]
+struct Striped([Slot; STRIPES]);
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+impl Striped {
+    #[inline]
+    fn increment(&self) {
+        let stripe = STRIPE.with(|s| {
+            let mut i = s.get();
+            if i == usize::MAX {
+                i = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
+                s.set(i);
+            }
+            i
+        });
+        self.0[stripe].0.fetch_add(1, Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|slot| slot.0.load(Relaxed)).sum()
+    }
+}
