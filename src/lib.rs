@@ -62,7 +62,14 @@
 //! - `rustls` (default): HTTPS for the built-in token endpoint client (hyper-util + rustls with webpki
 //!   roots; no system libraries). Without it, supply [`Builder::http_client`] for an https token URL.
 //! - `tracing` (default): debug events for refreshes and 401 retries, never with a token or secret.
-//! - `testing`: [`testing::FakeNifty`], a real loopback Nifty token endpoint and API for your tests.
+//! - `reqwest`: `NiftyAuthMiddleware` for reqwest-middleware, sharing the token cache with the layer.
+//! - `testing`: `testing::FakeNifty`, a real loopback Nifty token endpoint and API for your tests.
+//!
+//! # Modules
+//!
+//! - [`store`]: the [`TokenStore`] trait, [`MemoryStore`], [`FileStore`].
+//! - [`authorize`]: the first authorization (authorize URL, loopback callback).
+//! - `middleware` (feature `reqwest`), `testing` (feature `testing`).
 //!
 //! # Design notes
 //!
