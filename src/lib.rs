@@ -129,6 +129,9 @@ pub use layer::{
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use middleware::NiftyAuthMiddleware;
 pub use stats::Stats;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::RedisStore;
 pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};
 pub use token::{TokenSet, MAX_EXPIRES_IN};
 

@@ -2,8 +2,8 @@
 //!
 //! The token manager calls the store at three moments, always from its one refresh task:
 //!
-//! 1. [`lock`](TokenStore::lock) before a refresh (a no-op by default; a shared store such as Redis
-//!    takes a cross-process lock here),
+//! 1. [`lock`](TokenStore::lock) before a refresh (a no-op by default; a shared store such as
+//!    `RedisStore` takes a cross-process lock here),
 //! 2. [`load`](TokenStore::load) right after, because someone else may have refreshed already,
 //! 3. [`save`](TokenStore::save) with the new tokens *before* any request uses them. A refresh whose
 //!    save fails returns [`AuthError::Store`](crate::AuthError::Store) and the new tokens stay unused
@@ -48,14 +48,23 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{BoxError, TokenSet};
 
 mod file;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{
+    RedisStore, RedisStoreBuilder, DEFAULT_REDIS_COMMAND_TIMEOUT, DEFAULT_REDIS_KEY_PREFIX,
+    DEFAULT_REDIS_TOKEN_TTL,
+};
 
 /// A boxed, `Send` future: what [`TokenStore`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -77,9 +86,15 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Takes an exclusive lock around one refresh, for stores shared by several processes.
     ///
     /// Called before [`load`](Self::load) at the start of every refresh; the returned [`StoreLock`]
-    /// is released after the new tokens are saved (or the refresh failed). The default takes no lock:
-    /// inside one process the token manager already runs one refresh at a time.
-    fn lock(&self) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+    /// is released after the new tokens are saved (or the refresh failed). `max_hold` is the longest
+    /// the refresh can take (every token call attempt timing out, plus the backoff between them): a
+    /// lock with an expiry should last at least that long. If the lock is held elsewhere, wait for it
+    /// (bounded); the refresh then re-reads the store and usually finds the other holder's tokens.
+    ///
+    /// The default takes no lock: inside one process the token manager already runs one refresh at
+    /// a time.
+    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        let _ = max_hold;
         Box::pin(async { Ok(StoreLock::none()) })
     }
 }
@@ -91,8 +106,8 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
         (**self).save(tokens)
     }
-    fn lock(&self) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        (**self).lock()
+    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        (**self).lock(max_hold)
     }
 }
 
@@ -103,8 +118,8 @@ impl<T: TokenStore + ?Sized> TokenStore for Box<T> {
     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
         (**self).save(tokens)
     }
-    fn lock(&self) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        (**self).lock()
+    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        (**self).lock(max_hold)
     }
 }
 

@@ -130,11 +130,11 @@ impl TokenCache {
         Ok(next)
     }
 
-    /// Whether `tokens` (e.g. just loaded from the store) can be adopted without a refresh: it has
-    /// more than a second left (after publication its refresh point is clamped into its lifetime).
+    /// Whether `tokens` (e.g. just loaded from the store) can be adopted without a refresh: it is not
+    /// about to expire. Its refresh point is then clamped into what is left of its life, so a token
+    /// adopted late in its life is refreshed ahead of expiry like any other.
     pub(crate) fn adoptable(tokens: &TokenSet) -> bool {
-        tokens
-            .expires_in()
-            .is_none_or(|left| left > Duration::from_secs(1))
+        const MIN_LEFT: Duration = Duration::from_millis(100);
+        tokens.expires_in().is_none_or(|left| left > MIN_LEFT)
     }
 }

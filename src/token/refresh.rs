@@ -229,7 +229,11 @@ impl TokenManager {
         if satisfies(&current, want, Instant::now()) {
             return Ok(current);
         }
-        let lock = self.store.lock().await.map_err(AuthError::store)?;
+        let lock = self
+            .store
+            .lock(self.max_refresh_time())
+            .await
+            .map_err(AuthError::store)?;
         let result = self.refresh_locked(&current).await;
         lock.release().await;
         match &result {
@@ -367,6 +371,21 @@ impl TokenManager {
             Ok(current)
         })
         .await
+    }
+
+    /// The longest one refresh can take: every attempt timing out, the longest backoff between them,
+    /// and a margin for the store. What a store's refresh lock must outlast.
+    fn max_refresh_time(&self) -> Duration {
+        const STORE_MARGIN: Duration = Duration::from_secs(10);
+        match &self.endpoint {
+            Some(e) => {
+                let attempts = e.backoff.attempts;
+                e.timeout.saturating_mul(attempts)
+                    + e.backoff.max.saturating_mul(attempts.saturating_sub(1))
+                    + STORE_MARGIN
+            }
+            None => STORE_MARGIN,
+        }
     }
 
     fn endpoint(&self) -> Result<&Endpoint, AuthError> {
