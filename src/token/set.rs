@@ -63,15 +63,15 @@ impl TokenSet {
         self
     }
 
-    /// Sets the expiry to `expires_in` from now (wall clock).
+    /// Sets the expiry to `expires_in` from now (wall clock, kept to the millisecond).
     pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
-        self.expires_at = Some(SystemTime::now() + expires_in);
+        self.expires_at = Some(to_millis(SystemTime::now() + expires_in));
         self
     }
 
-    /// Sets the absolute expiry.
+    /// Sets the absolute expiry (kept to the millisecond).
     pub fn with_expires_at(mut self, expires_at: SystemTime) -> Self {
-        self.expires_at = Some(expires_at);
+        self.expires_at = Some(to_millis(expires_at));
         self
     }
 
@@ -200,7 +200,7 @@ impl TokenSet {
         };
         let expires_at = match map.get("expires_in") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(received_at + parse_expires_in(v)?),
+            Some(v) => Some(to_millis(received_at + parse_expires_in(v)?)),
         };
         let scope = match map.get("scope") {
             None | Some(Value::Null) => None,
@@ -235,6 +235,14 @@ impl TokenSet {
         };
         set.validate()?;
         Ok(set)
+    }
+}
+
+/// Expiry times are kept to the millisecond, so they survive a store round trip exactly.
+fn to_millis(at: SystemTime) -> SystemTime {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(d) => UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
+        Err(_) => at,
     }
 }
 
@@ -325,7 +333,7 @@ impl TryFrom<StoredTokenSet> for TokenSet {
         let expires_at = match s.expires_at {
             None => None,
             Some(secs) if (0.0..1e11).contains(&secs) => {
-                Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
+                Some(UNIX_EPOCH + Duration::from_millis((secs * 1000.0).round() as u64))
             }
             Some(_) => return Err("`expires_at` is not a valid Unix time".to_owned()),
         };
