@@ -62,6 +62,8 @@
 //! - `rustls` (default): HTTPS for the built-in token endpoint client (hyper-util + rustls with webpki
 //!   roots; no system libraries). Without it, supply [`Builder::http_client`] for an https token URL.
 //! - `tracing` (default): debug events for refreshes and 401 retries, never with a token or secret.
+//! - `redis`: `RedisStore`, tokens shared by many processes with a cross-process refresh lock and
+//!   optional encryption at rest.
 //! - `reqwest`: `NiftyAuthMiddleware` for reqwest-middleware, sharing the token cache with the layer.
 //! - `testing`: `testing::FakeNifty`, a real loopback Nifty token endpoint and API for your tests.
 //!
