@@ -1,0 +1,291 @@
+//! Group 1, `hot_path`: one request through an already-ready service whose inner service answers at
+//! once, on a current-thread runtime.
+//!
+//! (a) the bare inner service, (b) tower-http `AddAuthorizationLayer::bearer` (a static header: the
+//! floor), (c) `NiftyAuthLayer` with a valid cached token, (c') the same with
+//! `retry_on_unauthorized(false)` (no retry copy of the request), (d) a naive hand-written layer
+//! (`tokio::sync::Mutex<Option<String>>` + `format!` per request).
+//!
+//! Requests are built (the same way for every variant) in batches outside the timed section; the
+//! timed section is `ready().await` + `call().await` + dropping the response, per request. After the
+//! criterion group, the same variants run again in interleaved rounds (`paired hot_path` lines) so the
+//! ratios hold on a noisy machine. Group `hot_path_parts` times the pieces of (c) one by one.
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::Full;
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceExt};
+
+use common::*;
+
+/// Requests built per untimed batch.
+const BATCH: usize = 512;
+
+/// Sends `iters` requests through `svc`, building them in untimed batches; returns the timed total.
+async fn run<S>(svc: &mut S, uri: &Uri, iters: u64) -> Duration
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut total = Duration::ZERO;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(BATCH as u64) as usize;
+        batch.extend((0..n).map(|_| request(uri)));
+        let start = Instant::now();
+        for request in batch.drain(..) {
+            let response = svc
+                .ready()
+                .await
+                .expect("ready")
+                .call(request)
+                .await
+                .expect("call");
+            black_box(response);
+        }
+        total += start.elapsed();
+        left -= n as u64;
+    }
+    total
+}
+
+fn bench_variant<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    svc: S,
+    uri: &Uri,
+) where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut svc = svc.clone();
+            let uri = uri.clone();
+            async move { run(&mut svc, &uri, iters).await }
+        })
+    });
+}
+
+/// A paired-comparison variant: 100,000 requests through its own clone of `svc`.
+fn variant<'a, S>(name: &'static str, rt: &'a Runtime, svc: S, uri: &'a Uri) -> Variant<'a>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + 'a,
+    S::Error: std::fmt::Debug,
+{
+    let mut svc = svc;
+    Variant::new(name, move || {
+        rt.block_on(run(&mut svc, uri, PAIRED_REQUESTS))
+    })
+}
+
+/// Requests per variant and round of the paired comparison.
+const PAIRED_REQUESTS: u64 = 100_000;
+
+fn hot_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let uri: Uri = API.parse().expect("uri");
+    let auth = rt.block_on(warm_auth());
+    let nifty = auth.layer();
+    let nifty_no_retry = auth.layer().retry_on_unauthorized(false);
+    let naive = NaiveAuthLayer::new(TOKEN);
+
+    // Every variant attaches the same header (checked once, not measured).
+    let bearer = expected_bearer();
+    rt.block_on(async {
+        check_attaches(echo_service(), None).await;
+        check_attaches(tower_http_layer().layer(echo_service()), Some(&bearer)).await;
+        check_attaches(nifty.layer(echo_service()), Some(&bearer)).await;
+        check_attaches(nifty_no_retry.layer(echo_service()), Some(&bearer)).await;
+        check_attaches(naive.layer(echo_service()), Some(&bearer)).await;
+    });
+
+    let mut group = c.benchmark_group("hot_path");
+    group.throughput(Throughput::Elements(1));
+    bench_variant(&mut group, &rt, "a_bare", ok_service(), &uri);
+    bench_variant(
+        &mut group,
+        &rt,
+        "b_tower_http_static",
+        tower_http_layer().layer(ok_service()),
+        &uri,
+    );
+    bench_variant(
+        &mut group,
+        &rt,
+        "c_nifty_auth",
+        nifty.layer(ok_service()),
+        &uri,
+    );
+    bench_variant(
+        &mut group,
+        &rt,
+        "c2_nifty_auth_no_retry",
+        nifty_no_retry.layer(ok_service()),
+        &uri,
+    );
+    bench_variant(
+        &mut group,
+        &rt,
+        "d_naive_mutex",
+        naive.layer(ok_service()),
+        &uri,
+    );
+    group.finish();
+
+    // The same variants, interleaved: ratios that a drifting machine load cannot skew.
+    if paired_enabled() {
+        paired(
+            "hot_path",
+            15,
+            PAIRED_REQUESTS,
+            "req",
+            vec![
+                variant("a_bare", &rt, ok_service(), &uri),
+                variant(
+                    "b_tower_http_static",
+                    &rt,
+                    tower_http_layer().layer(ok_service()),
+                    &uri,
+                ),
+                variant("c_nifty_auth", &rt, nifty.layer(ok_service()), &uri),
+                variant(
+                    "c2_nifty_auth_no_retry",
+                    &rt,
+                    nifty_no_retry.layer(ok_service()),
+                    &uri,
+                ),
+                variant("d_naive_mutex", &rt, naive.layer(ok_service()), &uri),
+            ],
+        );
+    }
+}
+
+/// The pieces of nifty-auth's hot path, one by one, with the same types the crate uses (it keeps them
+/// private, so they are rebuilt here): where the time of (c) goes.
+fn hot_path_parts(c: &mut Criterion) {
+    let uri: Uri = API.parse().expect("uri");
+    let mut group = c.benchmark_group("hot_path_parts");
+
+    // `Instant::now()` as the token cache reads it (tokio's, `test-util` compiled in as in the tests).
+    group.bench_function("clock_read", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+
+    // The token read: `ArcSwap::load` + clone of the pre-built sensitive header (what tower-http
+    // does without the load).
+    let mut header = HeaderValue::try_from(format!("Bearer {TOKEN}")).expect("header");
+    header.set_sensitive(true);
+    let current = ArcSwap::from_pointee((header.clone(), 1u64));
+    group.bench_function("arcswap_load_and_header_clone", |b| {
+        b.iter(|| {
+            let guard = current.load();
+            black_box((guard.0.clone(), guard.1))
+        })
+    });
+    group.bench_function("header_clone_only", |b| {
+        b.iter(|| black_box(header.clone()))
+    });
+
+    // The retry copy of a fresh request's head (method, URI, version, headers, extensions) and its
+    // drop, as `Retry::new` makes it for every request when retries are on.
+    group.bench_function("retry_copy_of_head", |b| {
+        b.iter_batched(
+            || request(&uri),
+            |request| {
+                let mut copy = Request::new(request.body().clone());
+                *copy.method_mut() = request.method().clone();
+                *copy.uri_mut() = request.uri().clone();
+                *copy.version_mut() = request.version();
+                *copy.headers_mut() = request.headers().clone();
+                *copy.extensions_mut() = request.extensions().clone();
+                drop(black_box(copy));
+                request
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    // The allowed-origin check, replicated from src/origin.rs (it is private): scheme, host, port of
+    // the request URI against one allowed origin.
+    let allowed = [(true, "openapi.niftypm.com".to_owned(), 443u16)];
+    group.bench_function("origin_check_replica", |b| {
+        b.iter(|| {
+            let uri = black_box(&uri);
+            let Some(authority) = uri.authority() else {
+                return true;
+            };
+            let https = match uri.scheme_str() {
+                Some(s) if s.eq_ignore_ascii_case("https") => true,
+                Some(s) if s.eq_ignore_ascii_case("http") => false,
+                _ => return false,
+            };
+            let host = authority.host();
+            let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+            allowed
+                .iter()
+                .any(|(h, name, p)| *h == https && *p == port && name.eq_ignore_ascii_case(host))
+        })
+    });
+
+    // `contains_key(AUTHORIZATION)` before the insert (nifty-auth) vs the insert alone (tower-http).
+    group.bench_function("contains_key_then_insert", |b| {
+        b.iter_batched(
+            || request(&uri),
+            |mut request| {
+                if !request.headers().contains_key(AUTHORIZATION) {
+                    request.headers_mut().insert(AUTHORIZATION, header.clone());
+                }
+                request
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("insert_only", |b| {
+        b.iter_batched(
+            || request(&uri),
+            |mut request| {
+                request.headers_mut().insert(AUTHORIZATION, header.clone());
+                request
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = parts;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(30);
+    targets = hot_path_parts
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(40);
+    targets = hot_path
+}
+criterion_main!(benches, parts);
