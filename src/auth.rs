@@ -201,8 +201,8 @@ impl NiftyAuth {
 fn header_and_generation(
     current: &crate::token::cache::Current,
 ) -> Result<(http::HeaderValue, u64), AuthError> {
-    match &current.header {
-        Some(header) => Ok((header.clone(), current.generation)),
+    match current.header() {
+        Some(header) => Ok((header, current.generation)),
         None => Err(AuthError::Internal {
             reason: "a refresh published no token".to_owned(),
         }),
@@ -221,7 +221,7 @@ impl fmt::Debug for NiftyAuth {
         f.debug_struct("NiftyAuth")
             .field("endpoint", &self.shared.manager.endpoint)
             .field("allowed_origins", &self.shared.origins)
-            .field("has_token", &current.header.is_some())
+            .field("has_token", &current.tokens.is_some())
             .field("generation", &current.generation)
             .finish_non_exhaustive()
     }

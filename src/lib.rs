@@ -109,6 +109,7 @@ pub mod middleware;
 mod origin;
 mod stats;
 pub mod store;
+mod stripe;
 mod token;
 mod trace;
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use http::uri::Scheme;
 use http::Uri;
 
 use crate::AuthError;
@@ -18,6 +19,9 @@ struct Origin {
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Origins {
     list: Vec<Origin>,
+    /// The hot path's shortcut: each origin's scheme with the authority strings a URI of it usually
+    /// carries (`host`, and `host:port` with the default port spelled out).
+    fast: Vec<(Scheme, Box<str>)>,
 }
 
 impl Origins {
@@ -50,14 +54,27 @@ impl Origins {
                 list.push(origin);
             }
         }
-        Ok(Origins { list })
+        Ok(Origins::new(list))
+    }
+
+    fn new(list: Vec<Origin>) -> Self {
+        let mut fast = Vec::new();
+        for o in &list {
+            let scheme = if o.https { Scheme::HTTPS } else { Scheme::HTTP };
+            let default = if o.https { 443 } else { 80 };
+            if o.port == default {
+                fast.push((scheme.clone(), o.host.clone()));
+            }
+            fast.push((scheme, format!("{}:{}", o.host, o.port).into_boxed_str()));
+        }
+        Origins { list, fast }
     }
 
     /// The origin of `uri` alone (the default: the token URL's origin).
     pub(crate) fn of_uri(uri: &Uri) -> Result<Self, AuthError> {
         let origin = Origin::of(uri)
             .ok_or_else(|| AuthError::config(format!("`{uri}` has no http(s) origin")))?;
-        Ok(Origins { list: vec![origin] })
+        Ok(Origins::new(vec![origin]))
     }
 
     /// Whether the bearer may be attached to a request for `uri`.
@@ -67,6 +84,17 @@ impl Origins {
             // A relative URI goes wherever the inner service sends everything: same origin.
             return true;
         };
+        if let Some(scheme) = uri.scheme() {
+            let text = authority.as_str();
+            if self
+                .fast
+                .iter()
+                .any(|(s, a)| s == scheme && a.eq_ignore_ascii_case(text))
+            {
+                return true;
+            }
+        }
+        // Anything else (user info, odd spellings) gets the full comparison.
         match uri.scheme_str() {
             Some(scheme) => self.allows_origin(scheme, authority.host(), authority.port_u16()),
             None => false,

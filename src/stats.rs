@@ -3,9 +3,9 @@
 //! The per-request counter is striped over cache-line-padded slots, so threads sending requests in
 //! parallel do not contend on one cache line; everything else is counted on the refresh path only.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::stripe::{self, STRIPES};
 use crate::AuthError;
 
 /// A snapshot of a [`NiftyAuth`](crate::NiftyAuth)'s counters, from [`NiftyAuth::stats`](crate::NiftyAuth::stats).
@@ -115,8 +115,6 @@ impl Counters {
     }
 }
 
-const STRIPES: usize = 8;
-
 /// One cache line per slot, so two threads never write the same line.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -126,24 +124,10 @@ struct Slot(AtomicU64);
 #[derive(Debug, Default)]
 struct Striped([Slot; STRIPES]);
 
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
 impl Striped {
     #[inline]
     fn increment(&self) {
-        let stripe = STRIPE.with(|s| {
-            let mut i = s.get();
-            if i == usize::MAX {
-                i = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
-                s.set(i);
-            }
-            i
-        });
-        self.0[stripe].0.fetch_add(1, Relaxed);
+        self.0[stripe::index()].0.fetch_add(1, Relaxed);
     }
 
     fn sum(&self) -> u64 {

@@ -12,16 +12,18 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::{replay_copy, ReplayableBody};
-use crate::token::refresh::{TokenFuture, Want};
+use super::head::Head;
+use crate::token::refresh::{TokenFuture, TokenManager, Want};
 use crate::trace;
-use crate::{AuthError, BoxError, NiftyAuth};
+use crate::{AuthError, BoxError};
 
-/// Everything a retry needs: a service to send with, a copy of the request (without the old
-/// `Authorization`), and the token generation the first send used.
+/// Everything a retry needs: a service to send with, a copy of the request (taken before the
+/// `Authorization` header was added), and the token generation the first send used.
 pub(crate) struct Retry<S, B> {
     service: S,
-    auth: NiftyAuth,
-    request: Request<B>,
+    manager: Arc<TokenManager>,
+    head: Head,
+    body: B,
     generation: u64,
 }
 
@@ -31,21 +33,16 @@ impl<S: Clone, B: ReplayableBody> Retry<S, B> {
     pub(crate) fn new(
         request: &Request<B>,
         service: &S,
-        auth: &NiftyAuth,
+        manager: &Arc<TokenManager>,
         max_body_bytes: u64,
         generation: u64,
     ) -> Option<Self> {
         let body = replay_copy(request.body(), max_body_bytes)?;
-        let mut copy = Request::new(body);
-        *copy.method_mut() = request.method().clone();
-        *copy.uri_mut() = request.uri().clone();
-        *copy.version_mut() = request.version();
-        *copy.headers_mut() = request.headers().clone();
-        *copy.extensions_mut() = request.extensions().clone();
         Some(Retry {
+            head: Head::capture(request)?,
+            body,
             service: service.clone(),
-            auth: auth.clone(),
-            request: copy,
+            manager: Arc::clone(manager),
             generation,
         })
     }
@@ -55,7 +52,7 @@ impl<S: Clone, B: ReplayableBody> Retry<S, B> {
 struct Waiting<S, B> {
     service: S,
     request: Request<B>,
-    auth: NiftyAuth,
+    manager: Arc<TokenManager>,
     /// The replay cap, or `None` when 401 retries are off.
     replay_cap: Option<u64>,
 }
@@ -101,7 +98,7 @@ where
         token: TokenFuture,
         service: S,
         request: Request<B>,
-        auth: NiftyAuth,
+        manager: Arc<TokenManager>,
         replay_cap: Option<u64>,
     ) -> Self {
         ResponseFuture {
@@ -110,7 +107,7 @@ where
                 waiting: Some(Waiting {
                     service,
                     request,
-                    auth,
+                    manager,
                     replay_cap,
                 }),
             },
@@ -126,7 +123,7 @@ fn gone() -> BoxError {
 }
 
 fn header_of(current: &crate::token::cache::Current) -> Result<HeaderValue, BoxError> {
-    current.header.clone().ok_or_else(|| {
+    current.header().ok_or_else(|| {
         AuthError::Internal {
             reason: "a refresh published no token".to_owned(),
         }
@@ -152,12 +149,12 @@ where
                     let Waiting {
                         mut service,
                         mut request,
-                        auth,
+                        manager,
                         replay_cap,
                     } = waiting.take().ok_or_else(gone)?;
-                    auth.shared.manager.counters.request_authorized();
+                    manager.counters.request_authorized();
                     let retry = replay_cap.and_then(|max| {
-                        Retry::new(&request, &service, &auth, max, current.generation)
+                        Retry::new(&request, &service, &manager, max, current.generation)
                     });
                     request.headers_mut().insert(AUTHORIZATION, header);
                     // `service` was driven to readiness before `call` took it.
@@ -176,7 +173,7 @@ where
                         generation = retry.generation,
                         "401 answered; retrying once with a newer token"
                     );
-                    let manager = Arc::clone(&retry.auth.shared.manager);
+                    let manager = Arc::clone(&retry.manager);
                     let token = Box::pin(manager.token(Want::NewerThan(retry.generation)));
                     state.set(State::Refresh {
                         token,
@@ -194,11 +191,19 @@ where
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let Retry {
                         mut service,
-                        mut request,
-                        auth,
+                        manager,
+                        head,
+                        body,
                         ..
                     } = retry.take().ok_or_else(gone)?;
-                    auth.shared.manager.counters.unauthorized_retry();
+                    let Some(mut request) = head.into_request(body) else {
+                        return Poll::Ready(Err(AuthError::Internal {
+                            reason: "the request's headers could not be rebuilt for the retry"
+                                .to_owned(),
+                        }
+                        .into()));
+                    };
+                    manager.counters.unauthorized_retry();
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
                     state.set(State::Second { future });

@@ -12,11 +12,13 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::token::cache::{LocalCache, Read};
 use crate::token::refresh::Want;
 use crate::{BoxError, NiftyAuth};
 
 mod body;
 mod future;
+mod head;
 
 pub use body::ReplayableBody;
 pub use future::ResponseFuture;
@@ -90,6 +92,7 @@ impl<S> Layer<S> for NiftyAuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         NiftyAuthService {
             inner,
+            current: self.auth.shared.manager.cache.local(),
             auth: self.auth.clone(),
             max_replay_body_bytes: self.max_replay_body_bytes,
             retry_on_unauthorized: self.retry_on_unauthorized,
@@ -120,6 +123,8 @@ impl fmt::Debug for NiftyAuthLayer {
 #[derive(Clone)]
 pub struct NiftyAuthService<S> {
     inner: S,
+    /// This service's view of the current token (no shared bookkeeping while it does not change).
+    current: LocalCache,
     auth: NiftyAuth,
     max_replay_body_bytes: u64,
     retry_on_unauthorized: bool,
@@ -169,29 +174,32 @@ where
             return ResponseFuture::first(self.inner.call(request), None);
         }
         let manager = &self.auth.shared.manager;
-        match manager.header_now() {
-            Some((header, generation)) => {
-                manager.counters.request_authorized();
-                let retry = self.retry_for(&request, generation);
-                request.headers_mut().insert(AUTHORIZATION, header);
-                ResponseFuture::first(self.inner.call(request), retry)
+        let (header, generation) = match self.current.load().read() {
+            Read::Fresh(header, generation) => (header, generation),
+            Read::Stale(header, generation) => {
+                manager.refresh_in_background();
+                (header, generation)
             }
-            None => {
+            Read::Missing => {
                 // The future calls the service once a token arrives: take the service that was driven
                 // to readiness and leave a clone behind for the next poll_ready.
                 let clone = self.inner.clone();
                 let ready = mem::replace(&mut self.inner, clone);
                 let token = Box::pin(Arc::clone(manager).token(Want::Usable));
-                ResponseFuture::wait_for_token(
+                return ResponseFuture::wait_for_token(
                     token,
                     ready,
                     request,
-                    self.auth.clone(),
+                    Arc::clone(manager),
                     self.retry_on_unauthorized
                         .then_some(self.max_replay_body_bytes),
-                )
+                );
             }
-        }
+        };
+        manager.counters.request_authorized();
+        let retry = self.retry_for(&request, generation);
+        request.headers_mut().insert(AUTHORIZATION, header);
+        ResponseFuture::first(self.inner.call(request), retry)
     }
 }
 
@@ -209,7 +217,7 @@ impl<S: Clone> NiftyAuthService<S> {
         Retry::new(
             request,
             &self.inner,
-            &self.auth,
+            &self.auth.shared.manager,
             self.max_replay_body_bytes,
             generation,
         )

@@ -1,8 +1,8 @@
 //! The current token and its generation; the hot-path read.
 //!
 //! The current token lives in an [`ArcSwap`]: readers never take a lock and never allocate. A
-//! publication builds the sensitive `Authorization` value once; every request clones it (a reference
-//! count increment).
+//! publication builds the sensitive `Authorization` value once per stripe; a request clones its
+//! thread's copy (a reference-count increment on a cache line no other core is writing).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+use crate::stripe::{self, STRIPES};
 use crate::{AuthError, TokenSet};
 
 /// How far in the future "unknown expiry" is placed (the token is then only replaced after a 401).
@@ -19,8 +20,8 @@ const UNKNOWN_EXPIRY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 /// One published token: everything a request needs, computed once.
 #[derive(Debug)]
 pub(crate) struct Current {
-    /// `Bearer <access token>`, marked sensitive; `None` before the first token.
-    pub(crate) header: Option<HeaderValue>,
+    /// `Bearer <access token>`, marked sensitive, one copy per stripe; `None` before the first token.
+    headers: Option<[HeaderValue; STRIPES]>,
     /// Increases by one with every publication; a 401 names the generation it was sent with.
     pub(crate) generation: u64,
     /// From here on, requests still use the token but start a background refresh.
@@ -34,7 +35,7 @@ impl Current {
     fn empty() -> Self {
         let now = Instant::now();
         Current {
-            header: None,
+            headers: None,
             generation: 0,
             refresh_at: now,
             expires_at: now,
@@ -44,16 +45,40 @@ impl Current {
 
     /// A token that may still be sent at `now`.
     pub(crate) fn usable(&self, now: Instant) -> bool {
-        self.header.is_some() && now < self.expires_at
+        self.headers.is_some() && now < self.expires_at
     }
 
     /// A token that needs no refresh yet at `now`.
     pub(crate) fn fresh(&self, now: Instant) -> bool {
-        self.header.is_some() && now < self.refresh_at
+        self.headers.is_some() && now < self.refresh_at
     }
 
     pub(crate) fn access_token(&self) -> Option<&str> {
         self.tokens.as_ref().map(TokenSet::access_token)
+    }
+
+    /// This thread's copy of the header, if there is a token.
+    #[inline]
+    pub(crate) fn header(&self) -> Option<HeaderValue> {
+        self.headers
+            .as_ref()
+            .map(|headers| headers[stripe::index()].clone())
+    }
+
+    /// The hot-path decision: one clock read, one header clone.
+    #[inline]
+    pub(crate) fn read(&self) -> Read {
+        let Some(headers) = &self.headers else {
+            return Read::Missing;
+        };
+        let now = Instant::now();
+        if now < self.refresh_at {
+            Read::Fresh(headers[stripe::index()].clone(), self.generation)
+        } else if now < self.expires_at {
+            Read::Stale(headers[stripe::index()].clone(), self.generation)
+        } else {
+            Read::Missing
+        }
     }
 }
 
@@ -67,35 +92,34 @@ pub(crate) enum Read {
     Missing,
 }
 
+/// A per-service view of the current token that skips even the `ArcSwap` load's bookkeeping while
+/// the token does not change.
+pub(crate) type LocalCache = arc_swap::Cache<Arc<ArcSwap<Current>>, Arc<Current>>;
+
 /// The current token.
 #[derive(Debug)]
 pub(crate) struct TokenCache {
-    current: ArcSwap<Current>,
+    current: Arc<ArcSwap<Current>>,
     skew: Duration,
 }
 
 impl TokenCache {
     pub(crate) fn new(skew: Duration) -> Self {
         TokenCache {
-            current: ArcSwap::from_pointee(Current::empty()),
+            current: Arc::new(ArcSwap::from_pointee(Current::empty())),
             skew,
         }
     }
 
-    /// The hot-path read: one clock read, one lock-free load, one header clone.
+    /// The hot-path read through the shared `ArcSwap`.
     #[inline]
     pub(crate) fn read(&self) -> Read {
-        let now = Instant::now();
-        let current = self.current.load();
-        match &current.header {
-            Some(header) if now < current.refresh_at => {
-                Read::Fresh(header.clone(), current.generation)
-            }
-            Some(header) if now < current.expires_at => {
-                Read::Stale(header.clone(), current.generation)
-            }
-            _ => Read::Missing,
-        }
+        self.current.load().read()
+    }
+
+    /// A [`LocalCache`] for one service.
+    pub(crate) fn local(&self) -> LocalCache {
+        arc_swap::Cache::new(Arc::clone(&self.current))
     }
 
     pub(crate) fn load(&self) -> Arc<Current> {
@@ -108,6 +132,15 @@ impl TokenCache {
     /// lifetime so a short-lived token is not refreshed in a loop.
     pub(crate) fn publish(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
         let header = tokens.bearer_header()?;
+        // One copy per stripe, each with its own reference count (separate allocations).
+        let headers = std::array::from_fn(|_| {
+            let mut copy =
+                HeaderValue::from_bytes(header.as_bytes()).unwrap_or_else(|_| header.clone());
+            copy.set_sensitive(true);
+            // Promote the copy's bytes to shared storage now, not on the first request's clone.
+            drop(copy.clone());
+            copy
+        });
         let now = Instant::now();
         let remaining = match tokens.expires_at() {
             Some(at) => at
@@ -119,7 +152,7 @@ impl TokenCache {
         let refresh_at = expires_at - self.skew.min(remaining / 2);
         let previous = self.current.load();
         let next = Arc::new(Current {
-            header: Some(header),
+            headers: Some(headers),
             generation: previous.generation + 1,
             refresh_at,
             expires_at,
