@@ -36,15 +36,15 @@ impl<S: Clone, B: ReplayableBody> Retry<S, B> {
         manager: &Arc<TokenManager>,
         max_body_bytes: u64,
         generation: u64,
-    ) -> Option<Self> {
+    ) -> Option<Box<Self>> {
         let body = replay_copy(request.body(), max_body_bytes)?;
-        Some(Retry {
+        Some(Box::new(Retry {
             head: Head::capture(request)?,
             body,
             service: service.clone(),
             manager: Arc::clone(manager),
             generation,
-        })
+        }))
     }
 }
 
@@ -71,14 +71,15 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, B, F> {
-        // No usable token yet: waiting for the single-flight refresh.
-        WaitToken { token: TokenFuture, waiting: Option<Waiting<S, B>> },
+        // No usable token yet: waiting for the single-flight refresh. (Cold data is boxed, so the
+        // future stays small and cheap to move on the hot path.)
+        WaitToken { token: TokenFuture, waiting: Option<Box<Waiting<S, B>>> },
         // The first send.
-        First { #[pin] future: F, retry: Option<Retry<S, B>> },
+        First { #[pin] future: F, retry: Option<Box<Retry<S, B>>> },
         // A 401 came back: waiting for a token newer than the rejected one.
-        Refresh { token: TokenFuture, retry: Option<Retry<S, B>> },
+        Refresh { token: TokenFuture, retry: Option<Box<Retry<S, B>>> },
         // Waiting for the service to be ready again before the retry.
-        Ready { header: HeaderValue, retry: Option<Retry<S, B>> },
+        Ready { header: HeaderValue, retry: Option<Box<Retry<S, B>>> },
         // The retry; its answer, 401 or not, goes to the caller.
         Second { #[pin] future: F },
     }
@@ -88,7 +89,7 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn first(future: S::Future, retry: Option<Retry<S, B>>) -> Self {
+    pub(crate) fn first(future: S::Future, retry: Option<Box<Retry<S, B>>>) -> Self {
         ResponseFuture {
             state: State::First { future, retry },
         }
@@ -104,12 +105,12 @@ where
         ResponseFuture {
             state: State::WaitToken {
                 token,
-                waiting: Some(Waiting {
+                waiting: Some(Box::new(Waiting {
                     service,
                     request,
                     manager,
                     replay_cap,
-                }),
+                })),
             },
         }
     }
@@ -151,7 +152,7 @@ where
                         mut request,
                         manager,
                         replay_cap,
-                    } = waiting.take().ok_or_else(gone)?;
+                    } = *waiting.take().ok_or_else(gone)?;
                     manager.counters.request_authorized();
                     let retry = replay_cap.and_then(|max| {
                         Retry::new(&request, &service, &manager, max, current.generation)
@@ -195,7 +196,7 @@ where
                         head,
                         body,
                         ..
-                    } = retry.take().ok_or_else(gone)?;
+                    } = *retry.take().ok_or_else(gone)?;
                     let Some(mut request) = head.into_request(body) else {
                         return Poll::Ready(Err(AuthError::Internal {
                             reason: "the request's headers could not be rebuilt for the retry"

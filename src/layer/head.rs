@@ -15,7 +15,67 @@ pub(crate) struct Head {
     version: Version,
     extensions: Extensions,
     /// Every header in order, each as `[name len: u16][name][sensitive: u8][value len: u16][value]`.
-    headers: Vec<u8>,
+    headers: Bytes,
+}
+
+/// Header bytes up to this size live inside the (already boxed) retry state: no allocation of
+/// their own. Typical API requests (a user agent, an accept, a content type) fit.
+const INLINE: usize = 256;
+
+/// The flat header buffer: inline when small, on the heap when not.
+enum Bytes {
+    Inline { len: u16, buf: [u8; INLINE] },
+    Heap(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, buf } => &buf[..usize::from(*len)],
+            Bytes::Heap(vec) => vec,
+        }
+    }
+}
+
+/// Appends to a fixed buffer or a vector.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Writes into an inline array (the caller checked the total size first).
+struct Cursor<'a> {
+    buf: &'a mut [u8; INLINE],
+    len: usize,
+}
+
+impl Sink for Cursor<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            dst.copy_from_slice(bytes);
+            self.len = end;
+        }
+    }
+}
+
+/// Writes every header of `headers` into `sink`; `None` for a name or value over 64 KiB.
+fn write_headers(headers: &http::HeaderMap, sink: &mut impl Sink) -> Option<()> {
+    for (name, value) in headers {
+        let name = name.as_str().as_bytes();
+        let bytes = value.as_bytes();
+        sink.put(&u16::try_from(name.len()).ok()?.to_le_bytes());
+        sink.put(name);
+        sink.put(&[u8::from(value.is_sensitive())]);
+        sink.put(&u16::try_from(bytes.len()).ok()?.to_le_bytes());
+        sink.put(bytes);
+    }
+    Some(())
 }
 
 impl Head {
@@ -23,22 +83,26 @@ impl Head {
     #[inline]
     pub(crate) fn capture<B>(request: &Request<B>) -> Option<Head> {
         let headers = request.headers();
-        let size = headers
+        let size: usize = headers
             .iter()
             .map(|(name, value)| 5 + name.as_str().len() + value.len())
             .sum();
-        let mut buf = Vec::with_capacity(size);
-        for (name, value) in headers {
-            let name = name.as_str().as_bytes();
-            let bytes = value.as_bytes();
-            let name_len = u16::try_from(name.len()).ok()?;
-            let value_len = u16::try_from(bytes.len()).ok()?;
-            buf.extend_from_slice(&name_len.to_le_bytes());
-            buf.extend_from_slice(name);
-            buf.push(u8::from(value.is_sensitive()));
-            buf.extend_from_slice(&value_len.to_le_bytes());
-            buf.extend_from_slice(bytes);
-        }
+        let buf = if size <= INLINE {
+            let mut buf = [0u8; INLINE];
+            let mut cursor = Cursor {
+                buf: &mut buf,
+                len: 0,
+            };
+            write_headers(headers, &mut cursor)?;
+            Bytes::Inline {
+                len: u16::try_from(cursor.len).ok()?,
+                buf,
+            }
+        } else {
+            let mut vec = Vec::with_capacity(size);
+            write_headers(headers, &mut vec)?;
+            Bytes::Heap(vec)
+        };
         Some(Head {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -57,7 +121,7 @@ impl Head {
         *request.version_mut() = self.version;
         *request.extensions_mut() = self.extensions;
         let headers = request.headers_mut();
-        let mut rest = &self.headers[..];
+        let mut rest = self.headers.as_slice();
         while !rest.is_empty() {
             let (name, tail) = take(rest)?;
             let (&sensitive, tail) = tail.split_first()?;
@@ -116,9 +180,22 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_head_allocates_nothing() {
-        let request = Request::get("/").body(()).unwrap();
+    fn small_heads_stay_inline_and_large_ones_round_trip_from_the_heap() {
+        let request = Request::get("/").header("accept", "*/*").body(()).unwrap();
+        assert!(matches!(
+            Head::capture(&request).unwrap().headers,
+            Bytes::Inline { .. }
+        ));
+
+        let long = "x".repeat(1000);
+        let request = Request::get("/")
+            .header("x-long", long.as_str())
+            .header("accept", "*/*")
+            .body(())
+            .unwrap();
         let head = Head::capture(&request).unwrap();
-        assert_eq!(head.headers.capacity(), 0);
+        assert!(matches!(head.headers, Bytes::Heap(_)));
+        let copy = head.into_request(()).unwrap();
+        assert_eq!(copy.headers(), request.headers());
     }
 }

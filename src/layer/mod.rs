@@ -167,10 +167,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if request.headers().contains_key(AUTHORIZATION)
-            || !self.auth.shared.origins.allows(request.uri())
-        {
-            // The caller chose its own credentials, or the origin may not see our token.
+        if !self.auth.shared.origins.allows(request.uri()) {
+            // This origin may not see our token.
             return ResponseFuture::first(self.inner.call(request), None);
         }
         let manager = &self.auth.shared.manager;
@@ -179,6 +177,9 @@ where
             Read::Stale(header, generation) => {
                 manager.refresh_in_background();
                 (header, generation)
+            }
+            Read::Missing if request.headers().contains_key(AUTHORIZATION) => {
+                return ResponseFuture::first(self.inner.call(request), None);
             }
             Read::Missing => {
                 // The future calls the service once a token arrives: take the service that was driven
@@ -196,9 +197,14 @@ where
                 );
             }
         };
-        manager.counters.request_authorized();
+        // One hash lookup instead of two: insert, and if the caller had set its own Authorization,
+        // put it back and send the request as the caller made it.
         let retry = self.retry_for(&request, generation);
-        request.headers_mut().insert(AUTHORIZATION, header);
+        if let Some(own) = request.headers_mut().insert(AUTHORIZATION, header) {
+            request.headers_mut().insert(AUTHORIZATION, own);
+            return ResponseFuture::first(self.inner.call(request), None);
+        }
+        manager.counters.request_authorized();
         ResponseFuture::first(self.inner.call(request), retry)
     }
 }
@@ -210,7 +216,7 @@ impl<S: Clone> NiftyAuthService<S> {
         &self,
         request: &Request<B>,
         generation: u64,
-    ) -> Option<Retry<S, B>> {
+    ) -> Option<Box<Retry<S, B>>> {
         if !self.retry_on_unauthorized {
             return None;
         }
