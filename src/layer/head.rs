@@ -23,6 +23,10 @@ pub(crate) struct Head {
 const INLINE: usize = 256;
 
 /// The flat header buffer: inline when small, on the heap when not.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the inline variant is the point: it lives in the already boxed retry state"
+)]
 enum Bytes {
     Inline { len: u16, buf: [u8; INLINE] },
     Heap(Vec<u8>),
