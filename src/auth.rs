@@ -11,6 +11,7 @@ use http_body_util::Full;
 use crate::endpoint::{self, Backoff, Endpoint, HttpClient};
 use crate::origin::Origins;
 use crate::store::{MemoryStore, TokenStore};
+use crate::stripe::STRIPES;
 use crate::token::cache::TokenCache;
 use crate::token::refresh::{TokenManager, Want};
 use crate::{AuthError, BoxError, Credentials, NiftyAuthLayer, TokenSet};
@@ -54,6 +55,26 @@ pub struct NiftyAuth {
 pub(crate) struct SharedAuth {
     pub(crate) manager: Arc<TokenManager>,
     pub(crate) origins: Origins,
+    /// Handles to `manager`, one per stripe, each with its own reference count: what a request keeps
+    /// for its possible retry, so requests on different cores do not share one counter.
+    pub(crate) handles: [Arc<Arc<TokenManager>>; STRIPES],
+}
+
+impl SharedAuth {
+    fn new(manager: TokenManager, origins: Origins) -> Self {
+        let manager = Arc::new(manager);
+        SharedAuth {
+            handles: std::array::from_fn(|_| Arc::new(Arc::clone(&manager))),
+            manager,
+            origins,
+        }
+    }
+
+    /// This thread's handle to the manager.
+    #[inline]
+    pub(crate) fn handle(&self) -> &Arc<Arc<TokenManager>> {
+        &self.handles[crate::stripe::index()]
+    }
 }
 
 impl NiftyAuth {
@@ -268,10 +289,7 @@ impl PersonalTokenBuilder {
             None,
         );
         Ok(NiftyAuth {
-            shared: Arc::new(SharedAuth {
-                manager: Arc::new(manager),
-                origins,
-            }),
+            shared: Arc::new(SharedAuth::new(manager, origins)),
         })
     }
 }
@@ -457,10 +475,7 @@ impl Builder {
             self.refresh_token,
         );
         Ok(NiftyAuth {
-            shared: Arc::new(SharedAuth {
-                manager: Arc::new(manager),
-                origins,
-            }),
+            shared: Arc::new(SharedAuth::new(manager, origins)),
         })
     }
 }

@@ -21,7 +21,8 @@ use crate::{AuthError, BoxError};
 /// `Authorization` header was added), and the token generation the first send used.
 pub(crate) struct Retry<S, B> {
     service: S,
-    manager: Arc<TokenManager>,
+    /// A striped handle (see `SharedAuth::handles`).
+    manager: Arc<Arc<TokenManager>>,
     head: Head,
     body: B,
     generation: u64,
@@ -33,7 +34,7 @@ impl<S: Clone, B: ReplayableBody> Retry<S, B> {
     pub(crate) fn new(
         request: &Request<B>,
         service: &S,
-        manager: &Arc<TokenManager>,
+        manager: &Arc<Arc<TokenManager>>,
         max_body_bytes: u64,
         generation: u64,
     ) -> Option<Box<Self>> {
@@ -155,7 +156,8 @@ where
                     } = *waiting.take().ok_or_else(gone)?;
                     manager.counters.request_authorized();
                     let retry = replay_cap.and_then(|max| {
-                        Retry::new(&request, &service, &manager, max, current.generation)
+                        let handle = Arc::new(Arc::clone(&manager));
+                        Retry::new(&request, &service, &handle, max, current.generation)
                     });
                     request.headers_mut().insert(AUTHORIZATION, header);
                     // `service` was driven to readiness before `call` took it.
@@ -174,7 +176,7 @@ where
                         generation = retry.generation,
                         "401 answered; retrying once with a newer token"
                     );
-                    let manager = Arc::clone(&retry.manager);
+                    let manager = Arc::clone(&*retry.manager);
                     let token = Box::pin(manager.token(Want::NewerThan(retry.generation)));
                     state.set(State::Refresh {
                         token,

@@ -223,7 +223,7 @@ impl<S: Clone> NiftyAuthService<S> {
         Retry::new(
             request,
             &self.inner,
-            &self.auth.shared.manager,
+            self.auth.shared.handle(),
             self.max_replay_body_bytes,
             generation,
         )
