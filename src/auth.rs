@@ -57,14 +57,18 @@ pub(crate) struct SharedAuth {
     pub(crate) origins: Origins,
     /// Handles to `manager`, one per stripe, each with its own reference count: what a request keeps
     /// for its possible retry, so requests on different cores do not share one counter.
-    pub(crate) handles: [Arc<Arc<TokenManager>>; STRIPES],
+    pub(crate) handles: [Arc<ManagerHandle>; STRIPES],
 }
+
+/// A handle to the shared [`TokenManager`] behind a reference count of its own (see
+/// `SharedAuth::handles`).
+pub(crate) struct ManagerHandle(pub(crate) Arc<TokenManager>);
 
 impl SharedAuth {
     fn new(manager: TokenManager, origins: Origins) -> Self {
         let manager = Arc::new(manager);
         SharedAuth {
-            handles: std::array::from_fn(|_| Arc::new(Arc::clone(&manager))),
+            handles: std::array::from_fn(|_| Arc::new(ManagerHandle(Arc::clone(&manager)))),
             manager,
             origins,
         }
@@ -72,7 +76,7 @@ impl SharedAuth {
 
     /// This thread's handle to the manager.
     #[inline]
-    pub(crate) fn handle(&self) -> &Arc<Arc<TokenManager>> {
+    pub(crate) fn handle(&self) -> &Arc<ManagerHandle> {
         &self.handles[crate::stripe::index()]
     }
 }

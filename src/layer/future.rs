@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use super::body::{replay_copy, ReplayableBody};
 use super::head::Head;
+use crate::auth::ManagerHandle;
 use crate::token::refresh::{TokenFuture, TokenManager, Want};
 use crate::trace;
 use crate::{AuthError, BoxError};
@@ -22,7 +23,7 @@ use crate::{AuthError, BoxError};
 pub(crate) struct Retry<S, B> {
     service: S,
     /// A striped handle (see `SharedAuth::handles`).
-    manager: Arc<Arc<TokenManager>>,
+    manager: Arc<ManagerHandle>,
     head: Head,
     body: B,
     generation: u64,
@@ -34,7 +35,7 @@ impl<S: Clone, B: ReplayableBody> Retry<S, B> {
     pub(crate) fn new(
         request: &Request<B>,
         service: &S,
-        manager: &Arc<Arc<TokenManager>>,
+        manager: &Arc<ManagerHandle>,
         max_body_bytes: u64,
         generation: u64,
     ) -> Option<Box<Self>> {
@@ -156,7 +157,7 @@ where
                     } = *waiting.take().ok_or_else(gone)?;
                     manager.counters.request_authorized();
                     let retry = replay_cap.and_then(|max| {
-                        let handle = Arc::new(Arc::clone(&manager));
+                        let handle = Arc::new(ManagerHandle(Arc::clone(&manager)));
                         Retry::new(&request, &service, &handle, max, current.generation)
                     });
                     request.headers_mut().insert(AUTHORIZATION, header);
@@ -176,7 +177,7 @@ where
                         generation = retry.generation,
                         "401 answered; retrying once with a newer token"
                     );
-                    let manager = Arc::clone(&*retry.manager);
+                    let manager = Arc::clone(&retry.manager.0);
                     let token = Box::pin(manager.token(Want::NewerThan(retry.generation)));
                     state.set(State::Refresh {
                         token,
@@ -206,7 +207,7 @@ where
                         }
                         .into()));
                     };
-                    manager.counters.unauthorized_retry();
+                    manager.0.counters.unauthorized_retry();
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
                     state.set(State::Second { future });
