@@ -27,6 +27,32 @@
 //! order the retry middleware would clone a request that already carries a bearer — which this
 //! middleware then leaves alone as caller-set — and could resend an expired token. reqwest-retry does
 //! not retry 401 (it is not transient), so the two never both retry the same answer.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "testing")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), nifty_auth::BoxError> {
+//! use nifty_auth::testing::FakeNifty;
+//! use nifty_auth::NiftyAuth;
+//!
+//! let nifty = FakeNifty::start().await?;
+//! let auth = NiftyAuth::builder(nifty.credentials())
+//!     .token_url(nifty.token_url().as_str())
+//!     .refresh_token(nifty.issue_refresh_token())
+//!     .build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(auth.middleware())
+//!     .build();
+//!
+//! let response = client.get(nifty.api_url("/projects")).send().await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(nifty.token_calls(), 1);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "testing"))]
+//! # fn main() {}
+//! ```
 
 use http::header::AUTHORIZATION;
 use http::Extensions;

@@ -6,7 +6,6 @@ mod common;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,71 +14,26 @@ use common::*;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use nifty_auth::testing::{FakeNifty, TokenFault};
 use nifty_auth::{
     AuthError, Credentials, FileStore, MemoryStore, NiftyAuth, TokenSet, TokenStore,
     DEFAULT_TOKEN_URL,
 };
-use tokio::net::TcpListener;
-use tokio::task::AbortHandle;
 use tower::{Layer, Service, ServiceExt};
 
-/// A second loopback HTTP server (another origin) recording the `Authorization` header of each
-/// request it receives.
-struct OtherServer {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Option<String>>>>,
-    accept: AbortHandle,
+/// Another origin: a second fake Nifty on another loopback port, whose API records the
+/// `Authorization` header of every request it gets.
+async fn other_origin() -> FakeNifty {
+    FakeNifty::start().await.unwrap()
 }
 
-impl OtherServer {
-    async fn start() -> OtherServer {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorded = Arc::clone(&seen);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let recorded = Arc::clone(&recorded);
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let authorization = request
-                        .headers()
-                        .get(AUTHORIZATION)
-                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-                    recorded.lock().unwrap().push(authorization);
-                    async {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"other"))))
-                    }
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        })
-        .abort_handle();
-        OtherServer { addr, seen, accept }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn seen(&self) -> Vec<Option<String>> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for OtherServer {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
+/// The `Authorization` headers `other` received, in order.
+fn seen(other: &FakeNifty) -> Vec<Option<String>> {
+    other
+        .api_requests()
+        .into_iter()
+        .map(|r| r.authorization)
+        .collect()
 }
 
 fn uri(s: &str) -> Uri {
@@ -117,19 +71,16 @@ fn empty(uri: &str) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn bearer_goes_only_to_allowed_origins_and_another_port_is_another_origin() {
     let fake = FakeNifty::start().await.unwrap();
-    let other = OtherServer::start().await;
-    assert_eq!(other.addr.ip(), fake.addr().ip());
-    assert_ne!(other.addr.port(), fake.addr().port());
+    let other = other_origin().await;
+    assert_eq!(other.addr().ip(), fake.addr().ip());
+    assert_ne!(other.addr().port(), fake.addr().port());
     let auth = auth(&fake); // allowed_origins([fake.base_url()])
     let svc = service(&auth);
 
     // Another origin: passed through untouched, and no token is even fetched for it.
-    let (status, body) = send(&svc, get(other.url("/api/v1.0/users/me")))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(&body[..], b"other");
-    assert_eq!(other.seen(), [None]);
+    let (status, _) = send(&svc, get(other.api_url("/users/me"))).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "it got no bearer");
+    assert_eq!(seen(&other), [None]);
     assert_eq!(fake.token_calls(), 0);
 
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
@@ -138,18 +89,19 @@ async fn bearer_goes_only_to_allowed_origins_and_another_port_is_another_origin(
     assert_eq!(fake.api_requests()[0].authorization, bearer_of(&auth));
 
     // With a token cached, the other origin still gets none.
-    let (status, _) = send(&svc, post_json(other.url("/upload"), r#"{"a":1}"#))
+    let (status, _) = send(&svc, post_json(other.api_url("/upload"), r#"{"a":1}"#))
         .await
         .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(other.seen(), [None, None]);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(seen(&other), [None, None]);
+    assert_eq!(other.token_calls(), 0);
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(fake.api_calls(), 1);
 
     let port = fake.addr().port();
     assert!(auth.is_allowed(&uri(&fake.api_url("/projects"))));
     assert!(auth.is_allowed(&uri(&format!("HTTP://127.0.0.1:{port}/x"))));
-    assert!(!auth.is_allowed(&uri(&other.url("/x"))), "another port");
+    assert!(!auth.is_allowed(&uri(&other.api_url("/x"))), "another port");
     assert!(
         !auth.is_allowed(&uri(&format!("https://127.0.0.1:{port}/x"))),
         "another scheme"
@@ -167,7 +119,7 @@ async fn bearer_goes_only_to_allowed_origins_and_another_port_is_another_origin(
 #[tokio::test]
 async fn the_default_allowed_origin_is_the_token_urls_origin() {
     let fake = FakeNifty::start().await.unwrap();
-    let other = OtherServer::start().await;
+    let other = other_origin().await;
     let auth = NiftyAuth::builder(fake.credentials())
         .token_url(fake.token_url())
         .refresh_token(fake.issue_refresh_token())
@@ -178,12 +130,12 @@ async fn the_default_allowed_origin_is_the_token_urls_origin() {
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.api_requests()[0].authorization, bearer_of(&auth));
-    let (status, _) = send(&svc, get(other.url("/users/me"))).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(other.seen(), [None]);
+    let (status, _) = send(&svc, get(other.api_url("/users/me"))).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(seen(&other), [None]);
     assert_eq!(fake.token_calls(), 1);
     assert!(auth.is_allowed(&uri(&format!("{}/anything", fake.base_url()))));
-    assert!(!auth.is_allowed(&uri(&other.url("/oauth/token"))));
+    assert!(!auth.is_allowed(&uri(&other.token_url())));
 
     // With no token URL either: Nifty's own origin.
     let nifty = NiftyAuth::builder(fake.credentials()).build().unwrap();

@@ -240,3 +240,49 @@ async fn a_panicking_refresh_task_fails_its_waiters_and_does_not_wedge_the_next_
         fake.current_refresh_token().as_deref()
     );
 }
+
+#[tokio::test]
+async fn a_personal_access_token_goes_through_the_layer_scoped_and_without_refresh() {
+    let fake = FakeNifty::start().await.unwrap();
+    let other = FakeNifty::start().await.unwrap();
+    let token = fake.issue_access_token(None);
+    let auth = NiftyAuth::personal_token(token.clone())
+        .allowed_origins([fake.base_url()])
+        .build()
+        .unwrap();
+    assert!(!auth.can_refresh());
+    let svc = NiftyAuthService::new(http_client(), auth.clone());
+
+    let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        fake.api_requests()[0].authorization.as_deref(),
+        Some(format!("Bearer {token}").as_str())
+    );
+    let (status, _) = send(&svc, get(other.api_url("/projects"))).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        other.api_requests()[0].authorization,
+        None,
+        "origin scoping"
+    );
+
+    // Revoked: the 401 comes back as it is (nothing to refresh with, no retry).
+    fake.revoke_access_tokens();
+    let (status, _) = send(&svc, post_json(fake.api_url("/tasks"), "{}"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(fake.api_calls(), 2);
+    assert_eq!(fake.token_calls(), 0);
+    assert_eq!(auth.access_token().await.unwrap(), token);
+
+    // The default origin is Nifty's API; a token that cannot be a header is refused up front.
+    let default = NiftyAuth::personal_token("nft_user_x").build().unwrap();
+    assert!(default.is_allowed(
+        &"https://openapi.niftypm.com/api/v1.0/projects"
+            .parse()
+            .unwrap()
+    ));
+    assert!(NiftyAuth::personal_token("bad\ntoken").build().is_err());
+}

@@ -177,8 +177,18 @@ where
                         generation = retry.generation,
                         "401 answered; retrying once with a newer token"
                     );
-                    let manager = Arc::clone(&retry.manager.0);
-                    let token = Box::pin(manager.token(Want::NewerThan(retry.generation)));
+                    let manager = &retry.manager.0;
+                    // Usually another request's refresh already replaced the rejected token: use the
+                    // newer one straight away, without a token future.
+                    if let Some(header) = manager.newer_header(retry.generation) {
+                        state.set(State::Ready {
+                            header,
+                            retry: Some(retry),
+                        });
+                        continue;
+                    }
+                    let token =
+                        Box::pin(Arc::clone(manager).token(Want::NewerThan(retry.generation)));
                     state.set(State::Refresh {
                         token,
                         retry: Some(retry),

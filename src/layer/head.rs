@@ -66,34 +66,39 @@ impl Head {
     }
 
     /// The request again, with `body`; `None` if the URI or a header no longer parses (it came from
-    /// an unchecked constructor).
+    /// an unchecked constructor). The URI and the header values are slices of the one buffer (no copy).
     pub(crate) fn into_request<B>(self, body: B) -> Option<Request<B>> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
         *request.version_mut() = self.version;
         *request.extensions_mut() = self.extensions;
-        let (uri, mut rest) = take(&self.bytes)?;
-        *request.uri_mut() = Uri::try_from(uri).ok()?;
+        let buf = bytes::Bytes::from(self.bytes);
+        let mut at = 0;
+        let uri = field(&buf, &mut at)?;
+        *request.uri_mut() = Uri::from_maybe_shared(uri).ok()?;
         let headers = request.headers_mut();
-        while !rest.is_empty() {
-            let (name, tail) = take(rest)?;
-            let (&sensitive, tail) = tail.split_first()?;
-            let (value, tail) = take(tail)?;
-            rest = tail;
-            let name = HeaderName::from_bytes(name).ok()?;
-            let mut value = HeaderValue::from_bytes(value).ok()?;
-            value.set_sensitive(sensitive == 1);
+        while at < buf.len() {
+            let name = field(&buf, &mut at)?;
+            let sensitive = *buf.get(at)? == 1;
+            at += 1;
+            let value = field(&buf, &mut at)?;
+            let name = HeaderName::from_bytes(&name).ok()?;
+            let mut value = HeaderValue::from_maybe_shared(value).ok()?;
+            value.set_sensitive(sensitive);
             headers.append(name, value);
         }
         Some(request)
     }
 }
 
-/// Splits a `[len: u16][bytes]` field off the front of `buf`.
-fn take(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (len, rest) = buf.split_first_chunk::<2>()?;
-    let len = usize::from(u16::from_le_bytes(*len));
-    (rest.len() >= len).then(|| rest.split_at(len))
+/// The `[len: u16][bytes]` field at `*at` in `buf`, as a slice sharing `buf`; advances `*at`.
+fn field(buf: &bytes::Bytes, at: &mut usize) -> Option<bytes::Bytes> {
+    let len = buf.get(*at..*at + 2)?;
+    let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+    let start = *at + 2;
+    let end = start.checked_add(len).filter(|&end| end <= buf.len())?;
+    *at = end;
+    Some(buf.slice(start..end))
 }
 
 #[cfg(test)]

@@ -119,6 +119,18 @@ impl TokenManager {
         }
     }
 
+    /// The header of a usable token newer than `generation`, if one is current (a 401's fast path:
+    /// someone else's refresh already replaced the rejected token).
+    pub(crate) fn newer_header(&self, generation: u64) -> Option<http::HeaderValue> {
+        let current = self.cache.load();
+        if current.generation > generation && current.usable(Instant::now()) {
+            self.counters.refresh_coalesced();
+            current.header()
+        } else {
+            None
+        }
+    }
+
     /// Starts a background refresh unless one is running, latched off, or cooling down after a failure.
     pub(crate) fn refresh_in_background(self: &Arc<Self>) {
         let mut state = self.state.lock();
