@@ -61,7 +61,9 @@ pub(crate) struct SharedAuth {
 }
 
 /// A handle to the shared [`TokenManager`] behind a reference count of its own (see
-/// `SharedAuth::handles`).
+/// `SharedAuth::handles`). Aligned to 128 bytes so two handles' reference counts never share a
+/// cache line (or an adjacent-line prefetch pair).
+#[repr(align(128))]
 pub(crate) struct ManagerHandle(pub(crate) Arc<TokenManager>);
 
 impl SharedAuth {

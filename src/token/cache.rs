@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::HeaderValue;
 use tokio::time::Instant;
 
@@ -82,6 +83,17 @@ impl Current {
     }
 }
 
+/// Header bytes whose owner (and so whose reference count, kept beside it by
+/// [`Bytes::from_owner`]) sits alone in a 128-byte-aligned block.
+#[repr(align(128))]
+struct Padded(Box<[u8]>);
+
+impl AsRef<[u8]> for Padded {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// What the hot path found.
 pub(crate) enum Read {
     /// Use this header (and generation).
@@ -132,13 +144,12 @@ impl TokenCache {
     /// lifetime so a short-lived token is not refreshed in a loop.
     pub(crate) fn publish(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
         let header = tokens.bearer_header()?;
-        // One copy per stripe, each with its own reference count (separate allocations).
+        // One copy per stripe, each with its own reference count in its own 128-byte block, so
+        // requests on different cores never write the same cache line.
         let headers = std::array::from_fn(|_| {
-            let mut copy =
-                HeaderValue::from_bytes(header.as_bytes()).unwrap_or_else(|_| header.clone());
+            let owned = Bytes::from_owner(Padded(header.as_bytes().into()));
+            let mut copy = HeaderValue::from_maybe_shared(owned).unwrap_or_else(|_| header.clone());
             copy.set_sensitive(true);
-            // Promote the copy's bytes to shared storage now, not on the first request's clone.
-            drop(copy.clone());
             copy
         });
         let now = Instant::now();
