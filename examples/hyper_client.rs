@@ -30,7 +30,11 @@ async fn main() -> Result<(), BoxError> {
     }
 
     // With --fake: a fake Nifty, and a token file made the way examples/authorize.rs makes one.
-    let nifty = if fake { Some(FakeNifty::start().await?) } else { None };
+    let nifty = if fake {
+        Some(FakeNifty::start().await?)
+    } else {
+        None
+    };
     let _dir;
     let builder = match &nifty {
         Some(nifty) => {
@@ -42,14 +46,17 @@ async fn main() -> Result<(), BoxError> {
                 .store(FileStore::new(&file))
                 .build()?;
             let redirect = "http://127.0.0.1:8765/callback";
-            setup.exchange_code(nifty.issue_code(redirect), redirect).await?;
+            setup
+                .exchange_code(nifty.issue_code(redirect), redirect)
+                .await?;
             NiftyAuth::builder(nifty.credentials())
                 .token_url(nifty.token_url().as_str())
                 .allowed_origins([nifty.base_url()])
         }
         None => {
             let id = std::env::var("NIFTY_CLIENT_ID").map_err(|_| "set NIFTY_CLIENT_ID")?;
-            let secret = std::env::var("NIFTY_CLIENT_SECRET").map_err(|_| "set NIFTY_CLIENT_SECRET")?;
+            let secret =
+                std::env::var("NIFTY_CLIENT_SECRET").map_err(|_| "set NIFTY_CLIENT_SECRET")?;
             NiftyAuth::builder(Credentials::new(id, secret))
         }
     };
@@ -79,7 +86,11 @@ async fn main() -> Result<(), BoxError> {
     let projects = json["projects"].as_array().cloned().unwrap_or_default();
     println!("{} projects:", projects.len());
     for project in projects {
-        println!("  {}  {}", project["id"].as_str().unwrap_or("?"), project["name"].as_str().unwrap_or("?"));
+        println!(
+            "  {}  {}",
+            project["id"].as_str().unwrap_or("?"),
+            project["name"].as_str().unwrap_or("?")
+        );
     }
     println!("(token calls made: {})", auth.stats().token_calls_succeeded);
     Ok(())

@@ -27,7 +27,11 @@ async fn main() -> Result<(), BoxError> {
     }
 
     // With --fake: a fake Nifty, and a token file made the way examples/authorize.rs makes one.
-    let nifty = if fake { Some(FakeNifty::start().await?) } else { None };
+    let nifty = if fake {
+        Some(FakeNifty::start().await?)
+    } else {
+        None
+    };
     let dir = tempfile::tempdir()?;
     let builder = match &nifty {
         Some(nifty) => {
@@ -37,14 +41,17 @@ async fn main() -> Result<(), BoxError> {
                 .store(FileStore::new(&file))
                 .build()?;
             let redirect = "http://127.0.0.1:8765/callback";
-            setup.exchange_code(nifty.issue_code(redirect), redirect).await?;
+            setup
+                .exchange_code(nifty.issue_code(redirect), redirect)
+                .await?;
             NiftyAuth::builder(nifty.credentials())
                 .token_url(nifty.token_url().as_str())
                 .allowed_origins([nifty.base_url()])
         }
         None => {
             let id = std::env::var("NIFTY_CLIENT_ID").map_err(|_| "set NIFTY_CLIENT_ID")?;
-            let secret = std::env::var("NIFTY_CLIENT_SECRET").map_err(|_| "set NIFTY_CLIENT_SECRET")?;
+            let secret =
+                std::env::var("NIFTY_CLIENT_SECRET").map_err(|_| "set NIFTY_CLIENT_SECRET")?;
             NiftyAuth::builder(Credentials::new(id, secret))
         }
     };

@@ -366,18 +366,7 @@ impl FakeNifty {
     /// Starts a new grant and returns its one-time authorization code, bound to `redirect_uri`
     /// (the `authorization_code` request must send the same `redirect_uri`).
     pub fn issue_code(&self, redirect_uri: &str) -> String {
-        let mut st = self.inner.state.lock();
-        let grant = st.new_grant();
-        let code = format!("code-{grant}-{:016x}", fastrand::u64(..));
-        st.codes.insert(
-            code.clone(),
-            CodeState {
-                grant,
-                redirect_uri: redirect_uri.to_owned(),
-                used: false,
-            },
-        );
-        code
+        self.inner.state.lock().issue_code(redirect_uri)
     }
 
     /// Starts a new grant with a valid refresh token and returns it (no access token is issued).
@@ -640,6 +629,21 @@ impl State {
         }
     }
 
+    /// Starts a new grant and returns its one-time code, bound to `redirect_uri`.
+    fn issue_code(&mut self, redirect_uri: &str) -> String {
+        let grant = self.new_grant();
+        let code = format!("code-{grant}-{:016x}", fastrand::u64(..));
+        self.codes.insert(
+            code.clone(),
+            CodeState {
+                grant,
+                redirect_uri: redirect_uri.to_owned(),
+                used: false,
+            },
+        );
+        code
+    }
+
     fn new_grant(&mut self) -> u64 {
         let id = self.next_grant;
         self.next_grant += 1;
@@ -841,16 +845,7 @@ impl Inner {
             query.append_pair("error", "access_denied");
             query.append_pair("error_description", "The user denied the request");
         } else {
-            let grant = st.new_grant();
-            let code = format!("code-{grant}-{:016x}", fastrand::u64(..));
-            st.codes.insert(
-                code.clone(),
-                CodeState {
-                    grant,
-                    redirect_uri: redirect_uri.to_owned(),
-                    used: false,
-                },
-            );
+            let code = st.issue_code(redirect_uri);
             query.append_pair("code", &code);
         }
         if let Some(state) = param("state") {
