@@ -251,11 +251,12 @@ impl TokenManager {
         match &result {
             Ok(current) => trace::debug!(generation = current.generation, "token refreshed"),
             Err(error) => {
-                if error.is_terminal() {
-                    trace::warning!(error = %error, "token refresh failed for good: re-authorization or new configuration needed");
-                } else {
-                    trace::warning!(error = %error, "token refresh failed");
-                }
+                // A terminal error's message says what to do (re-authorize, fix the configuration).
+                trace::warning!(
+                    error = %error,
+                    terminal = error.is_terminal(),
+                    "token refresh failed"
+                );
                 if want == Want::Background {
                     let cooldown = self
                         .endpoint
