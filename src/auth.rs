@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 
+use crate::clock::Clock;
 use crate::endpoint::{self, Backoff, Endpoint, HttpClient};
 use crate::origin::Origins;
 use crate::store::{MemoryStore, TokenStore};
@@ -460,6 +461,7 @@ impl Builder {
                 endpoint::default_client()?
             }
         };
+        let clock = Clock::new();
         let endpoint = Endpoint::new(
             url,
             self.credentials,
@@ -470,6 +472,7 @@ impl Builder {
                 base: self.backoff_base,
                 max: self.backoff_max,
             },
+            clock,
         )?;
         let store = self
             .store

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
+use crate::clock::Clock;
 use crate::stats::Counters;
 use crate::store::BoxFuture;
 use crate::{AuthError, BoxError, Credentials, TokenSet};
@@ -99,6 +100,8 @@ pub(crate) struct Endpoint {
     client: HttpClient,
     pub(crate) timeout: Duration,
     pub(crate) backoff: Backoff,
+    /// What a token answer's `expires_in` counts from.
+    clock: Clock,
 }
 
 /// One failed attempt: the error, and whether (and after how long at least) it may be retried.
@@ -115,6 +118,7 @@ impl Endpoint {
         client: HttpClient,
         timeout: Duration,
         backoff: Backoff,
+        clock: Clock,
     ) -> Result<Self, AuthError> {
         let basic = credentials.basic_header().ok_or_else(|| {
             AuthError::config("the client credentials cannot be sent in a Basic header")
@@ -126,6 +130,7 @@ impl Endpoint {
             client,
             timeout,
             backoff,
+            clock,
         })
     }
 
@@ -265,7 +270,7 @@ impl Endpoint {
         };
 
         if status == StatusCode::OK || status == StatusCode::CREATED {
-            return TokenSet::from_token_response(&bytes, previous_refresh_token).map_err(
+            return TokenSet::from_token_response(&bytes, previous_refresh_token, self.clock.now()).map_err(
                 |error| Failure {
                     error,
                     retry: false,

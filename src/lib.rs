@@ -98,6 +98,7 @@
 )]
 
 mod auth;
+mod clock;
 pub mod authorize;
 mod credentials;
 mod endpoint;

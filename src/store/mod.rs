@@ -44,6 +44,7 @@
 //! }
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -97,6 +98,22 @@ pub trait TokenStore: Send + Sync + 'static {
         let _ = max_hold;
         Box::pin(async { Ok(StoreLock::none()) })
     }
+
+    /// Saves `tokens` while holding `lock` (what [`lock`](Self::lock) returned): the token manager
+    /// saves only this way. A store whose lock can lapse (a TTL) should *fence* the write here: refuse
+    /// it with an error if `lock` is no longer the current holder, so a holder whose lock lapsed cannot
+    /// overwrite a newer token set. The refused tokens are kept by the manager, which re-reads the store
+    /// on its next attempt.
+    ///
+    /// The default ignores the lock and calls [`save`](Self::save).
+    fn save_locked<'a>(
+        &'a self,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        let _ = lock;
+        self.save(tokens)
+    }
 }
 
 impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
@@ -108,6 +125,13 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     }
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
         (**self).lock(max_hold)
+    }
+    fn save_locked<'a>(
+        &'a self,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).save_locked(tokens, lock)
     }
 }
 
@@ -121,6 +145,13 @@ impl<T: TokenStore + ?Sized> TokenStore for Box<T> {
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
         (**self).lock(max_hold)
     }
+    fn save_locked<'a>(
+        &'a self,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).save_locked(tokens, lock)
+    }
 }
 
 type Release = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
@@ -131,12 +162,16 @@ type Release = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 /// without being released (a panic), the release future is spawned on the current tokio runtime.
 pub struct StoreLock {
     release: Option<Release>,
+    data: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl StoreLock {
     /// A lock that holds nothing (what the default [`TokenStore::lock`] returns).
     pub fn none() -> Self {
-        StoreLock { release: None }
+        StoreLock {
+            release: None,
+            data: None,
+        }
     }
 
     /// A lock released by running `release` (for example a compare-and-delete of a Redis key).
@@ -147,7 +182,20 @@ impl StoreLock {
     {
         StoreLock {
             release: Some(Box::new(move || Box::pin(release()))),
+            data: None,
         }
+    }
+
+    /// Attaches data of the store's own to the lock (a fencing token, a version, a connection), for
+    /// [`TokenStore::save_locked`] to read back with [`data`](Self::data).
+    pub fn with_data<T: Any + Send + Sync>(mut self, data: T) -> Self {
+        self.data = Some(Box::new(data));
+        self
+    }
+
+    /// The data attached with [`with_data`](Self::with_data), if it is a `T`.
+    pub fn data<T: Any>(&self) -> Option<&T> {
+        self.data.as_deref().and_then(|d| d.downcast_ref())
     }
 
     /// Releases the lock.

@@ -155,8 +155,8 @@ impl TokenSet {
     pub(crate) fn from_token_response(
         body: &[u8],
         previous_refresh_token: Option<&str>,
+        received_at: SystemTime,
     ) -> Result<TokenSet, AuthError> {
-        let received_at = SystemTime::now();
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(AuthError::invalid_response("the body is empty"));
         }
@@ -354,7 +354,7 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<TokenSet, AuthError> {
-        TokenSet::from_token_response(body.as_bytes(), Some("old-rt"))
+        TokenSet::from_token_response(body.as_bytes(), Some("old-rt"), SystemTime::now())
     }
 
     #[test]
