@@ -14,7 +14,7 @@ use crate::origin::Origins;
 use crate::store::{MemoryStore, TokenStore};
 use crate::stripe::STRIPES;
 use crate::token::cache::TokenCache;
-use crate::token::refresh::{TokenManager, Want};
+use crate::token::refresh::{TokenManager, Unauthorized, Want};
 use crate::{AuthError, BoxError, Credentials, NiftyAuthLayer, TokenSet};
 
 /// Nifty's token endpoint: the default [`Builder::token_url`].
@@ -29,6 +29,9 @@ pub const DEFAULT_TOKEN_ATTEMPTS: u32 = 3;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// The default longest backoff delay of [`Builder::token_backoff`].
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// The default [`Builder::unauthorized_cooldown`]: a token rejected twice within this long of being
+/// obtained is not refreshed again because of a 401.
+pub const DEFAULT_UNAUTHORIZED_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// The token manager: fetches, caches, refreshes and stores the tokens of one Nifty grant.
 ///
@@ -210,7 +213,8 @@ impl NiftyAuth {
         header_and_generation(&current)
     }
 
-    /// The header to retry with after a 401 for `generation`: a newer current one, or a refresh's.
+    /// What to do after a 401 for `generation`: `Ok(None)` to return the 401 as it is, or the header
+    /// (and its generation) to retry with — a newer current one, or a refresh's.
     #[cfg_attr(
         not(feature = "reqwest"),
         allow(dead_code, reason = "used by the reqwest middleware")
@@ -218,11 +222,12 @@ impl NiftyAuth {
     pub(crate) async fn header_after_unauthorized(
         &self,
         generation: u64,
-    ) -> Result<http::HeaderValue, AuthError> {
-        let current = Arc::clone(&self.shared.manager)
-            .token(Want::NewerThan(generation))
-            .await?;
-        header_and_generation(&current).map(|(header, _)| header)
+    ) -> Result<Option<(http::HeaderValue, u64)>, AuthError> {
+        match self.shared.manager.after_unauthorized(generation) {
+            Unauthorized::Newer(header, generation) => Ok(Some((header, generation))),
+            Unauthorized::Wait(token) => header_and_generation(&*token.await?).map(Some),
+            Unauthorized::GiveUp => Ok(None),
+        }
     }
 }
 
@@ -287,13 +292,14 @@ impl PersonalTokenBuilder {
         };
         let tokens = TokenSet::new(self.token);
         tokens.validate()?;
-        let cache = TokenCache::new(Duration::ZERO);
+        let cache = TokenCache::new(Duration::ZERO, Clock::new());
         cache.publish(tokens.clone())?;
         let manager = TokenManager::new(
             cache,
             None,
             Arc::new(MemoryStore::with_tokens(tokens)),
             None,
+            DEFAULT_UNAUTHORIZED_COOLDOWN,
         );
         Ok(NiftyAuth {
             shared: Arc::new(SharedAuth::new(manager, origins)),
@@ -325,6 +331,7 @@ pub struct Builder {
     token_attempts: u32,
     backoff_base: Duration,
     backoff_max: Duration,
+    unauthorized_cooldown: Duration,
 }
 
 impl Builder {
@@ -341,6 +348,7 @@ impl Builder {
             token_attempts: DEFAULT_TOKEN_ATTEMPTS,
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            unauthorized_cooldown: DEFAULT_UNAUTHORIZED_COOLDOWN,
         }
     }
 
@@ -431,6 +439,18 @@ impl Builder {
         self
     }
 
+    /// How long a token is protected from 401-driven refreshes once it has been rejected: when a
+    /// token obtained less than this long ago is answered 401 a second time (the server rejects even
+    /// a fresh token: a permission problem, a proxy), the 401 is returned as it is instead of
+    /// refreshing again, so such an origin cannot cause one token call per request. The first 401 for
+    /// a token always refreshes. Defaults to [`DEFAULT_UNAUTHORIZED_COOLDOWN`].
+    ///
+    /// A 401 whose `WWW-Authenticate` says `error="insufficient_scope"` never refreshes.
+    pub fn unauthorized_cooldown(mut self, cooldown: Duration) -> Self {
+        self.unauthorized_cooldown = cooldown;
+        self
+    }
+
     /// Builds the token manager. No I/O happens here: tokens are loaded or fetched on first use.
     ///
     /// # Errors
@@ -478,10 +498,11 @@ impl Builder {
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>);
         let manager = TokenManager::new(
-            TokenCache::new(self.refresh_skew),
+            TokenCache::new(self.refresh_skew, clock),
             Some(endpoint),
             store,
             self.refresh_token,
+            self.unauthorized_cooldown,
         );
         Ok(NiftyAuth {
             shared: Arc::new(SharedAuth::new(manager, origins)),

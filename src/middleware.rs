@@ -150,14 +150,24 @@ impl Middleware for NiftyAuthMiddleware {
         let Some(mut retry) = retry else {
             return Ok(response);
         };
-        crate::trace::debug!(generation, "401 answered; retrying once with a newer token");
-        let header = self
+        if crate::layer::insufficient_scope(response.headers()) {
+            return Ok(response); // a new token would not have more scope
+        }
+        let Some((header, retry_generation)) = self
             .auth
             .header_after_unauthorized(generation)
             .await
-            .map_err(reqwest_middleware::Error::middleware)?;
+            .map_err(reqwest_middleware::Error::middleware)?
+        else {
+            return Ok(response);
+        };
+        crate::trace::debug!(generation, "401 answered; retrying once with a newer token");
         retry.headers_mut().insert(AUTHORIZATION, header);
         self.auth.shared.manager.counters.unauthorized_retry();
-        next.run(retry, extensions).await
+        let response = next.run(retry, extensions).await?;
+        if response.status() == http::StatusCode::UNAUTHORIZED {
+            self.auth.shared.manager.rejected_again(retry_generation);
+        }
+        Ok(response)
     }
 }

@@ -286,7 +286,8 @@ async fn a_failed_save_keeps_the_new_tokens_unused_until_a_later_save_succeeds()
     assert!(source.is::<DiskFull>(), "{source:?}");
     assert_eq!(source.to_string(), "simulated disk full");
     assert_eq!(fake.token_calls(), 1);
-    assert_eq!(store.failed_saves(), 1);
+    // The save is retried while the lock is held: three tries per refresh.
+    assert_eq!(store.failed_saves(), 3);
     let rotated = fake.current_refresh_token().expect("live grant");
     assert_ne!(rotated, bootstrap, "the fake did not rotate");
     assert_eq!(fake.api_calls(), 0, "the unsaved access token was used");
@@ -302,7 +303,7 @@ async fn a_failed_save_keeps_the_new_tokens_unused_until_a_later_save_succeeds()
         "{err:?}"
     );
     assert_eq!(fake.token_calls(), 1);
-    assert_eq!(store.failed_saves(), 2);
+    assert_eq!(store.failed_saves(), 6);
     assert_eq!(fake.api_calls(), 0);
     assert_eq!(auth.tokens(), None);
 
@@ -336,7 +337,7 @@ async fn a_failed_save_keeps_the_new_tokens_unused_until_a_later_save_succeeds()
         store.inner.get().expect("saved").refresh_token(),
         fake.current_refresh_token().as_deref()
     );
-    assert_eq!(store.failed_saves(), 2);
+    assert_eq!(store.failed_saves(), 6);
 }
 
 #[tokio::test]
@@ -455,32 +456,47 @@ async fn set_tokens_saves_to_the_store_before_the_tokens_are_used() {
         .with_refresh_token(fake.issue_refresh_token())
         .with_expires_in(Duration::from_secs(3600));
 
-    // A failed save: the tokens are not used.
+    // A failed save: the tokens are not used, but kept for the next attempt to save.
     store.set_failing(true);
     let err = auth.set_tokens(tokens.clone()).await.unwrap_err();
     assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
     assert!(err.source().expect("source").is::<DiskFull>());
-    assert_eq!(store.failed_saves(), 1);
+    assert_eq!(store.failed_saves(), 3);
     assert_eq!(auth.tokens(), None);
     assert_eq!(store.inner.get(), None);
     let err = send(&svc, get(fake.api_url("/users/me")))
         .await
         .unwrap_err();
-    assert!(auth_error(&err).is_reauthorization_required(), "{err:?}");
+    assert!(
+        matches!(auth_error(&err), AuthError::Store { .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.failed_saves(), 6);
     assert_eq!(fake.api_calls(), 0);
     assert_eq!(fake.token_calls(), 0);
 
-    // Saved, then used.
+    // The store recovers: the next request saves the kept tokens, then uses them.
     store.set_failing(false);
-    auth.set_tokens(tokens.clone()).await.unwrap();
-    assert_eq!(store.inner.get(), Some(tokens.clone()));
-    assert_eq!(auth.tokens(), Some(tokens.clone()));
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(store.inner.get(), Some(tokens.clone()));
+    assert_eq!(auth.tokens(), Some(tokens.clone()));
     assert_eq!(fake.token_calls(), 0);
     let api = fake.api_requests();
     assert_eq!(api.len(), 1);
     assert_eq!(api[0].authorization, bearer(&tokens));
+
+    // set_tokens with a healthy store: saved, then used.
+    let newer = TokenSet::new(fake.issue_access_token(None))
+        .with_refresh_token(fake.issue_refresh_token())
+        .with_expires_in(Duration::from_secs(3600));
+    auth.set_tokens(newer.clone()).await.unwrap();
+    assert_eq!(store.inner.get(), Some(newer.clone()));
+    assert_eq!(auth.tokens(), Some(newer.clone()));
+    let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fake.token_calls(), 0);
+    assert_eq!(fake.api_requests()[1].authorization, bearer(&newer));
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::body::{replay_copy, ReplayableBody};
 use super::head::Head;
 use crate::auth::ManagerHandle;
-use crate::token::refresh::{TokenFuture, TokenManager, Want};
+use crate::token::refresh::{TokenFuture, TokenManager, Unauthorized};
 use crate::trace;
 use crate::{AuthError, BoxError};
 
@@ -50,13 +50,22 @@ impl<S: Clone, B: ReplayableBody> Retry<S, B> {
     }
 }
 
-/// A request waiting for a token before its first send.
+/// A request waiting for a token, then for the service's readiness, before its first send.
 struct Waiting<S, B> {
+    /// A clone of the service, not yet driven to readiness.
     service: S,
     request: Request<B>,
     manager: Arc<TokenManager>,
     /// The replay cap, or `None` when 401 retries are off.
     replay_cap: Option<u64>,
+    /// The token's header and generation, once it arrived.
+    header: Option<(HeaderValue, u64)>,
+}
+
+/// What a retry remembers to report a second 401 (the token it carried was rejected too).
+struct Sent {
+    manager: Arc<ManagerHandle>,
+    generation: u64,
 }
 
 pin_project! {
@@ -73,17 +82,18 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, B, F> {
-        // No usable token yet: waiting for the single-flight refresh. (Cold data is boxed, so the
-        // future stays small and cheap to move on the hot path.)
+        // No usable token yet: waiting for the single-flight refresh, then for the service's
+        // readiness. (Cold data is boxed, so the future stays small and cheap to move on the hot
+        // path.)
         WaitToken { token: TokenFuture, waiting: Option<Box<Waiting<S, B>>> },
         // The first send.
         First { #[pin] future: F, retry: Option<Box<Retry<S, B>>> },
         // A 401 came back: waiting for a token newer than the rejected one.
         Refresh { token: TokenFuture, retry: Option<Box<Retry<S, B>>> },
         // Waiting for the service to be ready again before the retry.
-        Ready { header: HeaderValue, retry: Option<Box<Retry<S, B>>> },
+        Ready { header: HeaderValue, generation: u64, retry: Option<Box<Retry<S, B>>> },
         // The retry; its answer, 401 or not, goes to the caller.
-        Second { #[pin] future: F },
+        Second { #[pin] future: F, sent: Option<Box<Sent>> },
     }
 }
 
@@ -112,6 +122,7 @@ where
                     request,
                     manager,
                     replay_cap,
+                    header: None,
                 })),
             },
         }
@@ -125,13 +136,14 @@ fn gone() -> BoxError {
     .into()
 }
 
-fn header_of(current: &crate::token::cache::Current) -> Result<HeaderValue, BoxError> {
-    current.header().ok_or_else(|| {
-        AuthError::Internal {
+fn header_of(current: &crate::token::cache::Current) -> Result<(HeaderValue, u64), BoxError> {
+    match current.header() {
+        Some(header) => Ok((header, current.generation)),
+        None => Err(AuthError::Internal {
             reason: "a refresh published no token".to_owned(),
         }
-        .into()
-    })
+        .into()),
+    }
 }
 
 impl<S, B, RB> Future for ResponseFuture<S, B>
@@ -147,60 +159,77 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::WaitToken { token, waiting } => {
-                    let current = ready!(token.as_mut().poll(cx))?;
-                    let header = header_of(&current)?;
+                    let waiting_now = waiting.as_mut().ok_or_else(gone)?;
+                    if waiting_now.header.is_none() {
+                        let current = ready!(token.as_mut().poll(cx))?;
+                        waiting_now.header = Some(header_of(&current)?);
+                    }
+                    // Readiness only now that the token is here: holding the inner service's
+                    // readiness (a concurrency permit, a buffer slot) while waiting could starve the
+                    // token call itself when it shares that limit.
+                    ready!(waiting_now.service.poll_ready(cx)).map_err(Into::into)?;
                     let Waiting {
                         mut service,
                         mut request,
                         manager,
                         replay_cap,
+                        header,
                     } = *waiting.take().ok_or_else(gone)?;
+                    let (header, generation) = header.ok_or_else(gone)?;
                     manager.counters.request_authorized();
                     let retry = replay_cap.and_then(|max| {
                         let handle = Arc::new(ManagerHandle(Arc::clone(&manager)));
-                        Retry::new(&request, &service, &handle, max, current.generation)
+                        Retry::new(&request, &service, &handle, max, generation)
                     });
                     request.headers_mut().insert(AUTHORIZATION, header);
-                    // `service` was driven to readiness before `call` took it.
                     let future = service.call(request);
                     state.set(State::First { future, retry });
                 }
                 StateProj::First { future, retry } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() != StatusCode::UNAUTHORIZED {
+                    if response.status() != StatusCode::UNAUTHORIZED
+                        || super::insufficient_scope(response.headers())
+                    {
+                        // Not a token problem, or one a new token would not cure (RFC 6750 §3.1).
                         return Poll::Ready(Ok(response));
                     }
                     let Some(retry) = retry.take() else {
                         return Poll::Ready(Ok(response));
                     };
+                    // Usually another request's refresh already replaced the rejected token: then
+                    // use the newer one straight away, without a token future.
+                    match retry.manager.0.after_unauthorized(retry.generation) {
+                        Unauthorized::Newer(header, generation) => state.set(State::Ready {
+                            header,
+                            generation,
+                            retry: Some(retry),
+                        }),
+                        Unauthorized::Wait(token) => state.set(State::Refresh {
+                            token,
+                            retry: Some(retry),
+                        }),
+                        Unauthorized::GiveUp => return Poll::Ready(Ok(response)),
+                    }
                     trace::debug!(
-                        generation = retry.generation,
+                        generation = retry_generation(&state),
                         "401 answered; retrying once with a newer token"
                     );
-                    let manager = &retry.manager.0;
-                    // Usually another request's refresh already replaced the rejected token: use the
-                    // newer one straight away, without a token future.
-                    if let Some(header) = manager.newer_header(retry.generation) {
-                        state.set(State::Ready {
-                            header,
-                            retry: Some(retry),
-                        });
-                        continue;
-                    }
-                    let token =
-                        Box::pin(Arc::clone(manager).token(Want::NewerThan(retry.generation)));
-                    state.set(State::Refresh {
-                        token,
-                        retry: Some(retry),
-                    });
                 }
                 StateProj::Refresh { token, retry } => {
                     let current = ready!(token.as_mut().poll(cx))?;
-                    let header = header_of(&current)?;
+                    let (header, generation) = header_of(&current)?;
                     let retry = retry.take();
-                    state.set(State::Ready { header, retry });
+                    state.set(State::Ready {
+                        header,
+                        generation,
+                        retry,
+                    });
                 }
-                StateProj::Ready { header, retry } => {
+                StateProj::Ready {
+                    header,
+                    generation,
+                    retry,
+                } => {
                     let service = &mut retry.as_mut().ok_or_else(gone)?.service;
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let Retry {
@@ -220,13 +249,35 @@ where
                     manager.0.counters.unauthorized_retry();
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
-                    state.set(State::Second { future });
+                    let sent = Some(Box::new(Sent {
+                        manager,
+                        generation: *generation,
+                    }));
+                    state.set(State::Second { future, sent });
                 }
-                StateProj::Second { future } => {
-                    return future.poll(cx).map_err(Into::into);
+                StateProj::Second { future, sent } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if response.status() == StatusCode::UNAUTHORIZED {
+                        if let Some(sent) = sent.take() {
+                            sent.manager.0.rejected_again(sent.generation);
+                        }
+                    }
+                    return Poll::Ready(Ok(response));
                 }
             }
         }
+    }
+}
+
+/// The generation a retry is about to use (for the debug event).
+#[cfg_attr(
+    not(feature = "tracing"),
+    allow(dead_code, reason = "only read by a tracing event")
+)]
+fn retry_generation<S, B, F>(state: &Pin<&mut State<S, B, F>>) -> u64 {
+    match &**state {
+        State::Ready { generation, .. } => *generation,
+        _ => 0,
     }
 }
 

@@ -167,8 +167,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if !self.auth.shared.origins.allows(request.uri()) {
-            // This origin may not see our token.
+        if !self.auth.shared.origins.allows(request.uri())
+            || request.headers().contains_key(AUTHORIZATION)
+        {
+            // This origin may not see our token, or the caller authorized the request itself: send
+            // it exactly as it is (every `Authorization` value kept).
             return ResponseFuture::first(self.inner.call(request), None);
         }
         let manager = &self.auth.shared.manager;
@@ -178,18 +181,16 @@ where
                 manager.refresh_in_background();
                 (header, generation)
             }
-            Read::Missing if request.headers().contains_key(AUTHORIZATION) => {
-                return ResponseFuture::first(self.inner.call(request), None);
-            }
             Read::Missing => {
-                // The future calls the service once a token arrives: take the service that was driven
-                // to readiness and leave a clone behind for the next poll_ready.
+                // Wait for the token first, then drive a clone of the service to readiness. The ready
+                // service is dropped here, giving back what its readiness reserved (a concurrency
+                // permit, a buffer slot): the token call may need that very permit.
                 let clone = self.inner.clone();
-                let ready = mem::replace(&mut self.inner, clone);
+                drop(mem::replace(&mut self.inner, clone));
                 let token = Box::pin(Arc::clone(manager).token(Want::Usable));
                 return ResponseFuture::wait_for_token(
                     token,
-                    ready,
+                    self.inner.clone(),
                     request,
                     Arc::clone(manager),
                     self.retry_on_unauthorized
@@ -197,16 +198,25 @@ where
                 );
             }
         };
-        // One hash lookup instead of two: insert, and if the caller had set its own Authorization,
-        // put it back and send the request as the caller made it.
         let retry = self.retry_for(&request, generation);
-        if let Some(own) = request.headers_mut().insert(AUTHORIZATION, header) {
-            request.headers_mut().insert(AUTHORIZATION, own);
-            return ResponseFuture::first(self.inner.call(request), None);
-        }
+        request.headers_mut().insert(AUTHORIZATION, header);
         manager.counters.request_authorized();
         ResponseFuture::first(self.inner.call(request), retry)
     }
+}
+
+/// Whether a 401's `WWW-Authenticate` says `error="insufficient_scope"`: a new token would not help.
+pub(crate) fn insufficient_scope(headers: &http::HeaderMap) -> bool {
+    const NEEDLE: &[u8] = b"insufficient_scope";
+    headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .any(|value| {
+            value
+                .as_bytes()
+                .windows(NEEDLE.len())
+                .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+        })
 }
 
 impl<S: Clone> NiftyAuthService<S> {

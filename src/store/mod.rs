@@ -161,7 +161,8 @@ type Release = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 /// The token manager calls [`release`](Self::release) when the refresh is over. If the lock is dropped
 /// without being released (a panic), the release future is spawned on the current tokio runtime.
 pub struct StoreLock {
-    release: Option<Release>,
+    // In a mutex only so that `&StoreLock` is `Send` (the manager holds one across `save_locked`).
+    release: parking_lot::Mutex<Option<Release>>,
     data: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -169,7 +170,7 @@ impl StoreLock {
     /// A lock that holds nothing (what the default [`TokenStore::lock`] returns).
     pub fn none() -> Self {
         StoreLock {
-            release: None,
+            release: parking_lot::Mutex::new(None),
             data: None,
         }
     }
@@ -181,7 +182,7 @@ impl StoreLock {
         Fut: Future<Output = ()> + Send + 'static,
     {
         StoreLock {
-            release: Some(Box::new(move || Box::pin(release()))),
+            release: parking_lot::Mutex::new(Some(Box::new(move || Box::pin(release())))),
             data: None,
         }
     }
@@ -199,8 +200,9 @@ impl StoreLock {
     }
 
     /// Releases the lock.
-    pub async fn release(mut self) {
-        if let Some(release) = self.release.take() {
+    pub async fn release(self) {
+        let release = self.release.lock().take();
+        if let Some(release) = release {
             release().await;
         }
     }
@@ -208,7 +210,7 @@ impl StoreLock {
 
 impl Drop for StoreLock {
     fn drop(&mut self) {
-        if let Some(release) = self.release.take() {
+        if let Some(release) = self.release.get_mut().take() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(release());
             }
@@ -219,7 +221,7 @@ impl Drop for StoreLock {
 impl fmt::Debug for StoreLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreLock")
-            .field("held", &self.release.is_some())
+            .field("held", &self.release.lock().is_some())
             .finish()
     }
 }

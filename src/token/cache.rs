@@ -12,11 +12,16 @@ use bytes::Bytes;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+use super::TokenSet;
+use crate::clock::Clock;
+use crate::error::AuthError;
 use crate::stripe::{self, STRIPES};
-use crate::{AuthError, TokenSet};
 
 /// How far in the future "unknown expiry" is placed (the token is then only replaced after a 401).
 const UNKNOWN_EXPIRY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// A token set from the store (or an unsaved one) is adopted only with more than this left.
+const MIN_ADOPTABLE_LIFETIME: Duration = Duration::from_millis(100);
 
 /// One published token: everything a request needs, computed once.
 #[derive(Debug)]
@@ -25,10 +30,17 @@ pub(crate) struct Current {
     headers: Option<[HeaderValue; STRIPES]>,
     /// Increases by one with every publication; a 401 names the generation it was sent with.
     pub(crate) generation: u64,
-    /// From here on, requests still use the token but start a background refresh.
+    /// From here on, requests still use the token but start a background refresh (tokio's clock)…
     pub(crate) refresh_at: Instant,
-    /// From here on, the token is never sent.
+    /// …or from here on, by the wall clock, whichever comes first (see [`Clock`]).
+    refresh_at_wall: SystemTime,
+    /// From here on (tokio's clock), the token is never sent…
     pub(crate) expires_at: Instant,
+    /// …nor from here on by the wall clock (which keeps running while the machine sleeps).
+    expires_at_wall: SystemTime,
+    /// When this token was published (a 401 storm guard: a young token rejected twice is not
+    /// refreshed again until it has aged).
+    pub(crate) published_at: Instant,
     pub(crate) tokens: Option<TokenSet>,
 }
 
@@ -39,19 +51,26 @@ impl Current {
             headers: None,
             generation: 0,
             refresh_at: now,
+            refresh_at_wall: SystemTime::UNIX_EPOCH,
             expires_at: now,
+            expires_at_wall: SystemTime::UNIX_EPOCH,
+            published_at: now,
             tokens: None,
         }
     }
 
-    /// A token that may still be sent at `now`.
-    pub(crate) fn usable(&self, now: Instant) -> bool {
-        self.headers.is_some() && now < self.expires_at
+    /// A token that may still be sent now.
+    pub(crate) fn usable(&self) -> bool {
+        self.headers.is_some()
+            && Instant::now() < self.expires_at
+            && SystemTime::now() < self.expires_at_wall
     }
 
-    /// A token that needs no refresh yet at `now`.
-    pub(crate) fn fresh(&self, now: Instant) -> bool {
-        self.headers.is_some() && now < self.refresh_at
+    /// A token that needs no refresh yet.
+    pub(crate) fn fresh(&self) -> bool {
+        self.headers.is_some()
+            && Instant::now() < self.refresh_at
+            && SystemTime::now() < self.refresh_at_wall
     }
 
     pub(crate) fn access_token(&self) -> Option<&str> {
@@ -66,16 +85,17 @@ impl Current {
             .map(|headers| headers[stripe::index()].clone())
     }
 
-    /// The hot-path decision: one clock read, one header clone.
+    /// The hot-path decision: two clock reads (tokio's and the wall clock), one header clone.
     #[inline]
     pub(crate) fn read(&self) -> Read {
         let Some(headers) = &self.headers else {
             return Read::Missing;
         };
         let now = Instant::now();
-        if now < self.refresh_at {
+        let wall = SystemTime::now();
+        if now < self.refresh_at && wall < self.refresh_at_wall {
             Read::Fresh(headers[stripe::index()].clone(), self.generation)
-        } else if now < self.expires_at {
+        } else if now < self.expires_at && wall < self.expires_at_wall {
             Read::Stale(headers[stripe::index()].clone(), self.generation)
         } else {
             Read::Missing
@@ -113,13 +133,15 @@ pub(crate) type LocalCache = arc_swap::Cache<Arc<ArcSwap<Current>>, Arc<Current>
 pub(crate) struct TokenCache {
     current: Arc<ArcSwap<Current>>,
     skew: Duration,
+    clock: Clock,
 }
 
 impl TokenCache {
-    pub(crate) fn new(skew: Duration) -> Self {
+    pub(crate) fn new(skew: Duration, clock: Clock) -> Self {
         TokenCache {
             current: Arc::new(ArcSwap::from_pointee(Current::empty())),
             skew,
+            clock,
         }
     }
 
@@ -152,21 +174,25 @@ impl TokenCache {
             copy.set_sensitive(true);
             copy
         });
-        let now = Instant::now();
-        let remaining = match tokens.expires_at() {
-            Some(at) => at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
-            None => UNKNOWN_EXPIRY,
+        // Deadlines on both clocks, from one reading of [`Clock::now`].
+        let now = self.clock.now();
+        let expires_at_wall = match tokens.expires_at() {
+            Some(at) => at,
+            None => now.checked_add(UNKNOWN_EXPIRY).unwrap_or(now),
         };
-        let expires_at = now + remaining;
-        let refresh_at = expires_at - self.skew.min(remaining / 2);
+        let remaining = expires_at_wall.duration_since(now).unwrap_or(Duration::ZERO);
+        let refresh_at_wall = expires_at_wall
+            .checked_sub(self.skew.min(remaining / 2))
+            .unwrap_or(expires_at_wall);
         let previous = self.current.load();
         let next = Arc::new(Current {
             headers: Some(headers),
-            generation: previous.generation + 1,
-            refresh_at,
-            expires_at,
+            generation: previous.generation.saturating_add(1),
+            refresh_at: self.clock.instant_at(refresh_at_wall),
+            refresh_at_wall,
+            expires_at: self.clock.instant_at(expires_at_wall),
+            expires_at_wall,
+            published_at: Instant::now(),
             tokens: Some(tokens),
         });
         // Publications are serialized by the refresh gate, so a plain store cannot lose one.
@@ -177,8 +203,11 @@ impl TokenCache {
     /// Whether `tokens` (e.g. just loaded from the store) can be adopted without a refresh: it is not
     /// about to expire. Its refresh point is then clamped into what is left of its life, so a token
     /// adopted late in its life is refreshed ahead of expiry like any other.
-    pub(crate) fn adoptable(tokens: &TokenSet) -> bool {
-        const MIN_LEFT: Duration = Duration::from_millis(100);
-        tokens.expires_in().is_none_or(|left| left > MIN_LEFT)
+    /// Judged on the same clock as the cache's own deadlines.
+    pub(crate) fn adoptable(&self, tokens: &TokenSet) -> bool {
+        tokens.expires_at().is_none_or(|at| {
+            at.duration_since(self.clock.now())
+                .is_ok_and(|left| left > MIN_ADOPTABLE_LIFETIME)
+        })
     }
 }

@@ -2,35 +2,69 @@
 //!
 //! Every path that needs a new token — a request with no usable token, a request in the skew window
 //! (background), a 401, [`NiftyAuth::access_token`](crate::NiftyAuth::access_token) — goes through
-//! [`TokenManager::token`]. The first caller spawns the refresh task and parks a [`Shared`] handle to
-//! it in the in-flight slot; everyone else awaits that handle. The task is spawned, so dropping every
-//! waiter never cancels it: its tokens are saved and published regardless.
+//! [`TokenManager::token`] (or [`TokenManager::after_unauthorized`]). The first caller reserves the
+//! in-flight slot and spawns the refresh task; everyone else awaits the slot's [`Shared`] handle. The
+//! task is spawned, so dropping every waiter never cancels it: its tokens are saved and published
+//! regardless.
+//!
+//! The slot can never stay occupied: the guard that clears it is created *before* the spawn and moved
+//! into the task, so it is dropped — and the slot cleared — however the task ends, including a task
+//! that never ran because its runtime shut down. Waiters of such a task see it as cancelled and start
+//! a new refresh on their own runtime.
 //!
 //! Inside the task, in order: the refresh gate (serializes with `set_tokens` / `exchange_code`), the
-//! store's lock, a re-read of the store (someone else may have refreshed), the token call (with
-//! backoff), the save, and only then the publication. Terminal errors latch until new tokens are
-//! supplied.
+//! store's lock, unsaved tokens first, a re-read of the store (someone else may have refreshed), the
+//! token call (with backoff), the save (retried), and only then the publication. Rotated tokens whose
+//! save failed stay parked with the store lock still held, and are saved before anything else by the
+//! next attempt. Terminal errors latch until new tokens are supplied.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::{FutureExt, Shared};
+use http::HeaderValue;
 use parking_lot::Mutex;
-use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::cache::{Current, Read, TokenCache};
+use super::TokenSet;
+use crate::clock::instant_after;
 use crate::endpoint::{Endpoint, Grant};
+use crate::error::AuthError;
 use crate::stats::Counters;
-use crate::store::TokenStore;
+use crate::store::{StoreLock, TokenStore};
 use crate::trace;
-use crate::{AuthError, TokenSet};
 
 /// A token on its way: what waiters await.
 pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<Current>, AuthError>> + Send>>;
 
-type InFlight = Shared<TokenFuture>;
+/// How many times a failed save is tried within one refresh (the lock is held throughout).
+const SAVE_ATTEMPTS: u32 = 3;
+/// The delay after the first failed save; it quadruples.
+const SAVE_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// How many times a caller replaces a flight whose task was cancelled (its runtime shut down) before
+/// it gives up: the caller's own runtime may be shutting down too.
+const MAX_CANCELLED_FLIGHTS: usize = 3;
+
+/// How a flight ends.
+#[derive(Clone)]
+enum Landing {
+    Done(Result<Arc<Current>, AuthError>),
+    /// The task was dropped before it finished: its runtime shut down.
+    Cancelled,
+}
+
+type Flight = Shared<Pin<Box<dyn Future<Output = Landing> + Send>>>;
+
+/// The in-flight slot: the running refresh, and an id so a stale flight is cleared only once.
+struct InFlight {
+    id: u64,
+    flight: Flight,
+}
 
 /// Why a token is wanted; decides whether the current one will do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,15 +77,35 @@ pub(crate) enum Want {
     Background,
 }
 
+/// What to do about a 401 for a token generation.
+pub(crate) enum Unauthorized {
+    /// A newer token is already current: retry with it.
+    Newer(HeaderValue, u64),
+    /// Retry with the token this refresh brings.
+    Wait(TokenFuture),
+    /// The token was just obtained and was already rejected once: a refresh would not help; return
+    /// the 401 as it is (until the cooldown passes).
+    GiveUp,
+}
+
+/// Tokens whose save failed: saved before anything else, under `lock` if it is still held.
+struct Pending {
+    tokens: TokenSet,
+    lock: Option<StoreLock>,
+}
+
 #[derive(Default)]
 struct State {
     in_flight: Option<InFlight>,
+    flights: u64,
     /// A terminal error (invalid_grant, 401, 403 from the endpoint): no token call until new tokens.
     terminal: Option<AuthError>,
-    /// Tokens obtained from the endpoint whose save failed: saved and published by the next attempt.
-    pending: Option<TokenSet>,
+    /// Tokens obtained (a rotation, a re-authorization) whose save failed.
+    pending: Option<Pending>,
     /// No background refresh before this instant (after a failed one).
     background_not_before: Option<Instant>,
+    /// The last generation a retry after a 401 found rejected too.
+    rejected: Option<u64>,
 }
 
 /// The token manager: the current token, the store, the endpoint and the single-flight state.
@@ -61,6 +115,8 @@ pub(crate) struct TokenManager {
     pub(crate) endpoint: Option<Endpoint>,
     pub(crate) store: Arc<dyn TokenStore>,
     bootstrap_refresh_token: Option<String>,
+    /// A token rejected twice within this long of being obtained is not refreshed again for a 401.
+    unauthorized_cooldown: Duration,
     state: Mutex<State>,
     pub(crate) counters: Counters,
     /// Serializes everything that changes the tokens: refreshes, `set_tokens`, `exchange_code`.
@@ -69,21 +125,68 @@ pub(crate) struct TokenManager {
 
 impl std::fmt::Debug for TokenManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.lock();
         f.debug_struct("TokenManager")
             .field("cache", &self.cache)
             .field("endpoint", &self.endpoint)
-            .field("state", &*self.state.lock())
+            .field("refreshing", &state.in_flight.is_some())
+            .field("terminal", &state.terminal)
+            .field("unsaved_tokens", &state.pending.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("in_flight", &self.in_flight.is_some())
-            .field("terminal", &self.terminal)
-            .field("pending", &self.pending.is_some())
-            .finish()
+/// A reserved flight, to be launched once the state lock is released.
+struct Launch {
+    manager: Arc<TokenManager>,
+    id: u64,
+    want: Want,
+    done: oneshot::Sender<Landing>,
+}
+
+impl Launch {
+    /// Spawns the refresh task. Called without the state lock: a runtime that is shutting down drops
+    /// the task (and its slot guard, which takes the lock) right inside `spawn`.
+    fn go(self) {
+        let Launch {
+            manager,
+            id,
+            want,
+            done,
+        } = self;
+        let slot = SlotGuard {
+            manager: Arc::clone(&manager),
+            id,
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // `slot` and `done` drop: the waiters see a cancelled flight.
+        };
+        handle.spawn(async move {
+            // Moved in before the first poll: dropped however the task ends, even if it never runs.
+            let slot = slot;
+            let result = AssertUnwindSafe(manager.refresh(want))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AuthError::Internal {
+                        reason: "the refresh task panicked (in a token store?)".to_owned(),
+                    })
+                });
+            drop(slot);
+            let _ = done.send(Landing::Done(result));
+        });
+    }
+}
+
+/// Clears the in-flight slot when its task ends, however it ends, if the slot still holds that task.
+struct SlotGuard {
+    manager: Arc<TokenManager>,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.manager.clear_flight(self.id);
     }
 }
 
@@ -93,12 +196,14 @@ impl TokenManager {
         endpoint: Option<Endpoint>,
         store: Arc<dyn TokenStore>,
         bootstrap_refresh_token: Option<String>,
+        unauthorized_cooldown: Duration,
     ) -> Self {
         TokenManager {
             cache,
             endpoint,
             store,
             bootstrap_refresh_token,
+            unauthorized_cooldown,
             state: Mutex::new(State::default()),
             counters: Counters::default(),
             gate: tokio::sync::Mutex::new(()),
@@ -108,7 +213,7 @@ impl TokenManager {
     /// The hot path: a header to send now, or `None` if the caller has to wait for a token.
     /// In the skew window it also starts a background refresh (at most one).
     #[inline]
-    pub(crate) fn header_now(self: &Arc<Self>) -> Option<(http::HeaderValue, u64)> {
+    pub(crate) fn header_now(self: &Arc<Self>) -> Option<(HeaderValue, u64)> {
         match self.cache.read() {
             Read::Fresh(header, generation) => Some((header, generation)),
             Read::Stale(header, generation) => {
@@ -119,94 +224,175 @@ impl TokenManager {
         }
     }
 
-    /// The header of a usable token newer than `generation`, if one is current (a 401's fast path:
-    /// someone else's refresh already replaced the rejected token).
-    pub(crate) fn newer_header(&self, generation: u64) -> Option<http::HeaderValue> {
-        let current = self.cache.load();
-        if current.generation > generation && current.usable(Instant::now()) {
-            self.counters.refresh_coalesced();
-            current.header()
-        } else {
-            None
-        }
-    }
-
     /// Starts a background refresh unless one is running, latched off, or cooling down after a failure.
     pub(crate) fn refresh_in_background(self: &Arc<Self>) {
-        let mut state = self.state.lock();
-        if state.in_flight.is_some() || state.terminal.is_some() {
-            return;
-        }
-        let now = Instant::now();
-        if state.background_not_before.is_some_and(|t| now < t) {
-            return;
-        }
-        if self.cache.load().fresh(now) {
-            return;
-        }
-        // Dropped at once: the task runs on its own and publishes its result.
-        drop(self.start(&mut state, Want::Background));
+        let launch = {
+            let mut state = self.state.lock();
+            if state.in_flight.is_some() || state.terminal.is_some() {
+                return;
+            }
+            if state
+                .background_not_before
+                .is_some_and(|t| Instant::now() < t)
+            {
+                return;
+            }
+            if self.cache.load().fresh() {
+                return;
+            }
+            match self.reserve(&mut state, Want::Background) {
+                Ok((_, launch)) => launch,
+                Err(_) => return, // no runtime: the next request that needs a token reports it
+            }
+        };
+        // Nobody awaits it: the task runs on its own and publishes its result.
+        launch.go();
     }
 
     /// A token satisfying `want`: the current one if it does, else the result of the (single) refresh.
     pub(crate) async fn token(self: Arc<Self>, want: Want) -> Result<Arc<Current>, AuthError> {
-        let in_flight = {
-            let mut state = self.state.lock();
-            let current = self.cache.load();
-            if satisfies(&current, want, Instant::now()) {
-                // Someone else's refresh already served this caller.
-                self.counters.refresh_coalesced();
-                return Ok(current);
-            }
-            match &state.in_flight {
-                Some(in_flight) => {
+        for _ in 0..MAX_CANCELLED_FLIGHTS {
+            let joined = {
+                let mut state = self.state.lock();
+                let current = self.cache.load();
+                if satisfies(&current, want) {
+                    // Someone else's refresh already served this caller.
                     self.counters.refresh_coalesced();
-                    in_flight.clone()
+                    return Ok(current);
                 }
-                None => {
-                    if let Some(error) = &state.terminal {
-                        return Err(error.clone());
-                    }
-                    self.start(&mut state, want)
-                }
+                self.join(&mut state, want)?
+            };
+            let joined = joined.launch();
+            if let Some(landing) = self.land(joined).await {
+                return landing;
             }
-        };
-        in_flight.await
+        }
+        Err(cancelled())
     }
 
-    /// Spawns the refresh task and parks its handle in the in-flight slot. Needs the state lock, so the
-    /// task cannot clear the slot before it is set.
-    fn start(self: &Arc<Self>, state: &mut State, want: Want) -> InFlight {
-        self.counters.refresh_started();
-        let manager = Arc::clone(self);
-        let future: TokenFuture = match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let task = handle.spawn(async move {
-                    // Clears the in-flight slot however the task ends (even if a store panics).
-                    let _slot = InFlightSlot(Arc::clone(&manager));
-                    manager.refresh(want).await
-                });
-                Box::pin(async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(AuthError::Internal {
-                            reason: if e.is_panic() {
-                                "the refresh task panicked (in a token store?)".to_owned()
-                            } else {
-                                "the refresh task was cancelled (runtime shutting down)".to_owned()
-                            },
-                        })
-                    })
-                })
+    /// What to do about a 401 answered to a request sent with token `generation`. Decided under the
+    /// state lock, so concurrent 401s for one token make one refresh and all of them retry.
+    pub(crate) fn after_unauthorized(self: &Arc<Self>, generation: u64) -> Unauthorized {
+        let joined = {
+            let mut state = self.state.lock();
+            let current = self.cache.load();
+            if current.generation > generation && current.usable() {
+                if let Some(header) = current.header() {
+                    self.counters.refresh_coalesced();
+                    return Unauthorized::Newer(header, current.generation);
+                }
             }
-            Err(_) => Box::pin(async {
-                Err(AuthError::config(
-                    "no tokio runtime: nifty-auth refreshes tokens in a tokio task",
-                ))
-            }),
+            // A token that a retry already found rejected (so a fresh token did not cure the 401),
+            // rejected again while it is young: refreshing would only repeat that.
+            let young = || {
+                Instant::now() < instant_after(current.published_at, self.unauthorized_cooldown)
+            };
+            if current.generation == generation
+                && state.rejected == Some(generation)
+                && state.in_flight.is_none()
+                && young()
+            {
+                trace::debug!(
+                    generation,
+                    "401 for a token that was just obtained and already rejected: not refreshing"
+                );
+                return Unauthorized::GiveUp;
+            }
+            match self.join(&mut state, Want::NewerThan(generation)) {
+                Ok(joined) => joined,
+                Err(error) => return Unauthorized::Wait(Box::pin(async move { Err(error) })),
+            }
         };
-        let shared = future.shared();
-        state.in_flight = Some(shared.clone());
-        shared
+        let joined = joined.launch();
+        let manager = Arc::clone(self);
+        Unauthorized::Wait(Box::pin(async move {
+            match manager.land(joined).await {
+                Some(landing) => landing,
+                None => manager.token(Want::NewerThan(generation)).await,
+            }
+        }))
+    }
+
+    /// Records that the retry after a 401, sent with token `generation`, was answered 401 again.
+    pub(crate) fn rejected_again(&self, generation: u64) {
+        let mut state = self.state.lock();
+        if self.cache.load().generation == generation {
+            state.rejected = Some(generation);
+        }
+    }
+
+    /// Joins the running flight or reserves (and launches) a new one.
+    fn join(self: &Arc<Self>, state: &mut State, want: Want) -> Result<Joined, AuthError> {
+        if let Some(in_flight) = &state.in_flight {
+            self.counters.refresh_coalesced();
+            return Ok(Joined {
+                id: in_flight.id,
+                flight: in_flight.flight.clone(),
+                launch: None,
+            });
+        }
+        if let Some(error) = &state.terminal {
+            if state.pending.is_none() {
+                return Err(error.clone());
+            }
+        }
+        let ((id, flight), launch) = self.reserve(state, want)?;
+        Ok(Joined {
+            id,
+            flight,
+            launch: Some(launch),
+        })
+    }
+
+    /// Waits for a joined flight; `None` if its task was cancelled (the slot is then cleared and the
+    /// caller may start another).
+    async fn land(&self, joined: Joined) -> Option<Result<Arc<Current>, AuthError>> {
+        match joined.flight.await {
+            Landing::Done(result) => Some(result),
+            Landing::Cancelled => {
+                self.clear_flight(joined.id);
+                None
+            }
+        }
+    }
+
+    /// Reserves the in-flight slot for a new refresh. The task is spawned by [`Launch::go`] once the
+    /// caller has released the state lock.
+    fn reserve(
+        self: &Arc<Self>,
+        state: &mut State,
+        want: Want,
+    ) -> Result<((u64, Flight), Launch), AuthError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(AuthError::config(
+                "no tokio runtime: nifty-auth refreshes tokens in a tokio task",
+            ));
+        }
+        self.counters.refresh_started();
+        state.flights = state.flights.wrapping_add(1);
+        let id = state.flights;
+        let (done, landed) = oneshot::channel();
+        let wait: Pin<Box<dyn Future<Output = Landing> + Send>> =
+            Box::pin(async move { landed.await.unwrap_or(Landing::Cancelled) });
+        let flight = wait.shared();
+        state.in_flight = Some(InFlight {
+            id,
+            flight: flight.clone(),
+        });
+        let launch = Launch {
+            manager: Arc::clone(self),
+            id,
+            want,
+            done,
+        };
+        Ok(((id, flight), launch))
+    }
+
+    fn clear_flight(&self, id: u64) {
+        let mut state = self.state.lock();
+        if state.in_flight.as_ref().is_some_and(|f| f.id == id) {
+            state.in_flight = None;
+        }
     }
 
     /// The refresh task, in a `nifty_auth.refresh` span (grant, trigger, outcome, attempts, duration).
@@ -236,18 +422,13 @@ impl TokenManager {
 
     async fn refresh_gated(self: &Arc<Self>, want: Want) -> Result<Arc<Current>, AuthError> {
         let _gate = self.gate.lock().await;
-        // Someone (set_tokens, exchange_code, an earlier refresh) may have published while we queued.
+        // Someone (set_tokens, exchange_code, an earlier refresh) may have published while we queued;
+        // unsaved tokens are saved whatever the current token is.
         let current = self.cache.load();
-        if satisfies(&current, want, Instant::now()) {
+        if satisfies(&current, want) && self.state.lock().pending.is_none() {
             return Ok(current);
         }
-        let lock = self
-            .store
-            .lock(self.max_refresh_time())
-            .await
-            .map_err(AuthError::store)?;
-        let result = self.refresh_locked(&current).await;
-        lock.release().await;
+        let result = self.refresh_once(&current).await;
         match &result {
             Ok(current) => trace::debug!(generation = current.generation, "token refreshed"),
             Err(error) => {
@@ -262,25 +443,46 @@ impl TokenManager {
                         .endpoint
                         .as_ref()
                         .map_or(Duration::from_secs(1), |e| e.backoff.max);
-                    self.state.lock().background_not_before = Some(Instant::now() + cooldown);
+                    self.state.lock().background_not_before =
+                        Some(instant_after(Instant::now(), cooldown));
                 }
             }
         }
         result
     }
 
-    async fn refresh_locked(&self, current: &Current) -> Result<Arc<Current>, AuthError> {
-        // 1. Tokens from an earlier refresh whose save failed: save them first, never call again
-        //    while holding an unsaved rotated refresh token.
-        let pending = self.state.lock().pending.clone();
+    /// One refresh under the store's lock (a lock kept from an earlier failed save is reused).
+    async fn refresh_once(&self, current: &Current) -> Result<Arc<Current>, AuthError> {
+        let (pending, kept) = self.take_pending_lock();
+        let was_kept = kept.is_some();
+        let lock = match kept {
+            Some(lock) => lock,
+            None => self
+                .store
+                .lock(self.max_refresh_time())
+                .await
+                .map_err(AuthError::store)?,
+        };
+        let result = self.refresh_locked(current, pending, &lock).await;
+        self.settle(lock, was_kept).await;
+        result
+    }
+
+    async fn refresh_locked(
+        &self,
+        current: &Current,
+        pending: Option<TokenSet>,
+        lock: &StoreLock,
+    ) -> Result<Arc<Current>, AuthError> {
+        // 1. Tokens whose save failed: save them first, never call again while holding an unsaved
+        //    rotated refresh token.
         let mut refresh_token = None;
         if let Some(pending) = pending {
-            self.store.save(&pending).await.map_err(AuthError::store)?;
-            self.state.lock().pending = None;
-            if TokenCache::adoptable(&pending) {
-                return self.cache.publish(pending);
+            let saved = self.save_parked(pending, lock).await?;
+            if self.cache.adoptable(&saved) {
+                return self.cache.publish(saved);
             }
-            refresh_token = pending.refresh_token().map(str::to_owned);
+            refresh_token = saved.refresh_token().map(str::to_owned);
         }
 
         // 2. The store may hold newer tokens (another instance or process refreshed).
@@ -288,7 +490,7 @@ impl TokenManager {
             let stored = self.store.load().await.map_err(AuthError::store)?;
             if let Some(stored) = stored {
                 let newer = current.access_token() != Some(stored.access_token());
-                if newer && TokenCache::adoptable(&stored) {
+                if newer && self.cache.adoptable(&stored) {
                     trace::record!("outcome", "adopted_from_store");
                     trace::debug!("adopting tokens from the store");
                     return self.cache.publish(stored);
@@ -331,17 +533,65 @@ impl TokenManager {
         };
 
         // 4. Save before anyone uses the new access token; 5. publish.
-        self.save_and_publish(tokens).await
+        let saved = self.save_parked(tokens, lock).await?;
+        self.cache.publish(saved)
     }
 
-    /// Saves `tokens`, then publishes them. If the save fails (or panics), the tokens wait, unused,
-    /// for the next attempt to save them.
-    async fn save_and_publish(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
-        // Parked as pending first, so even a store that panics cannot lose a rotated refresh token.
-        self.state.lock().pending = Some(tokens.clone());
-        self.store.save(&tokens).await.map_err(AuthError::store)?;
-        self.state.lock().pending = None;
-        self.cache.publish(tokens)
+    /// Parks `tokens` as unsaved, then saves them under `lock`, retrying a failed save while the lock
+    /// is held. On success they are no longer parked; on failure they stay parked for the next
+    /// attempt, and [`settle`](Self::settle) keeps the lock with them.
+    async fn save_parked(&self, tokens: TokenSet, lock: &StoreLock) -> Result<TokenSet, AuthError> {
+        // Parked first, so even a store that panics cannot lose a rotated refresh token.
+        self.state.lock().pending = Some(Pending {
+            tokens: tokens.clone(),
+            lock: None,
+        });
+        let mut delay = SAVE_RETRY_DELAY;
+        let mut attempt = 1;
+        loop {
+            match self.store.save_locked(&tokens, lock).await {
+                Ok(()) => {
+                    self.state.lock().pending = None;
+                    return Ok(tokens);
+                }
+                Err(error) if attempt >= SAVE_ATTEMPTS => return Err(AuthError::store(error)),
+                Err(error) => {
+                    trace::warning!(attempt, error = %error, "saving the tokens failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(4);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// The pending tokens (if any) and the lock kept with them, taken out for this attempt. The tokens
+    /// stay parked until they are saved.
+    fn take_pending_lock(&self) -> (Option<TokenSet>, Option<StoreLock>) {
+        let mut state = self.state.lock();
+        match state.pending.as_mut() {
+            Some(pending) => (Some(pending.tokens.clone()), pending.lock.take()),
+            None => (None, None),
+        }
+    }
+
+    /// After an attempt: while tokens wait unsaved, keep the store lock with them, so no other process
+    /// refreshes with the refresh token they replaced; otherwise release it. A lock that was already
+    /// kept once and failed again is released (it may have lapsed); the next attempt takes a new one.
+    async fn settle(&self, lock: StoreLock, was_kept: bool) {
+        let release = {
+            let mut state = self.state.lock();
+            match state.pending.as_mut() {
+                Some(pending) if !was_kept && pending.lock.is_none() => {
+                    pending.lock = Some(lock);
+                    None
+                }
+                _ => Some(lock),
+            }
+        };
+        if let Some(lock) = release {
+            lock.release().await;
+        }
     }
 
     /// Replaces the tokens (after a re-authorization): waits for a running refresh, saves, publishes,
@@ -351,17 +601,8 @@ impl TokenManager {
         tokens: TokenSet,
     ) -> Result<Arc<Current>, AuthError> {
         tokens.validate()?;
-        self.spawn_exclusive(move |manager| async move {
-            manager
-                .store
-                .save(&tokens)
-                .await
-                .map_err(AuthError::store)?;
-            let current = manager.cache.publish(tokens)?;
-            manager.clear_latches();
-            Ok(current)
-        })
-        .await
+        self.spawn_exclusive(move |manager| async move { manager.install(tokens).await })
+            .await
     }
 
     /// The authorization_code grant, run like a refresh (own task, after any running refresh).
@@ -379,11 +620,41 @@ impl TokenManager {
                 .endpoint()?
                 .request(&grant, None, &manager.counters)
                 .await;
-            let current = manager.save_and_publish(result?).await?;
-            manager.clear_latches();
-            Ok(current)
+            manager.install(result?).await
         })
         .await
+    }
+
+    /// Installs tokens from a re-authorization: they supersede everything, so the latch is lifted
+    /// *before* the save — a failed save leaves them parked, and the next attempt saves and uses them.
+    async fn install(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
+        let kept = {
+            let mut state = self.state.lock();
+            state.terminal = None;
+            state.background_not_before = None;
+            state.rejected = None;
+            let kept = state.pending.as_mut().and_then(|p| p.lock.take());
+            state.pending = Some(Pending {
+                tokens: tokens.clone(),
+                lock: None,
+            });
+            kept
+        };
+        let was_kept = kept.is_some();
+        let lock = match kept {
+            Some(lock) => lock,
+            None => self
+                .store
+                .lock(self.max_refresh_time())
+                .await
+                .map_err(AuthError::store)?,
+        };
+        let result = match self.save_parked(tokens, &lock).await {
+            Ok(saved) => self.cache.publish(saved),
+            Err(error) => Err(error),
+        };
+        self.settle(lock, was_kept).await;
+        result
     }
 
     /// The longest one refresh can take: every attempt timing out, the longest backoff between them,
@@ -393,9 +664,10 @@ impl TokenManager {
         match &self.endpoint {
             Some(e) => {
                 let attempts = e.backoff.attempts;
-                e.timeout.saturating_mul(attempts)
-                    + e.backoff.max.saturating_mul(attempts.saturating_sub(1))
-                    + STORE_MARGIN
+                e.timeout
+                    .saturating_mul(attempts)
+                    .saturating_add(e.backoff.max.saturating_mul(attempts.saturating_sub(1)))
+                    .saturating_add(STORE_MARGIN)
             }
             None => STORE_MARGIN,
         }
@@ -407,13 +679,6 @@ impl TokenManager {
                      to set_tokens"
                 .to_owned(),
         })
-    }
-
-    fn clear_latches(&self) {
-        let mut state = self.state.lock();
-        state.terminal = None;
-        state.pending = None;
-        state.background_not_before = None;
     }
 
     /// Runs `job` in its own task while holding the refresh gate: a dropped caller never cancels it.
@@ -431,26 +696,45 @@ impl TokenManager {
         });
         task.await.unwrap_or_else(|e| {
             Err(AuthError::Internal {
-                reason: format!("the token task ended without a result: {e}"),
+                reason: if e.is_panic() {
+                    "the token task panicked (in a token store?)".to_owned()
+                } else {
+                    "the token task was cancelled: the tokio runtime is shutting down".to_owned()
+                },
             })
         })
     }
 }
 
-/// Whether `current` already gives the caller what it wants.
-fn satisfies(current: &Current, want: Want, now: Instant) -> bool {
-    match want {
-        Want::Usable => current.usable(now),
-        Want::NewerThan(generation) => current.generation > generation && current.usable(now),
-        Want::Background => current.fresh(now),
+/// A flight joined (or reserved) by a caller.
+struct Joined {
+    id: u64,
+    flight: Flight,
+    /// `Some` when this caller reserved the flight and must launch it.
+    launch: Option<Launch>,
+}
+
+impl Joined {
+    /// Spawns the flight if this caller reserved it (call without the state lock held).
+    fn launch(mut self) -> Self {
+        if let Some(launch) = self.launch.take() {
+            launch.go();
+        }
+        self
     }
 }
 
-/// Clears the in-flight slot when the refresh task ends, however it ends.
-struct InFlightSlot(Arc<TokenManager>);
+fn cancelled() -> AuthError {
+    AuthError::Internal {
+        reason: "the refresh task was cancelled: the tokio runtime is shutting down".to_owned(),
+    }
+}
 
-impl Drop for InFlightSlot {
-    fn drop(&mut self) {
-        self.0.state.lock().in_flight = None;
+/// Whether `current` already gives the caller what it wants.
+fn satisfies(current: &Current, want: Want) -> bool {
+    match want {
+        Want::Usable => current.usable(),
+        Want::NewerThan(generation) => current.generation > generation && current.usable(),
+        Want::Background => current.fresh(),
     }
 }
