@@ -180,7 +180,9 @@ impl TokenCache {
             Some(at) => at,
             None => now.checked_add(UNKNOWN_EXPIRY).unwrap_or(now),
         };
-        let remaining = expires_at_wall.duration_since(now).unwrap_or(Duration::ZERO);
+        let remaining = expires_at_wall
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO);
         let refresh_at_wall = expires_at_wall
             .checked_sub(self.skew.min(remaining / 2))
             .unwrap_or(expires_at_wall);

@@ -284,9 +284,8 @@ impl TokenManager {
             }
             // A token that a retry already found rejected (so a fresh token did not cure the 401),
             // rejected again while it is young: refreshing would only repeat that.
-            let young = || {
-                Instant::now() < instant_after(current.published_at, self.unauthorized_cooldown)
-            };
+            let young =
+                || Instant::now() < instant_after(current.published_at, self.unauthorized_cooldown);
             if current.generation == generation
                 && state.rejected == Some(generation)
                 && state.in_flight.is_none()
