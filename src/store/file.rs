@@ -85,7 +85,7 @@ impl FileStore {
     ///
     /// Defaults to the `max_hold` the token manager passes: the longest one refresh can take (every
     /// token call attempt timing out, plus the backoff between them), so a waiter outlasts a holder's
-    /// whole refresh.
+    /// whole refresh. A zero timeout makes a single attempt.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = Some(timeout);
         self
@@ -181,8 +181,9 @@ async fn acquire(lock_path: Arc<PathBuf>, bound: Duration) -> Result<HeldLock, B
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "another process holds the token file's lock {} (waited {bound:?}): it is \
-                     refreshing the tokens or is stuck; retry later, or stop the other process",
+                    "another process holds the token file's lock {} (or another FileStore on the \
+                     same file in this process; waited {bound:?}): it is refreshing the tokens or \
+                     is stuck; retry later, or stop the other process",
                     lock_path.display()
                 ),
             )
