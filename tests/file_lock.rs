@@ -1,0 +1,354 @@
+//! `FileStore`'s lock file: two `NiftyAuth`s or two OS processes on one token file refresh once, a
+//! dead holder's lock is free at once, and waiting for the lock is bounded.
+//!
+//! The cross-process tests re-execute this test binary (`current_exe()`, filtered to the test's own
+//! name) with `NIFTY_FILE_LOCK_ROLE` set: the same test function then runs as a worker instead of as
+//! the parent.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use common::{builder, get, send, service};
+use http::StatusCode;
+use nifty_auth::testing::FakeNifty;
+use nifty_auth::{Credentials, FileStore, NiftyAuth, TokenSet, TokenStore};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// Switches a re-executed test binary into worker mode: `refresh` or `hold`.
+const ROLE: &str = "NIFTY_FILE_LOCK_ROLE";
+/// The token file's path.
+const TOKEN_PATH: &str = "NIFTY_FILE_LOCK_TOKEN_PATH";
+/// A directory for the start handshake (`ready-<id>` from workers, `go` from the parent).
+const SYNC_DIR: &str = "NIFTY_FILE_LOCK_SYNC_DIR";
+const WORKER_ID: &str = "NIFTY_FILE_LOCK_WORKER_ID";
+const TOKEN_URL: &str = "NIFTY_FILE_LOCK_TOKEN_URL";
+const CLIENT_ID: &str = "NIFTY_FILE_LOCK_CLIENT_ID";
+const CLIENT_SECRET: &str = "NIFTY_FILE_LOCK_CLIENT_SECRET";
+/// How a worker reports the access token it got (the harness may print on the same line).
+const TOKEN_LINE: &str = "worker access token: ";
+/// Generous: processes start slowly on a loaded machine.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("worker started without {name}"))
+}
+
+/// Starts this test binary again, running only `test` (exactly), as a worker with `role`.
+fn spawn_worker(test: &str, role: &str, vars: &[(&str, String)]) -> Child {
+    Command::new(std::env::current_exe().expect("current_exe"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn worker")
+}
+
+async fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The access token a `refresh` worker printed; fails the test unless its one test ran and passed.
+fn worker_token(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "worker failed: {}",
+        describe(output)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("1 passed"),
+        "the worker ran no test: {}",
+        describe(output)
+    );
+    stdout
+        .lines()
+        .find_map(|line| line.split_once(TOKEN_LINE))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no token line: {}", describe(output)))
+        .to_owned()
+}
+
+/// Worker side of the two-process test: waits for `go`, then asks for a token once.
+async fn refresh_worker() {
+    let sync = PathBuf::from(env(SYNC_DIR));
+    let auth = NiftyAuth::builder(Credentials::new(env(CLIENT_ID), env(CLIENT_SECRET)))
+        .token_url(env(TOKEN_URL).as_str())
+        .store(FileStore::new(env(TOKEN_PATH)))
+        .build()
+        .expect("build");
+    std::fs::write(sync.join(format!("ready-{}", env(WORKER_ID))), b"").expect("ready file");
+    wait_for_file(&sync.join("go")).await;
+    let token = auth.access_token().await.expect("access_token");
+    println!("{TOKEN_LINE}{token}");
+}
+
+/// Both instances ask at once: four `access_token()` calls and two API requests each.
+async fn burst(fake: &FakeNifty, a: &NiftyAuth, b: &NiftyAuth) {
+    let calls = [a, b].map(|auth| async move {
+        let svc = service(auth);
+        let tokens = futures_util::future::join_all((0..4).map(|_| auth.access_token()));
+        let requests =
+            futures_util::future::join_all((0..2).map(|_| send(&svc, get(fake.api_url("/me")))));
+        let (tokens, requests) = tokio::join!(tokens, requests);
+        for token in tokens {
+            token.expect("access_token");
+        }
+        for response in requests {
+            assert_eq!(response.expect("request").0, StatusCode::OK);
+        }
+    });
+    let [first, second] = calls;
+    tokio::join!(first, second);
+}
+
+/// Both instances hold the same tokens, and their refresh token is the grant's live one.
+fn assert_same_live_tokens(fake: &FakeNifty, a: &NiftyAuth, b: &NiftyAuth) {
+    let (a, b) = (a.tokens().expect("a tokens"), b.tokens().expect("b tokens"));
+    assert_eq!(a.access_token(), b.access_token());
+    assert_eq!(a.refresh_token(), b.refresh_token());
+    let live = fake.current_refresh_token().expect("the grant was revoked");
+    assert_eq!(a.refresh_token(), Some(live.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_file_make_one_token_call_cold_and_after_expiry() {
+    let lifetime = Duration::from_secs(2);
+    let fake = FakeNifty::builder()
+        .rotation(true)
+        .replay_revokes_grant(true)
+        .token_lifetime(Some(lifetime))
+        // Both refreshes overlap for sure without the lock.
+        .token_delay(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let bootstrap = fake.issue_refresh_token();
+    let instance = || {
+        builder(&fake)
+            .refresh_token(bootstrap.clone())
+            .store(FileStore::new(&path))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (instance(), instance());
+
+    // Cold: neither has a token.
+    burst(&fake, &a, &b).await;
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(fake.invalid_grants_served(), 0);
+    assert_same_live_tokens(&fake, &a, &b);
+
+    // Both tokens expire; both ask again at once.
+    tokio::time::sleep(lifetime + Duration::from_millis(200)).await;
+    burst(&fake, &a, &b).await;
+    assert_eq!(fake.token_calls(), 2);
+    assert_eq!(fake.invalid_grants_served(), 0);
+    assert_same_live_tokens(&fake, &a, &b);
+    let stored = FileStore::new(&path).load().await.unwrap().unwrap();
+    assert_eq!(
+        Some(stored.access_token()),
+        a.access_token().await.ok().as_deref()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_file_make_one_token_call_per_expiry() {
+    const TEST: &str = "two_processes_on_one_file_make_one_token_call_per_expiry";
+    if let Ok(role) = std::env::var(ROLE) {
+        assert_eq!(role, "refresh");
+        return refresh_worker().await;
+    }
+    let fake = FakeNifty::builder()
+        .rotation(true)
+        .replay_revokes_grant(true)
+        .token_delay(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let store = FileStore::new(&path);
+    let expired = |access: &str, refresh: &str| {
+        TokenSet::new(access)
+            .with_refresh_token(refresh)
+            .with_expires_at(SystemTime::now() - Duration::from_secs(60))
+    };
+    store
+        .save(&expired("at-expired", &fake.issue_refresh_token()))
+        .await
+        .unwrap();
+
+    for round in 1..=3 {
+        let sync = dir.path().join(format!("round-{round}"));
+        std::fs::create_dir(&sync).unwrap();
+        let workers: Vec<Child> = (0..2)
+            .map(|id| {
+                spawn_worker(
+                    TEST,
+                    "refresh",
+                    &[
+                        (TOKEN_PATH, path.display().to_string()),
+                        (SYNC_DIR, sync.display().to_string()),
+                        (WORKER_ID, id.to_string()),
+                        (TOKEN_URL, fake.token_url()),
+                        (CLIENT_ID, fake.client_id().to_owned()),
+                        (CLIENT_SECRET, fake.client_secret().to_owned()),
+                    ],
+                )
+            })
+            .collect();
+        wait_for_file(&sync.join("ready-0")).await;
+        wait_for_file(&sync.join("ready-1")).await;
+        std::fs::write(sync.join("go"), b"").unwrap();
+        let mut tokens = Vec::new();
+        for worker in workers {
+            tokens.push(worker_token(&worker.wait_with_output().await.unwrap()));
+        }
+
+        assert_eq!(fake.token_calls(), round, "round {round}");
+        assert_eq!(fake.invalid_grants_served(), 0, "round {round}");
+        assert_eq!(tokens[0], tokens[1], "round {round}");
+        let stored = store.load().await.unwrap().expect("stored tokens");
+        assert_eq!(stored.access_token(), tokens[0], "round {round}");
+        let live = fake.current_refresh_token().expect("the grant was revoked");
+        assert_eq!(stored.refresh_token(), Some(live.as_str()), "round {round}");
+
+        // The stored access token expires before the next round.
+        store
+            .save(&expired(stored.access_token(), &live))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn lock_of_a_killed_process_is_free_at_once() {
+    const TEST: &str = "lock_of_a_killed_process_is_free_at_once";
+    if let Ok(role) = std::env::var(ROLE) {
+        assert_eq!(role, "hold");
+        let store = FileStore::new(env(TOKEN_PATH));
+        let _lock = store.lock(Duration::from_secs(10)).await.expect("lock");
+        std::fs::write(PathBuf::from(env(SYNC_DIR)).join("locked"), b"").unwrap();
+        // Killed long before this ends.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let mut holder = spawn_worker(
+        TEST,
+        "hold",
+        &[
+            (TOKEN_PATH, path.display().to_string()),
+            (SYNC_DIR, dir.path().display().to_string()),
+        ],
+    );
+    wait_for_file(&dir.path().join("locked")).await;
+    let store = FileStore::new(&path);
+    let err = store.lock(Duration::from_millis(100)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("another process holds"),
+        "the holder does not hold the lock: {err}"
+    );
+
+    holder.start_kill().unwrap();
+    let status = holder.wait().await.unwrap();
+    assert!(!status.success(), "the holder was not killed: {status:?}");
+    // A zero bound makes exactly one attempt: the OS must have released the lock already.
+    let lock = store
+        .lock(Duration::ZERO)
+        .await
+        .expect("a dead process's lock was not released");
+    lock.release().await;
+}
+
+#[tokio::test]
+async fn lock_wait_is_bounded_and_the_error_names_the_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    // Two stores on one path in one process: the lock belongs to the open file, so they exclude
+    // each other like two processes would.
+    let holder = FileStore::new(&path);
+    let waiter = FileStore::new(&path);
+    let held = holder.lock(Duration::from_secs(1)).await.unwrap();
+
+    let bound = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = waiter.lock(bound).await.unwrap_err().to_string();
+    let waited = started.elapsed();
+    assert!(waited >= bound, "gave up early: {waited:?}");
+    assert!(waited < bound + Duration::from_secs(1), "waited {waited:?}");
+    assert!(
+        err.contains("another process holds the token file's lock"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&holder.lock_path().display().to_string()),
+        "{err}"
+    );
+
+    // `lock_timeout` overrides the manager's `max_hold`; a clone of the holder is excluded too.
+    let short = holder.clone().lock_timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    short.lock(Duration::from_secs(60)).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_millis(1200), "{waited:?}");
+
+    held.release().await;
+    waiter.lock(Duration::ZERO).await.expect("released lock");
+}
+
+#[tokio::test]
+async fn waiter_gets_the_lock_soon_after_the_holder_releases_or_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let store = FileStore::new(&path);
+
+    for drop_it in [false, true] {
+        let held = store.lock(Duration::from_secs(1)).await.unwrap();
+        let waiter = FileStore::new(&path);
+        let waiting = tokio::spawn(async move { waiter.lock(Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "got a held lock");
+
+        let released = Instant::now();
+        if drop_it {
+            drop(held);
+        } else {
+            held.release().await;
+        }
+        let lock = waiting.await.unwrap().expect("waiter");
+        // The poll interval grows to 100 ms: wide margin above that.
+        let after = released.elapsed();
+        assert!(after < Duration::from_millis(600), "took {after:?}");
+        drop(lock);
+    }
+}
