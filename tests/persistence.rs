@@ -122,7 +122,11 @@ async fn file_store_persists_the_rotation_and_a_new_instance_resumes_from_it() {
     assert_eq!(json["access_token"].as_str(), Some(used.access_token()));
     assert_eq!(json["token_type"].as_str(), Some("bearer"));
     assert_mode_0600(&path);
-    assert_eq!(file_names(dir.path()), ["tokens.json"], "temp files left");
+    assert_eq!(
+        file_names(dir.path()),
+        ["tokens.json", "tokens.json.lock"],
+        "temp files left"
+    );
     drop(first);
 
     // Second "process": no bootstrap, same file. The stored access token is still valid.
@@ -164,7 +168,11 @@ async fn file_store_persists_the_rotation_and_a_new_instance_resumes_from_it() {
     assert_ne!(now_used.access_token(), used.access_token());
     assert_eq!(fake.api_requests()[3].authorization, bearer(&now_used));
     assert_mode_0600(&path);
-    assert_eq!(file_names(dir.path()), ["tokens.json"], "temp files left");
+    assert_eq!(
+        file_names(dir.path()),
+        ["tokens.json", "tokens.json.lock"],
+        "temp files left"
+    );
 }
 
 /// Yields (without letting the paused clock move) until `condition` holds.
@@ -376,7 +384,7 @@ async fn a_corrupt_token_file_is_a_store_error_naming_the_file_and_is_never_over
     assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
 
     assert_eq!(fs::read(&path).unwrap(), corrupt);
-    assert_eq!(file_names(dir.path()), ["tokens.json"]);
+    assert_eq!(file_names(dir.path()), ["tokens.json", "tokens.json.lock"]);
     assert_eq!(fake.token_calls(), 0);
     assert_eq!(fake.api_calls(), 0);
     assert_eq!(auth.tokens(), None);
