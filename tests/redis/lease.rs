@@ -194,10 +194,21 @@ async fn the_watchdog_extends_the_lease_while_held_and_stops_on_release_or_drop(
     assert!(expires_unextended(&redis, store.lock_key(), &owner).await);
 }
 
-/// A `RedisStore` whose first `save_locked` fails (Redis hiccup), delegating everything else.
+/// A `RedisStore` whose first save (locked or not) fails (a Redis hiccup), delegating everything
+/// else.
 struct FirstSaveFails {
     inner: RedisStore,
     failed: AtomicBool,
+}
+
+impl FirstSaveFails {
+    fn fail_once(&self) -> bool {
+        !self.failed.swap(true, Ordering::SeqCst)
+    }
+}
+
+fn injected<'a>() -> BoxFuture<'a, Result<(), BoxError>> {
+    Box::pin(async { Err("injected: the first save fails".into()) })
 }
 
 impl TokenStore for FirstSaveFails {
@@ -205,6 +216,9 @@ impl TokenStore for FirstSaveFails {
         self.inner.load()
     }
     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+        if self.fail_once() {
+            return injected();
+        }
         self.inner.save(tokens)
     }
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
@@ -215,11 +229,10 @@ impl TokenStore for FirstSaveFails {
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        if self.failed.swap(true, Ordering::SeqCst) {
-            self.inner.save_locked(tokens, lock)
-        } else {
-            Box::pin(async { Err("injected: the first save fails".into()) })
+        if self.fail_once() {
+            return injected();
         }
+        self.inner.save_locked(tokens, lock)
     }
 }
 
