@@ -1,5 +1,5 @@
 //! The refresh lock as a lease: taken with `SET NX PX <lock ttl>`, kept alive by a watchdog task
-//! while the [`StoreLock`] lives, released with a compare-and-delete, and checked by the fenced save.
+//! while the [`StoreLock`] lives, released with a compare-and-delete, checked by the fenced save.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,7 +157,10 @@ impl RedisStore {
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("save_locked needs a lock taken by this RedisStore's lock() (key {lock_key})"),
+                    format!(
+                        "save_locked needs a lock taken by this RedisStore's lock() \
+                         (key {lock_key})"
+                    ),
                 )
                 .into()
             })

@@ -50,13 +50,13 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 ///   digits, `-`, `_`, `.` and other printable ASCII keep their text. The prefix is used as given.
 /// - Before a refresh, a process takes `<prefix>:<client id>:<grant>:lock` with
 ///   `SET lock <random token> NX PX <lease>` ([`RedisStoreBuilder::lock_ttl`], default
-///   [`DEFAULT_REDIS_LOCK_TTL`]). While the lock is held, a watchdog task extends the lease every
-///   third of it (a compare-and-`PEXPIRE` script), however long the refresh takes; it stops when
-///   the lock is released or dropped. A holder that died is taken over within one lease. Holding
-///   the lock, the token manager re-reads the token set: if another process refreshed meanwhile,
-///   it uses that and makes no token call. Processes that find the lock taken poll it (10 ms
-///   doubling to 250 ms, with jitter), for at most the refresh's worst-case time plus one lease
-///   plus a second. The holder releases it with a compare-and-delete script.
+///   `DEFAULT_REDIS_LOCK_TTL`, 10 s). While the lock is held, a watchdog task extends the lease
+///   every third of it (a compare-and-`PEXPIRE` script), however long the refresh takes; it stops
+///   when the lock is released or dropped. A holder that died is taken over within one lease.
+///   Holding the lock, the token manager re-reads the token set: if another process refreshed
+///   meanwhile, it uses that and makes no token call. Processes that find the lock taken poll it
+///   (10 ms doubling to 250 ms, with jitter), for at most the refresh's worst-case time plus one
+///   lease plus a second. The holder releases it with a compare-and-delete script.
 /// - Saves under the lock are *fenced*: a script writes the token set only if the lock still holds
 ///   this holder's token. A holder whose lease lapsed (a long pause, Redis unreachable for a lease)
 ///   gets an error instead of overwriting a newer token set. [`save`](TokenStore::save) without a
@@ -174,8 +174,8 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The TTL of the stored token set, renewed at every save. Defaults to [`DEFAULT_REDIS_TOKEN_TTL`];
-    /// at most 100 years.
+    /// The TTL of the stored token set, renewed at every save. Defaults to
+    /// [`DEFAULT_REDIS_TOKEN_TTL`]; at most 100 years.
     pub fn token_ttl(mut self, ttl: Duration) -> Self {
         self.token_ttl = ttl;
         self
@@ -183,8 +183,8 @@ impl RedisStoreBuilder {
 
     /// The lease of the refresh lock: how soon a holder that died is taken over. A live holder's
     /// watchdog extends it every third of it, so keep it several times the
-    /// [command timeout](Self::command_timeout). Defaults to [`DEFAULT_REDIS_LOCK_TTL`]; between
-    /// 100 ms and one hour.
+    /// [command timeout](Self::command_timeout). Defaults to `DEFAULT_REDIS_LOCK_TTL` (10 s);
+    /// between 100 ms and one hour.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
         self
