@@ -219,16 +219,19 @@ async fn worker(args: &[String]) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Takes the grant's refresh lock, says `LOCKED`, and waits to be killed (tests a dead holder).
+/// Takes the grant's refresh lock with a `--ttl-ms` lease, says `LOCKED`, and waits to be killed
+/// (tests a dead holder).
 async fn hold_lock(args: &[String]) -> Result<(), BoxError> {
+    let ttl = Duration::from_millis(required(args, "--ttl-ms")?.parse()?);
+    // The lease: this process's watchdog extends it while it lives; once killed, it lapses.
     let store = RedisStore::builder(
         required(args, "--redis")?,
         required(args, "--client-id")?,
         required(args, "--grant")?,
     )
+    .lock_ttl(ttl)
     .build()?;
-    let ttl = Duration::from_millis(required(args, "--ttl-ms")?.parse()?);
-    let lock = store.lock(ttl).await?;
+    let lock = store.lock(Duration::from_secs(3600)).await?;
     println!("LOCKED");
     tokio::time::sleep(Duration::from_secs(3600)).await;
     lock.release().await;

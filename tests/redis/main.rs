@@ -4,12 +4,18 @@
 //!
 //! The tests need `redis-server` on the PATH (`.ci/run` installs it). Outside CI they are skipped
 //! with a message when it is missing; under CI (`CI` set) a missing server fails them.
+//!
+//! `lease.rs`: the lock's lease, its watchdog and the fenced save; `keys.rs`: key escaping and
+//! configuration bounds.
 #![cfg(feature = "redis")]
 
+#[path = "../common/mod.rs"]
 mod common;
+mod keys;
+mod lease;
+mod server;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,85 +24,7 @@ use common::*;
 use http::StatusCode;
 use nifty_auth::testing::{FakeNifty, Grant};
 use nifty_auth::{AuthError, RedisStore, TokenSet, TokenStore};
-
-/// A redis-server child process on a free loopback port; killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Option<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer { child: None, port };
-        if !server.launch() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is required under CI (install the redis-server package)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-            return None;
-        }
-        Some(server)
-    }
-
-    /// Starts (or restarts) the server on its port; false if `redis-server` is missing.
-    fn launch(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(child) = child else { return false };
-        self.child = Some(child);
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn store(redis: &RedisServer, fake: &FakeNifty, grant: &str) -> RedisStore {
-    RedisStore::builder(redis.url(), fake.client_id(), grant)
-        .command_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap()
-}
-
-async fn raw_get(redis: &RedisServer, key: &str) -> Option<Vec<u8>> {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut connection)
-        .await
-        .unwrap()
-}
+use server::*;
 
 /// Seeds the grant in Redis the way `exchange_code` after the authorize step does.
 async fn seed(redis: &RedisServer, fake: &FakeNifty, grant: &str) {
@@ -259,7 +187,7 @@ async fn four_os_processes_make_exactly_one_refresh_per_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_holder_killed_before_its_token_call_is_taken_over_after_the_ttl() {
+async fn a_lock_holder_killed_before_its_token_call_is_taken_over_within_one_lease() {
     let Some(redis) = RedisServer::start() else {
         return;
     };

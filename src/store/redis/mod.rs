@@ -5,51 +5,62 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::KeyInit;
+use chacha20poly1305::XChaCha20Poly1305;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
-use tokio::time::Instant;
 
 use super::{BoxFuture, StoreLock, TokenStore};
 use crate::{AuthError, BoxError, TokenSet};
 
-/// The default key prefix: keys are `nifty-auth:<client id>:<grant>:tokens` and `…:lock`.
+mod key;
+mod lease;
+mod seal;
+
+/// The default key prefix: keys are `nifty-auth:<client id>:<grant>:tokens` and `…:lock` (the
+/// client id and grant name escaped, see [`RedisStore`]).
 pub const DEFAULT_REDIS_KEY_PREFIX: &str = "nifty-auth";
 /// The default time to live of the stored token set, renewed at every save. It must outlast the
 /// refresh token's useful life (Nifty does not document it); raise it if your grants idle longer.
 pub const DEFAULT_REDIS_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 /// The default response and connect timeout of one Redis command.
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default lease of the refresh lock: its holder's watchdog extends it every third of it; a
+/// holder that died is taken over within one lease.
+#[allow(
+    unreachable_pub,
+    reason = "to be re-exported from store/mod.rs beside the other DEFAULT_REDIS_ consts"
+)]
+pub const DEFAULT_REDIS_LOCK_TTL: Duration = Duration::from_secs(10);
 
-const ENCRYPTED_PREFIX: &str = "enc:v1:";
-const NONCE_LEN: usize = 24;
-const LOCK_POLL_MIN: Duration = Duration::from_millis(10);
-const LOCK_POLL_MAX: Duration = Duration::from_millis(250);
-
-/// Deletes the lock only if this owner still holds it (a lock that expired and was taken by another
-/// process is not ours to delete).
-const RELEASE_SCRIPT: &str = r#"
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
-else
-    return 0
-end
-"#;
+/// The shortest lock lease [`RedisStoreBuilder::build`] accepts.
+const MIN_LOCK_TTL: Duration = Duration::from_millis(100);
+/// The longest lock lease and command timeout [`RedisStoreBuilder::build`] accepts.
+const MAX_LOCK_TTL: Duration = Duration::from_secs(60 * 60);
+/// The longest token set TTL [`RedisStoreBuilder::build`] accepts (Redis rejects far larger ones).
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// A [`TokenStore`] in Redis, shared by every process of an app that uses one Nifty grant, with a
 /// cross-process refresh lock (feature `redis`).
 ///
 /// - The token set lives under `<prefix>:<client id>:<grant>:tokens`, with a TTL
-///   ([`DEFAULT_REDIS_TOKEN_TTL`]) renewed at every save.
+///   ([`DEFAULT_REDIS_TOKEN_TTL`]) renewed at every save. The client id and grant name are
+///   percent-escaped: `%`, `:` and anything but printable ASCII become `%XX`, so no two
+///   (client id, grant) pairs share a key (`a:b` + `c` and `a` + `b:c` differ); ids of letters,
+///   digits, `-`, `_`, `.` and other printable ASCII keep their text. The prefix is used as given.
 /// - Before a refresh, a process takes `<prefix>:<client id>:<grant>:lock` with
-///   `SET lock <owner> NX PX <ttl>`, the TTL covering the whole refresh (every token call attempt
-///   timing out, plus the backoff). Holding it, the token manager re-reads the token set: if another
-///   process refreshed meanwhile, it uses that and makes no token call. Processes that find the lock
-///   taken poll it (10 ms doubling to 250 ms, with jitter) until it is released or expires — a holder
-///   that died is taken over once its TTL lapses. The holder releases it with a compare-and-delete
-///   script, so it never deletes a lock that expired and was taken by someone else.
+///   `SET lock <random token> NX PX <lease>` ([`RedisStoreBuilder::lock_ttl`], default
+///   `DEFAULT_REDIS_LOCK_TTL`, 10 s). While the lock is held, a watchdog task extends the lease
+///   every third of it (a compare-and-`PEXPIRE` script), however long the refresh takes; it stops
+///   when the lock is released or dropped. A holder that died is taken over within one lease.
+///   Holding the lock, the token manager re-reads the token set: if another process refreshed
+///   meanwhile, it uses that and makes no token call. Processes that find the lock taken poll it
+///   (10 ms doubling to 250 ms, with jitter), for at most the refresh's worst-case time plus one
+///   lease plus a second. The holder releases it with a compare-and-delete script.
+/// - Saves under the lock are *fenced*: a script writes the token set only if the lock still holds
+///   this holder's token. A holder whose lease lapsed (a long pause, Redis unreachable for a lease)
+///   gets an error instead of overwriting a newer token set. [`save`](TokenStore::save) without a
+///   lock writes unconditionally.
 /// - Inside one process the token manager's single flight still holds: at most one lock attempt per
 ///   process at a time.
 /// - Redis down: requests keep using a still-valid cached access token (the hot path never talks to
@@ -57,6 +68,8 @@ end
 ///   the lock — that is how rotating grants die.
 /// - Optional at-rest encryption ([`RedisStoreBuilder::encryption_key`]): XChaCha20-Poly1305 with a
 ///   random nonce per save, the Redis key as associated data.
+/// - The lock and the token set are two keys used in one script: Redis Cluster needs both in one
+///   slot, e.g. a prefix with a hash tag (`{nifty-auth}`).
 ///
 /// # The window no client can close
 ///
@@ -89,6 +102,7 @@ struct Inner {
     key: String,
     lock_key: String,
     token_ttl: Duration,
+    lock_ttl: Duration,
     command_timeout: Duration,
     cipher: Option<XChaCha20Poly1305>,
 }
@@ -100,6 +114,7 @@ pub struct RedisStoreBuilder {
     grant: String,
     prefix: String,
     token_ttl: Duration,
+    lock_ttl: Duration,
     command_timeout: Duration,
     key: Option<[u8; 32]>,
 }
@@ -118,6 +133,7 @@ impl RedisStore {
             grant: grant.into(),
             prefix: DEFAULT_REDIS_KEY_PREFIX.to_owned(),
             token_ttl: DEFAULT_REDIS_TOKEN_TTL,
+            lock_ttl: DEFAULT_REDIS_LOCK_TTL,
             command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
             key: None,
         }
@@ -149,98 +165,33 @@ impl RedisStore {
             .map_err(|e| redis_error("connect", e))?;
         Ok(connection.clone())
     }
-
-    fn encrypt(&self, plain: Vec<u8>) -> Result<Vec<u8>, BoxError> {
-        let Some(cipher) = &self.inner.cipher else {
-            return Ok(plain);
-        };
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::getrandom(&mut nonce)
-            .map_err(|e| io::Error::other(format!("no OS randomness: {e}")))?;
-        let sealed = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: self.inner.key.as_bytes(),
-                },
-            )
-            .map_err(|_| io::Error::other("cannot encrypt the token set"))?;
-        let mut blob = nonce.to_vec();
-        blob.extend_from_slice(&sealed);
-        let text = format!(
-            "{ENCRYPTED_PREFIX}{}",
-            base64::engine::general_purpose::STANDARD.encode(blob)
-        );
-        Ok(text.into_bytes())
-    }
-
-    fn decrypt(&self, stored: Vec<u8>) -> Result<Vec<u8>, BoxError> {
-        let encrypted = stored.starts_with(ENCRYPTED_PREFIX.as_bytes());
-        let Some(cipher) = &self.inner.cipher else {
-            if encrypted {
-                return Err(invalid(format!(
-                    "the token set in Redis key {} is encrypted and no encryption key is configured",
-                    self.inner.key
-                )));
-            }
-            return Ok(stored);
-        };
-        if !encrypted {
-            return Err(invalid(format!(
-                "the token set in Redis key {} is not encrypted but an encryption key is configured: \
-                 delete the key and authorize again, or save it with the key",
-                self.inner.key
-            )));
-        }
-        let blob = base64::engine::general_purpose::STANDARD
-            .decode(&stored[ENCRYPTED_PREFIX.len()..])
-            .map_err(|_| {
-                invalid(format!(
-                    "the token set in Redis key {} is corrupt",
-                    self.inner.key
-                ))
-            })?;
-        if blob.len() < NONCE_LEN {
-            return Err(invalid(format!(
-                "the token set in Redis key {} is corrupt",
-                self.inner.key
-            )));
-        }
-        let (nonce, sealed) = blob.split_at(NONCE_LEN);
-        cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: self.inner.key.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                invalid(format!(
-                    "cannot decrypt the token set in Redis key {}: wrong encryption key (or the data was \
-                     tampered with)",
-                    self.inner.key
-                ))
-            })
-    }
 }
 
 impl RedisStoreBuilder {
-    /// The key prefix. Defaults to [`DEFAULT_REDIS_KEY_PREFIX`].
+    /// The key prefix, used as given (not escaped). Defaults to [`DEFAULT_REDIS_KEY_PREFIX`].
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
-    /// The TTL of the stored token set, renewed at every save. Defaults to [`DEFAULT_REDIS_TOKEN_TTL`].
+    /// The TTL of the stored token set, renewed at every save. Defaults to
+    /// [`DEFAULT_REDIS_TOKEN_TTL`]; at most 100 years.
     pub fn token_ttl(mut self, ttl: Duration) -> Self {
         self.token_ttl = ttl;
         self
     }
 
+    /// The lease of the refresh lock: how soon a holder that died is taken over. A live holder's
+    /// watchdog extends it every third of it, so keep it several times the
+    /// [command timeout](Self::command_timeout). Defaults to `DEFAULT_REDIS_LOCK_TTL` (10 s);
+    /// between 100 ms and one hour.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
     /// The connect and response timeout of each Redis command. Defaults to
-    /// [`DEFAULT_REDIS_COMMAND_TIMEOUT`].
+    /// [`DEFAULT_REDIS_COMMAND_TIMEOUT`]; more than zero and at most one hour.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
@@ -256,25 +207,39 @@ impl RedisStoreBuilder {
     /// Builds the store. No I/O: the connection is made on first use and re-made after failures.
     ///
     /// # Errors
-    /// [`AuthError::Configuration`] for a malformed Redis URL or an empty client id or grant name.
+    /// [`AuthError::Configuration`] for a malformed Redis URL, an empty client id or grant name, or
+    /// a TTL or timeout out of the range its setter states.
     pub fn build(self) -> Result<RedisStore, AuthError> {
         if self.client_id.is_empty() || self.grant.is_empty() {
             return Err(AuthError::config(
                 "RedisStore needs a client id and a grant name for its keys",
             ));
         }
+        in_range(
+            "token_ttl",
+            self.token_ttl,
+            Duration::from_millis(1),
+            MAX_TOKEN_TTL,
+        )?;
+        in_range("lock_ttl", self.lock_ttl, MIN_LOCK_TTL, MAX_LOCK_TTL)?;
+        in_range(
+            "command_timeout",
+            self.command_timeout,
+            Duration::from_millis(1),
+            MAX_LOCK_TTL,
+        )?;
         // The URL may hold a password: never echo it.
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            AuthError::config(format!("the Redis URL is invalid ({})", e.kind_name()))
-        })?;
-        let base = format!("{}:{}:{}", self.prefix, self.client_id, self.grant);
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| AuthError::config(format!("the Redis URL is invalid ({:?})", e.kind())))?;
+        let (key, lock_key) = key::keys(&self.prefix, &self.client_id, &self.grant);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 client,
                 connection: OnceCell::new(),
-                key: format!("{base}:tokens"),
-                lock_key: format!("{base}:lock"),
+                key,
+                lock_key,
                 token_ttl: self.token_ttl,
+                lock_ttl: self.lock_ttl,
                 command_timeout: self.command_timeout,
                 cipher: self.key.map(|k| XChaCha20Poly1305::new(&k.into())),
             }),
@@ -282,14 +247,13 @@ impl RedisStoreBuilder {
     }
 }
 
-trait KindName {
-    fn kind_name(&self) -> String;
-}
-
-impl KindName for redis::RedisError {
-    fn kind_name(&self) -> String {
-        format!("{:?}", self.kind())
+fn in_range(name: &str, value: Duration, min: Duration, max: Duration) -> Result<(), AuthError> {
+    if value < min || value > max {
+        return Err(AuthError::config(format!(
+            "RedisStore {name} must be between {min:?} and {max:?} (got {value:?})"
+        )));
     }
+    Ok(())
 }
 
 impl TokenStore for RedisStore {
@@ -301,36 +265,19 @@ impl TokenStore for RedisStore {
                 .query_async(&mut connection)
                 .await
                 .map_err(|e| redis_error("GET", e))?;
-            let Some(stored) = stored else {
-                return Ok(None);
-            };
-            let plain = self.decrypt(stored)?;
-            // serde's message could quote a token: report the position only.
-            let tokens = serde_json::from_slice(&plain).map_err(|e| {
-                invalid(format!(
-                    "the token set in Redis key {} is not valid (line {} column {})",
-                    self.inner.key,
-                    e.line(),
-                    e.column()
-                ))
-            })?;
-            Ok(Some(tokens))
+            stored.map(|stored| self.unseal(stored)).transpose()
         })
     }
 
     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
-            let plain = serde_json::to_vec(tokens)?;
-            let value = self.encrypt(plain)?;
+            let value = self.seal(tokens)?;
             let mut connection = self.connection().await?;
-            let ttl_ms = u64::try_from(self.inner.token_ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
             redis::cmd("SET")
                 .arg(&self.inner.key)
                 .arg(value)
                 .arg("PX")
-                .arg(ttl_ms)
+                .arg(millis(self.inner.token_ttl))
                 .query_async::<()>(&mut connection)
                 .await
                 .map_err(|e| redis_error("SET", e))?;
@@ -338,68 +285,34 @@ impl TokenStore for RedisStore {
         })
     }
 
+    /// Takes the refresh lock (a lease kept alive by a watchdog while the [`StoreLock`] lives).
+    /// Waits at most `max_hold` + the lock TTL + one second for another holder: a live holder
+    /// finishes within `max_hold`, a dead one's lease lapses within one lock TTL.
+    ///
+    /// `max_hold` bounds only the wait; the lease does not depend on it.
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        Box::pin(async move {
-            let owner = owner_id();
-            let ttl = max_hold.max(Duration::from_secs(1));
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            // Long enough for a dead holder's lock to lapse, and a little more.
-            let give_up = Instant::now() + ttl + LOCK_POLL_MAX * 4;
-            let mut poll = LOCK_POLL_MIN;
-            loop {
-                let mut connection = self.connection().await?;
-                let taken: Option<String> = redis::cmd("SET")
-                    .arg(&self.inner.lock_key)
-                    .arg(&owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|e| redis_error("SET NX (refresh lock)", e))?;
-                if taken.is_some() {
-                    let key = self.inner.lock_key.clone();
-                    return Ok(StoreLock::new(move || release(connection, key, owner)));
-                }
-                if Instant::now() >= give_up {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "waited {ttl:?} for the refresh lock {} held by another process",
-                            self.inner.lock_key
-                        ),
-                    )
-                    .into());
-                }
-                let half = poll / 2;
-                tokio::time::sleep(half + half.mul_f64(fastrand::f64())).await;
-                poll = (poll * 2).min(LOCK_POLL_MAX);
-            }
-        })
+        Box::pin(self.acquire(max_hold))
+    }
+
+    /// Saves `tokens` only if `lock` still holds the refresh lock (a Lua script checks the lock's
+    /// token before the `SET`); otherwise fails and leaves Redis as it is.
+    fn save_locked<'a>(
+        &'a self,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        match self.lease(lock) {
+            Ok(lease) => Box::pin(self.save_fenced(tokens, lease)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 
-async fn release(mut connection: ConnectionManager, key: String, owner: String) {
-    let released: Result<i64, _> = redis::Script::new(RELEASE_SCRIPT)
-        .key(&key)
-        .arg(&owner)
-        .invoke_async(&mut connection)
-        .await;
-    if let Err(e) = released {
-        // The lock expires by itself; others wait at most its TTL.
-        crate::trace::warning!(error = %e, "could not release the Redis refresh lock");
-        let _ = e;
-    }
-}
-
-/// A unique owner id for one lock attempt: process id and 128 random bits.
-fn owner_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hex}", std::process::id())
+/// A duration in whole milliseconds for `PX`/`PEXPIRE`, at least 1 (the builder bounds it).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 fn redis_error(what: &str, e: redis::RedisError) -> BoxError {
@@ -416,6 +329,7 @@ impl fmt::Debug for RedisStore {
             .field("key", &self.inner.key)
             .field("lock_key", &self.inner.lock_key)
             .field("token_ttl", &self.inner.token_ttl)
+            .field("lock_ttl", &self.inner.lock_ttl)
             .field("encrypted", &self.inner.cipher.is_some())
             .finish_non_exhaustive()
     }
@@ -428,6 +342,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("grant", &self.grant)
             .field("prefix", &self.prefix)
             .field("token_ttl", &self.token_ttl)
+            .field("lock_ttl", &self.lock_ttl)
             .field("encrypted", &self.key.is_some())
             .finish_non_exhaustive()
     }

@@ -1,0 +1,71 @@
+//! Redis key names: `<prefix>:<client id>:<grant>:tokens` with escaped parts.
+//!
+//! Each part (client id, grant name) is percent-escaped: `%`, `:` and every byte that is not
+//! printable ASCII (spaces, control characters, non-ASCII UTF-8) become `%XX` (upper-case hex).
+//! Escaped parts never contain `:`, and the escape is one-to-one, so no two (client id, grant)
+//! pairs share a key — `a:b` + `c` and `a` + `b:c` do not collide. Ids made of printable ASCII
+//! other than `%` and `:` (letters, digits, `-`, `_`, `.`, …) are unchanged, so keys made before
+//! the escaping existed stay the same. The prefix is the operator's own and is used as given.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// The keys of one grant: the token set and its refresh lock.
+pub(super) fn keys(prefix: &str, client_id: &str, grant: &str) -> (String, String) {
+    let base = format!("{prefix}:{}:{}", escape(client_id), escape(grant));
+    (format!("{base}:tokens"), format!("{base}:lock"))
+}
+
+/// Percent-escapes `part` (see the module docs); borrows it when nothing needs escaping.
+pub(super) fn escape(part: &str) -> Cow<'_, str> {
+    if part.bytes().all(plain) {
+        return Cow::Borrowed(part);
+    }
+    let mut escaped = String::with_capacity(part.len() + 8);
+    for byte in part.bytes() {
+        if plain(byte) {
+            escaped.push(char::from(byte));
+        } else {
+            let _ = write!(escaped, "%{byte:02X}");
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+fn plain(byte: u8) -> bool {
+    byte.is_ascii_graphic() && byte != b'%' && byte != b':'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_keep_their_key_text() {
+        assert_eq!(escape("Client-1_x.y"), "Client-1_x.y");
+        assert!(matches!(escape("main"), Cow::Borrowed(_)));
+        assert_eq!(
+            keys("nifty-auth", "id", "main"),
+            (
+                "nifty-auth:id:main:tokens".to_owned(),
+                "nifty-auth:id:main:lock".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn separators_escapes_and_unprintable_bytes_are_escaped() {
+        assert_eq!(escape("a:b"), "a%3Ab");
+        assert_eq!(escape("50%"), "50%25");
+        assert_eq!(escape("%3A"), "%253A");
+        assert_eq!(escape("a b\n"), "a%20b%0A");
+        assert_eq!(escape("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn pairs_that_concatenate_alike_get_different_keys() {
+        assert_ne!(keys("p", "a:b", "c"), keys("p", "a", "b:c"));
+        assert_ne!(keys("p", "a%3Ab", "c"), keys("p", "a:b", "c"));
+        assert_ne!(keys("p", "a", "b:c:tokens"), keys("p", "a:b", "c:tokens"));
+    }
+}

@@ -1,0 +1,263 @@
+//! The refresh lock as a lease: taken with `SET NX PX <lock ttl>`, kept alive by a watchdog task
+//! while the [`StoreLock`] lives, released with a compare-and-delete, checked by the fenced save.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{millis, redis_error, RedisStore};
+use crate::store::StoreLock;
+use crate::{BoxError, TokenSet};
+
+const LOCK_POLL_MIN: Duration = Duration::from_millis(10);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(250);
+/// Waiters wait this much beyond `max_hold + lock ttl` (a few polls of slack).
+const WAIT_SLACK: Duration = Duration::from_secs(1);
+
+/// Deletes the lock only if this owner still holds it (a lock that lapsed and was taken by another
+/// process is not ours to delete).
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// Extends the lease only if this owner still holds it: 1 extended, 0 gone or someone else's.
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 0
+"#,
+    )
+});
+
+/// Writes the token set (KEYS[2]) with its TTL only if this owner still holds the lock (KEYS[1]).
+static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    redis.call("SET", KEYS[2], ARGV[2], "PX", ARGV[3])
+    return 1
+end
+return 0
+"#,
+    )
+});
+
+/// What a [`RedisStore`] attaches to its [`StoreLock`]: the lock's random token, for the fence.
+pub(super) struct Lease {
+    lock_key: String,
+    owner: String,
+    /// Set when the watchdog or the fence found the lock gone or taken by someone else.
+    lost: Arc<AtomicBool>,
+}
+
+/// Aborts the watchdog task when dropped: with the lock's release, or with the lock itself.
+struct Watchdog(JoinHandle<()>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl RedisStore {
+    /// Takes the refresh lock, waiting (bounded) while someone else holds it; see
+    /// [`TokenStore::lock`](crate::TokenStore::lock) on [`RedisStore`].
+    pub(super) async fn acquire(&self, max_hold: Duration) -> Result<StoreLock, BoxError> {
+        let inner = &self.inner;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| io::Error::other("RedisStore needs a tokio runtime for its lock"))?;
+        let owner = owner_id();
+        // A live holder keeps its lease for up to `max_hold`; a dead one's lapses within one TTL.
+        let wait = max_hold
+            .saturating_add(inner.lock_ttl)
+            .saturating_add(WAIT_SLACK);
+        let started = Instant::now();
+        let mut poll = LOCK_POLL_MIN;
+        loop {
+            let mut connection = self.connection().await?;
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&inner.lock_key)
+                .arg(&owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(inner.lock_ttl))
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| redis_error("SET NX (refresh lock)", e))?;
+            if taken.is_some() {
+                return Ok(self.hold(&runtime, connection, owner));
+            }
+            if started.elapsed() >= wait {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "waited {wait:?} for the refresh lock {} held by another process",
+                        inner.lock_key
+                    ),
+                )
+                .into());
+            }
+            let half = poll / 2;
+            tokio::time::sleep(half + half.mul_f64(fastrand::f64())).await;
+            poll = (poll * 2).min(LOCK_POLL_MAX);
+        }
+    }
+
+    /// Starts the watchdog for a lock just taken and wraps both in a [`StoreLock`].
+    fn hold(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        connection: ConnectionManager,
+        owner: String,
+    ) -> StoreLock {
+        let key = self.inner.lock_key.clone();
+        let lost = Arc::new(AtomicBool::new(false));
+        let watchdog = Watchdog(runtime.spawn(extend_while_held(
+            connection.clone(),
+            key.clone(),
+            owner.clone(),
+            self.inner.lock_ttl,
+            Arc::clone(&lost),
+        )));
+        let lease = Lease {
+            lock_key: key.clone(),
+            owner: owner.clone(),
+            lost,
+        };
+        // Dropping the release closure unrun (no runtime left) drops the watchdog too: it stops.
+        StoreLock::new(move || async move {
+            drop(watchdog);
+            release(connection, key, owner).await;
+        })
+        .with_data(lease)
+    }
+
+    /// The lease `lock` carries, if this store took it. Read before the save's future starts:
+    /// `StoreLock` is `Send` but not `Sync`, so the future cannot hold a reference to it.
+    pub(super) fn lease<'a>(&self, lock: &'a StoreLock) -> Result<&'a Lease, BoxError> {
+        let lock_key = &self.inner.lock_key;
+        lock.data::<Lease>()
+            .filter(|lease| &lease.lock_key == lock_key)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "save_locked needs a lock taken by this RedisStore's lock() \
+                         (key {lock_key})"
+                    ),
+                )
+                .into()
+            })
+    }
+
+    /// Writes `tokens` only if `lease` is still this store's current lock holder.
+    pub(super) async fn save_fenced(
+        &self,
+        tokens: &TokenSet,
+        lease: &Lease,
+    ) -> Result<(), BoxError> {
+        let inner = &self.inner;
+        if lease.lost.load(Ordering::Acquire) {
+            return Err(lost(&inner.lock_key));
+        }
+        let value = self.seal(tokens)?;
+        let mut connection = self.connection().await?;
+        let saved: i64 = FENCED_SET
+            .key(&inner.lock_key)
+            .key(&inner.key)
+            .arg(&lease.owner)
+            .arg(value)
+            .arg(millis(inner.token_ttl))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| redis_error("fenced SET", e))?;
+        if saved != 1 {
+            lease.lost.store(true, Ordering::Release);
+            return Err(lost(&inner.lock_key));
+        }
+        Ok(())
+    }
+}
+
+fn lost(lock_key: &str) -> BoxError {
+    io::Error::other(format!(
+        "the refresh lock {lock_key} was lost (its lease lapsed or another process holds it); not \
+         overwriting a possibly newer token set"
+    ))
+    .into()
+}
+
+/// The watchdog: extends the lease every third of its TTL until aborted or the lock is lost.
+async fn extend_while_held(
+    mut connection: ConnectionManager,
+    key: String,
+    owner: String,
+    ttl: Duration,
+    lost: Arc<AtomicBool>,
+) {
+    let period = (ttl / 3).max(Duration::from_millis(1));
+    loop {
+        tokio::time::sleep(period).await;
+        let extended: Result<i64, _> = EXTEND
+            .key(&key)
+            .arg(&owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut connection)
+            .await;
+        match extended {
+            Ok(1) => {}
+            Ok(_) => {
+                lost.store(true, Ordering::Release);
+                crate::trace::warning!(
+                    lock = %key,
+                    "the Redis refresh lock was lost; this process will not save under it"
+                );
+                return;
+            }
+            // Try again next period; if the lease lapses meanwhile, the fenced save refuses.
+            Err(e) => {
+                crate::trace::warning!(error = %e, "could not extend the Redis refresh lock");
+                let _ = e;
+            }
+        }
+    }
+}
+
+async fn release(mut connection: ConnectionManager, key: String, owner: String) {
+    let released: Result<i64, _> = RELEASE
+        .key(&key)
+        .arg(&owner)
+        .invoke_async(&mut connection)
+        .await;
+    if let Err(e) = released {
+        // The lease lapses by itself within one lock TTL.
+        crate::trace::warning!(error = %e, "could not release the Redis refresh lock");
+        let _ = e;
+    }
+}
+
+/// A unique token for one lock attempt: process id and 128 random bits.
+fn owner_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hex}", std::process::id())
+}

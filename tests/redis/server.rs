@@ -1,0 +1,118 @@
+//! The redis-server child process the tests run against, and helpers to build stores and to look
+//! at Redis directly.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nifty_auth::testing::FakeNifty;
+use nifty_auth::RedisStore;
+use redis::aio::MultiplexedConnection;
+
+/// A redis-server child process on a free loopback port; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer { child: None, port };
+        if !server.launch() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is required under CI (install the redis-server package)"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        Some(server)
+    }
+
+    /// Starts (or restarts) the server on its port; false if `redis-server` is missing.
+    pub fn launch(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(child) = child else { return false };
+        self.child = Some(child);
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn store(redis: &RedisServer, fake: &FakeNifty, grant: &str) -> RedisStore {
+    RedisStore::builder(redis.url(), fake.client_id(), grant)
+        .command_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
+pub async fn raw_get(redis: &RedisServer, key: &str) -> Option<Vec<u8>> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+/// A store for `grant` with a lock lease of `lock_ttl`.
+pub fn store_with_lease(
+    redis: &RedisServer,
+    fake: &FakeNifty,
+    grant: &str,
+    lock_ttl: Duration,
+) -> RedisStore {
+    RedisStore::builder(redis.url(), fake.client_id(), grant)
+        .command_timeout(Duration::from_millis(500))
+        .lock_ttl(lock_ttl)
+        .build()
+        .unwrap()
+}
+
+/// A plain connection, to look at (and tamper with) Redis behind the store's back.
+pub async fn raw(redis: &RedisServer) -> MultiplexedConnection {
+    let client = redis::Client::open(redis.url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// The remaining TTL of `key` in milliseconds (-2: no such key).
+pub async fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut raw(redis).await)
+        .await
+        .unwrap()
+}
