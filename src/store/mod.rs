@@ -64,7 +64,7 @@ pub use memory::MemoryStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{
     RedisStore, RedisStoreBuilder, DEFAULT_REDIS_COMMAND_TIMEOUT, DEFAULT_REDIS_KEY_PREFIX,
-    DEFAULT_REDIS_TOKEN_TTL,
+    DEFAULT_REDIS_LOCK_TTL, DEFAULT_REDIS_TOKEN_TTL,
 };
 
 /// A boxed, `Send` future: what [`TokenStore`] methods return.
@@ -86,11 +86,15 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Takes an exclusive lock around one refresh, for stores shared by several processes.
     ///
-    /// Called before [`load`](Self::load) at the start of every refresh; the returned [`StoreLock`]
-    /// is released after the new tokens are saved (or the refresh failed). `max_hold` is the longest
-    /// the refresh can take (every token call attempt timing out, plus the backoff between them): a
-    /// lock with an expiry should last at least that long. If the lock is held elsewhere, wait for it
-    /// (bounded); the refresh then re-reads the store and usually finds the other holder's tokens.
+    /// Called before [`load`](Self::load) at the start of every refresh (and before `set_tokens` /
+    /// `exchange_code` save); the returned [`StoreLock`] is released after the new tokens are saved
+    /// or the refresh failed — but kept, unreleased, while rotated tokens wait for a failed save to be
+    /// retried, so no other process refreshes with the refresh token they replaced. `max_hold` is the
+    /// longest one refresh can take (every token call attempt timing out, plus the backoff between
+    /// them): it bounds how long to wait for a lock held elsewhere. A store whose lock expires should
+    /// keep it alive for as long as the `StoreLock` lives (as `RedisStore` does with a watchdog) and
+    /// fence writes in [`save_locked`](Self::save_locked). After the wait, the refresh re-reads the
+    /// store and usually finds the other holder's tokens.
     ///
     /// The default takes no lock: inside one process the token manager already runs one refresh at
     /// a time.

@@ -462,7 +462,20 @@ impl TokenManager {
                 .await
                 .map_err(AuthError::store)?,
         };
-        let result = self.refresh_locked(current, pending, &lock).await;
+        let result = self.refresh_locked(current, pending.clone(), &lock).await;
+        if was_kept && result.is_err() && self.state.lock().pending.is_some() {
+            // The kept lock may have lapsed (a fenced store refuses every save under it): give it
+            // up and try once more under a new lock.
+            lock.release().await;
+            let lock = self
+                .store
+                .lock(self.max_refresh_time())
+                .await
+                .map_err(AuthError::store)?;
+            let result = self.refresh_locked(current, pending, &lock).await;
+            self.settle(lock, false).await;
+            return result;
+        }
         self.settle(lock, was_kept).await;
         result
     }
@@ -575,8 +588,7 @@ impl TokenManager {
     }
 
     /// After an attempt: while tokens wait unsaved, keep the store lock with them, so no other process
-    /// refreshes with the refresh token they replaced; otherwise release it. A lock that was already
-    /// kept once and failed again is released (it may have lapsed); the next attempt takes a new one.
+    /// refreshes with the refresh token they replaced; otherwise release it.
     async fn settle(&self, lock: StoreLock, was_kept: bool) {
         let release = {
             let mut state = self.state.lock();

@@ -237,7 +237,6 @@ impl TokenStore for FirstSaveFails {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the manager's held-lock change (lead)"]
 async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process() {
     let Some(redis) = RedisServer::start() else {
         return;

@@ -27,10 +27,6 @@ pub const DEFAULT_REDIS_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 60 *
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default lease of the refresh lock: its holder's watchdog extends it every third of it; a
 /// holder that died is taken over within one lease.
-#[allow(
-    unreachable_pub,
-    reason = "to be re-exported from store/mod.rs beside the other DEFAULT_REDIS_ consts"
-)]
 pub const DEFAULT_REDIS_LOCK_TTL: Duration = Duration::from_secs(10);
 
 /// The shortest lock lease [`RedisStoreBuilder::build`] accepts.
@@ -50,7 +46,7 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 ///   digits, `-`, `_`, `.` and other printable ASCII keep their text. The prefix is used as given.
 /// - Before a refresh, a process takes `<prefix>:<client id>:<grant>:lock` with
 ///   `SET lock <random token> NX PX <lease>` ([`RedisStoreBuilder::lock_ttl`], default
-///   `DEFAULT_REDIS_LOCK_TTL`, 10 s). While the lock is held, a watchdog task extends the lease
+///   [`DEFAULT_REDIS_LOCK_TTL`], 10 s). While the lock is held, a watchdog task extends the lease
 ///   every third of it (a compare-and-`PEXPIRE` script), however long the refresh takes; it stops
 ///   when the lock is released or dropped. A holder that died is taken over within one lease.
 ///   Holding the lock, the token manager re-reads the token set: if another process refreshed
@@ -183,7 +179,7 @@ impl RedisStoreBuilder {
 
     /// The lease of the refresh lock: how soon a holder that died is taken over. A live holder's
     /// watchdog extends it every third of it, so keep it several times the
-    /// [command timeout](Self::command_timeout). Defaults to `DEFAULT_REDIS_LOCK_TTL` (10 s);
+    /// [command timeout](Self::command_timeout). Defaults to [`DEFAULT_REDIS_LOCK_TTL`] (10 s);
     /// between 100 ms and one hour.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
