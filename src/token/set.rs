@@ -7,7 +7,8 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::AuthError;
+use crate::error::AuthError;
+use crate::redact;
 
 /// The longest `expires_in` accepted from the token endpoint (ten years); longer is treated as garbage.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
@@ -64,8 +65,11 @@ impl TokenSet {
     }
 
     /// Sets the expiry to `expires_in` from now (wall clock, kept to the millisecond).
+    ///
+    /// A lifetime longer than [`MAX_EXPIRES_IN`] (ten years) is clamped to it, so even
+    /// `Duration::MAX` gives a valid, far-future expiry instead of a panic.
     pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
-        self.expires_at = Some(to_millis(SystemTime::now() + expires_in));
+        self.expires_at = Some(to_millis(after(SystemTime::now(), expires_in)));
         self
     }
 
@@ -133,9 +137,14 @@ impl TokenSet {
             return Err(AuthError::invalid_response("`access_token` is empty"));
         }
         if !self.token_type.eq_ignore_ascii_case("bearer") {
+            // The type is quoted (short, redacted): an endpoint may have put a token there.
+            let secrets = [
+                self.access_token.as_str(),
+                self.refresh_token.as_deref().unwrap_or_default(),
+            ];
             return Err(AuthError::invalid_response(format!(
                 "`token_type` is `{}`, not `bearer`",
-                sanitize_short(&self.token_type)
+                redact::excerpt(&self.token_type, &secrets, TOKEN_TYPE_CHARS)
             )));
         }
         self.bearer_header().map(drop)?;
@@ -200,7 +209,7 @@ impl TokenSet {
         };
         let expires_at = match map.get("expires_in") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(to_millis(received_at + parse_expires_in(v)?)),
+            Some(v) => Some(to_millis(after(received_at, parse_expires_in(v)?))),
         };
         let scope = match map.get("scope") {
             None | Some(Value::Null) => None,
@@ -238,12 +247,28 @@ impl TokenSet {
     }
 }
 
+/// The most of an untrusted `token_type` quoted in an error (characters).
+const TOKEN_TYPE_CHARS: usize = 32;
+
+/// `start + lifetime`, with `lifetime` clamped to [`MAX_EXPIRES_IN`] and the sum saturating at
+/// `start` plus the largest lifetime the platform's `SystemTime` can hold: never a panic.
+fn after(start: SystemTime, lifetime: Duration) -> SystemTime {
+    let mut lifetime = lifetime.min(MAX_EXPIRES_IN);
+    loop {
+        if let Some(at) = start.checked_add(lifetime) {
+            return at;
+        }
+        lifetime /= 2;
+    }
+}
+
 /// Expiry times are kept to the millisecond, so they survive a store round trip exactly.
 fn to_millis(at: SystemTime) -> SystemTime {
-    match at.duration_since(UNIX_EPOCH) {
-        Ok(d) => UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
-        Err(_) => at,
-    }
+    let Ok(since_epoch) = at.duration_since(UNIX_EPOCH) else {
+        return at;
+    };
+    let millis = Duration::from_millis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX));
+    UNIX_EPOCH.checked_add(millis).unwrap_or(at)
 }
 
 /// `expires_in` as an integer, a float (`42.0`) or a numeric string; positive and at most ten years.
@@ -270,14 +295,6 @@ fn parse_expires_in(value: &Value) -> Result<Duration, AuthError> {
         ));
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// At most 32 printable ASCII characters of an untrusted short value (e.g. a token type).
-fn sanitize_short(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(32)
-        .collect()
 }
 
 impl fmt::Debug for TokenSet {
@@ -439,9 +456,53 @@ mod tests {
     }
 
     #[test]
+    fn huge_lifetimes_clamp_to_max_expires_in_instead_of_panicking() {
+        let before = SystemTime::now();
+        let t = TokenSet::new("a").with_expires_in(Duration::MAX);
+        let at = t.expires_at().expect("an expiry");
+        let lifetime = at.duration_since(before).expect("in the future");
+        assert!(lifetime <= MAX_EXPIRES_IN + Duration::from_secs(1), "{lifetime:?}");
+        assert!(lifetime >= MAX_EXPIRES_IN - Duration::from_secs(60), "{lifetime:?}");
+        let far = SystemTime::now() + Duration::from_secs(1_000 * 365 * 86_400);
+        assert!(after(far, Duration::MAX) > far);
+        assert!(to_millis(far) <= far);
+    }
+
+    #[test]
+    fn an_answer_received_at_the_end_of_time_does_not_panic() {
+        // The largest `SystemTime` this platform holds, found by halving steps.
+        let mut end = UNIX_EPOCH;
+        let mut step = Duration::MAX;
+        while step > Duration::ZERO {
+            if let Some(later) = end.checked_add(step) {
+                end = later;
+            } else {
+                step /= 2;
+            }
+        }
+        let body = br#"{"access_token":"a","token_type":"bearer","expires_in":3600}"#;
+        let t = TokenSet::from_token_response(body, None, end).expect("tokens");
+        assert!(t.expires_at().is_some());
+    }
+
+    #[test]
+    fn a_token_type_holding_the_access_token_is_not_quoted() {
+        let token = "at-9f8e7d6c5b4a3921";
+        for token_type in [token.to_owned(), format!("mac {token}"), "at%2D9f8e7d6c5b4a3921".to_owned()] {
+            let body = serde_json::json!({"access_token": token, "token_type": token_type}).to_string();
+            let err = parse(&body).unwrap_err();
+            let shown = format!("{err} / {err:?}");
+            assert!(!shown.contains(token) && !shown.contains("9f8e7d6c"), "{shown}");
+        }
+    }
+
+    #[test]
     fn debug_hides_tokens() {
         let t = TokenSet::new("at-secret").with_refresh_token("rt-secret");
         let d = format!("{t:?}");
         assert!(!d.contains("at-secret") && !d.contains("rt-secret"), "{d}");
     }
 }
+
+#[cfg(test)]
+mod proptests;
