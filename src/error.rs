@@ -118,13 +118,13 @@ impl AuthError {
         }
     }
 
-    pub(crate) fn store(source: crate::BoxError) -> Self {
+    pub(crate) fn store(source: tower::BoxError) -> Self {
         AuthError::Store {
             source: Arc::from(source),
         }
     }
 
-    pub(crate) fn transport(source: crate::BoxError) -> Self {
+    pub(crate) fn transport(source: tower::BoxError) -> Self {
         AuthError::Transport {
             source: Arc::from(source),
         }

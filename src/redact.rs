@@ -278,7 +278,8 @@ mod tests {
         (0..chars.len().saturating_sub(7)).find_map(|i| {
             let start = chars[i].0;
             let end = chars.get(i + 8).map_or(secret.len(), |c| c.0);
-            text.contains(&secret[start..end]).then_some(&secret[start..end])
+            text.contains(&secret[start..end])
+                .then_some(&secret[start..end])
         })
     }
 
@@ -395,7 +396,10 @@ mod tests {
             excerpt("the grant is  expired\n", &["abc"], EXCERPT_CHARS),
             "the grant is expired"
         );
-        assert_eq!(error_code("invalid_grant", &["s3cret-value"]), "invalid_grant");
+        assert_eq!(
+            error_code("invalid_grant", &["s3cret-value"]),
+            "invalid_grant"
+        );
         assert_eq!(error_code("bad code!<>", &[]), "badcode");
     }
 
@@ -410,7 +414,17 @@ mod tests {
 
     #[test]
     fn odd_escapes_and_multibyte_text_do_not_panic() {
-        for text in ["%", "%Z", "%e", "\\", "\\u12", "\\uD83D", "\\uD83D\\u0041", "ü%C3%BCü", "\\u00"] {
+        for text in [
+            "%",
+            "%Z",
+            "%e",
+            "\\",
+            "\\u12",
+            "\\uD83D",
+            "\\uD83D\\u0041",
+            "ü%C3%BCü",
+            "\\u00",
+        ] {
             let _ = excerpt(text, &["üüüü", "%C3%BC"], EXCERPT_CHARS);
         }
     }

@@ -118,7 +118,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)))
+    Some(Duration::from_secs(
+        value.parse::<u64>().unwrap_or(u64::MAX),
+    ))
 }
 
 /// Turns a non-success answer into an [`AuthError`], echoing nothing that could be a secret.

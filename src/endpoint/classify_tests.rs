@@ -60,7 +60,10 @@ fn ok_and_created_answers_are_tokens_stamped_at_the_receive_time() {
 #[test]
 fn an_unusable_success_answer_is_invalid_response_and_not_retried() {
     let f = fail(200, Some("<html>"));
-    assert!(matches!(f.error, AuthError::InvalidResponse { .. }), "{f:?}");
+    assert!(
+        matches!(f.error, AuthError::InvalidResponse { .. }),
+        "{f:?}"
+    );
     assert!(!f.retry);
 }
 
@@ -70,7 +73,10 @@ fn an_oversized_success_answer_is_invalid_response_and_not_retried() {
     let AuthError::InvalidResponse { reason } = &f.error else {
         panic!("{f:?}");
     };
-    assert!(reason.contains("larger than 64 KiB") && reason.contains("200"), "{reason}");
+    assert!(
+        reason.contains("larger than 64 KiB") && reason.contains("200"),
+        "{reason}"
+    );
     assert!(!f.retry);
 }
 
@@ -120,7 +126,10 @@ fn status_403_is_forbidden_and_405_method_not_allowed() {
     let f = fail(403, Some("no"));
     assert!(matches!(f.error, AuthError::Forbidden) && !f.retry, "{f:?}");
     let f = fail(405, Some(""));
-    assert!(matches!(f.error, AuthError::MethodNotAllowed) && !f.retry, "{f:?}");
+    assert!(
+        matches!(f.error, AuthError::MethodNotAllowed) && !f.retry,
+        "{f:?}"
+    );
     assert!(!f.error.is_terminal());
 }
 
@@ -147,7 +156,10 @@ fn a_5xx_is_a_retried_endpoint_error_with_its_code_and_description() {
 #[test]
 fn a_message_field_is_the_excerpt_when_there_is_no_description() {
     let f = fail(502, Some(r#"{"message":"upstream down"}"#));
-    assert!(matches!(&f.error, AuthError::Endpoint { excerpt, error: None, .. } if excerpt == "upstream down"), "{f:?}");
+    assert!(
+        matches!(&f.error, AuthError::Endpoint { excerpt, error: None, .. } if excerpt == "upstream down"),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -188,7 +200,10 @@ fn a_json_body_without_a_description_shows_field_names_never_values() {
 
 #[test]
 fn a_text_body_is_a_redacted_excerpt() {
-    let f = fail(500, Some("<h1>Oops</h1>\nsecret=cl13nt%2Bs3cr3t%2F%3D%3D\n"));
+    let f = fail(
+        500,
+        Some("<h1>Oops</h1>\nsecret=cl13nt%2Bs3cr3t%2F%3D%3D\n"),
+    );
     let AuthError::Endpoint { excerpt, .. } = &f.error else {
         panic!("{f:?}");
     };

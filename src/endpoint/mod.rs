@@ -303,7 +303,11 @@ mod tests {
     use super::*;
 
     /// An endpoint whose client answers with `answer(n)` for call number `n` (0-based), without TCP.
-    fn endpoint<F, Fut>(timeout: Duration, backoff: Backoff, answer: F) -> (Endpoint, Arc<AtomicUsize>)
+    fn endpoint<F, Fut>(
+        timeout: Duration,
+        backoff: Backoff,
+        answer: F,
+    ) -> (Endpoint, Arc<AtomicUsize>)
     where
         F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
         Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -331,9 +335,10 @@ mod tests {
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
         if let Some(value) = retry_after {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from_str(value).unwrap(),
+            );
         }
         response
     }
@@ -376,9 +381,7 @@ mod tests {
         let grant = Grant::RefreshToken {
             refresh_token: "rt-1",
         };
-        let (result, attempts) = endpoint
-            .request(&grant, None, &Counters::default())
-            .await;
+        let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;
         let err = result.expect_err("timeout");
         assert!(err.is_timeout(), "{err:?}");
         assert_eq!((attempts, calls.load(Ordering::SeqCst)), (1, 1));

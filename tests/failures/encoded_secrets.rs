@@ -58,7 +58,10 @@ fn leaked_piece<'a>(shown: &str, secret: &'a str) -> Option<&'a str> {
 fn bodies(form: &str) -> Vec<String> {
     let quoted = serde_json::to_string(form).unwrap();
     vec![
-        format!(r#"{{"error":"invalid_request","error_description":"bad secret {}"}}"#, &quoted[1..quoted.len() - 1]),
+        format!(
+            r#"{{"error":"invalid_request","error_description":"bad secret {}"}}"#,
+            &quoted[1..quoted.len() - 1]
+        ),
         format!("<html><pre>echo: {form}</pre></html>"),
         format!(r#"{{"error":"invalid_request",{quoted}:1}}"#),
         format!(r#"{{"error":{quoted}}}"#),

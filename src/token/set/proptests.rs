@@ -44,7 +44,10 @@ fn number() -> impl Strategy<Value = Value> {
 }
 
 fn any_json() -> impl Strategy<Value = Value> {
-    let key = prop_oneof![".{0,12}", prop::sample::select(FIELDS.to_vec()).prop_map(str::to_owned)];
+    let key = prop_oneof![
+        ".{0,12}",
+        prop::sample::select(FIELDS.to_vec()).prop_map(str::to_owned)
+    ];
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -126,13 +129,15 @@ fn check(body: &[u8], tokens: &[String], at: SystemTime) -> Result<(), TestCaseE
             prop_assert!(set.validate().is_ok());
             let debug = format!("{set:?}");
             prop_assert!(debug.contains(r#"access_token: "***""#), "{debug}");
-            prop_assert!(!debug.contains(set.access_token()) || set.scope().is_some_and(|s| s.contains(set.access_token())) || set.token_type().contains(set.access_token()), "{debug}");
+            prop_assert!(
+                !debug.contains(set.access_token())
+                    || set.scope().is_some_and(|s| s.contains(set.access_token()))
+                    || set.token_type().contains(set.access_token()),
+                "{debug}"
+            );
         }
         Err(err) => {
-            prop_assert!(
-                matches!(err, AuthError::InvalidResponse { .. }),
-                "{err:?}"
-            );
+            prop_assert!(matches!(err, AuthError::InvalidResponse { .. }), "{err:?}");
             let shown = format!("{err} / {err:?}");
             for t in tokens {
                 prop_assert!(!shown.contains(t.as_str()), "`{t}` in {shown}");
