@@ -67,7 +67,8 @@ pub enum AuthError {
         status: StatusCode,
         /// The RFC 6749 `error` code, when the body had one.
         error: Option<String>,
-        /// A short excerpt of the body with anything token-like removed.
+        /// A short excerpt of the body with the known secrets (raw, percent-encoded, JSON-escaped or
+        /// base64) and anything token-like masked.
         excerpt: String,
     },
     /// The token endpoint answered success with a body that is not a usable token answer
@@ -118,13 +119,13 @@ impl AuthError {
         }
     }
 
-    pub(crate) fn store(source: crate::BoxError) -> Self {
+    pub(crate) fn store(source: tower::BoxError) -> Self {
         AuthError::Store {
             source: Arc::from(source),
         }
     }
 
-    pub(crate) fn transport(source: crate::BoxError) -> Self {
+    pub(crate) fn transport(source: tower::BoxError) -> Self {
         AuthError::Transport {
             source: Arc::from(source),
         }

@@ -108,6 +108,7 @@ mod layer;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod middleware;
 mod origin;
+mod redact;
 mod stats;
 pub mod store;
 mod stripe;

@@ -7,7 +7,8 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::AuthError;
+use crate::error::AuthError;
+use crate::redact;
 
 /// The longest `expires_in` accepted from the token endpoint (ten years); longer is treated as garbage.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
@@ -64,8 +65,11 @@ impl TokenSet {
     }
 
     /// Sets the expiry to `expires_in` from now (wall clock, kept to the millisecond).
+    ///
+    /// A lifetime longer than [`MAX_EXPIRES_IN`] (ten years) is clamped to it, so even
+    /// `Duration::MAX` gives a valid, far-future expiry instead of a panic.
     pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
-        self.expires_at = Some(to_millis(SystemTime::now() + expires_in));
+        self.expires_at = Some(to_millis(after(SystemTime::now(), expires_in)));
         self
     }
 
@@ -133,9 +137,14 @@ impl TokenSet {
             return Err(AuthError::invalid_response("`access_token` is empty"));
         }
         if !self.token_type.eq_ignore_ascii_case("bearer") {
+            // The type is quoted (short, redacted): an endpoint may have put a token there.
+            let secrets = [
+                self.access_token.as_str(),
+                self.refresh_token.as_deref().unwrap_or_default(),
+            ];
             return Err(AuthError::invalid_response(format!(
                 "`token_type` is `{}`, not `bearer`",
-                sanitize_short(&self.token_type)
+                redact::excerpt(&self.token_type, &secrets, TOKEN_TYPE_CHARS)
             )));
         }
         self.bearer_header().map(drop)?;
@@ -200,7 +209,7 @@ impl TokenSet {
         };
         let expires_at = match map.get("expires_in") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(to_millis(received_at + parse_expires_in(v)?)),
+            Some(v) => Some(to_millis(after(received_at, parse_expires_in(v)?))),
         };
         let scope = match map.get("scope") {
             None | Some(Value::Null) => None,
@@ -238,12 +247,28 @@ impl TokenSet {
     }
 }
 
+/// The most of an untrusted `token_type` quoted in an error (characters).
+const TOKEN_TYPE_CHARS: usize = 32;
+
+/// `start + lifetime`, with `lifetime` clamped to [`MAX_EXPIRES_IN`] and the sum saturating at
+/// `start` plus the largest lifetime the platform's `SystemTime` can hold: never a panic.
+fn after(start: SystemTime, lifetime: Duration) -> SystemTime {
+    let mut lifetime = lifetime.min(MAX_EXPIRES_IN);
+    loop {
+        if let Some(at) = start.checked_add(lifetime) {
+            return at;
+        }
+        lifetime /= 2;
+    }
+}
+
 /// Expiry times are kept to the millisecond, so they survive a store round trip exactly.
 fn to_millis(at: SystemTime) -> SystemTime {
-    match at.duration_since(UNIX_EPOCH) {
-        Ok(d) => UNIX_EPOCH + Duration::from_millis(d.as_millis() as u64),
-        Err(_) => at,
-    }
+    let Ok(since_epoch) = at.duration_since(UNIX_EPOCH) else {
+        return at;
+    };
+    let millis = Duration::from_millis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX));
+    UNIX_EPOCH.checked_add(millis).unwrap_or(at)
 }
 
 /// `expires_in` as an integer, a float (`42.0`) or a numeric string; positive and at most ten years.
@@ -270,14 +295,6 @@ fn parse_expires_in(value: &Value) -> Result<Duration, AuthError> {
         ));
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// At most 32 printable ASCII characters of an untrusted short value (e.g. a token type).
-fn sanitize_short(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(32)
-        .collect()
 }
 
 impl fmt::Debug for TokenSet {
@@ -350,98 +367,7 @@ impl TryFrom<StoredTokenSet> for TokenSet {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    fn parse(body: &str) -> Result<TokenSet, AuthError> {
-        TokenSet::from_token_response(body.as_bytes(), Some("old-rt"), SystemTime::now())
-    }
-
-    #[test]
-    fn parses_nifty_documented_answer_with_float_expiry() {
-        let t = parse(r#"{"access_token":"a","token_type":"bearer","refresh_token":"r","expires_in":42.0,"scope":"task project"}"#).unwrap();
-        assert_eq!(t.access_token(), "a");
-        assert_eq!(t.refresh_token(), Some("r"));
-        assert_eq!(t.scope(), Some("task project"));
-        let left = t.expires_in().unwrap();
-        assert!(left <= Duration::from_secs(42) && left > Duration::from_secs(40));
-    }
-
-    #[test]
-    fn accepts_array_scope_any_case_bearer_and_keeps_old_refresh_token() {
-        let t = parse(r#"{"access_token":"a","token_type":"Bearer","expires_in":60,"scope":["task","time_tracking"]}"#).unwrap();
-        assert_eq!(t.scope(), Some("task time_tracking"));
-        assert_eq!(t.refresh_token(), Some("old-rt"));
-        assert_eq!(t.token_type(), "Bearer");
-    }
-
-    #[test]
-    fn absent_expiry_is_unknown() {
-        let t = parse(r#"{"access_token":"a","token_type":"bearer"}"#).unwrap();
-        assert_eq!(t.expires_at(), None);
-    }
-
-    #[test]
-    fn rejects_bad_answers_without_echoing_them() {
-        for (body, needle) in [
-            ("", "empty"),
-            ("<html>oops</html>", "not JSON"),
-            ("[1]", "not a JSON object"),
-            (r#"{"token_type":"bearer"}"#, "access_token"),
-            (r#"{"access_token":"secret-at"}"#, "token_type"),
-            (r#"{"access_token":"secret-at","token_type":"mac"}"#, "mac"),
-            (
-                r#"{"access_token":"secret-at","token_type":"bearer","expires_in":-5}"#,
-                "negative",
-            ),
-            (
-                r#"{"access_token":"secret-at","token_type":"bearer","expires_in":1e12}"#,
-                "ten years",
-            ),
-            (
-                r#"{"access_token":"secret-at","token_type":"bearer","expires_in":"NaN"}"#,
-                "finite",
-            ),
-            (
-                r#"{"access_token":"secret-at","token_type":"bearer","expires_in":true}"#,
-                "not a number",
-            ),
-            (
-                r#"{"access_token":"bad\ntoken","token_type":"bearer"}"#,
-                "header",
-            ),
-        ] {
-            let err = parse(body).unwrap_err();
-            assert!(
-                matches!(err, AuthError::InvalidResponse { .. }),
-                "{body}: {err:?}"
-            );
-            let msg = err.to_string();
-            assert!(msg.contains(needle), "{body}: {msg}");
-            assert!(!msg.contains("secret-at"), "{msg}");
-        }
-    }
-
-    #[test]
-    fn serde_round_trip_keeps_everything() {
-        let t = parse(r#"{"access_token":"a","token_type":"bearer","refresh_token":"r","expires_in":3600,"scope":"task"}"#).unwrap();
-        let json = serde_json::to_string(&t).unwrap();
-        let back: TokenSet = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.access_token(), "a");
-        assert_eq!(back.refresh_token(), Some("r"));
-        assert_eq!(back.scope(), Some("task"));
-        let (a, b) = (t.expires_at().unwrap(), back.expires_at().unwrap());
-        let diff = a
-            .duration_since(b)
-            .or_else(|_| b.duration_since(a))
-            .unwrap();
-        assert!(diff < Duration::from_millis(1));
-    }
-
-    #[test]
-    fn debug_hides_tokens() {
-        let t = TokenSet::new("at-secret").with_refresh_token("rt-secret");
-        let d = format!("{t:?}");
-        assert!(!d.contains("at-secret") && !d.contains("rt-secret"), "{d}");
-    }
-}
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,418 @@
+//! The token endpoint client: builds `POST /oauth/token` requests, sends them within the timeout,
+//! reads the answer up to a size cap, and runs the attempt loop.
+//!
+//! Deciding what an answer means is [`classify`] (pure, no I/O); when and how often to try again is
+//! [`Backoff`]; what an error may quote is [`crate::redact`].
+
+mod backoff;
+mod classify;
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use serde_json::{json, Value};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceExt};
+
+pub(crate) use self::backoff::Backoff;
+use self::classify::{classify, Context, Failure, Outcome};
+use crate::clock::{instant_after, Clock};
+use crate::credentials::Credentials;
+use crate::error::AuthError;
+use crate::stats::Counters;
+use crate::store::BoxFuture;
+use crate::token::TokenSet;
+
+/// The largest token answer read; a larger body is an [`AuthError::InvalidResponse`].
+pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The boxed HTTP client used for token calls.
+pub(crate) type HttpClient =
+    BoxCloneSyncService<Request<Full<Bytes>>, Response<BoxBody<Bytes, BoxError>>, BoxError>;
+
+/// The grant a token call asks for.
+pub(crate) enum Grant<'a> {
+    AuthorizationCode {
+        code: &'a str,
+        redirect_uri: &'a str,
+    },
+    RefreshToken {
+        refresh_token: &'a str,
+    },
+}
+
+impl Grant<'_> {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Grant::AuthorizationCode { .. } => "authorization_code",
+            Grant::RefreshToken { .. } => "refresh_token",
+        }
+    }
+
+    fn body(&self) -> Value {
+        match self {
+            Grant::AuthorizationCode { code, redirect_uri } => json!({
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+            }),
+            Grant::RefreshToken { refresh_token } => json!({
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+            }),
+        }
+    }
+
+    /// The secret this grant sends (scrubbed from any error excerpt).
+    fn secret(&self) -> &str {
+        match self {
+            Grant::AuthorizationCode { code, .. } => code,
+            Grant::RefreshToken { refresh_token } => refresh_token,
+        }
+    }
+}
+
+/// Talks to one token endpoint with one set of client credentials.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) url: Uri,
+    credentials: Credentials,
+    basic: HeaderValue,
+    client: HttpClient,
+    pub(crate) timeout: Duration,
+    pub(crate) backoff: Backoff,
+    /// What a token answer's `expires_in` counts from.
+    clock: Clock,
+}
+
+impl Endpoint {
+    pub(crate) fn new(
+        url: Uri,
+        credentials: Credentials,
+        client: HttpClient,
+        timeout: Duration,
+        backoff: Backoff,
+        clock: Clock,
+    ) -> Result<Self, AuthError> {
+        let basic = credentials.basic_header().ok_or_else(|| {
+            AuthError::config("the client credentials cannot be sent in a Basic header")
+        })?;
+        Ok(Endpoint {
+            url,
+            credentials,
+            basic,
+            client,
+            timeout,
+            backoff,
+            clock,
+        })
+    }
+
+    /// Runs one grant: up to `backoff.attempts` calls, retrying transport errors, timeouts, 5xx and 429.
+    ///
+    /// Returns the token set and the number of attempts made.
+    pub(crate) fn request<'a>(
+        &'a self,
+        grant: &'a Grant<'a>,
+        previous_refresh_token: Option<&'a str>,
+        counters: &'a Counters,
+    ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
+        Box::pin(self.request_inner(grant, previous_refresh_token, counters))
+    }
+
+    async fn request_inner(
+        &self,
+        grant: &Grant<'_>,
+        previous_refresh_token: Option<&str>,
+        counters: &Counters,
+    ) -> (Result<TokenSet, AuthError>, u32) {
+        let body = Bytes::from(grant.body().to_string());
+        let mut attempt = 1;
+        loop {
+            let failure = match self
+                .attempt(grant, body.clone(), previous_refresh_token)
+                .await
+            {
+                Ok(tokens) => {
+                    counters.token_call(Ok(()));
+                    return (Ok(tokens), attempt);
+                }
+                Err(failure) => {
+                    counters.token_call(Err(&failure.error));
+                    failure
+                }
+            };
+            if !failure.retry || !self.backoff.allows_retry_after(attempt) {
+                return (Err(failure.error), attempt);
+            }
+            let delay = self.backoff.delay(attempt, failure.retry_after);
+            crate::trace::debug!(
+                grant = grant.name(),
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                error = %failure.error,
+                "token call failed; retrying"
+            );
+            tokio::time::sleep_until(instant_after(tokio::time::Instant::now(), delay)).await;
+            attempt += 1;
+        }
+    }
+
+    /// One token call: sends, reads the answer (capped, within the timeout), and classifies it.
+    async fn attempt(
+        &self,
+        grant: &Grant<'_>,
+        body: Bytes,
+        previous_refresh_token: Option<&str>,
+    ) -> Outcome {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.url.clone();
+        let headers = request.headers_mut();
+        headers.insert(AUTHORIZATION, self.basic.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+
+        let client = self.client.clone();
+        let call = async move {
+            let response = client
+                .oneshot(request)
+                .await
+                .map_err(|e| Failure::transient(AuthError::transport(e)))?;
+            let (parts, body) = response.into_parts();
+            let too_big = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|len| len > MAX_TOKEN_RESPONSE_BYTES as u64);
+            let bytes = if too_big {
+                None
+            } else {
+                read_capped(body)
+                    .await
+                    .map_err(|e| Failure::transient(AuthError::transport(e)))?
+            };
+            Ok((parts, bytes))
+        };
+        // `timeout_at` with a saturated deadline: any configured timeout, however large, is fine.
+        let deadline = instant_after(tokio::time::Instant::now(), self.timeout);
+        let (parts, bytes) = match tokio::time::timeout_at(deadline, call).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Failure::transient(AuthError::Timeout {
+                    after: self.timeout,
+                }))
+            }
+        };
+        let secrets = [
+            self.credentials.client_secret(),
+            self.credentials.client_id(),
+            grant.secret(),
+            previous_refresh_token.unwrap_or_default(),
+        ];
+        classify(
+            parts.status,
+            &parts.headers,
+            bytes.as_deref(),
+            Context {
+                grant: grant.name(),
+                secrets: &secrets,
+                previous_refresh_token,
+                received_at: self.clock.now(),
+            },
+        )
+    }
+}
+
+/// Reads a body up to [`MAX_TOKEN_RESPONSE_BYTES`]; `Ok(None)` if it is longer.
+async fn read_capped(mut body: BoxBody<Bytes, BoxError>) -> Result<Option<Bytes>, BoxError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len().saturating_add(data.len()) > MAX_TOKEN_RESPONSE_BYTES {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .field("client_id", &self.credentials.client_id())
+            .field("timeout", &self.timeout)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default HTTP client for token calls: hyper-util's pooled client, HTTPS through rustls
+/// (webpki roots) when the `rustls` feature is on, plain HTTP otherwise.
+pub(crate) fn default_client() -> Result<HttpClient, AuthError> {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    #[cfg(feature = "rustls")]
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| AuthError::config(format!("cannot set up TLS: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    #[cfg(not(feature = "rustls"))]
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    Ok(box_client(client))
+}
+
+/// Boxes any tower HTTP client into the [`HttpClient`] used for token calls.
+pub(crate) fn box_client<S, RB>(client: S) -> HttpClient
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<RB>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RB: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    RB::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(
+        client
+            .map_response(|r: Response<RB>| r.map(|b| b.map_err(Into::into).boxed()))
+            .map_err(Into::into),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// An endpoint whose client answers with `answer(n)` for call number `n` (0-based), without TCP.
+    fn endpoint<F, Fut>(
+        timeout: Duration,
+        backoff: Backoff,
+        answer: F,
+    ) -> (Endpoint, Arc<AtomicUsize>)
+    where
+        F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let client = tower::service_fn(move |_request: Request<Full<Bytes>>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer(n).await) }
+        });
+        let endpoint = Endpoint::new(
+            Uri::from_static("http://127.0.0.1:1/oauth/token"),
+            Credentials::new("id", "secret-value"),
+            box_client(client),
+            timeout,
+            backoff,
+            Clock::new(),
+        )
+        .expect("endpoint");
+        (endpoint, calls)
+    }
+
+    fn answer(status: u16, retry_after: Option<&str>, body: &'static str) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        response
+    }
+
+    const TOKENS: &str = r#"{"access_token":"at-1","token_type":"bearer","expires_in":60}"#;
+
+    const HUGE: Backoff = Backoff {
+        attempts: 3,
+        base: Duration::MAX,
+        max: Duration::MAX,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_timeout_backoff_and_retry_after_saturate_instead_of_panicking() {
+        let (endpoint, calls) = endpoint(Duration::MAX, HUGE, |n| async move {
+            match n {
+                0 => answer(503, Some("99999999999999999999"), ""),
+                _ => answer(200, None, TOKENS),
+            }
+        });
+        let grant = Grant::RefreshToken {
+            refresh_token: "rt-1",
+        };
+        let counters = Counters::default();
+        let (result, attempts) = endpoint.request(&grant, Some("rt-1"), &counters).await;
+        assert_eq!(result.expect("tokens").access_token(), "at-1");
+        assert_eq!((attempts, calls.load(Ordering::SeqCst)), (2, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_endpoint_with_a_huge_timeout_times_out_without_panicking() {
+        let (endpoint, calls) = endpoint(
+            Duration::MAX,
+            Backoff {
+                attempts: 1,
+                ..HUGE
+            },
+            |_| std::future::pending(),
+        );
+        let grant = Grant::RefreshToken {
+            refresh_token: "rt-1",
+        };
+        let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;
+        let err = result.expect_err("timeout");
+        assert!(err.is_timeout(), "{err:?}");
+        assert_eq!((attempts, calls.load(Ordering::SeqCst)), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn terminal_answers_are_not_retried_and_transient_ones_use_every_attempt() {
+        let backoff = Backoff {
+            attempts: 3,
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        };
+        let (endpoint, calls) = endpoint(Duration::from_secs(1), backoff, |_| async {
+            answer(500, None, "")
+        });
+        let grant = Grant::RefreshToken {
+            refresh_token: "rt-1",
+        };
+        let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;
+        assert!(result.expect_err("500").is_transient());
+        assert_eq!((attempts, calls.load(Ordering::SeqCst)), (3, 3));
+
+        let (endpoint, calls) = endpoint_with_body(backoff, r#"{"error":"invalid_grant"}"#);
+        let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;
+        assert!(result.expect_err("400").is_reauthorization_required());
+        assert_eq!((attempts, calls.load(Ordering::SeqCst)), (1, 1));
+    }
+
+    fn endpoint_with_body(backoff: Backoff, body: &'static str) -> (Endpoint, Arc<AtomicUsize>) {
+        endpoint(Duration::from_secs(1), backoff, move |_| async move {
+            answer(400, None, body)
+        })
+    }
+}
