@@ -506,6 +506,16 @@ impl FakeNifty {
         self.inner.state.lock().replays
     }
 
+    /// Whether `refresh_token` is the current refresh token of a grant that is not revoked (it would
+    /// be accepted now; a rotated-away one would not).
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        let st = self.inner.state.lock();
+        st.refresh_tokens
+            .get(refresh_token)
+            .and_then(|grant| st.grants.get(grant))
+            .is_some_and(|g| !g.revoked && g.refresh_token.as_deref() == Some(refresh_token))
+    }
+
     /// The number of API requests whose bearer token had expired when it arrived (a token this
     /// fake issued, not revoked, past its lifetime). Queued [`FakeNifty::push_api_status`]
     /// answers do not look at the token and are not counted.

@@ -55,7 +55,7 @@ fn config(cases: u32) -> Config {
         cases,
         // Each run takes about a second of real time: shrink briefly.
         max_shrink_iters: 64,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "regressions",
         ))),
         ..Config::default()

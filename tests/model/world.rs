@@ -162,7 +162,6 @@ impl World {
         let healthy = !self.model.latched && self.store.armed() == 0 && self.model.queued.is_empty();
         let answers = self.apply(op).await?;
         self.settle().await?;
-        self.account_token_requests();
         match op {
             Op::SetTokens | Op::ExchangeCode => {
                 // A re-authorization lifts the latch, also when only its save failed: its tokens are
@@ -273,12 +272,20 @@ impl World {
 
     /// Waits until no token call is in flight and none started for a while (a background refresh
     /// may still be landing).
-    async fn settle(&self) -> Result<(), String> {
+    async fn settle(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + CALL_BOUND;
+        let mut transient = false;
         loop {
             let calls = self.fake.token_calls();
             let saves = self.store.save_attempts();
-            sleep(Duration::from_millis(30)).await;
+            // After a transient failure the manager may be in its backoff: wait out the longest.
+            let quiet = if transient {
+                BACKOFF.1 + Duration::from_millis(30)
+            } else {
+                Duration::from_millis(30)
+            };
+            sleep(quiet).await;
+            transient |= self.account_token_requests();
             if self.fake.token_calls_in_flight() == 0
                 && self.fake.token_calls() == calls
                 && self.store.save_attempts() == saves
@@ -295,22 +302,24 @@ impl World {
     }
 
     /// Each new token request consumed the oldest queued fault; an `invalid_grant` consumed by a
-    /// refresh latches the manager.
-    fn account_token_requests(&mut self) {
+    /// refresh latches the manager. Returns whether a transient fault was consumed.
+    fn account_token_requests(&mut self) -> bool {
         let requests = self.fake.token_requests();
+        let mut transient = false;
         for request in &requests[self.model.seen_token_requests..] {
             let refresh = request
                 .json
                 .as_ref()
                 .and_then(|j| j.get("grant_type"))
                 .is_some_and(|g| g == "refresh_token");
-            if let Some(fault) = self.model.queued.pop_front() {
-                if fault == Fault::InvalidGrant && refresh {
-                    self.model.latched = true;
-                }
+            match self.model.queued.pop_front() {
+                Some(Fault::InvalidGrant) if refresh => self.model.latched = true,
+                Some(Fault::Unavailable | Fault::Reset | Fault::Hang) => transient = true,
+                _ => {}
             }
         }
         self.model.seen_token_requests = requests.len();
+        transient
     }
 
     fn check_invariants(&self) -> Result<(), String> {
@@ -334,12 +343,14 @@ impl World {
                 }
             }
         }
-        let live = fake.current_refresh_token();
-        if live.is_some() && live != self.store.refresh_token() && !self.store.last_save_failed() {
-            return Err(
-                "the endpoint's live refresh token is not the stored one, and no save failed"
-                    .to_owned(),
-            );
+        // A crash now must leave a usable grant behind: the stored refresh token is the live one of
+        // its grant (not rotated away), unless the latest save failed (then the manager holds it).
+        if let Some(stored) = self.store.refresh_token() {
+            if !fake.refresh_token_is_live(&stored) && !self.store.last_save_failed() {
+                return Err(
+                    "the stored refresh token is no longer live, and no save failed".to_owned(),
+                );
+            }
         }
         let overdue = fake.max_expired_overdue();
         if overdue > OVERDUE_TOLERANCE {
