@@ -270,13 +270,12 @@ impl Endpoint {
         };
 
         if status == StatusCode::OK || status == StatusCode::CREATED {
-            return TokenSet::from_token_response(&bytes, previous_refresh_token, self.clock.now()).map_err(
-                |error| Failure {
+            return TokenSet::from_token_response(&bytes, previous_refresh_token, self.clock.now())
+                .map_err(|error| Failure {
                     error,
                     retry: false,
                     retry_after: None,
-                },
-            );
+                });
         }
 
         let retry_after = parts

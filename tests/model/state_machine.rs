@@ -167,10 +167,12 @@ async fn fifty_cold_callers_make_one_token_call_and_share_its_token() {
     let (auth, _store) = manager(&endpoint, SKEW);
     endpoint.push(Reply::Delay(Duration::from_secs(1)));
     let callers: Vec<_> = (0..50)
-        .map(|_| tokio::spawn({
-            let auth = auth.clone();
-            async move { auth.access_token().await }
-        }))
+        .map(|_| {
+            tokio::spawn({
+                let auth = auth.clone();
+                async move { auth.access_token().await }
+            })
+        })
         .collect();
     let mut tokens = Vec::new();
     for caller in callers {
@@ -191,13 +193,19 @@ async fn an_aborted_leader_does_not_cancel_the_refresh_its_followers_share() {
         async move { auth.access_token().await }
     });
     sleep(Duration::from_millis(100)).await;
-    assert_eq!(endpoint.state().in_flight, 1, "the leader's token call is running");
+    assert_eq!(
+        endpoint.state().in_flight,
+        1,
+        "the leader's token call is running"
+    );
     leader.abort();
     let followers: Vec<_> = (0..5)
-        .map(|_| tokio::spawn({
-            let auth = auth.clone();
-            async move { auth.access_token().await }
-        }))
+        .map(|_| {
+            tokio::spawn({
+                let auth = auth.clone();
+                async move { auth.access_token().await }
+            })
+        })
         .collect();
     for follower in followers {
         follower.await.expect("follower").expect("token");
@@ -254,7 +262,11 @@ async fn a_failed_save_keeps_the_rotated_token_and_the_next_attempt_saves_it_wit
     assert_ne!(store.refresh_token(), endpoint.live());
     let token = auth.access_token().await.expect("token");
     assert!(endpoint.valid(&token));
-    assert_eq!(endpoint.calls(), 1, "the pending tokens are used, not refreshed again");
+    assert_eq!(
+        endpoint.calls(),
+        1,
+        "the pending tokens are used, not refreshed again"
+    );
     assert_eq!(store.refresh_token(), endpoint.live());
     assert_eq!(endpoint.state().replays, 0);
 }
