@@ -494,6 +494,41 @@ impl FakeNifty {
         self.inner.state.lock().in_flight
     }
 
+    /// The most token endpoint requests ever in flight at once (the high-water mark of
+    /// [`FakeNifty::token_calls_in_flight`]): catches overlapping token calls however short.
+    pub fn max_token_calls_in_flight(&self) -> usize {
+        self.inner.state.lock().max_in_flight
+    }
+
+    /// The number of `refresh_token` requests presenting a refresh token that was already rotated
+    /// away (a replay: the client lost or ignored the newer one). Each gets `invalid_grant`.
+    pub fn refresh_token_replays(&self) -> usize {
+        self.inner.state.lock().replays
+    }
+
+    /// Whether `refresh_token` is the current refresh token of a grant that is not revoked (it would
+    /// be accepted now; a rotated-away one would not).
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        let st = self.inner.state.lock();
+        st.refresh_tokens
+            .get(refresh_token)
+            .and_then(|grant| st.grants.get(grant))
+            .is_some_and(|g| !g.revoked && g.refresh_token.as_deref() == Some(refresh_token))
+    }
+
+    /// The number of API requests whose bearer token had expired when it arrived (a token this
+    /// fake issued, not revoked, past its lifetime). Queued [`FakeNifty::push_api_status`]
+    /// answers do not look at the token and are not counted.
+    pub fn expired_tokens_received(&self) -> usize {
+        self.inner.state.lock().expired_received
+    }
+
+    /// The longest time past its expiry at which an expired bearer token arrived at the API
+    /// (zero if none did); see [`FakeNifty::expired_tokens_received`].
+    pub fn max_expired_overdue(&self) -> Duration {
+        self.inner.state.lock().max_overdue
+    }
+
     /// The number of `400` `invalid_grant` answers of the token endpoint (including
     /// [`TokenFault::Respond`] answers with status 400 and a JSON `"error": "invalid_grant"`).
     pub fn invalid_grants_served(&self) -> usize {
@@ -593,6 +628,10 @@ struct State {
     token_calls_code: usize,
     token_calls_refresh: usize,
     in_flight: usize,
+    max_in_flight: usize,
+    replays: usize,
+    expired_received: usize,
+    max_overdue: Duration,
     invalid_grants: usize,
     api_calls: usize,
     unauthorized: usize,
@@ -621,6 +660,10 @@ impl State {
             token_calls_code: 0,
             token_calls_refresh: 0,
             in_flight: 0,
+            max_in_flight: 0,
+            replays: 0,
+            expired_received: 0,
+            max_overdue: Duration::ZERO,
             invalid_grants: 0,
             api_calls: 0,
             unauthorized: 0,
@@ -697,6 +740,18 @@ impl State {
             .grant
             .none_or(|g| self.grants.get(&g).is_some_and(|g| !g.revoked));
         !access.revoked && grant_live && access.expires_at.none_or(|at| Instant::now() < at)
+    }
+
+    /// How long ago `token` expired, if it is a known, unrevoked token of a live grant (or of no
+    /// grant) that has expired.
+    fn access_token_overdue(&self, token: &str) -> Option<Duration> {
+        let access = self.access_tokens.get(token)?;
+        let grant_live = access
+            .grant
+            .none_or(|g| self.grants.get(&g).is_some_and(|g| !g.revoked));
+        let expires_at = access.expires_at?;
+        let now = Instant::now();
+        (!access.revoked && grant_live && now >= expires_at).then(|| now - expires_at)
     }
 
     /// A 201 token answer for `grant`, with a new refresh token if `refresh_token` is `Some`.
@@ -871,6 +926,7 @@ impl Inner {
             let mut st = self.state.lock();
             st.token_calls += 1;
             st.in_flight += 1;
+            st.max_in_flight = st.max_in_flight.max(st.in_flight);
             InFlight(self)
         };
         let (parts, body) = request.into_parts();
@@ -1059,6 +1115,7 @@ impl Inner {
             return st.invalid_grant("grant revoked");
         }
         if !current {
+            st.replays += 1;
             if self.replay_revokes_grant {
                 if let Some(state) = st.grants.get_mut(&grant) {
                     state.revoked = true;
@@ -1104,6 +1161,10 @@ impl Inner {
                 let (scheme, token) = value.trim().split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
+            if let Some(overdue) = token.and_then(|token| st.access_token_overdue(token)) {
+                st.expired_received += 1;
+                st.max_overdue = st.max_overdue.max(overdue);
+            }
             if token.is_some_and(|token| st.access_token_valid(token)) {
                 let body = match (&parts.method, parts.uri.path()) {
                     (&Method::GET, "/api/v1.0/users/me") => {
