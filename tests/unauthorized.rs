@@ -14,7 +14,7 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use nifty_auth::testing::FakeNifty;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
@@ -57,7 +57,7 @@ impl Origin {
                         }
                         async move { Ok::<_, Infallible>(response) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });

@@ -256,7 +256,8 @@ async fn invalid_grant_latches_until_set_tokens() {
 async fn a_failed_save_keeps_the_rotated_token_and_the_next_attempt_saves_it_without_a_call() {
     let endpoint = Endpoint::new(Duration::from_secs(3600));
     let (auth, store) = manager(&endpoint, SKEW);
-    store.fail_next_save();
+    // Every try of one attempt (the manager tries a save three times while holding the lock).
+    (0..3).for_each(|_| store.fail_next_save());
     let error = auth.access_token().await.expect_err("the save failed");
     assert!(matches!(error, AuthError::Store { .. }), "{error:?}");
     assert_ne!(store.refresh_token(), endpoint.live());
@@ -272,7 +273,6 @@ async fn a_failed_save_keeps_the_rotated_token_and_the_next_attempt_saves_it_wit
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "issue 8 item 5: expiry judged on a different clock than token answers are stamped with"]
 async fn each_lifetime_on_the_paused_clock_costs_one_refresh_and_no_expired_token_is_returned() {
     let endpoint = Endpoint::new(Duration::from_secs(100));
     let (auth, _store) = manager(&endpoint, SKEW);
@@ -285,13 +285,12 @@ async fn each_lifetime_on_the_paused_clock_costs_one_refresh_and_no_expired_toke
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "issue 8 item 2: a re-authorization whose save failed is lost behind the latch"]
 async fn a_reauthorization_whose_save_failed_is_saved_and_used_by_the_next_attempt() {
     let endpoint = Endpoint::new(Duration::from_secs(3600));
     let (auth, store) = manager(&endpoint, SKEW);
     endpoint.push(Reply::InvalidGrant);
     auth.access_token().await.expect_err("latched");
-    store.fail_next_save();
+    (0..3).for_each(|_| store.fail_next_save());
     let error = auth
         .set_tokens(
             TokenSet::new("at-set")

@@ -82,7 +82,6 @@ proptest! {
 
     /// Every operation, `invalid_grant` (the latch) included.
     #[test]
-    #[ignore = "issue 8 item 2: a re-authorization whose save failed is lost behind the latch"]
     fn random_operations_keep_every_invariant(
         ops in proptest::collection::vec(op(true), 1..=12)
     ) {
@@ -123,7 +122,6 @@ fn callers_cancelled_during_a_slow_refresh_leave_the_manager_serving() {
 /// Issue 8 item 2 through the layer: latched by `invalid_grant`, re-authorized with a code whose
 /// save fails once; the next call must save and use the exchanged tokens.
 #[test]
-#[ignore = "issue 8 item 2: a re-authorization whose save failed is lost behind the latch"]
 fn an_exchange_code_whose_save_failed_while_latched_is_used_by_the_next_call() {
     let ops = [
         Op::Fault(Fault::InvalidGrant),
@@ -138,7 +136,6 @@ fn an_exchange_code_whose_save_failed_while_latched_is_used_by_the_next_call() {
 /// Found by the model (seed in `proptest-regressions/model/tcp_latch.txt`): issue 8 item 2 with
 /// `set_tokens`. The base commit answers `ReauthorizationRequired` to the request.
 #[test]
-#[ignore = "issue 8 item 2: a re-authorization whose save failed is lost behind the latch"]
 fn a_set_tokens_whose_save_failed_while_latched_is_used_by_the_next_request() {
     let ops = [
         Op::Fault(Fault::InvalidGrant),
