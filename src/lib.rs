@@ -98,8 +98,8 @@
 )]
 
 mod auth;
-mod clock;
 pub mod authorize;
+mod clock;
 mod credentials;
 mod endpoint;
 mod error;
