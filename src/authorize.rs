@@ -22,7 +22,8 @@
 //!   HTTP get an error answer, and the server goes on waiting for the right callback (or the
 //!   deadline of [`wait_for_code_within`](CallbackServer::wait_for_code_within));
 //! - each connection must send its request head within a timeout
-//!   ([`DEFAULT_HEADER_READ_TIMEOUT`]), may not exceed [`MAX_REQUEST_HEAD_BYTES`], and is served
+//!   ([`DEFAULT_HEADER_READ_TIMEOUT`]), its read buffer is capped at [`MAX_REQUEST_HEAD_BYTES`],
+//!   every connection is closed after twice that timeout at the latest, and each is served
 //!   once (no keep-alive); at most [`DEFAULT_MAX_CONNECTIONS`] are open at once, the oldest is
 //!   closed to admit a new one, and finished connections are reaped at every accept. So a flood of
 //!   idle connections cannot keep the browser's callback out.

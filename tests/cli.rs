@@ -83,7 +83,10 @@ impl Setup {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let url = loop {
             let line = tokio::time::timeout(WAIT, lines.next_line()).await;
-            let line = line.expect("no URL printed").unwrap().expect("stdout ended");
+            let line = line
+                .expect("no URL printed")
+                .unwrap()
+                .expect("stdout ended");
             if line.starts_with("http") {
                 break line;
             }
@@ -186,13 +189,19 @@ async fn login_no_browser_saves_a_0600_profile_and_status_json_shows_the_expiry_
     #[cfg(unix)]
     {
         assert_eq!(mode(&setup.tokens_file()), 0o600);
-        assert_eq!(mode(&setup.profile_dir().join("default.client.json")), 0o600);
+        assert_eq!(
+            mode(&setup.profile_dir().join("default.client.json")),
+            0o600
+        );
         assert_eq!(mode(&setup.profile_dir()), 0o700);
     }
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(setup.tokens_file()).unwrap()).unwrap();
     let refresh_token = setup.fake.current_refresh_token().unwrap();
-    assert_eq!(saved["refresh_token"].as_str(), Some(refresh_token.as_str()));
+    assert_eq!(
+        saved["refresh_token"].as_str(),
+        Some(refresh_token.as_str())
+    );
 
     let status = setup.run(&["status", "--json"]).await;
     assert!(status.status.success(), "{}", stderr(&status));
@@ -223,8 +232,16 @@ async fn token_twice_prints_the_same_token_with_one_token_call_and_refreshes_onc
     assert_eq!(stdout(&first), stdout(&second));
     let token = stdout(&first).trim_end().to_owned();
     assert!(token.starts_with("at-"), "{token}");
-    assert_eq!(stdout(&first), format!("{token}\n"), "stdout is the token only");
-    assert_eq!(setup.fake.token_calls(), 1, "one token call in all (the login)");
+    assert_eq!(
+        stdout(&first),
+        format!("{token}\n"),
+        "stdout is the token only"
+    );
+    assert_eq!(
+        setup.fake.token_calls(),
+        1,
+        "one token call in all (the login)"
+    );
 
     setup.expire_saved_token();
     let third = setup.run(&["token"]).await;
@@ -278,7 +295,11 @@ async fn a_revoked_grant_makes_token_exit_3_saying_to_run_login() {
     let output = setup.run(&["token"]).await;
 
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(stderr(&output).contains("nifty-auth login"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("nifty-auth login"),
+        "{}",
+        stderr(&output)
+    );
     assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
     assert_eq!(stdout(&output), "");
     assert_eq!(setup.fake.token_calls_for(Grant::RefreshToken), 1);
@@ -294,7 +315,11 @@ async fn a_stray_callback_with_a_wrong_state_does_not_stop_login_from_completing
         .await;
 
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(setup.fake.token_calls(), 1, "only the right code was exchanged");
+    assert_eq!(
+        setup.fake.token_calls(),
+        1,
+        "only the right code was exchanged"
+    );
     assert!(setup.tokens_file().exists());
 }
 
@@ -307,7 +332,11 @@ async fn a_missing_client_id_exits_2_naming_the_variable_and_never_prints_the_se
     let output = command.output().await.unwrap();
 
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("NIFTY_CLIENT_ID"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("NIFTY_CLIENT_ID"),
+        "{}",
+        stderr(&output)
+    );
     assert_no_secret(&output, &[SECRET]);
     assert_eq!(setup.fake.token_calls(), 0);
     assert!(!setup.profile_dir().exists());
@@ -369,7 +398,11 @@ async fn token_before_any_login_exits_3_and_usage_errors_exit_2() {
     let bad_flag = setup.run(&["token", "--no-such-flag"]).await;
 
     assert_eq!(token.status.code(), Some(3));
-    assert!(stderr(&token).contains("nifty-auth login"), "{}", stderr(&token));
+    assert!(
+        stderr(&token).contains("nifty-auth login"),
+        "{}",
+        stderr(&token)
+    );
     assert_eq!(bad_profile.status.code(), Some(2));
     assert_eq!(bad_flag.status.code(), Some(2));
     assert_eq!(setup.fake.token_calls(), 0);

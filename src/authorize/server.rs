@@ -27,7 +27,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default [`CallbackServer::max_connections`]: connections served at once; the oldest is
 /// closed to admit a new one.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
-/// The largest request head (request line and headers) read; a larger one is answered `431`.
+/// The cap on a connection's read buffer (hyper's `max_buf_size`): a request head that overflows it
+/// is answered `431` and the connection closed.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// A one-shot HTTP listener for the authorization redirect on a loopback address.
