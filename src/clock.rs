@@ -15,10 +15,7 @@ const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
 /// A pair of readings of the wall clock and tokio's clock taken at the same moment.
 #[derive(Clone, Copy, Debug)]
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "wired into the token cache next")
-)]
+#[cfg_attr(not(test), allow(dead_code, reason = "wired into the token cache next"))]
 pub(crate) struct Clock {
     wall: SystemTime,
     mono: Instant,

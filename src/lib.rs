@@ -98,8 +98,8 @@
 )]
 
 mod auth;
-pub mod authorize;
 mod clock;
+pub mod authorize;
 mod credentials;
 mod endpoint;
 mod error;
