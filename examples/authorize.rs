@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! NIFTY_CLIENT_ID=… NIFTY_CLIENT_SECRET=… cargo run --example authorize -- \
-//!     [--scope "project task"] [--port 8765] [--file nifty-tokens.json]
+//!     [--scope "project task"] [--port 8765] [--file nifty-tokens.json] [--pkce]
 //! cargo run --example authorize -- --fake      # against a fake Nifty on loopback, no browser needed
 //! ```
 //!
-//! Flags `--client-id` / `--client-secret` may replace the environment variables. The secret is never
-//! printed. Register `http://127.0.0.1:<port>/callback` as a redirect URI of your app in Nifty's App
-//! Center first.
+//! The client id and secret come from the environment only: a command line argument is visible to
+//! every local user (`ps`). The secret is never printed. Register `http://127.0.0.1:<port>/callback`
+//! as a redirect URI of your app in Nifty's App Center first. `--pkce` adds a PKCE challenge (S256);
+//! whether Nifty supports PKCE is not documented, so it is off by default. The `nifty-auth login`
+//! command (feature `cli`) is the complete version of this example.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +32,7 @@ struct Options {
     port: u16,
     file: PathBuf,
     fake: bool,
+    pkce: bool,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -42,19 +45,19 @@ fn options() -> Result<Options, BoxError> {
             std::env::var("NIFTY_TOKEN_FILE").unwrap_or_else(|_| DEFAULT_FILE.to_owned()),
         ),
         fake: false,
+        pkce: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "--client-id" => options.client_id = Some(value("--client-id")?),
-            "--client-secret" => options.client_secret = Some(value("--client-secret")?),
             "--scope" => options.scope = value("--scope")?,
             "--port" => options.port = value("--port")?.parse()?,
             "--file" => options.file = PathBuf::from(value("--file")?),
             "--fake" => options.fake = true,
+            "--pkce" => options.pkce = true,
             "-h" | "--help" => {
-                println!("usage: authorize [--fake] [--client-id ID] [--client-secret SECRET] [--scope \"project task\"] [--port 8765] [--file nifty-tokens.json]");
+                println!("usage: [NIFTY_CLIENT_ID=… NIFTY_CLIENT_SECRET=…] authorize [--fake] [--pkce] [--scope \"project task\"] [--port 8765] [--file nifty-tokens.json]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (try --help)").into()),
@@ -76,21 +79,20 @@ async fn main() -> Result<(), BoxError> {
     let (credentials, port) = match &fake {
         Some(fake) => (fake.credentials(), 0),
         None => {
-            let id = options
-                .client_id
-                .clone()
-                .ok_or("set NIFTY_CLIENT_ID (or --client-id)")?;
+            let id = options.client_id.clone().ok_or("set NIFTY_CLIENT_ID")?;
             let secret = options
                 .client_secret
                 .clone()
-                .ok_or("set NIFTY_CLIENT_SECRET (or --client-secret)")?;
+                .ok_or("set NIFTY_CLIENT_SECRET")?;
             (Credentials::new(id, secret), options.port)
         }
     };
 
     let server = CallbackServer::bind(&format!("http://127.0.0.1:{port}/callback")).await?;
-    let mut request = AuthorizationRequest::new(credentials.client_id(), server.redirect_uri())
-        .scopes(options.scope.split([' ', ',']).filter(|s| !s.is_empty()));
+    let mut request =
+        AuthorizationRequest::try_new(credentials.client_id(), server.redirect_uri())?
+            .pkce(options.pkce)
+            .scopes(options.scope.split([' ', ',']).filter(|s| !s.is_empty()));
     let mut builder = NiftyAuth::builder(credentials).store(FileStore::new(&options.file));
     if let Some(fake) = &fake {
         request = request.authorize_url(fake.authorize_url());
@@ -110,18 +112,14 @@ async fn main() -> Result<(), BoxError> {
     );
     let waiting = {
         let request = request.clone();
-        tokio::spawn(
-            async move { tokio::time::timeout(WAIT, server.wait_for_code(&request)).await },
-        )
+        tokio::spawn(async move { server.wait_for_code_within(&request, WAIT).await })
     };
     if fake.is_some() {
         play_browser(&request.url()).await?;
     }
-    let code = waiting
-        .await?
-        .map_err(|_| format!("no callback within {WAIT:?}"))??;
+    let code = waiting.await??;
 
-    let tokens = auth.exchange_code(code, request.redirect_uri()).await?;
+    let tokens = request.exchange(&auth, code).await?;
     println!(
         "Authorized (scope: {}). Tokens saved to {} (mode 0600).",
         tokens.scope().unwrap_or("-"),

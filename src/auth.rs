@@ -138,7 +138,7 @@ impl NiftyAuth {
         redirect_uri: impl Into<String>,
     ) -> Result<TokenSet, AuthError> {
         let current = Arc::clone(&self.shared.manager)
-            .exchange_code(code.into(), redirect_uri.into())
+            .exchange_code(code.into(), redirect_uri.into(), None)
             .await?;
         tokens_of(&current)
     }

@@ -5,11 +5,32 @@
 //! the app's registered redirect URI with `?code=…&state=…`. The code is then exchanged with
 //! [`NiftyAuth::exchange_code`](crate::NiftyAuth::exchange_code).
 //!
-//! - [`AuthorizationRequest`] builds the URL with a random, URL-safe `state` and checks the callback.
+//! - [`AuthorizationRequest`] builds the URL with a random, URL-safe `state` (22 base64url
+//!   characters, 132 bits from the OS generator) and checks the callback. [PKCE](https://www.rfc-editor.org/rfc/rfc7636)
+//!   (S256) is available with [`pkce(true)`](AuthorizationRequest::pkce) but **off by default**:
+//!   whether Nifty supports it is not documented (one public connector declares no PKCE support).
 //! - [`CallbackServer`] listens on a loopback redirect URI (e.g. `http://127.0.0.1:8765/callback`),
-//!   accepts exactly one callback, answers the browser with a short page and hands back the code.
+//!   waits for the one callback that carries the request's `state`, answers the browser with a short
+//!   page and hands back the code.
 //!
-//! `examples/authorize.rs` is a complete command built from these.
+//! # What the callback server tolerates
+//!
+//! Any web page the user has open can make the browser send requests to the loopback port, and any
+//! local process can connect to it. So the server never lets one stray request end the wait:
+//!
+//! - a request to another path, a callback with a wrong or missing `state`, or bytes that are not
+//!   HTTP get an error answer, and the server goes on waiting for the right callback (or the
+//!   deadline of [`wait_for_code_within`](CallbackServer::wait_for_code_within));
+//! - each connection must send its request head within a timeout
+//!   ([`DEFAULT_HEADER_READ_TIMEOUT`]), its read buffer is capped at [`MAX_REQUEST_HEAD_BYTES`],
+//!   every connection is closed after twice that timeout at the latest, and each is served
+//!   once (no keep-alive); at most [`DEFAULT_MAX_CONNECTIONS`] are open at once, the oldest is
+//!   closed to admit a new one, and finished connections are reaped at every accept. So a flood of
+//!   idle connections cannot keep the browser's callback out.
+//! - A `localhost` redirect URI is served on both `127.0.0.1` and `[::1]`, because browsers may try
+//!   either (the IPv6 listener is skipped where IPv6 is unavailable).
+//!
+//! `examples/authorize.rs` and the `nifty-auth login` command (feature `cli`) are built from these.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), nifty_auth::BoxError> {
@@ -21,41 +42,44 @@
 //!     .scopes(["project", "task"]);
 //! println!("Open this URL in your browser:\n{}", request.url());
 //!
-//! let code = server.wait_for_code(&request).await?;
+//! let code = server
+//!     .wait_for_code_within(&request, std::time::Duration::from_secs(300))
+//!     .await?;
 //! let auth = NiftyAuth::builder(Credentials::new("client-id", "client-secret"))
 //!     .store(FileStore::new("nifty-tokens.json"))
 //!     .build()?;
-//! auth.exchange_code(code, request.redirect_uri()).await?; // saved to nifty-tokens.json
+//! request.exchange(&auth, code).await?; // saved to nifty-tokens.json
 //! # Ok(()) }
 //! ```
 
-use std::convert::Infallible;
 use std::fmt;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use sha2::{Digest, Sha256};
+
+use crate::{AuthError, NiftyAuth, TokenSet};
+
+mod server;
+
+pub use server::{
+    CallbackServer, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_REQUEST_HEAD_BYTES,
+};
 
 /// Nifty's authorize page (on `nifty.pm`, not `niftypm.com`).
 pub const AUTHORIZE_URL: &str = "https://nifty.pm/authorize";
+
+/// The length of the random `state`: 22 base64url characters carry 132 bits, and stay short because
+/// Nifty is reported to truncate long `state` values.
+pub const STATE_LEN: usize = 22;
 
 /// Why the authorization step failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AuthorizeError {
     /// The callback's `state` does not match the request's: the callback was not caused by this
-    /// authorization (a forged or stale link). No code was exchanged. Start again.
+    /// authorization (a forged or stale link). [`CallbackServer`] ignores such callbacks and goes on
+    /// waiting; [`AuthorizationRequest::code_from_callback`] reports them with this error.
     StateMismatch,
     /// Nifty (or the user) refused: the callback carried `?error=…`.
     Denied {
@@ -69,8 +93,16 @@ pub enum AuthorizeError {
     /// The redirect URI cannot be listened on: it must be `http://127.0.0.1:PORT/path` (or
     /// `localhost`, `[::1]`).
     InvalidRedirectUri(String),
+    /// No callback with the right `state` arrived before the deadline.
+    TimedOut {
+        /// How long the server waited.
+        after: Duration,
+    },
+    /// The operating system's secure random generator failed, so no unguessable `state` (or PKCE
+    /// verifier) could be made. There is no fallback to a weaker generator.
+    Random(String),
     /// Listening or serving the callback failed.
-    Io(io::Error),
+    Io(std::io::Error),
 }
 
 impl fmt::Display for AuthorizeError {
@@ -78,7 +110,7 @@ impl fmt::Display for AuthorizeError {
         match self {
             AuthorizeError::StateMismatch => f.write_str(
                 "the callback's state does not match this authorization request (a stale or forged \
-                 link?): no code was exchanged; start the authorization again",
+                 link?): no code was exchanged",
             ),
             AuthorizeError::Denied { error, description } => {
                 write!(f, "the authorization was refused: {error}")?;
@@ -92,6 +124,14 @@ impl fmt::Display for AuthorizeError {
             }
             AuthorizeError::InvalidRedirectUri(reason) => {
                 write!(f, "unusable redirect URI: {reason}")
+            }
+            AuthorizeError::TimedOut { after } => write!(
+                f,
+                "no authorization callback within {} s: start the authorization again",
+                after.as_secs()
+            ),
+            AuthorizeError::Random(reason) => {
+                write!(f, "the OS random generator failed: {reason}")
             }
             AuthorizeError::Io(e) => write!(f, "callback listener failed: {e}"),
         }
@@ -107,8 +147,8 @@ impl std::error::Error for AuthorizeError {
     }
 }
 
-impl From<io::Error> for AuthorizeError {
-    fn from(e: io::Error) -> Self {
+impl From<std::io::Error> for AuthorizeError {
+    fn from(e: std::io::Error) -> Self {
         AuthorizeError::Io(e)
     }
 }
@@ -124,6 +164,7 @@ impl From<io::Error> for AuthorizeError {
 /// assert!(url.starts_with("https://nifty.pm/authorize?response_type=code&client_id=my-client"));
 /// assert!(url.contains("scope=project%20task"));
 /// assert!(url.contains(&format!("state={}", request.state())));
+/// assert!(!url.contains("code_challenge")); // PKCE is opt-in
 ///
 /// let callback = format!("code=abc&state={}", request.state());
 /// assert_eq!(request.code_from_callback(&callback).unwrap(), "abc");
@@ -136,19 +177,45 @@ pub struct AuthorizationRequest {
     redirect_uri: String,
     scopes: Vec<String>,
     state: String,
+    code_verifier: String,
+    pkce: bool,
 }
 
 impl AuthorizationRequest {
     /// A request for `client_id` redirecting to `redirect_uri`, with a fresh random `state`
-    /// (32 bytes from the OS's secure generator, base64url: only URL-safe characters).
+    /// ([`STATE_LEN`] base64url characters from the OS's secure generator).
+    ///
+    /// # Panics
+    /// If the OS's secure random generator fails (no weaker fallback is used). Use
+    /// [`try_new`](Self::try_new) to get that as an error.
     pub fn new(client_id: impl Into<String>, redirect_uri: impl Into<String>) -> Self {
-        AuthorizationRequest {
+        match Self::try_new(client_id, redirect_uri) {
+            Ok(request) => request,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`new`](Self::new), failing closed with [`AuthorizeError::Random`] when the OS's secure
+    /// random generator is unavailable.
+    ///
+    /// # Errors
+    /// [`AuthorizeError::Random`].
+    pub fn try_new(
+        client_id: impl Into<String>,
+        redirect_uri: impl Into<String>,
+    ) -> Result<Self, AuthorizeError> {
+        let mut verifier = [0u8; 32];
+        random_bytes(&mut verifier)?;
+        Ok(AuthorizationRequest {
             authorize_url: AUTHORIZE_URL.to_owned(),
             client_id: client_id.into(),
             redirect_uri: redirect_uri.into(),
             scopes: Vec::new(),
-            state: random_state(),
-        }
+            state: random_state()?,
+            // 32 random bytes: 43 characters, the shortest verifier RFC 7636 allows.
+            code_verifier: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(verifier),
+            pkce: false,
+        })
     }
 
     /// The scopes to ask for (sent space-separated), e.g. `["project", "task"]`.
@@ -167,6 +234,14 @@ impl AuthorizationRequest {
         self
     }
 
+    /// Whether to use PKCE (RFC 7636): the URL then carries `code_challenge` (S256) and
+    /// [`exchange`](Self::exchange) sends the matching `code_verifier`. Defaults to `false`: whether
+    /// Nifty supports PKCE is not documented, and a server without support may reject the request.
+    pub fn pkce(mut self, on: bool) -> Self {
+        self.pkce = on;
+        self
+    }
+
     /// The `state` the callback must return.
     pub fn state(&self) -> &str {
         &self.state
@@ -175,6 +250,17 @@ impl AuthorizationRequest {
     /// The redirect URI (pass the same one to `exchange_code`).
     pub fn redirect_uri(&self) -> &str {
         &self.redirect_uri
+    }
+
+    /// The PKCE `code_verifier` to send with the code, when PKCE is on. A secret until the exchange:
+    /// never log it.
+    pub fn code_verifier(&self) -> Option<&str> {
+        self.pkce.then_some(self.code_verifier.as_str())
+    }
+
+    /// The PKCE `code_challenge` (`BASE64URL(SHA256(verifier))`, method S256), when PKCE is on.
+    pub fn code_challenge(&self) -> Option<String> {
+        self.pkce.then(|| s256_challenge(&self.code_verifier))
     }
 
     /// The URL for the user to open.
@@ -188,6 +274,11 @@ impl AuthorizationRequest {
             query.append_pair("scope", &self.scopes.join(" "));
         }
         query.append_pair("state", &self.state);
+        if let Some(challenge) = self.code_challenge() {
+            query
+                .append_pair("code_challenge", &challenge)
+                .append_pair("code_challenge_method", "S256");
+        }
         // The serializer writes a space as `+`; `%20` survives every decoder (a literal `+` is `%2B`).
         let query = query.finish().replace('+', "%20");
         let separator = if self.authorize_url.contains('?') {
@@ -230,6 +321,30 @@ impl AuthorizationRequest {
         code.filter(|c| !c.is_empty())
             .ok_or(AuthorizeError::MissingCode)
     }
+
+    /// Exchanges the callback's `code` with `auth` (the authorization_code grant), sending this
+    /// request's redirect URI and, with PKCE on, its `code_verifier`. Otherwise the same as
+    /// [`NiftyAuth::exchange_code`]: the tokens are saved to the store and used from now on.
+    ///
+    /// # Errors
+    /// As [`NiftyAuth::exchange_code`]; a wrong verifier is an `invalid_grant`, so
+    /// [`AuthError::ReauthorizationRequired`].
+    pub async fn exchange(
+        &self,
+        auth: &NiftyAuth,
+        code: impl Into<String>,
+    ) -> Result<TokenSet, AuthError> {
+        let current = std::sync::Arc::clone(&auth.shared.manager)
+            .exchange_code(
+                code.into(),
+                self.redirect_uri.clone(),
+                self.code_verifier().map(str::to_owned),
+            )
+            .await?;
+        current.tokens.clone().ok_or_else(|| AuthError::Internal {
+            reason: "a token call published no token".to_owned(),
+        })
+    }
 }
 
 impl fmt::Debug for AuthorizationRequest {
@@ -239,199 +354,32 @@ impl fmt::Debug for AuthorizationRequest {
             .field("client_id", &self.client_id)
             .field("redirect_uri", &self.redirect_uri)
             .field("scopes", &self.scopes)
+            .field("pkce", &self.pkce)
             .finish_non_exhaustive()
     }
 }
 
-fn random_state() -> String {
-    let mut bytes = [0u8; 32];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        // No OS randomness (exotic platforms): fall back to a non-cryptographic source rather than fail.
-        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+/// `BASE64URL(SHA256(verifier))`, RFC 7636 §4.2.
+pub(crate) fn s256_challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+fn random_bytes(buf: &mut [u8]) -> Result<(), AuthorizeError> {
+    getrandom::getrandom(buf).map_err(|e| AuthorizeError::Random(e.to_string()))
+}
+
+/// [`STATE_LEN`] characters, each uniform over the 64 base64url characters (a byte's low 6 bits:
+/// 256 is a multiple of 64, so no bias): 132 bits.
+fn random_state() -> Result<String, AuthorizeError> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = [0u8; STATE_LEN];
+    random_bytes(&mut bytes)?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b & 63)]))
+        .collect())
 }
 
 fn printable(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
-}
-
-/// A one-shot HTTP listener for the authorization redirect on a loopback address.
-#[derive(Debug)]
-pub struct CallbackServer {
-    listener: TcpListener,
-    path: String,
-    redirect_uri: String,
-}
-
-impl CallbackServer {
-    /// Listens on the host and port of `redirect_uri`, which must be a loopback `http` URI such as
-    /// `http://127.0.0.1:8765/callback`. Port `0` picks a free port (see
-    /// [`redirect_uri`](Self::redirect_uri)); Nifty only redirects to registered URIs, so real use
-    /// needs the registered port.
-    ///
-    /// # Errors
-    /// [`AuthorizeError::InvalidRedirectUri`] for a non-loopback or non-http URI,
-    /// [`AuthorizeError::Io`] if the port cannot be bound.
-    pub async fn bind(redirect_uri: &str) -> Result<Self, AuthorizeError> {
-        let uri: Uri = redirect_uri
-            .parse()
-            .map_err(|e| AuthorizeError::InvalidRedirectUri(format!("`{redirect_uri}`: {e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(AuthorizeError::InvalidRedirectUri(format!(
-                "`{redirect_uri}` must use http (the callback is served on loopback)"
-            )));
-        }
-        let host = uri.host().unwrap_or_default();
-        let ip = match host {
-            "localhost" => "127.0.0.1",
-            "[::1]" => "::1",
-            other => other,
-        };
-        let ip: std::net::IpAddr = ip.parse().map_err(|_| {
-            AuthorizeError::InvalidRedirectUri(format!(
-                "`{redirect_uri}` must name a loopback address"
-            ))
-        })?;
-        if !ip.is_loopback() {
-            return Err(AuthorizeError::InvalidRedirectUri(format!(
-                "`{redirect_uri}` is not a loopback address"
-            )));
-        }
-        let port = uri.port_u16().unwrap_or(80);
-        let listener = TcpListener::bind(SocketAddr::new(ip, port)).await?;
-        let bound = listener.local_addr()?;
-        let path = uri.path().to_owned();
-        let redirect_uri = if port == 0 {
-            format!("http://{host}:{}{path}", bound.port())
-        } else {
-            redirect_uri.to_owned()
-        };
-        Ok(CallbackServer {
-            listener,
-            path,
-            redirect_uri,
-        })
-    }
-
-    /// The redirect URI to register and send (with the real port if `0` was asked for).
-    pub fn redirect_uri(&self) -> &str {
-        &self.redirect_uri
-    }
-
-    /// The address listened on.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Waits for the one callback for `request`, answers the browser, and returns the code.
-    ///
-    /// Requests to other paths (a browser's `/favicon.ico`) get 404 and are otherwise ignored. The
-    /// first request to the callback path ends the wait, successfully or not: a callback with the
-    /// wrong `state` is an error, not something to wait past. Wrap it in `tokio::time::timeout` to
-    /// bound the wait.
-    ///
-    /// # Errors
-    /// The [`AuthorizeError`] of [`AuthorizationRequest::code_from_callback`], or
-    /// [`AuthorizeError::Io`].
-    pub async fn wait_for_code(
-        self,
-        request: &AuthorizationRequest,
-    ) -> Result<String, AuthorizeError> {
-        let (tx, mut rx) = mpsc::channel::<Result<String, AuthorizeError>>(1);
-        let request = Arc::new(request.clone());
-        let path: Arc<str> = Arc::from(self.path.as_str());
-        // Only the first callback counts.
-        let done = Arc::new(Mutex::new(false));
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                result = rx.recv() => {
-                    connections.abort_all();
-                    return result.unwrap_or(Err(AuthorizeError::MissingCode));
-                }
-                accepted = self.listener.accept() => {
-                    let (stream, _) = accepted?;
-                    let (tx, request, path, done) = (tx.clone(), Arc::clone(&request), Arc::clone(&path), Arc::clone(&done));
-                    let service = service_fn(move |incoming: Request<Incoming>| {
-                        let answer = callback(&incoming, &request, &path, &done, &tx);
-                        async move { Ok::<_, Infallible>(answer) }
-                    });
-                    connections.spawn(async move {
-                        let _ = http1::Builder::new()
-                            .keep_alive(false)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Handles one request to the callback listener.
-fn callback(
-    incoming: &Request<Incoming>,
-    request: &AuthorizationRequest,
-    path: &str,
-    done: &Mutex<bool>,
-    tx: &mpsc::Sender<Result<String, AuthorizeError>>,
-) -> Response<Full<Bytes>> {
-    if incoming.method() != Method::GET || incoming.uri().path() != path {
-        return page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "This is not the authorization callback.",
-        );
-    }
-    {
-        let mut done = done.lock();
-        if *done {
-            return page(
-                StatusCode::GONE,
-                "Already handled",
-                "The authorization callback was already received.",
-            );
-        }
-        *done = true;
-    }
-    let result = request.code_from_callback(incoming.uri().query().unwrap_or_default());
-    let response = match &result {
-        Ok(_) => page(
-            StatusCode::OK,
-            "Authorized",
-            "nifty-auth received the authorization. You can close this tab.",
-        ),
-        Err(AuthorizeError::StateMismatch) => page(
-            StatusCode::BAD_REQUEST,
-            "Authorization rejected",
-            "The state does not match: this link was not made by the waiting command. Start again.",
-        ),
-        Err(AuthorizeError::Denied { .. }) => page(
-            StatusCode::OK,
-            "Authorization refused",
-            "Nifty did not authorize the app. You can close this tab.",
-        ),
-        Err(_) => page(
-            StatusCode::BAD_REQUEST,
-            "Authorization failed",
-            "The callback carried no code.",
-        ),
-    };
-    let _ = tx.try_send(result);
-    response
-}
-
-fn page(status: StatusCode, title: &str, text: &str) -> Response<Full<Bytes>> {
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-         <body style=\"font-family:sans-serif;margin:3em\"><h1>{title}</h1><p>{text}</p></body></html>"
-    );
-    let mut response = Response::new(Full::new(Bytes::from(html)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
 }

@@ -448,7 +448,9 @@ impl FakeNifty {
     /// fake's `client_id`, a `redirect_uri` and a `state` answers `302` to
     /// `redirect_uri?code=…&state=…` with a fresh one-time code (as if the user approved), or to
     /// `redirect_uri?error=access_denied&state=…` after [`FakeNifty::deny_next_authorization`].
-    /// A wrong client id or response type answers `400`.
+    /// A wrong client id or response type answers `400`. With a PKCE `code_challenge` (method
+    /// `S256` only; anything else answers `400`), the code's exchange must send the matching
+    /// `code_verifier` or gets `invalid_grant`; without one, no verifier is checked.
     pub fn authorize_url(&self) -> String {
         format!("{}{AUTHORIZE_PATH}", self.base_url())
     }
@@ -598,6 +600,8 @@ struct CodeState {
     grant: u64,
     redirect_uri: String,
     used: bool,
+    /// The PKCE `code_challenge` (S256) of the authorize request, if it sent one.
+    challenge: Option<String>,
 }
 
 struct AccessState {
@@ -682,6 +686,7 @@ impl State {
                 grant,
                 redirect_uri: redirect_uri.to_owned(),
                 used: false,
+                challenge: None,
             },
         );
         code
@@ -895,12 +900,20 @@ impl Inner {
         else {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
         };
+        // PKCE (RFC 7636): only S256 is accepted; the exchange must then prove the verifier.
+        let challenge = param("code_challenge").map(str::to_owned);
+        if challenge.is_some() && param("code_challenge_method") != Some("S256") {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+        }
         let mut query = form_urlencoded::Serializer::new(String::new());
         if std::mem::take(&mut st.deny_next_authorization) {
             query.append_pair("error", "access_denied");
             query.append_pair("error_description", "The user denied the request");
         } else {
             let code = st.issue_code(redirect_uri);
+            if let Some(state) = st.codes.get_mut(&code) {
+                state.challenge = challenge;
+            }
             query.append_pair("code", &code);
         }
         if let Some(state) = param("state") {
@@ -1044,7 +1057,9 @@ impl Inner {
         };
         match Grant::from_wire(grant_type) {
             Some(Grant::AuthorizationCode) => match param("code") {
-                Some(code) => self.exchange_code(code, param("redirect_uri")),
+                Some(code) => {
+                    self.exchange_code(code, param("redirect_uri"), param("code_verifier"))
+                }
                 None => oauth_error(StatusCode::BAD_REQUEST, "invalid_request"),
             },
             Some(Grant::RefreshToken) => match param("refresh_token") {
@@ -1076,7 +1091,12 @@ impl Inner {
             .is_some_and(|(id, secret)| id == self.client_id && secret == self.client_secret)
     }
 
-    fn exchange_code(&self, code: &str, redirect_uri: Option<&str>) -> Response<Full<Bytes>> {
+    fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: Option<&str>,
+        code_verifier: Option<&str>,
+    ) -> Response<Full<Bytes>> {
         let mut st = self.state.lock();
         let grant = match st.codes.get_mut(code) {
             None => return st.invalid_grant("unknown authorization code"),
@@ -1085,6 +1105,13 @@ impl Inner {
             }
             Some(state) if redirect_uri != Some(state.redirect_uri.as_str()) => {
                 return st.invalid_grant("redirect_uri does not match the authorization request")
+            }
+            Some(state)
+                if state.challenge.as_ref().is_some_and(|challenge| {
+                    code_verifier.map(crate::authorize::s256_challenge).as_ref() != Some(challenge)
+                }) =>
+            {
+                return st.invalid_grant("PKCE code_verifier does not match the code_challenge")
             }
             Some(state) => {
                 state.used = true;

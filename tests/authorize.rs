@@ -11,6 +11,8 @@ use http_body_util::BodyExt;
 use nifty_auth::authorize::{AuthorizationRequest, AuthorizeError, CallbackServer};
 use nifty_auth::testing::{FakeNifty, Grant};
 use nifty_auth::FileStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The browser: GETs `url`, follows one redirect; returns the final status and page.
 async fn browse(url: &str) -> (StatusCode, String) {
@@ -80,25 +82,29 @@ async fn authorize_exchange_and_save_with_a_browser_following_the_redirect() {
 }
 
 #[tokio::test]
-async fn a_callback_with_a_forged_state_is_rejected_and_nothing_is_exchanged() {
+async fn a_callback_with_a_wrong_or_missing_state_is_refused_and_the_right_one_still_succeeds() {
     let fake = FakeNifty::start().await.unwrap();
     let (server, request) = setup(&fake).await;
-    let callback = format!(
-        "{}?code={}&state=forged",
-        server.redirect_uri(),
-        fake.issue_code("x")
-    );
+    let stray_code = fake.issue_code("http://127.0.0.1/elsewhere");
+    let forged = format!("{}?code={stray_code}&state=forged", server.redirect_uri());
+    let stateless = format!("{}?code={stray_code}", server.redirect_uri());
     let waiting = {
         let request = request.clone();
         tokio::spawn(async move { server.wait_for_code(&request).await })
     };
 
-    let (status, page) = browse(&callback).await;
+    for stray in [forged, stateless] {
+        let (status, page) = browse(&stray).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(page.contains("state"), "{page}");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "a stray callback ended the wait");
 
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(page.contains("state"), "{page}");
-    let err = waiting.await.unwrap().unwrap_err();
-    assert!(matches!(err, AuthorizeError::StateMismatch), "{err}");
+    let (status, _) = browse(&request.url()).await;
+    assert_eq!(status, StatusCode::OK);
+    let code = waiting.await.unwrap().unwrap();
+    assert_ne!(code, stray_code);
     assert_eq!(fake.token_calls(), 0);
 }
 
@@ -165,7 +171,7 @@ fn the_authorize_url_has_every_parameter_and_a_url_safe_random_state() {
     );
     assert!(url.contains(&format!("state={}", a.state())), "{url}");
     assert_ne!(a.state(), b.state());
-    assert!(a.state().len() >= 32);
+    assert_eq!(a.state().len(), 22, "132 bits, short enough for Nifty");
     assert!(a
         .state()
         .chars()
@@ -185,4 +191,174 @@ async fn a_non_loopback_redirect_uri_is_refused() {
             "{uri}: {err}"
         );
     }
+}
+
+#[tokio::test]
+async fn non_http_bytes_get_an_error_answer_and_the_wait_goes_on() {
+    let fake = FakeNifty::start().await.unwrap();
+    let (server, request) = setup(&fake).await;
+    let addr = server.local_addr().unwrap();
+    let waiting = {
+        let request = request.clone();
+        tokio::spawn(async move { server.wait_for_code(&request).await })
+    };
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(!waiting.is_finished());
+
+    let (status, _) = browse(&request.url()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(waiting.await.unwrap().unwrap().starts_with("code-"));
+}
+
+#[tokio::test]
+async fn a_thousand_idle_connections_and_a_100_kib_header_do_not_keep_the_callback_out() {
+    let fake = FakeNifty::start().await.unwrap();
+    let (server, request) = setup(&fake).await;
+    let addr = server.local_addr().unwrap();
+    let waiting = {
+        let request = request.clone();
+        tokio::spawn(async move { server.wait_for_code(&request).await })
+    };
+
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut big = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /callback HTTP/1.1\r\nHost: {addr}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    // The server may close the connection before reading it all.
+    let _ = big.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), big.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    // Refused one way or another (431 when it overflows the read buffer, else the callback's 400
+    // for a missing state, or a closed connection), and it did not end the wait.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer}"
+    );
+    assert!(!waiting.is_finished());
+
+    let started = std::time::Instant::now();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), browse(&request.url()))
+        .await
+        .expect("the callback was kept out");
+    assert_eq!(status, StatusCode::OK);
+    assert!(waiting.await.unwrap().unwrap().starts_with("code-"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(idle);
+}
+
+#[tokio::test]
+async fn the_wait_ends_at_the_deadline_with_timed_out() {
+    let fake = FakeNifty::start().await.unwrap();
+    let (server, request) = setup(&fake).await;
+
+    let err = server
+        .wait_for_code_within(&request, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, AuthorizeError::TimedOut { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_localhost_redirect_uri_is_served_on_ipv4_and_ipv6() {
+    let fake = FakeNifty::start().await.unwrap();
+    let server = CallbackServer::bind("http://localhost:0/callback")
+        .await
+        .unwrap();
+    let addrs = server.local_addrs();
+    assert!(server.redirect_uri().starts_with("http://localhost:"));
+    assert!(addrs.iter().any(|a| a.is_ipv4()), "{addrs:?}");
+    let Some(v6) = addrs.iter().find(|a| a.is_ipv6()).copied() else {
+        eprintln!("no IPv6 loopback here: only 127.0.0.1 is served");
+        return;
+    };
+    let request = AuthorizationRequest::new(fake.client_id(), server.redirect_uri())
+        .authorize_url(fake.authorize_url());
+    let waiting = {
+        let request = request.clone();
+        tokio::spawn(async move { server.wait_for_code(&request).await })
+    };
+
+    // The browser resolved `localhost` to ::1.
+    let (status, _) = browse(&format!(
+        "http://[::1]:{}/callback?code=c-6&state={}",
+        v6.port(),
+        request.state()
+    ))
+    .await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(waiting.await.unwrap().unwrap(), "c-6");
+}
+
+#[tokio::test]
+async fn pkce_sends_an_s256_challenge_and_the_fake_checks_the_verifier() {
+    let fake = FakeNifty::start().await.unwrap();
+    let auth = builder(&fake).build().unwrap();
+
+    // With the verifier: the exchange succeeds.
+    let (server, request) = setup(&fake).await;
+    let request = request.pkce(true);
+    let url = request.url();
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    assert!(url.contains(&format!(
+        "code_challenge={}",
+        request.code_challenge().unwrap()
+    )));
+    assert_eq!(request.code_verifier().unwrap().len(), 43);
+    let waiting = {
+        let request = request.clone();
+        tokio::spawn(async move { server.wait_for_code(&request).await })
+    };
+    browse(&url).await;
+    let code = waiting.await.unwrap().unwrap();
+    request.exchange(&auth, code).await.unwrap();
+    let sent = fake.token_requests()[0].json.clone().unwrap();
+    assert_eq!(sent["code_verifier"].as_str(), request.code_verifier());
+
+    // Without it (or with another request's): invalid_grant, re-authorization required.
+    let (server, request) = setup(&fake).await;
+    let request = request.pkce(true);
+    let waiting = {
+        let request = request.clone();
+        tokio::spawn(async move { server.wait_for_code(&request).await })
+    };
+    browse(&request.url()).await;
+    let code = waiting.await.unwrap().unwrap();
+    let other = AuthorizationRequest::new(fake.client_id(), request.redirect_uri()).pkce(true);
+    let wrong = other.exchange(&auth, code.clone()).await.unwrap_err();
+    let missing = auth
+        .exchange_code(code, request.redirect_uri())
+        .await
+        .unwrap_err();
+
+    assert!(wrong.is_reauthorization_required(), "{wrong}");
+    assert!(missing.is_reauthorization_required(), "{missing}");
+    assert_eq!(fake.token_calls(), 3);
+    assert_eq!(fake.invalid_grants_served(), 2);
+}
+
+#[test]
+fn pkce_is_off_by_default() {
+    let request = AuthorizationRequest::new("id", "http://127.0.0.1:8765/callback");
+    assert!(request.code_verifier().is_none());
+    assert!(!request.url().contains("code_challenge"));
 }

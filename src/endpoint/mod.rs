@@ -39,6 +39,8 @@ pub(crate) enum Grant<'a> {
     AuthorizationCode {
         code: &'a str,
         redirect_uri: &'a str,
+        /// PKCE (RFC 7636): sent as `code_verifier` when the authorize request had a challenge.
+        code_verifier: Option<&'a str>,
     },
     RefreshToken {
         refresh_token: &'a str,
@@ -55,11 +57,21 @@ impl Grant<'_> {
 
     fn body(&self) -> Value {
         match self {
-            Grant::AuthorizationCode { code, redirect_uri } => json!({
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": redirect_uri,
-            }),
+            Grant::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => {
+                let mut body = json!({
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": redirect_uri,
+                });
+                if let Some(verifier) = code_verifier {
+                    body["code_verifier"] = json!(verifier);
+                }
+                body
+            }
             Grant::RefreshToken { refresh_token } => json!({
                 "grant_type": "refresh_token",
                 "refresh_token": refresh_token,

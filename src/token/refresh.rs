@@ -621,11 +621,13 @@ impl TokenManager {
         self: Arc<Self>,
         code: String,
         redirect_uri: String,
+        code_verifier: Option<String>,
     ) -> Result<Arc<Current>, AuthError> {
         self.spawn_exclusive(move |manager| async move {
             let grant = Grant::AuthorizationCode {
                 code: &code,
                 redirect_uri: &redirect_uri,
+                code_verifier: code_verifier.as_deref(),
             };
             let (result, _attempts) = manager
                 .endpoint()?
