@@ -143,6 +143,26 @@ impl NiftyAuth {
         tokens_of(&current)
     }
 
+    /// [`exchange_code`](Self::exchange_code) for an authorization request made with PKCE
+    /// (RFC 7636): also sends the request's `code_verifier`. See
+    /// [`AuthorizationRequest::pkce`](crate::authorize::AuthorizationRequest::pkce), whose
+    /// [`exchange`](crate::authorize::AuthorizationRequest::exchange) calls this.
+    ///
+    /// # Errors
+    /// As [`exchange_code`](Self::exchange_code); a wrong verifier is an `invalid_grant`, so
+    /// [`AuthError::ReauthorizationRequired`].
+    pub async fn exchange_code_with_verifier(
+        &self,
+        code: impl Into<String>,
+        redirect_uri: impl Into<String>,
+        code_verifier: impl Into<String>,
+    ) -> Result<TokenSet, AuthError> {
+        let current = Arc::clone(&self.shared.manager)
+            .exchange_code(code.into(), redirect_uri.into(), Some(code_verifier.into()))
+            .await?;
+        tokens_of(&current)
+    }
+
     /// A valid access token, refreshing first if the current one is expired or missing (through the
     /// same single flight as requests). Within the refresh skew it returns the current token and
     /// refreshes in the background.

@@ -334,16 +334,13 @@ impl AuthorizationRequest {
         auth: &NiftyAuth,
         code: impl Into<String>,
     ) -> Result<TokenSet, AuthError> {
-        let current = std::sync::Arc::clone(&auth.shared.manager)
-            .exchange_code(
-                code.into(),
-                self.redirect_uri.clone(),
-                self.code_verifier().map(str::to_owned),
-            )
-            .await?;
-        current.tokens.clone().ok_or_else(|| AuthError::Internal {
-            reason: "a token call published no token".to_owned(),
-        })
+        match self.code_verifier() {
+            Some(verifier) => {
+                auth.exchange_code_with_verifier(code, self.redirect_uri.as_str(), verifier)
+                    .await
+            }
+            None => auth.exchange_code(code, self.redirect_uri.as_str()).await,
+        }
     }
 }
 

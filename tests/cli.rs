@@ -262,7 +262,6 @@ async fn token_twice_prints_the_same_token_with_one_token_call_and_refreshes_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the FileStore lock (branch filestore)"]
 async fn two_token_processes_after_expiry_make_exactly_one_token_call() {
     let setup = Setup::new().await;
     assert!(setup.login().await.status.success());

@@ -232,6 +232,13 @@ impl Profile {
     /// The token manager for `token` and `api`: the profile's `FileStore`, the saved (or
     /// environment) credentials, and no access token with less than [`MIN_VALIDITY`] left.
     pub(crate) fn auth(&self) -> Result<NiftyAuth, Failure> {
+        if !self.tokens_path.exists() {
+            return Err(Failure::reauthorize(format!(
+                "profile `{}` is not logged in: run `{}`",
+                self.name,
+                self.login_command()
+            )));
+        }
         let saved = self.load_client()?;
         let credentials = self.credentials(saved.as_ref())?;
         let api_url = self.api_url(saved.as_ref());
