@@ -103,6 +103,7 @@ mod clock;
 mod credentials;
 mod endpoint;
 mod error;
+mod grants;
 mod layer;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
@@ -127,6 +128,7 @@ pub use auth::{
 pub use credentials::Credentials;
 pub use endpoint::MAX_TOKEN_RESPONSE_BYTES;
 pub use error::AuthError;
+pub use grants::{GrantId, NiftyGrants, MAX_GRANT_ID_BYTES};
 pub use layer::{
     NiftyAuthLayer, NiftyAuthService, ReplayableBody, ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
 };
@@ -137,7 +139,7 @@ pub use stats::Stats;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;
-pub use store::{FileStore, MemoryStore, StoreLock, TokenStore};
+pub use store::{FileStore, GrantStore, MemoryStore, StoreLock, TokenStore};
 pub use token::{TokenSet, MAX_EXPIRES_IN};
 
 /// The error type of [`NiftyAuthService`] and of [`TokenStore`] methods (tower's boxed error).

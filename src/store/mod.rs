@@ -54,11 +54,14 @@ use std::time::Duration;
 use crate::{BoxError, TokenSet};
 
 mod file;
+mod grant;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use file::FileStore;
+pub use grant::GrantStore;
+pub(crate) use grant::GrantView;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

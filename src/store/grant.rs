@@ -1,0 +1,148 @@
+//! [`GrantStore`]: token storage for many grants, one entry per [`GrantId`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{BoxFuture, StoreLock, TokenStore};
+use crate::grants::GrantId;
+use crate::token::TokenSet;
+use crate::BoxError;
+
+/// Persistent storage for the token sets of many grants: what a [`NiftyGrants`](crate::NiftyGrants)
+/// keeps its grants in. One entry (a file, a Redis key, a database row) per [`GrantId`].
+///
+/// Implemented by [`MemoryStore`](super::MemoryStore) (the default), [`FileStore`](super::FileStore)
+/// (one file per grant in a directory, see [`FileStore::directory`](super::FileStore::directory)) and
+/// `RedisStore` (one key and one lock per grant). The methods mirror [`TokenStore`]'s, with the grant
+/// they are about; their contract is the same (see the [module docs](super)): `lock` before a refresh
+/// (held until the new tokens are saved), `load` inside it, `save_locked` before the tokens are used.
+/// Grant ids come from your users: escape them before they become file names, keys or SQL (use
+/// parameters, never string-built SQL).
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use nifty_auth::store::{BoxFuture, GrantStore};
+/// use nifty_auth::{BoxError, GrantId, TokenSet};
+///
+/// /// A table with a row per grant (here: a map standing in for it).
+/// #[derive(Debug, Default)]
+/// struct Table(Mutex<HashMap<String, String>>);
+///
+/// impl GrantStore for Table {
+///     fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+///         Box::pin(async move {
+///             let row = self.0.lock().unwrap().get(grant.as_str()).cloned();
+///             Ok(row.map(|json| serde_json::from_str(&json)).transpose()?)
+///         })
+///     }
+///     fn save<'a>(&'a self, grant: &'a GrantId, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+///         Box::pin(async move {
+///             let json = serde_json::to_string(tokens)?;
+///             self.0.lock().unwrap().insert(grant.as_str().to_owned(), json);
+///             Ok(())
+///         })
+///     }
+///     fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+///         Box::pin(async move {
+///             self.0.lock().unwrap().remove(grant.as_str());
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+pub trait GrantStore: Send + Sync + 'static {
+    /// Reads `grant`'s token set; `Ok(None)` when nothing is stored for it.
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>>;
+
+    /// Durably stores `tokens` for `grant`, replacing what was there.
+    fn save<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Deletes `grant`'s token set (and anything else kept for it). Deleting a grant that is not
+    /// stored succeeds.
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Takes `grant`'s refresh lock, for stores shared by several processes; see
+    /// [`TokenStore::lock`]. The default takes no lock.
+    fn lock<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
+        let _ = (grant, max_hold);
+        Box::pin(async { Ok(StoreLock::none()) })
+    }
+
+    /// Saves while holding `grant`'s lock; see [`TokenStore::save_locked`]. The default calls
+    /// [`save`](Self::save).
+    fn save_locked<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        let _ = lock;
+        self.save(grant, tokens)
+    }
+}
+
+impl<T: GrantStore + ?Sized> GrantStore for Arc<T> {
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        (**self).load(grant)
+    }
+    fn save<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).save(grant, tokens)
+    }
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).remove(grant)
+    }
+    fn lock<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
+        (**self).lock(grant, max_hold)
+    }
+    fn save_locked<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).save_locked(grant, tokens, lock)
+    }
+}
+
+/// One grant of a [`GrantStore`], seen as a [`TokenStore`]: what each grant's token manager uses.
+#[derive(Clone)]
+pub(crate) struct GrantView {
+    pub(crate) store: Arc<dyn GrantStore>,
+    pub(crate) grant: GrantId,
+}
+
+impl TokenStore for GrantView {
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        self.store.load(&self.grant)
+    }
+    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.store.save(&self.grant, tokens)
+    }
+    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        self.store.lock(&self.grant, max_hold)
+    }
+    fn save_locked<'a>(
+        &'a self,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.store.save_locked(&self.grant, tokens, lock)
+    }
+}
