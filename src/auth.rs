@@ -9,12 +9,12 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 
 use crate::clock::Clock;
-use crate::endpoint::{self, Backoff, Endpoint, HttpClient};
+use crate::endpoint::{self, Backoff, Endpoint, HttpClient, Pressure};
 use crate::origin::Origins;
 use crate::store::{MemoryStore, TokenStore};
 use crate::stripe::STRIPES;
 use crate::token::cache::TokenCache;
-use crate::token::refresh::{TokenManager, Unauthorized, Want};
+use crate::token::refresh::{ManagerParts, TokenManager, Unauthorized, Want};
 use crate::{AuthError, BoxError, Credentials, NiftyAuthLayer, TokenSet};
 
 /// Nifty's token endpoint: the default [`Builder::token_url`].
@@ -72,7 +72,11 @@ pub(crate) struct ManagerHandle(pub(crate) Arc<TokenManager>);
 
 impl SharedAuth {
     fn new(manager: TokenManager, origins: Origins) -> Self {
-        let manager = Arc::new(manager);
+        Self::with_manager(Arc::new(manager), origins)
+    }
+
+    /// A handle on an existing manager (one grant of a `NiftyGrants`).
+    pub(crate) fn with_manager(manager: Arc<TokenManager>, origins: Origins) -> Self {
         SharedAuth {
             handles: std::array::from_fn(|_| Arc::new(ManagerHandle(Arc::clone(&manager)))),
             manager,
@@ -170,20 +174,7 @@ impl NiftyAuth {
     /// # Errors
     /// The refresh's [`AuthError`].
     pub async fn access_token(&self) -> Result<String, AuthError> {
-        let manager = &self.shared.manager;
-        if manager.header_now().is_some() {
-            let current = manager.cache.load();
-            if let Some(token) = current.access_token() {
-                return Ok(token.to_owned());
-            }
-        }
-        let current = Arc::clone(manager).token(Want::Usable).await?;
-        current
-            .access_token()
-            .map(str::to_owned)
-            .ok_or_else(|| AuthError::Internal {
-                reason: "a refresh published no token".to_owned(),
-            })
+        access_token_of(&self.shared.manager).await
     }
 
     /// Replaces the tokens, e.g. after the user authorized the app again: saves them to the store,
@@ -251,6 +242,17 @@ impl NiftyAuth {
     }
 }
 
+/// A valid access token of `manager`'s grant, refreshing first if needed.
+pub(crate) async fn access_token_of(manager: &Arc<TokenManager>) -> Result<String, AuthError> {
+    if manager.header_now().is_some() {
+        if let Some(token) = manager.cache.load().access_token() {
+            return Ok(token.to_owned());
+        }
+    }
+    let current = Arc::clone(manager).token(Want::Usable).await?;
+    tokens_of(&current).map(|tokens| tokens.access_token().to_owned())
+}
+
 fn header_and_generation(
     current: &crate::token::cache::Current,
 ) -> Result<(http::HeaderValue, u64), AuthError> {
@@ -314,13 +316,15 @@ impl PersonalTokenBuilder {
         tokens.validate()?;
         let cache = TokenCache::new(Duration::ZERO, Clock::new());
         cache.publish(tokens.clone())?;
-        let manager = TokenManager::new(
+        let manager = TokenManager::new(ManagerParts {
             cache,
-            None,
-            Arc::new(MemoryStore::with_tokens(tokens)),
-            None,
-            DEFAULT_UNAUTHORIZED_COOLDOWN,
-        );
+            endpoint: None,
+            store: Arc::new(MemoryStore::with_tokens(tokens)),
+            bootstrap_refresh_token: None,
+            unauthorized_cooldown: DEFAULT_UNAUTHORIZED_COOLDOWN,
+            counters: Arc::default(),
+            grant: None,
+        });
         Ok(NiftyAuth {
             shared: Arc::new(SharedAuth::new(manager, origins)),
         })
@@ -477,6 +481,27 @@ impl Builder {
     /// [`AuthError::Configuration`] for a token URL that is not an absolute http(s) URL, an https
     /// token URL without the `rustls` feature or a custom client, or a malformed allowed origin.
     pub fn build(self) -> Result<NiftyAuth, AuthError> {
+        let common = self.build_common(Arc::new(Pressure::default()))?;
+        let store = common
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>);
+        let manager = TokenManager::new(ManagerParts {
+            cache: TokenCache::new(common.refresh_skew, common.clock),
+            endpoint: Some(common.endpoint),
+            store,
+            bootstrap_refresh_token: common.refresh_token,
+            unauthorized_cooldown: common.unauthorized_cooldown,
+            counters: Arc::default(),
+            grant: None,
+        });
+        Ok(NiftyAuth {
+            shared: Arc::new(SharedAuth::new(manager, common.origins)),
+        })
+    }
+
+    /// Validates the settings and builds what every grant shares: the endpoint client (with
+    /// `pressure`) and the allowed origins.
+    pub(crate) fn build_common(self, pressure: Arc<Pressure>) -> Result<Common, AuthError> {
         let url = self
             .token_url
             .map_err(|e| AuthError::config(format!("the token URL is not a URL: {e}")))?;
@@ -513,21 +538,29 @@ impl Builder {
                 max: self.backoff_max,
             },
             clock,
+            pressure,
         )?;
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>);
-        let manager = TokenManager::new(
-            TokenCache::new(self.refresh_skew, clock),
-            Some(endpoint),
-            store,
-            self.refresh_token,
-            self.unauthorized_cooldown,
-        );
-        Ok(NiftyAuth {
-            shared: Arc::new(SharedAuth::new(manager, origins)),
+        Ok(Common {
+            endpoint: Arc::new(endpoint),
+            origins,
+            clock,
+            refresh_skew: self.refresh_skew,
+            unauthorized_cooldown: self.unauthorized_cooldown,
+            refresh_token: self.refresh_token,
+            store: self.store,
         })
     }
+}
+
+/// What [`Builder::build_common`] makes: the parts every grant of one client app shares.
+pub(crate) struct Common {
+    pub(crate) endpoint: Arc<Endpoint>,
+    pub(crate) origins: Origins,
+    pub(crate) clock: Clock,
+    pub(crate) refresh_skew: Duration,
+    pub(crate) unauthorized_cooldown: Duration,
+    pub(crate) refresh_token: Option<String>,
+    pub(crate) store: Option<Arc<dyn TokenStore>>,
 }
 
 impl fmt::Debug for Builder {

@@ -1,14 +1,20 @@
-//! The time expiry is judged by: wall time that never runs behind the monotonic clock.
+//! The time expiry is judged by: the monotonic clock, overruled by the wall clock when the wall clock
+//! is clearly ahead.
 //!
 //! A monotonic clock (`Instant`) stops while a laptop or VM sleeps, so a token that expired during the
 //! sleep would read as fresh after resume; the wall clock can be stepped backwards by NTP. Expiry is
-//! therefore judged by the *later* of the two views: [`Clock::now`] is `max(SystemTime::now(),
-//! anchor + elapsed on tokio's clock)`. Using tokio's clock for the monotonic view keeps tests that
-//! `tokio::time::pause()` and `advance()` working: an advance moves [`Clock::now`] forward too.
+//! therefore judged by the *later* of the two views: [`Clock::now`] is the anchor advanced by tokio's
+//! clock, or `SystemTime::now()` when that is more than [`WALL_TOLERANCE`] later (a suspend, a wall
+//! clock stepped forward). The tolerance keeps the monotonic view exact while the two agree — and
+//! keeps tests that `tokio::time::pause()` and `advance()` exact: an advance moves [`Clock::now`]
+//! forward by just that much, whatever the real time spent meanwhile.
 
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+
+/// How far the wall clock must run ahead of the monotonic view to overrule it.
+pub(crate) const WALL_TOLERANCE: Duration = Duration::from_secs(1);
 
 /// About thirty years: what an instant "never" is mapped to (`Instant + Duration::MAX` panics).
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
@@ -29,13 +35,19 @@ impl Clock {
         }
     }
 
-    /// Now: the later of the wall clock and the anchor advanced by tokio's clock.
+    /// Now: the anchor advanced by tokio's clock, or the wall clock when it is more than
+    /// [`WALL_TOLERANCE`] later.
     pub(crate) fn now(&self) -> SystemTime {
         let by_mono = self
             .wall
             .checked_add(self.mono.elapsed())
             .unwrap_or(self.wall);
-        SystemTime::now().max(by_mono)
+        let wall = SystemTime::now();
+        if wall > by_mono.checked_add(WALL_TOLERANCE).unwrap_or(by_mono) {
+            wall
+        } else {
+            by_mono
+        }
     }
 
     /// The tokio instant at which [`now`](Self::now) reaches `at` on the monotonic view.
@@ -62,7 +74,10 @@ mod tests {
         let before = clock.now();
         tokio::time::advance(Duration::from_secs(3600)).await;
         let after = clock.now();
-        assert!(after.duration_since(before).unwrap() >= Duration::from_secs(3599));
+        assert_eq!(
+            after.duration_since(before).unwrap(),
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]

@@ -128,7 +128,10 @@ pub use auth::{
 pub use credentials::Credentials;
 pub use endpoint::MAX_TOKEN_RESPONSE_BYTES;
 pub use error::AuthError;
-pub use grants::{GrantId, NiftyGrants, MAX_GRANT_ID_BYTES};
+pub use grants::{
+    GrantId, GrantsStats, NiftyGrants, NiftyGrantsBuilder, DEFAULT_MAX_CACHED_GRANTS,
+    DEFAULT_MAX_CONCURRENT_TOKEN_CALLS, MAX_GRANT_ID_BYTES,
+};
 pub use layer::{
     NiftyAuthLayer, NiftyAuthService, ReplayableBody, ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
 };

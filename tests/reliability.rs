@@ -314,7 +314,8 @@ async fn a_token_that_expired_while_the_monotonic_clock_stood_still_is_not_sent(
         .with_refresh_token(fake.issue_refresh_token())
         .with_expires_in(Duration::from_millis(1500));
     auth.set_tokens(short.clone()).await.unwrap();
-    std::thread::sleep(Duration::from_millis(1600));
+    // Past the expiry by more than the wall clock's one-second tolerance.
+    std::thread::sleep(Duration::from_millis(2700));
 
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);

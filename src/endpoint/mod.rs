@@ -8,6 +8,7 @@ mod backoff;
 mod classify;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -99,6 +100,52 @@ pub(crate) struct Endpoint {
     pub(crate) backoff: Backoff,
     /// What a token answer's `expires_in` counts from.
     clock: Clock,
+    /// Shared by every grant using this endpoint: the concurrency limit and the 429 backoff.
+    pressure: Arc<Pressure>,
+}
+
+/// Pressure on the token endpoint, shared by all the grants that call it: at most `limit` calls at
+/// once (the rest queue), and after a 429 no call before its `Retry-After` (capped by the backoff's
+/// maximum) — for every grant, not only the one that got it.
+#[derive(Debug, Default)]
+pub(crate) struct Pressure {
+    limit: Option<tokio::sync::Semaphore>,
+    not_before: parking_lot::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Pressure {
+    /// At most `max_calls` token calls at once.
+    pub(crate) fn limited(max_calls: usize) -> Self {
+        Pressure {
+            limit: Some(tokio::sync::Semaphore::new(max_calls.max(1))),
+            not_before: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Waits for a 429's backoff to pass, then for a free call slot.
+    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        loop {
+            let not_before = *self.not_before.lock();
+            match not_before {
+                Some(at) if tokio::time::Instant::now() < at => tokio::time::sleep_until(at).await,
+                _ => break,
+            }
+        }
+        match &self.limit {
+            // The semaphore is never closed.
+            Some(limit) => limit.acquire().await.ok(),
+            None => None,
+        }
+    }
+
+    /// A 429: nobody calls for `pause`.
+    fn rate_limited(&self, pause: Duration) {
+        let until = instant_after(tokio::time::Instant::now(), pause);
+        let mut not_before = self.not_before.lock();
+        if not_before.is_none_or(|at| at < until) {
+            *not_before = Some(until);
+        }
+    }
 }
 
 impl Endpoint {
@@ -109,6 +156,7 @@ impl Endpoint {
         timeout: Duration,
         backoff: Backoff,
         clock: Clock,
+        pressure: Arc<Pressure>,
     ) -> Result<Self, AuthError> {
         let basic = credentials.basic_header().ok_or_else(|| {
             AuthError::config("the client credentials cannot be sent in a Basic header")
@@ -121,6 +169,7 @@ impl Endpoint {
             timeout,
             backoff,
             clock,
+            pressure,
         })
     }
 
@@ -145,10 +194,12 @@ impl Endpoint {
         let body = Bytes::from(grant.body().to_string());
         let mut attempt = 1;
         loop {
-            let failure = match self
+            let turn = self.pressure.turn().await;
+            let outcome = self
                 .attempt(grant, body.clone(), previous_refresh_token)
-                .await
-            {
+                .await;
+            drop(turn);
+            let failure = match outcome {
                 Ok(tokens) => {
                     counters.token_call(Ok(()));
                     return (Ok(tokens), attempt);
@@ -158,10 +209,14 @@ impl Endpoint {
                     failure
                 }
             };
+            let delay = self.backoff.delay(attempt, failure.retry_after);
+            if failure.error.status() == Some(http::StatusCode::TOO_MANY_REQUESTS) {
+                // Slow every grant down, not only this one.
+                self.pressure.rate_limited(delay);
+            }
             if !failure.retry || !self.backoff.allows_retry_after(attempt) {
                 return (Err(failure.error), attempt);
             }
-            let delay = self.backoff.delay(attempt, failure.retry_after);
             crate::trace::debug!(
                 grant = grant.name(),
                 attempt,
@@ -338,6 +393,7 @@ mod tests {
             timeout,
             backoff,
             Clock::new(),
+            Arc::default(),
         )
         .expect("endpoint");
         (endpoint, calls)

@@ -1,11 +1,430 @@
 //! Many grants in one process: [`NiftyGrants`] and [`GrantId`].
+//!
+//! A multi-tenant app (a SaaS product, an automation platform, an assistant) connects each customer's
+//! Nifty workspace as its own grant. [`NiftyGrants`] serves all of them with one shared machinery:
+//! one client app ([`Credentials`]), one token endpoint client with one concurrency limit and one 429
+//! backoff, one store ([`GrantStore`]: a file, a Redis key, a database row per grant), and a bounded
+//! cache of per-grant token managers — each the same single-grant machinery as [`NiftyAuth`]: single
+//! flight, refresh ahead, retry once on 401, save-before-use rotation, a latch on `invalid_grant` that
+//! affects only its grant.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+
+use crate::auth::{access_token_of, Builder, NiftyAuth, SharedAuth};
+use crate::clock::Clock;
+use crate::credentials::Credentials;
+use crate::endpoint::{Endpoint, Pressure};
+use crate::error::AuthError;
+use crate::origin::Origins;
+use crate::stats::{Counters, Stats};
+use crate::store::{GrantStore, GrantView, MemoryStore};
+use crate::token::cache::TokenCache;
+use crate::token::refresh::{ManagerParts, TokenManager};
+use crate::token::TokenSet;
+use crate::BoxError;
 
 mod id;
+mod latches;
+mod registry;
 
-#[allow(unused_imports, reason = "used by the registry next")]
-pub(crate) use id::BuildGrantIdHasher;
 pub use id::{GrantId, MAX_GRANT_ID_BYTES};
+pub(crate) use latches::Latches;
+use registry::Registry;
 
-/// Many grants of one Nifty app (being built).
-#[derive(Debug)]
-pub struct NiftyGrants {}
+/// The default [`NiftyGrantsBuilder::max_cached_grants`].
+pub const DEFAULT_MAX_CACHED_GRANTS: usize = 10_000;
+/// The default [`NiftyGrantsBuilder::max_concurrent_token_calls`].
+pub const DEFAULT_MAX_CONCURRENT_TOKEN_CALLS: usize = 8;
+
+/// The tokens of many grants of one Nifty app, for multi-tenant servers.
+///
+/// Cheap to clone (an `Arc`). Each grant — a connected workspace, keyed by a [`GrantId`] of your
+/// choosing — keeps the guarantees of a single [`NiftyAuth`]: exactly one token call per grant however
+/// many of its requests need a new token, refresh ahead of expiry, retry once on 401, rotated tokens
+/// saved before use, and a "re-authorization required" latch that affects only that grant. On top:
+///
+/// - **Bounded memory**: at most [`max_cached_grants`](NiftyGrantsBuilder::max_cached_grants)
+///   grants' tokens in memory; idle grants are evicted and reloaded from the store on their next
+///   request. A grant whose refresh is running, whose rotated tokens wait unsaved, or that a request
+///   or handle still uses is never evicted.
+/// - **Bounded pressure on the token endpoint**: at most
+///   [`max_concurrent_token_calls`](NiftyGrantsBuilder::max_concurrent_token_calls) token calls at
+///   once across all grants; a 429 slows every grant down; refresh-ahead points are spread with
+///   jitter, so grants issued together do not all refresh in the same second.
+/// - **Who must reconnect**: [`reauthorization_required`](Self::reauthorization_required) and
+///   [`on_reauthorization_required`](NiftyGrantsBuilder::on_reauthorization_required).
+///
+/// ```
+/// # #[cfg(feature = "testing")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), nifty_auth::BoxError> {
+/// use nifty_auth::testing::FakeNifty;
+/// use nifty_auth::{GrantId, NiftyGrants};
+///
+/// let nifty = FakeNifty::start().await?;
+/// let grants = NiftyGrants::builder(nifty.credentials())
+///     .token_url(nifty.token_url().as_str())
+///     .build()?;
+///
+/// // Once per workspace, after its admin authorized your app:
+/// let acme = GrantId::new("acme")?;
+/// let redirect = "https://app.example/nifty/callback";
+/// grants.exchange_code(&acme, nifty.issue_code(redirect), redirect).await?;
+///
+/// let token = grants.access_token(&acme).await?;
+/// assert!(!token.is_empty());
+/// # Ok(()) }
+/// # #[cfg(not(feature = "testing"))]
+/// # fn main() {}
+/// ```
+#[derive(Clone)]
+pub struct NiftyGrants {
+    pub(crate) shared: Arc<GrantsShared>,
+}
+
+/// What every clone of a [`NiftyGrants`] shares.
+pub(crate) struct GrantsShared {
+    endpoint: Arc<Endpoint>,
+    pub(crate) origins: Origins,
+    clock: Clock,
+    refresh_skew: Duration,
+    unauthorized_cooldown: Duration,
+    store: Arc<dyn GrantStore>,
+    registry: Registry,
+    latches: Arc<Latches>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl GrantsShared {
+    /// The token manager of `grant`: the cached one, or a new one (no I/O: its first refresh loads
+    /// the grant from the store).
+    #[inline]
+    pub(crate) fn manager(&self, grant: &GrantId) -> Arc<TokenManager> {
+        self.registry
+            .get_or_insert_with(grant, || self.new_manager(grant))
+    }
+
+    fn new_manager(&self, grant: &GrantId) -> TokenManager {
+        TokenManager::new(ManagerParts {
+            cache: TokenCache::new(self.refresh_skew, self.clock).with_jitter(),
+            endpoint: Some(Arc::clone(&self.endpoint)),
+            store: Arc::new(GrantView {
+                store: Arc::clone(&self.store),
+                grant: grant.clone(),
+            }),
+            bootstrap_refresh_token: None,
+            unauthorized_cooldown: self.unauthorized_cooldown,
+            counters: Arc::clone(&self.counters),
+            grant: Some((grant.clone(), Arc::clone(&self.latches))),
+        })
+    }
+}
+
+impl NiftyGrants {
+    /// Starts configuring the grants of the Nifty app with these client credentials.
+    pub fn builder(credentials: Credentials) -> NiftyGrantsBuilder {
+        NiftyGrantsBuilder {
+            inner: NiftyAuth::builder(credentials),
+            store: None,
+            max_cached_grants: DEFAULT_MAX_CACHED_GRANTS,
+            max_concurrent_token_calls: DEFAULT_MAX_CONCURRENT_TOKEN_CALLS,
+            on_reauthorization_required: None,
+        }
+    }
+
+    /// Runs the authorization_code grant for `grant` (its workspace admin just authorized your app):
+    /// exchanges the `code` for tokens, saves them to the store under `grant` and uses them from now
+    /// on, lifting the grant's "re-authorization required" latch. Runs in its own task: if the caller
+    /// is dropped, the tokens are still saved.
+    ///
+    /// # Errors
+    /// [`AuthError::ReauthorizationRequired`] for a bad or used code; any other [`AuthError`] from the
+    /// token endpoint or the store (a failed save keeps the tokens for the next attempt to save).
+    pub async fn exchange_code(
+        &self,
+        grant: &GrantId,
+        code: impl Into<String>,
+        redirect_uri: impl Into<String>,
+    ) -> Result<TokenSet, AuthError> {
+        self.grant(grant)
+            .exchange_code(code.into(), redirect_uri.into())
+            .await
+    }
+
+    /// Replaces `grant`'s tokens (e.g. tokens you obtained yourself): saves them under `grant`, uses
+    /// them from now on, and lifts the grant's latch.
+    ///
+    /// # Errors
+    /// As [`NiftyAuth::set_tokens`].
+    pub async fn set_tokens(&self, grant: &GrantId, tokens: TokenSet) -> Result<(), AuthError> {
+        self.grant(grant).set_tokens(tokens).await
+    }
+
+    /// A valid access token of `grant`, refreshing first if needed (through the grant's single
+    /// flight, the shared concurrency limit and 429 backoff).
+    ///
+    /// # Errors
+    /// The refresh's [`AuthError`]; [`AuthError::ReauthorizationRequired`] for a grant the store
+    /// does not know.
+    pub async fn access_token(&self, grant: &GrantId) -> Result<String, AuthError> {
+        access_token_of(&self.shared.manager(grant)).await
+    }
+
+    /// Forgets `grant` and deletes it from the store: waits for its running refresh, drops its
+    /// tokens from memory, deletes its entry from the store (under its lock), and lifts its latch.
+    /// Requests for it fail with [`AuthError::ReauthorizationRequired`] until it is authorized again.
+    ///
+    /// # Errors
+    /// [`AuthError::Store`] if the store cannot delete it (the grant is forgotten in memory anyway).
+    pub async fn remove(&self, grant: &GrantId) -> Result<(), AuthError> {
+        let shared = &self.shared;
+        let retired = shared.registry.get(grant);
+        if let Some(manager) = &retired {
+            Arc::clone(manager).retire().await?;
+        }
+        let store = Arc::clone(&shared.store);
+        let id = grant.clone();
+        let max_hold = shared
+            .endpoint
+            .timeout
+            .saturating_add(Duration::from_secs(10));
+        let result = async move {
+            let lock = store.lock(&id, max_hold).await?;
+            let removed = store.remove(&id).await;
+            lock.release().await;
+            removed
+        }
+        .await
+        .map_err(AuthError::store);
+        if let Some(manager) = &retired {
+            shared.registry.remove_if(grant, manager);
+        }
+        shared.latches.lifted(grant);
+        result
+    }
+
+    /// A single-grant handle on `grant`, sharing this machinery (cache, single flight, store, limits):
+    /// its [`layer`](NiftyAuth::layer) and middleware authenticate every request as `grant`.
+    pub fn grant(&self, grant: &GrantId) -> NiftyAuth {
+        NiftyAuth {
+            shared: Arc::new(SharedAuth::with_manager(
+                self.shared.manager(grant),
+                self.shared.origins.clone(),
+            )),
+        }
+    }
+
+    /// The grants whose token endpoint said they are dead (`invalid_grant`, 401, 403): show
+    /// "reconnect Nifty" to their owners. Sorted. A grant leaves the list when it is authorized again
+    /// (`exchange_code`, `set_tokens`) or removed.
+    pub fn reauthorization_required(&self) -> Vec<GrantId> {
+        self.shared.latches.grants()
+    }
+
+    /// How many grants' tokens are in memory now (at most
+    /// [`max_cached_grants`](NiftyGrantsBuilder::max_cached_grants) while nothing pins more).
+    pub fn cached_grants(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Counters over all grants: token calls by outcome, refreshes, 401 retries, requests; and the
+    /// cache: grants cached, evicted, needing re-authorization.
+    pub fn stats(&self) -> GrantsStats {
+        GrantsStats {
+            totals: self.shared.counters.snapshot(),
+            cached_grants: self.shared.registry.len(),
+            evictions: self.shared.registry.evictions(),
+            reauthorization_required: self.shared.latches.len(),
+        }
+    }
+
+    /// Whether the bearer token may be attached to a request for `uri`.
+    pub fn is_allowed(&self, uri: &Uri) -> bool {
+        self.shared.origins.allows(uri)
+    }
+}
+
+impl fmt::Debug for NiftyGrants {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NiftyGrants")
+            .field("endpoint", &self.shared.endpoint)
+            .field("allowed_origins", &self.shared.origins)
+            .field("registry", &self.shared.registry)
+            .field("latches", &self.shared.latches)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of [`NiftyGrants::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GrantsStats {
+    /// The counters of every grant, added up.
+    pub totals: Stats,
+    /// Grants whose tokens are in memory.
+    pub cached_grants: usize,
+    /// Grants evicted from memory so far (their tokens stay in the store).
+    pub evictions: u64,
+    /// Grants that need re-authorization.
+    pub reauthorization_required: usize,
+}
+
+/// Configures a [`NiftyGrants`]; made by [`NiftyGrants::builder`].
+///
+/// Every setting has a default; only the credentials are required.
+pub struct NiftyGrantsBuilder {
+    inner: Builder,
+    store: Option<Arc<dyn GrantStore>>,
+    max_cached_grants: usize,
+    max_concurrent_token_calls: usize,
+    on_reauthorization_required: Option<latches::Callback>,
+}
+
+impl NiftyGrantsBuilder {
+    /// The token endpoint. Defaults to [`DEFAULT_TOKEN_URL`](crate::DEFAULT_TOKEN_URL); see
+    /// [`Builder::token_url`].
+    pub fn token_url<U>(mut self, url: U) -> Self
+    where
+        U: TryInto<Uri>,
+        U::Error: fmt::Display,
+    {
+        self.inner = self.inner.token_url(url);
+        self
+    }
+
+    /// The origins the bearer tokens may be sent to. Defaults to the token URL's origin; see
+    /// [`Builder::allowed_origins`].
+    pub fn allowed_origins<I, T>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.inner = self.inner.allowed_origins(origins);
+        self
+    }
+
+    /// Refresh this long before a token expires (each grant's point is spread with jitter up to
+    /// twice as early, clamped to half the token's life). Defaults to
+    /// [`DEFAULT_REFRESH_SKEW`](crate::DEFAULT_REFRESH_SKEW).
+    pub fn refresh_skew(mut self, skew: Duration) -> Self {
+        self.inner = self.inner.refresh_skew(skew);
+        self
+    }
+
+    /// Where the grants' tokens are kept: any [`GrantStore`] (`MemoryStore`,
+    /// [`FileStore::directory`](crate::FileStore::directory), `RedisStore`, your own). Defaults to a
+    /// [`MemoryStore`].
+    pub fn store(mut self, store: impl GrantStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// At most this many grants' tokens in memory; idle grants beyond it are evicted (and reloaded
+    /// from the store when next used). At least 1. Defaults to [`DEFAULT_MAX_CACHED_GRANTS`].
+    pub fn max_cached_grants(mut self, max: usize) -> Self {
+        self.max_cached_grants = max.max(1);
+        self
+    }
+
+    /// At most this many token calls at once across all grants; the rest queue. At least 1.
+    /// Defaults to [`DEFAULT_MAX_CONCURRENT_TOKEN_CALLS`].
+    pub fn max_concurrent_token_calls(mut self, max: usize) -> Self {
+        self.max_concurrent_token_calls = max.max(1);
+        self
+    }
+
+    /// Called once when a grant needs re-authorization (its token endpoint answered
+    /// `invalid_grant`, 401 or 403): e.g. mark the workspace "reconnect Nifty" in your database.
+    /// Runs inside the refresh task: keep it quick and non-blocking.
+    pub fn on_reauthorization_required<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&GrantId, &AuthError) + Send + Sync + 'static,
+    {
+        self.on_reauthorization_required = Some(Arc::new(callback));
+        self
+    }
+
+    /// The timeout of one token call; see [`Builder::token_timeout`].
+    pub fn token_timeout(mut self, timeout: Duration) -> Self {
+        self.inner = self.inner.token_timeout(timeout);
+        self
+    }
+
+    /// Calls per refresh on transient failures; see [`Builder::token_attempts`].
+    pub fn token_attempts(mut self, attempts: u32) -> Self {
+        self.inner = self.inner.token_attempts(attempts);
+        self
+    }
+
+    /// The backoff between those calls; see [`Builder::token_backoff`].
+    pub fn token_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.inner = self.inner.token_backoff(base, max);
+        self
+    }
+
+    /// The 401 cooldown; see [`Builder::unauthorized_cooldown`].
+    pub fn unauthorized_cooldown(mut self, cooldown: Duration) -> Self {
+        self.inner = self.inner.unauthorized_cooldown(cooldown);
+        self
+    }
+
+    /// The HTTP client for token calls; see [`Builder::http_client`].
+    pub fn http_client<S, RB>(mut self, client: S) -> Self
+    where
+        S: tower_service::Service<Request<Full<Bytes>>, Response = Response<RB>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        self.inner = self.inner.http_client(client);
+        self
+    }
+
+    /// Builds the grants. No I/O happens here.
+    ///
+    /// # Errors
+    /// As [`Builder::build`].
+    pub fn build(self) -> Result<NiftyGrants, AuthError> {
+        let pressure = Arc::new(Pressure::limited(self.max_concurrent_token_calls));
+        let common = self.inner.build_common(pressure)?;
+        Ok(NiftyGrants {
+            shared: Arc::new(GrantsShared {
+                endpoint: common.endpoint,
+                origins: common.origins,
+                clock: common.clock,
+                refresh_skew: common.refresh_skew,
+                unauthorized_cooldown: common.unauthorized_cooldown,
+                store: self
+                    .store
+                    .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn GrantStore>),
+                registry: Registry::new(self.max_cached_grants),
+                latches: Arc::new(Latches::new(self.on_reauthorization_required)),
+                counters: Arc::default(),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for NiftyGrantsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NiftyGrantsBuilder")
+            .field("inner", &self.inner)
+            .field("max_cached_grants", &self.max_cached_grants)
+            .field(
+                "max_concurrent_token_calls",
+                &self.max_concurrent_token_calls,
+            )
+            .finish_non_exhaustive()
+    }
+}

@@ -13,7 +13,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::TokenSet;
-use crate::clock::Clock;
+use crate::clock::{Clock, WALL_TOLERANCE};
 use crate::error::AuthError;
 use crate::stripe::{self, STRIPES};
 
@@ -32,11 +32,12 @@ pub(crate) struct Current {
     pub(crate) generation: u64,
     /// From here on, requests still use the token but start a background refresh (tokio's clock)…
     pub(crate) refresh_at: Instant,
-    /// …or from here on, by the wall clock, whichever comes first (see [`Clock`]).
+    /// …or from here on by the wall clock (plus its tolerance), whichever comes first (see [`Clock`]).
     refresh_at_wall: SystemTime,
     /// From here on (tokio's clock), the token is never sent…
     pub(crate) expires_at: Instant,
-    /// …nor from here on by the wall clock (which keeps running while the machine sleeps).
+    /// …nor from here on by the wall clock (plus its tolerance), which keeps running while the
+    /// machine sleeps.
     expires_at_wall: SystemTime,
     /// When this token was published (a 401 storm guard: a young token rejected twice is not
     /// refreshed again until it has aged).
@@ -103,6 +104,12 @@ impl Current {
     }
 }
 
+/// A wall-clock deadline as the hot path compares it: the wall clock overrules the monotonic one
+/// only when it is more than [`WALL_TOLERANCE`] ahead (see [`Clock::now`]).
+fn tolerant(at: SystemTime) -> SystemTime {
+    at.checked_add(WALL_TOLERANCE).unwrap_or(at)
+}
+
 /// Header bytes whose owner (and so whose reference count, kept beside it by
 /// [`Bytes::from_owner`]) sits alone in a 128-byte-aligned block.
 #[repr(align(128))]
@@ -134,6 +141,9 @@ pub(crate) struct TokenCache {
     current: Arc<ArcSwap<Current>>,
     skew: Duration,
     clock: Clock,
+    /// Spread refresh points: the skew is drawn from `[skew, 2 × skew)` per token, so grants issued
+    /// together do not all refresh in the same second.
+    jitter: bool,
 }
 
 impl TokenCache {
@@ -142,7 +152,22 @@ impl TokenCache {
             current: Arc::new(ArcSwap::from_pointee(Current::empty())),
             skew,
             clock,
+            jitter: false,
         }
+    }
+
+    /// Spreads refresh points with jitter (many grants).
+    pub(crate) fn with_jitter(mut self) -> Self {
+        self.jitter = true;
+        self
+    }
+
+    /// Forgets the current token (a removed grant): requests wait for a refresh, which fails.
+    pub(crate) fn clear(&self) {
+        let previous = self.current.load();
+        let mut empty = Current::empty();
+        empty.generation = previous.generation.saturating_add(1);
+        self.current.store(Arc::new(empty));
     }
 
     /// The hot-path read through the shared `ArcSwap`.
@@ -191,9 +216,9 @@ impl TokenCache {
             headers: Some(headers),
             generation: previous.generation.saturating_add(1),
             refresh_at: self.clock.instant_at(refresh_at_wall),
-            refresh_at_wall,
+            refresh_at_wall: tolerant(refresh_at_wall),
             expires_at: self.clock.instant_at(expires_at_wall),
-            expires_at_wall,
+            expires_at_wall: tolerant(expires_at_wall),
             published_at: Instant::now(),
             tokens: Some(tokens),
         });

@@ -21,6 +21,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use super::TokenSet;
 use crate::clock::instant_after;
 use crate::endpoint::{Endpoint, Grant};
 use crate::error::AuthError;
+use crate::grants::{GrantId, Latches};
 use crate::stats::Counters;
 use crate::store::{StoreLock, TokenStore};
 use crate::trace;
@@ -108,19 +110,37 @@ struct State {
     rejected: Option<u64>,
 }
 
-/// The token manager: the current token, the store, the endpoint and the single-flight state.
+/// The token manager of one grant: the current token, the store, the endpoint and the single-flight
+/// state.
 pub(crate) struct TokenManager {
     pub(crate) cache: TokenCache,
-    /// `None` for a personal access token: nothing to refresh with.
-    pub(crate) endpoint: Option<Endpoint>,
+    /// `None` for a personal access token: nothing to refresh with. Shared by every grant of a
+    /// `NiftyGrants` (with its concurrency limit and 429 backoff).
+    pub(crate) endpoint: Option<Arc<Endpoint>>,
     pub(crate) store: Arc<dyn TokenStore>,
     bootstrap_refresh_token: Option<String>,
     /// A token rejected twice within this long of being obtained is not refreshed again for a 401.
     unauthorized_cooldown: Duration,
+    /// Which grant of a `NiftyGrants` this is, and where its latch is reported.
+    pub(crate) grant: Option<(GrantId, Arc<Latches>)>,
     state: Mutex<State>,
-    pub(crate) counters: Counters,
+    /// Shared by every grant of a `NiftyGrants`.
+    pub(crate) counters: Arc<Counters>,
     /// Serializes everything that changes the tokens: refreshes, `set_tokens`, `exchange_code`.
     gate: tokio::sync::Mutex<()>,
+    /// When a request last used this grant (seconds on the registry's clock; for eviction).
+    pub(crate) last_used: AtomicU64,
+}
+
+/// What a [`TokenManager`] is made of.
+pub(crate) struct ManagerParts {
+    pub(crate) cache: TokenCache,
+    pub(crate) endpoint: Option<Arc<Endpoint>>,
+    pub(crate) store: Arc<dyn TokenStore>,
+    pub(crate) bootstrap_refresh_token: Option<String>,
+    pub(crate) unauthorized_cooldown: Duration,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) grant: Option<(GrantId, Arc<Latches>)>,
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -191,23 +211,68 @@ impl Drop for SlotGuard {
 }
 
 impl TokenManager {
-    pub(crate) fn new(
-        cache: TokenCache,
-        endpoint: Option<Endpoint>,
-        store: Arc<dyn TokenStore>,
-        bootstrap_refresh_token: Option<String>,
-        unauthorized_cooldown: Duration,
-    ) -> Self {
+    pub(crate) fn new(parts: ManagerParts) -> Self {
+        // A grant known to need re-authorization (e.g. before it was evicted) starts latched.
+        let terminal = parts
+            .grant
+            .as_ref()
+            .and_then(|(grant, latches)| latches.error_for(grant));
         TokenManager {
-            cache,
-            endpoint,
-            store,
-            bootstrap_refresh_token,
-            unauthorized_cooldown,
-            state: Mutex::new(State::default()),
-            counters: Counters::default(),
+            cache: parts.cache,
+            endpoint: parts.endpoint,
+            store: parts.store,
+            bootstrap_refresh_token: parts.bootstrap_refresh_token,
+            unauthorized_cooldown: parts.unauthorized_cooldown,
+            grant: parts.grant,
+            state: Mutex::new(State {
+                terminal,
+                ..State::default()
+            }),
+            counters: parts.counters,
             gate: tokio::sync::Mutex::new(()),
+            last_used: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a refresh is running or tokens wait unsaved: such a grant is never evicted.
+    pub(crate) fn busy(&self) -> bool {
+        let state = self.state.lock();
+        state.in_flight.is_some() || state.pending.is_some()
+    }
+
+    /// Latches a terminal error and reports it.
+    fn latch(&self, error: &AuthError) {
+        self.state.lock().terminal = Some(error.clone());
+        if let Some((grant, latches)) = &self.grant {
+            latches.latched(grant, error);
+        }
+    }
+
+    /// Lifts the latch (new tokens from a re-authorization) and reports it.
+    fn lift(&self, state: &mut State) {
+        if state.terminal.take().is_some() {
+            if let Some((grant, latches)) = &self.grant {
+                latches.lifted(grant);
+            }
+        }
+    }
+
+    /// Retires this manager for good (its grant was removed): waits for a running refresh, drops
+    /// unsaved tokens, forgets the current token, and fails every later call.
+    pub(crate) async fn retire(self: Arc<Self>) -> Result<(), AuthError> {
+        self.spawn_exclusive(|manager| async move {
+            {
+                let mut state = manager.state.lock();
+                state.pending = None;
+                state.terminal = Some(AuthError::ReauthorizationRequired {
+                    reason: "the grant was removed: authorize it again".to_owned(),
+                });
+            }
+            manager.cache.clear();
+            Ok(manager.cache.load())
+        })
+        .await
+        .map(drop)
     }
 
     /// The hot path: a header to send now, or `None` if the caller has to wait for a token.
@@ -402,6 +467,7 @@ impl TokenManager {
         let span = tracing::debug_span!(
             "nifty_auth.refresh",
             grant = "refresh_token",
+            grant_id = self.grant.as_ref().map_or("", |(grant, _)| grant.as_str()),
             trigger = ?want,
             outcome = tracing::field::Empty,
             attempts = 0u32,
@@ -538,7 +604,7 @@ impl TokenManager {
             Ok(tokens) => tokens,
             Err(error) => {
                 if error.is_terminal() {
-                    self.state.lock().terminal = Some(error.clone());
+                    self.latch(&error);
                 }
                 return Err(error);
             }
@@ -643,7 +709,10 @@ impl TokenManager {
     async fn install(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
         let kept = {
             let mut state = self.state.lock();
-            state.terminal = None;
+            if state.terminal.as_ref().is_some_and(removed) {
+                return Err(state.terminal.clone().unwrap_or_else(cancelled));
+            }
+            self.lift(&mut state);
             state.background_not_before = None;
             state.rejected = None;
             let kept = state.pending.as_mut().and_then(|p| p.lock.take());
@@ -687,7 +756,7 @@ impl TokenManager {
     }
 
     fn endpoint(&self) -> Result<&Endpoint, AuthError> {
-        self.endpoint.as_ref().ok_or_else(|| AuthError::ReauthorizationRequired {
+        self.endpoint.as_deref().ok_or_else(|| AuthError::ReauthorizationRequired {
             reason: "a personal access token cannot be refreshed: create a new one in Nifty and pass it \
                      to set_tokens"
                 .to_owned(),
@@ -735,6 +804,11 @@ impl Joined {
         }
         self
     }
+}
+
+/// Whether `error` is the latch of a removed grant (which nothing lifts).
+fn removed(error: &AuthError) -> bool {
+    matches!(error, AuthError::ReauthorizationRequired { reason } if reason.starts_with("the grant was removed"))
 }
 
 fn cancelled() -> AuthError {
