@@ -396,7 +396,7 @@ async fn api_answers_by_token() {
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(
         me.json(),
-        json!({ "id": "u-1", "email": "dev@example.com", "name": "Fake Dev" })
+        json!({ "id": "u-1", "email": "dev@example.com", "name": "Fake Dev", "grant": null })
     );
     let projects = get(&client, &fake, "/projects", Some(&token)).await;
     assert_eq!(projects.json()["projects"][1]["name"], "Roadmap");
