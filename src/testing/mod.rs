@@ -11,7 +11,16 @@
 //!
 //! Every request is counted and recorded, and knobs change its behaviour at any time: token
 //! lifetime, rotation, a delay before every token answer, queued token endpoint faults
-//! ([`TokenFault`]: a canned answer, a connection reset, a hang, a delay) and queued API statuses.
+//! ([`TokenFault`]: a canned answer, a `429` with `Retry-After`, a connection reset, a hang, a
+//! delay) and queued API statuses.
+//!
+//! Many grants (one per user or workspace that connected the app) live side by side:
+//! [`FakeNifty::new_grant`] returns a [`FakeGrant`] that issues that grant's codes and tokens,
+//! counts its token and API calls, and revokes it without touching the others. `GET
+//! /api/v1.0/users/me` answers which grant its bearer belongs to (`"grant": n`, see
+//! [`GrantKey`]), and so does [`FakeNifty::grant_of_bearer`]. The single-grant methods
+//! ([`FakeNifty::issue_refresh_token`], [`FakeNifty::current_refresh_token`], …) keep working:
+//! each `issue_*` starts a new grant, and `current_refresh_token` follows the most recently used one.
 //!
 //! All timing uses [`tokio::time`], so tests can run under `tokio::time::pause()` and expire
 //! access tokens with `tokio::time::advance`. The server stops when the last clone of the
