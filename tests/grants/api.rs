@@ -1,0 +1,327 @@
+//! The `NiftyGrants` API: per-grant single flight, isolation of revoked grants, eviction, pressure
+//! on the token endpoint, removal, re-authorization.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nifty_auth::testing::{FakeNifty, TokenFault};
+use nifty_auth::{AuthError, GrantId, GrantStore, MemoryStore, TokenSet};
+use tokio::task::JoinSet;
+
+use crate::{grants_builder, seed};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_cold_grants_times_ten_callers_make_exactly_two_hundred_token_calls() {
+    let fake = FakeNifty::start().await.unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 200).await;
+    let grants = grants_builder(&fake)
+        .store(store.clone())
+        .max_concurrent_token_calls(16)
+        .build()
+        .unwrap();
+
+    let mut tasks = JoinSet::new();
+    for (id, _) in &seeded {
+        for _ in 0..10 {
+            let grants = grants.clone();
+            let id = id.clone();
+            tasks.spawn(async move { (id.clone(), grants.access_token(&id).await) });
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (id, token) = joined.unwrap();
+        let token = token.unwrap();
+        // Every token belongs to the grant it was asked for.
+        let (_, grant) = seeded.iter().find(|(g, _)| *g == id).unwrap();
+        assert_eq!(fake.grant_of_bearer(&token), Some(grant.key()), "{id}");
+    }
+    assert_eq!(fake.token_calls(), 200);
+    for (id, grant) in &seeded {
+        assert_eq!(grant.token_calls(), 1, "{id}");
+        // The rotation is saved under the grant.
+        let saved = GrantStore::load(&store, id).await.unwrap().unwrap();
+        assert_eq!(saved.refresh_token(), grant.current_refresh_token().as_deref());
+    }
+    assert!(fake.max_token_calls_in_flight() <= 16);
+    assert_eq!(grants.stats().totals.token_calls_succeeded, 200);
+}
+
+#[tokio::test]
+async fn a_revoked_grant_fails_alone_and_is_reported_once() {
+    let fake = FakeNifty::builder()
+        .token_lifetime(Some(Duration::from_secs(3600)))
+        .start()
+        .await
+        .unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 5).await;
+    let reported = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reported);
+    let grants = grants_builder(&fake)
+        .store(store.clone())
+        .on_reauthorization_required(move |grant, error| {
+            assert!(error.is_reauthorization_required());
+            seen.lock().unwrap().push(grant.clone());
+        })
+        .build()
+        .unwrap();
+
+    let (dead, dead_grant) = &seeded[2];
+    dead_grant.revoke();
+    for _ in 0..3 {
+        for (id, _) in &seeded {
+            let result = grants.access_token(id).await;
+            if id == dead {
+                assert!(result.unwrap_err().is_reauthorization_required());
+            } else {
+                result.unwrap();
+            }
+        }
+    }
+    // One token call each; the dead grant's latch made no second call.
+    assert_eq!(fake.token_calls(), 5);
+    assert_eq!(dead_grant.token_calls(), 1);
+    assert_eq!(grants.reauthorization_required(), vec![dead.clone()]);
+    assert_eq!(*reported.lock().unwrap(), vec![dead.clone()]);
+
+    // The others keep refreshing.
+    fake.revoke_access_tokens();
+    for (id, grant) in seeded.iter().filter(|(id, _)| id != dead) {
+        let token = grants.grant(id).access_token().await.unwrap();
+        assert_eq!(fake.grant_of_bearer(&token), Some(grant.key()));
+    }
+
+    // Re-authorizing the dead grant lifts its latch.
+    let redirect = "https://app.example/callback";
+    let fresh = fake.new_grant();
+    grants
+        .exchange_code(dead, fresh.issue_code(redirect), redirect)
+        .await
+        .unwrap();
+    assert!(grants.reauthorization_required().is_empty());
+    let token = grants.access_token(dead).await.unwrap();
+    assert_eq!(fake.grant_of_bearer(&token), Some(fresh.key()));
+}
+
+#[tokio::test]
+async fn idle_grants_are_evicted_and_reloaded_from_the_store_without_token_calls() {
+    let fake = FakeNifty::builder()
+        .token_lifetime(Some(Duration::from_secs(3600)))
+        .start()
+        .await
+        .unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 100).await;
+    let grants = grants_builder(&fake)
+        .store(store.clone())
+        .max_cached_grants(10)
+        .build()
+        .unwrap();
+
+    for round in 0..3 {
+        for (id, grant) in &seeded {
+            let token = grants.access_token(id).await.unwrap();
+            assert_eq!(fake.grant_of_bearer(&token), Some(grant.key()), "{round} {id}");
+            assert!(grants.cached_grants() <= 10, "{}", grants.cached_grants());
+        }
+    }
+    // One refresh per grant in the first round; later rounds reload the saved tokens.
+    assert_eq!(fake.token_calls(), 100);
+    assert_eq!(grants.cached_grants(), 10);
+    assert_eq!(grants.stats().evictions, 300 - 10);
+}
+
+#[tokio::test]
+async fn token_calls_across_grants_never_exceed_the_limit() {
+    let fake = FakeNifty::builder()
+        .token_delay(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 20).await;
+    let grants = grants_builder(&fake)
+        .store(store.clone())
+        .max_concurrent_token_calls(4)
+        .build()
+        .unwrap();
+
+    let mut tasks = JoinSet::new();
+    for (id, _) in &seeded {
+        let grants = grants.clone();
+        let id = id.clone();
+        tasks.spawn(async move { grants.access_token(&id).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap().unwrap();
+    }
+    assert_eq!(fake.token_calls(), 20);
+    assert_eq!(fake.max_token_calls_in_flight(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_with_retry_after_slows_every_grant() {
+    let fake = FakeNifty::start().await.unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 2).await;
+    let grants = grants_builder(&fake)
+        .store(store.clone())
+        .token_backoff(Duration::from_millis(5), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    fake.push_token_fault(TokenFault::RateLimited {
+        retry_after: Duration::from_secs(30),
+    });
+
+    let started = tokio::time::Instant::now();
+    // Grant 0 gets the 429, then waits out its Retry-After and succeeds.
+    grants.access_token(&seeded[0].0).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(30));
+    assert_eq!(fake.token_calls(), 2);
+
+    // Another 429 for grant 0; grant 1, asking right after, waits for the same Retry-After.
+    fake.push_token_fault(TokenFault::RateLimited {
+        retry_after: Duration::from_secs(30),
+    });
+    fake.revoke_access_tokens();
+    let zero = grants.clone();
+    let id = seeded[0].0.clone();
+    let first = tokio::spawn(async move {
+        let token = zero.access_token(&id).await;
+        (token, tokio::time::Instant::now())
+    });
+    // Let grant 0's call be answered 429 first.
+    while fake.token_calls() < 3 {
+        tokio::task::yield_now().await;
+    }
+    tokio::task::yield_now().await;
+    let asked = tokio::time::Instant::now();
+    grants.access_token(&seeded[1].0).await.unwrap();
+    assert!(
+        asked.elapsed() >= Duration::from_secs(25),
+        "grant 1 did not wait for grant 0's 429: {:?}",
+        asked.elapsed()
+    );
+    first.await.unwrap().0.unwrap();
+}
+
+#[tokio::test]
+async fn remove_forgets_the_grant_and_deletes_it_from_the_store() {
+    let fake = FakeNifty::start().await.unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 2).await;
+    let grants = grants_builder(&fake).store(store.clone()).build().unwrap();
+    let (gone, kept) = (&seeded[0].0, &seeded[1].0);
+    grants.access_token(gone).await.unwrap();
+    grants.access_token(kept).await.unwrap();
+    assert_eq!(grants.cached_grants(), 2);
+
+    grants.remove(gone).await.unwrap();
+    assert_eq!(GrantStore::load(&store, gone).await.unwrap(), None);
+    assert_eq!(grants.cached_grants(), 1);
+    let calls = fake.token_calls();
+    let err = grants.access_token(gone).await.unwrap_err();
+    assert!(err.is_reauthorization_required(), "{err:?}");
+    assert_eq!(fake.token_calls(), calls);
+    // The other grant is untouched.
+    grants.access_token(kept).await.unwrap();
+    assert!(GrantStore::load(&store, kept).await.unwrap().is_some());
+    // Removing an unknown grant is fine.
+    grants
+        .remove(&GrantId::new("never-seen").unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_handle_for_one_grant_shares_the_grants_single_flight() {
+    let fake = FakeNifty::start().await.unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 1).await;
+    let grants = grants_builder(&fake).store(store.clone()).build().unwrap();
+    let (id, grant) = &seeded[0];
+    let handle = grants.grant(id);
+    let mut tasks = JoinSet::new();
+    for i in 0..20 {
+        let grants = grants.clone();
+        let handle = handle.clone();
+        let id = id.clone();
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                handle.access_token().await
+            } else {
+                grants.access_token(&id).await
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap().unwrap();
+    }
+    assert_eq!(grant.token_calls(), 1);
+    // Set tokens through one, seen by the other.
+    let tokens = TokenSet::new(grant.issue_access_token(None))
+        .with_refresh_token(grant.issue_refresh_token())
+        .with_expires_in(Duration::from_secs(600));
+    grants.set_tokens(id, tokens.clone()).await.unwrap();
+    assert_eq!(handle.access_token().await.unwrap(), tokens.access_token());
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_points_of_grants_issued_together_are_spread_over_the_skew() {
+    let fake = FakeNifty::builder()
+        .token_lifetime(Some(Duration::from_secs(3600)))
+        .start()
+        .await
+        .unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 200).await;
+    let grants = grants_builder(&fake)
+        .store(store.clone())
+        .refresh_skew(Duration::from_secs(60))
+        .max_concurrent_token_calls(64)
+        .build()
+        .unwrap();
+    for (id, _) in &seeded {
+        grants.access_token(id).await.unwrap();
+    }
+    assert_eq!(fake.token_calls(), 200);
+
+    // Refresh points lie between 120 s and 60 s before expiry: half way, about half have passed.
+    tokio::time::advance(Duration::from_secs(3600 - 90)).await;
+    let stale = seeded
+        .iter()
+        .filter(|(id, _)| {
+            let tokens = grants.grant(id).tokens().unwrap();
+            let left = tokens.expires_in().unwrap_or_default();
+            // Not a refresh yet: ask the handle whether it would refresh now.
+            left < Duration::from_secs(120)
+        })
+        .count();
+    assert_eq!(stale, 200, "every token is within 120 s of expiry");
+    for (id, _) in &seeded {
+        grants.access_token(id).await.unwrap();
+    }
+    // Background refreshes started only by the grants whose (jittered) point has passed.
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+    let refreshed = fake.token_calls() - 200;
+    assert!(
+        (40..=160).contains(&refreshed),
+        "{refreshed} of 200 refreshed at the midpoint of the spread"
+    );
+}
+
+#[test]
+fn hostile_grant_ids_are_rejected_or_kept_as_plain_data() {
+    assert!(GrantId::new("").is_err());
+    assert!(GrantId::new("x".repeat(300)).is_err());
+    assert!(GrantId::new("a\nb").is_err());
+    assert!(GrantId::new("tab\there").is_err());
+    for id in ["../../etc/passwd", "a:b", "C:\\x", "..", "é", "'; DROP TABLE t; --"] {
+        assert_eq!(GrantId::new(id).unwrap().as_str(), id);
+    }
+    let err = GrantId::new("").unwrap_err();
+    assert!(matches!(err, AuthError::Configuration { .. }), "{err:?}");
+}
