@@ -1,18 +1,20 @@
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+//! [`FileStore`]: a token set in a JSON file, or one file per grant in a directory.
+
+use std::future::ready;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fs4::{FileExt, TryLockError};
-use tokio::time::Instant;
-
-use super::{BoxFuture, StoreLock, TokenStore};
+use self::disk::{HeldLock, Target};
+use super::{BoxFuture, GrantStore, StoreLock, TokenStore};
+use crate::grants::GrantId;
 use crate::{BoxError, TokenSet};
 
-/// The first and the longest pause between two attempts to take a lock file that is held elsewhere.
-const LOCK_POLL_FIRST: Duration = Duration::from_millis(10);
-const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
+mod disk;
+mod name;
+#[cfg(test)]
+mod tests;
 
 /// Keeps the token set in a JSON file, written atomically with mode `0600`, with a lock file that
 /// serializes refreshes across processes.
@@ -48,6 +50,34 @@ const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 /// - Advisory locks are only as good as every writer taking them: all processes must use `FileStore`
 ///   (this version or later) on the same path. Some network file systems do not support `flock`.
 ///
+/// # Many grants in a directory
+///
+/// [`FileStore::directory`] keeps one token file per grant in a directory, for
+/// [`NiftyGrants`](crate::NiftyGrants) (through [`GrantStore`]): grant `g` lives in
+/// `<dir>/<escaped g>.json` with its lock file `<dir>/<escaped g>.json.lock`, each written, locked
+/// and capped exactly as above, so two processes (or two stores) on one directory exclude each other
+/// per grant and a grant's lock never blocks another grant. The directory is created (mode `0700`
+/// on Unix, with any missing parents) by the first save or lock.
+///
+/// Grant ids come from your users and are never trusted: the escape keeps lower-case ASCII letters,
+/// digits, `-`, `_` and `.` (not as the first character) and writes every other byte as `%XX` (so
+/// `A` is `%41`, `a/b` is `a%2Fb`, `..` is `%2E.`). No name holds a path separator or NUL, none is
+/// `.`, `..` or hidden, no two grants share a name even on a case-insensitive file system, and
+/// Windows device names (`con`, `nul`, …) get their first letter escaped. An id whose escaped form
+/// passes 200 bytes is named by a readable prefix of it, `~` and the SHA-256 of the whole id, so
+/// every name stays within the usual 255-byte limit. No file outside the directory is read or
+/// written.
+///
+/// - [`GrantStore::remove`] deletes the grant's token file and leaves its (empty) lock file:
+///   deleting a lock file that another process may hold open would let two processes lock
+///   different files of the same name. It does not take the grant's lock: to keep a refresh in
+///   another process from saving the grant again, take [`lock`](GrantStore::lock) around it.
+/// - Used as a single [`TokenStore`] (with [`NiftyAuth`](crate::NiftyAuth)), a directory store
+///   keeps its token set as the grant [`DEFAULT_GRANT`](Self::DEFAULT_GRANT): the file
+///   `<dir>/default.json`, shared with a `NiftyGrants` grant of that id.
+/// - A store made by [`FileStore::new`] keeps one token set: used as a [`GrantStore`], every call
+///   fails with an error that says to use [`FileStore::directory`].
+///
 /// ```no_run
 /// use nifty_auth::{Credentials, FileStore, NiftyAuth};
 ///
@@ -58,8 +88,11 @@ const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 /// ```
 #[derive(Clone, Debug)]
 pub struct FileStore {
-    path: Arc<PathBuf>,
-    lock_path: Arc<PathBuf>,
+    /// The token set used as a [`TokenStore`]: the file (file mode), or the default grant's file
+    /// (directory mode).
+    single: Arc<Target>,
+    /// The directory, in directory mode.
+    directory: Option<Arc<PathBuf>>,
     lock_timeout: Option<Duration>,
 }
 
@@ -68,14 +101,42 @@ impl FileStore {
     /// 10 KiB; a larger file is not one of ours and is refused without being read whole.
     pub const MAX_TOKEN_FILE_BYTES: u64 = 1024 * 1024;
 
+    /// The grant a [directory store](Self::directory) keeps its token set in when used as a single
+    /// [`TokenStore`]: the file `<dir>/default.json`.
+    pub const DEFAULT_GRANT: &'static str = "default";
+
     /// A store in the file at `path` (created on the first save; its directory must exist).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        let path = path.into();
-        let mut lock_path = path.clone().into_os_string();
-        lock_path.push(".lock");
         FileStore {
-            path: Arc::new(path),
-            lock_path: Arc::new(PathBuf::from(lock_path)),
+            single: Arc::new(Target::new(path.into(), None)),
+            directory: None,
+            lock_timeout: None,
+        }
+    }
+
+    /// A store of one token file per grant in the directory `dir`, created with mode `0700` by the
+    /// first save or lock if missing. See [Many grants in a
+    /// directory](FileStore#many-grants-in-a-directory).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), nifty_auth::BoxError> {
+    /// use nifty_auth::{FileStore, GrantId, GrantStore, TokenSet};
+    ///
+    /// let store = FileStore::directory("/var/lib/my-app/nifty-grants");
+    /// let grant = GrantId::new("Workspace/42")?;
+    /// store.save(&grant, &TokenSet::new("at").with_refresh_token("rt")).await?;
+    /// assert_eq!(
+    ///     store.grant_path(&grant).unwrap(),
+    ///     std::path::Path::new("/var/lib/my-app/nifty-grants/%57orkspace%2F42.json")
+    /// );
+    /// # Ok(()) }
+    /// ```
+    pub fn directory(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        let default = grant_target(&dir, Self::DEFAULT_GRANT);
+        FileStore {
+            single: Arc::new(default),
+            directory: Some(Arc::new(dir)),
             lock_timeout: None,
         }
     }
@@ -91,356 +152,159 @@ impl FileStore {
         self
     }
 
-    /// The file's path.
+    /// The token file's path (for a [directory store](Self::directory): the file of
+    /// [`DEFAULT_GRANT`](Self::DEFAULT_GRANT), used as a single [`TokenStore`]).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.single.path
     }
 
     /// The lock file's path: the token file's path with `.lock` appended (`tokens.json.lock`).
     pub fn lock_path(&self) -> &Path {
-        &self.lock_path
+        &self.single.lock_path
     }
+
+    /// The directory of a [directory store](Self::directory); `None` for a single file.
+    pub fn directory_path(&self) -> Option<&Path> {
+        self.directory.as_deref().map(PathBuf::as_path)
+    }
+
+    /// The token file of `grant` in a [directory store](Self::directory) (its lock file is this path
+    /// with `.lock` appended); `None` for a single file.
+    pub fn grant_path(&self, grant: &GrantId) -> Option<PathBuf> {
+        self.directory
+            .as_deref()
+            .map(|dir| grant_target(dir, grant.as_str()).path)
+    }
+
+    /// `grant`'s files, or the error every grant call of a single-file store returns.
+    fn grant_target(&self, grant: &GrantId) -> Result<Arc<Target>, BoxError> {
+        match &self.directory {
+            Some(dir) => Ok(Arc::new(grant_target(dir, grant.as_str()))),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "FileStore::new({}) keeps a single token set, not one per grant: use \
+                     FileStore::directory(dir) as the store of many grants",
+                    self.single.path.display()
+                ),
+            )
+            .into()),
+        }
+    }
+
+    fn bound(&self, max_hold: Duration) -> Duration {
+        self.lock_timeout.unwrap_or(max_hold)
+    }
+}
+
+/// The files of grant `id` in `dir` (see [`name`]).
+fn grant_target(dir: &Path, id: &str) -> Target {
+    let path = dir.join(format!("{}.json", name::stem(id)));
+    Target::new(path, Some(dir.to_path_buf()))
+}
+
+/// Takes `target`'s lock file. The open file travels in the lock's data, so it is closed (and the
+/// lock released) the moment the `StoreLock` is released or dropped, whatever runtime there is or
+/// is not.
+async fn lock_target(target: Arc<Target>, bound: Duration) -> Result<StoreLock, BoxError> {
+    let held = disk::acquire(target, bound).await?;
+    Ok(StoreLock::new(|| async {}).with_data(held))
+}
+
+fn to_json(tokens: &TokenSet) -> Result<Vec<u8>, BoxError> {
+    Ok(serde_json::to_vec_pretty(tokens)?)
 }
 
 impl TokenStore for FileStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        let path = Arc::clone(&self.path);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || read_tokens(&path))
-                .await
-                .map_err(|e| io::Error::other(format!("token file read task failed: {e}")))?
-        })
+        Box::pin(disk::load(Arc::clone(&self.single)))
     }
 
     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        let path = Arc::clone(&self.path);
-        let json = serde_json::to_vec_pretty(tokens);
-        Box::pin(async move {
-            let json = json?;
-            tokio::task::spawn_blocking(move || write_atomically(&path, &json))
-                .await
-                .map_err(|e| io::Error::other(format!("token file write task failed: {e}")))?
-                .map_err(BoxError::from)
-        })
+        match to_json(tokens) {
+            Ok(json) => Box::pin(disk::save(Arc::clone(&self.single), json)),
+            Err(e) => Box::pin(ready(Err(e))),
+        }
     }
 
     /// Takes the exclusive lock on [`lock_path`](FileStore::lock_path); see the
     /// [type docs](FileStore#several-processes-on-one-file).
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        let bound = self.lock_timeout.unwrap_or(max_hold);
-        Box::pin(async move {
-            let held = acquire(Arc::clone(&self.lock_path), bound).await?;
-            // The lock file travels in the lock's data, so it is closed (and the lock released) the
-            // moment the StoreLock is released or dropped, whatever runtime there is or is not.
-            Ok(StoreLock::new(|| async {}).with_data(held))
-        })
+        Box::pin(lock_target(Arc::clone(&self.single), self.bound(max_hold)))
     }
 }
 
-/// The open, locked lock file. Closing it releases the lock.
-#[derive(Debug)]
-struct HeldLock {
-    file: File,
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        // Closing the file (right after) releases the lock anyway; an explicit unlock also covers a
-        // duplicated descriptor. It cannot block, and an error changes nothing.
-        let _ = FileExt::unlock(&self.file);
+/// One file per grant in a [directory store](FileStore::directory); every call fails on a store
+/// made by [`FileStore::new`].
+impl GrantStore for FileStore {
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        match self.grant_target(grant) {
+            Ok(target) => Box::pin(disk::load(target)),
+            Err(e) => Box::pin(ready(Err(e))),
+        }
     }
-}
 
-/// Tries to lock `lock_path` until `bound` has passed on tokio's clock.
-async fn acquire(lock_path: Arc<PathBuf>, bound: Duration) -> Result<HeldLock, BoxError> {
-    // `None` (a bound past the end of time) waits for as long as it takes.
-    let deadline = Instant::now().checked_add(bound);
-    let opened = Arc::clone(&lock_path);
-    let file = tokio::task::spawn_blocking(move || open_lock_file(&opened))
-        .await
-        .map_err(|e| io::Error::other(format!("lock file open task failed: {e}")))??;
-    let mut pause = LOCK_POLL_FIRST;
-    loop {
-        // Non-blocking (LOCK_NB): safe on a tokio worker.
-        match FileExt::try_lock(&file) {
-            Ok(()) => return Ok(HeldLock { file }),
-            Err(TryLockError::WouldBlock) => {}
-            Err(TryLockError::Error(e)) => {
+    fn save<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        match self
+            .grant_target(grant)
+            .and_then(|t| Ok((t, to_json(tokens)?)))
+        {
+            Ok((target, json)) => Box::pin(disk::save(target, json)),
+            Err(e) => Box::pin(ready(Err(e))),
+        }
+    }
+
+    /// Deletes the grant's token file and keeps its lock file (see the
+    /// [type docs](FileStore#many-grants-in-a-directory)).
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        match self.grant_target(grant) {
+            Ok(target) => Box::pin(disk::remove(target)),
+            Err(e) => Box::pin(ready(Err(e))),
+        }
+    }
+
+    /// Takes the exclusive lock on the grant's lock file, as [`TokenStore::lock`] does on one file.
+    fn lock<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
+        match self.grant_target(grant) {
+            Ok(target) => Box::pin(lock_target(target, self.bound(max_hold))),
+            Err(e) => Box::pin(ready(Err(e))),
+        }
+    }
+
+    /// Saves only under a lock this store took for this grant: a lock of another grant (or none)
+    /// is refused, so a mix-up can never write a grant its holder did not lock.
+    fn save_locked<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        let checked = self.grant_target(grant).and_then(|target| {
+            let held = lock.data::<HeldLock>().map(HeldLock::path);
+            if held != Some(target.lock_path.as_path()) {
                 return Err(io::Error::new(
-                    e.kind(),
+                    io::ErrorKind::InvalidInput,
                     format!(
-                        "cannot lock the token file's lock {}: {e}",
-                        lock_path.display()
+                        "save_locked needs the lock this FileStore's lock() took for the grant \
+                         (lock file {})",
+                        target.lock_path.display()
                     ),
                 )
-                .into())
+                .into());
             }
+            Ok((target, to_json(tokens)?))
+        });
+        match checked {
+            Ok((target, json)) => Box::pin(disk::save(target, json)),
+            Err(e) => Box::pin(ready(Err(e))),
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|deadline| now >= deadline) {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "another process holds the token file's lock {} (or another FileStore on the \
-                     same file in this process; waited {bound:?}): it is refreshing the tokens or \
-                     is stuck; retry later, or stop the other process",
-                    lock_path.display()
-                ),
-            )
-            .into());
-        }
-        let left = deadline.map_or(pause, |deadline| deadline - now);
-        tokio::time::sleep(pause.min(left)).await;
-        pause = (pause * 2).min(LOCK_POLL_MAX);
-    }
-}
-
-/// Opens (creating if needed, mode `0600` on Unix) the lock file, without truncating it.
-fn open_lock_file(lock_path: &Path) -> io::Result<File> {
-    let mut options = fs::OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(lock_path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "cannot open the token file's lock {}: {e}",
-                lock_path.display()
-            ),
-        )
-    })
-}
-
-fn read_tokens(path: &Path) -> Result<Option<TokenSet>, BoxError> {
-    let cannot_read = |e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot read token file {}: {e}", path.display()),
-        )
-    };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(cannot_read(e).into()),
-    };
-    let max = FileStore::MAX_TOKEN_FILE_BYTES;
-    let too_large = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "token file {} is larger than {max} bytes, so it is not a token set: fix or delete \
-                 it, then authorize again",
-                path.display()
-            ),
-        )
-    };
-    let len = file.metadata().map_err(cannot_read)?.len();
-    if len > max {
-        return Err(too_large().into());
-    }
-    // Never more than `max + 1` bytes, even if the file grows or is not a regular file.
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot_read)?;
-    if bytes.len() as u64 > max {
-        return Err(too_large().into());
-    }
-    // serde_json's message for a bad value could quote a token: report only the position.
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "token file {} is not a valid token set (line {} column {}): fix or delete it, then \
-                 authorize again",
-                path.display(),
-                e.line(),
-                e.column()
-            ),
-        )
-        .into()
-    })
-}
-
-fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "token file path has no file name",
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{:016x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let result = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        #[cfg(unix)]
-        fs::File::open(&dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot write token file {}: {e}", path.display()),
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn save_then_load_round_trips_with_mode_0600_and_no_temp_files_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.json");
-        let store = FileStore::new(&path);
-        assert!(store.load().await.unwrap().is_none());
-
-        store
-            .save(&TokenSet::new("at-1").with_refresh_token("rt-1"))
-            .await
-            .unwrap();
-        store
-            .save(&TokenSet::new("at-2").with_refresh_token("rt-2"))
-            .await
-            .unwrap();
-        let loaded = store.load().await.unwrap().unwrap();
-        assert_eq!(loaded.refresh_token(), Some("rt-2"));
-
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
-        }
-        let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(entries.len(), 1, "temp files left behind");
-    }
-
-    #[tokio::test]
-    async fn corrupt_file_is_an_error_that_names_the_file_not_the_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.json");
-        fs::write(&path, r#"{"access_token": "at-secret", "refresh_token": 5"#).unwrap();
-        let err = FileStore::new(&path).load().await.unwrap_err().to_string();
-        assert!(err.contains("tokens.json"), "{err}");
-        assert!(!err.contains("at-secret"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn oversized_file_is_refused_with_an_error_naming_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.json");
-        // Sparse: 4 GiB that take no disk and would take 4 GiB of memory if read whole.
-        let file = File::create(&path).unwrap();
-        file.set_len(4 << 30).unwrap();
-        drop(file);
-        let err = FileStore::new(&path).load().await.unwrap_err().to_string();
-        assert!(err.contains("tokens.json"), "{err}");
-        assert!(err.contains("larger than 1048576 bytes"), "{err}");
-    }
-
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn endless_file_is_read_no_further_than_the_cap() {
-        // A device reports length 0 and never ends: only the capped read stops it.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.json");
-        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
-        let err = FileStore::new(&path).load().await.unwrap_err().to_string();
-        assert!(err.contains("larger than 1048576 bytes"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn file_of_exactly_the_cap_still_loads() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.json");
-        let mut json = serde_json::to_vec(&TokenSet::new("at").with_refresh_token("rt")).unwrap();
-        json.resize(FileStore::MAX_TOKEN_FILE_BYTES as usize, b' ');
-        fs::write(&path, json).unwrap();
-        let loaded = FileStore::new(&path).load().await.unwrap().unwrap();
-        assert_eq!(loaded.refresh_token(), Some("rt"));
-    }
-
-    #[tokio::test]
-    async fn lock_file_sits_beside_the_token_file_with_mode_0600_and_outlives_the_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path().join("tokens.json"));
-        assert_eq!(store.lock_path(), dir.path().join("tokens.json.lock"));
-        let lock = store.lock(Duration::from_secs(1)).await.unwrap();
-        assert!(format!("{lock:?}").contains("held: true"), "{lock:?}");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(store.lock_path())
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777;
-            assert_eq!(mode, 0o600);
-        }
-        lock.release().await;
-        assert!(store.lock_path().exists(), "the lock file was deleted");
-        // And it can be taken again at once.
-        let again = store.lock(Duration::ZERO).await.unwrap();
-        drop(again);
-    }
-
-    #[test]
-    fn dropping_a_lock_outside_any_runtime_releases_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path().join("tokens.json"));
-        let runtime = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap()
-        };
-        let lock = runtime()
-            .block_on(store.lock(Duration::from_secs(1)))
-            .unwrap();
-        // The runtime that took it is gone: this drop has no runtime to spawn on.
-        drop(lock);
-        runtime()
-            .block_on(store.lock(Duration::ZERO))
-            .expect("the dropped lock was not released");
-    }
-
-    #[tokio::test]
-    async fn failed_save_keeps_the_old_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("missing-dir").join("tokens.json");
-        let err = FileStore::new(&path)
-            .save(&TokenSet::new("at"))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("cannot write token file"), "{err}");
     }
 }
