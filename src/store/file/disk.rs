@@ -99,7 +99,14 @@ pub(super) async fn remove(target: Arc<Target>) -> Result<(), BoxError> {
         // Make the removal durable, like a save's rename.
         #[cfg(unix)]
         if let Some(dir) = target.path.parent() {
-            fs::File::open(dir)?.sync_all()?;
+            fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot sync the token directory {}: {e}", dir.display()),
+                    )
+                })?;
         }
         Ok(())
     })
