@@ -5,12 +5,13 @@
 //! The tests need `redis-server` on the PATH (`.ci/run` installs it). Outside CI they are skipped
 //! with a message when it is missing; under CI (`CI` set) a missing server fails them.
 //!
-//! `lease.rs`: the lock's lease, its watchdog and the fenced save; `keys.rs`: key escaping and
-//! configuration bounds.
+//! `lease.rs`: the lock's lease, its watchdog and the fenced save; `grants.rs`: a key and a lock
+//! per grant (`GrantStore`); `keys.rs`: key escaping and configuration bounds.
 #![cfg(feature = "redis")]
 
 #[path = "../common/mod.rs"]
 mod common;
+mod grants;
 mod keys;
 mod lease;
 mod server;

@@ -1,5 +1,9 @@
 //! Redis key names: `<prefix>:<client id>:<grant>:tokens` with escaped parts.
 //!
+//! The grant is the builder's grant name for the single-grant [`TokenStore`](crate::TokenStore),
+//! and the [`GrantId`](crate::GrantId) of each [`GrantStore`](crate::GrantStore) call: the same
+//! escape, so the grant `g` of a grant store and a single-grant store built for `g` share a key.
+//!
 //! Each part (client id, grant name) is percent-escaped: `%`, `:` and every byte that is not
 //! printable ASCII (spaces, control characters, non-ASCII UTF-8) become `%XX` (upper-case hex).
 //! Escaped parts never contain `:`, and the escape is one-to-one, so no two (client id, grant)
@@ -11,9 +15,32 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// The keys of one grant: the token set and its refresh lock.
-pub(super) fn keys(prefix: &str, client_id: &str, grant: &str) -> (String, String) {
-    let base = format!("{prefix}:{}:{}", escape(client_id), escape(grant));
-    (format!("{base}:tokens"), format!("{base}:lock"))
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Keys {
+    /// `<base>:<grant>:tokens`.
+    pub(super) tokens: String,
+    /// `<base>:<grant>:lock`.
+    pub(super) lock: String,
+}
+
+/// The part every key of one app shares: `<prefix>:<escaped client id>`.
+pub(super) fn base(prefix: &str, client_id: &str) -> String {
+    format!("{prefix}:{}", escape(client_id))
+}
+
+/// The keys of `grant` under `base` (see [`base`]).
+pub(super) fn grant_keys(base: &str, grant: &str) -> Keys {
+    let base = format!("{base}:{}", escape(grant));
+    Keys {
+        tokens: format!("{base}:tokens"),
+        lock: format!("{base}:lock"),
+    }
+}
+
+#[cfg(test)]
+fn keys(prefix: &str, client_id: &str, grant: &str) -> (String, String) {
+    let Keys { tokens, lock } = grant_keys(&base(prefix, client_id), grant);
+    (tokens, lock)
 }
 
 /// Percent-escapes `part` (see the module docs); borrows it when nothing needs escaping.

@@ -11,7 +11,7 @@ use redis::Script;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{millis, redis_error, RedisStore};
+use super::{millis, redis_error, Keys, RedisStore};
 use crate::store::StoreLock;
 use crate::{BoxError, TokenSet};
 
@@ -58,8 +58,10 @@ return 0
     )
 });
 
-/// What a [`RedisStore`] attaches to its [`StoreLock`]: the lock's random token, for the fence.
+/// What a [`RedisStore`] attaches to its [`StoreLock`]: the lock's key (which names the grant) and
+/// random token, for the fence.
 pub(super) struct Lease {
+    /// The lock key of the grant this lease was taken for: a save of another grant refuses it.
     lock_key: String,
     owner: String,
     /// Set when the watchdog or the fence found the lock gone or taken by someone else.
@@ -78,7 +80,11 @@ impl Drop for Watchdog {
 impl RedisStore {
     /// Takes the refresh lock, waiting (bounded) while someone else holds it; see
     /// [`TokenStore::lock`](crate::TokenStore::lock) on [`RedisStore`].
-    pub(super) async fn acquire(&self, max_hold: Duration) -> Result<StoreLock, BoxError> {
+    pub(super) async fn acquire(
+        &self,
+        keys: &Keys,
+        max_hold: Duration,
+    ) -> Result<StoreLock, BoxError> {
         let inner = &self.inner;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| io::Error::other("RedisStore needs a tokio runtime for its lock"))?;
@@ -92,7 +98,7 @@ impl RedisStore {
         loop {
             let mut connection = self.connection().await?;
             let taken: Option<String> = redis::cmd("SET")
-                .arg(&inner.lock_key)
+                .arg(&keys.lock)
                 .arg(&owner)
                 .arg("NX")
                 .arg("PX")
@@ -101,14 +107,14 @@ impl RedisStore {
                 .await
                 .map_err(|e| redis_error("SET NX (refresh lock)", e))?;
             if taken.is_some() {
-                return Ok(self.hold(&runtime, connection, owner));
+                return Ok(self.hold(&runtime, connection, owner, keys.lock.clone()));
             }
             if started.elapsed() >= wait {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "waited {wait:?} for the refresh lock {} held by another process",
-                        inner.lock_key
+                        keys.lock
                     ),
                 )
                 .into());
@@ -125,8 +131,8 @@ impl RedisStore {
         runtime: &tokio::runtime::Handle,
         connection: ConnectionManager,
         owner: String,
+        key: String,
     ) -> StoreLock {
-        let key = self.inner.lock_key.clone();
         let lost = Arc::new(AtomicBool::new(false));
         let watchdog = Watchdog(runtime.spawn(extend_while_held(
             connection.clone(),
@@ -148,10 +154,15 @@ impl RedisStore {
         .with_data(lease)
     }
 
-    /// The lease `lock` carries, if this store took it. Read before the save's future starts:
-    /// `StoreLock` is `Send` but not `Sync`, so the future cannot hold a reference to it.
-    pub(super) fn lease<'a>(&self, lock: &'a StoreLock) -> Result<&'a Lease, BoxError> {
-        let lock_key = &self.inner.lock_key;
+    /// The lease `lock` carries, if this store took it for the grant of `keys`. Read before the
+    /// save's future starts: `StoreLock` is `Send` but not `Sync`, so the future cannot hold a
+    /// reference to it.
+    pub(super) fn lease<'a>(
+        &self,
+        lock: &'a StoreLock,
+        keys: &Keys,
+    ) -> Result<&'a Lease, BoxError> {
+        let lock_key = &keys.lock;
         lock.data::<Lease>()
             .filter(|lease| &lease.lock_key == lock_key)
             .ok_or_else(|| {
@@ -166,21 +177,22 @@ impl RedisStore {
             })
     }
 
-    /// Writes `tokens` only if `lease` is still this store's current lock holder.
+    /// Writes `tokens` under `keys` only if `lease` is still the current holder of `keys`' lock.
     pub(super) async fn save_fenced(
         &self,
+        keys: &Keys,
         tokens: &TokenSet,
         lease: &Lease,
     ) -> Result<(), BoxError> {
         let inner = &self.inner;
         if lease.lost.load(Ordering::Acquire) {
-            return Err(lost(&inner.lock_key));
+            return Err(lost(&keys.lock));
         }
-        let value = self.seal(tokens)?;
+        let value = self.seal(tokens, &keys.tokens)?;
         let mut connection = self.connection().await?;
         let saved: i64 = FENCED_SET
-            .key(&inner.lock_key)
-            .key(&inner.key)
+            .key(&keys.lock)
+            .key(&keys.tokens)
             .arg(&lease.owner)
             .arg(value)
             .arg(millis(inner.token_ttl))
@@ -189,7 +201,7 @@ impl RedisStore {
             .map_err(|e| redis_error("fenced SET", e))?;
         if saved != 1 {
             lease.lost.store(true, Ordering::Release);
-            return Err(lost(&inner.lock_key));
+            return Err(lost(&keys.lock));
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! [`RedisStore`]: one Nifty grant shared by many processes through Redis.
+//! [`RedisStore`]: Nifty grants shared by many processes through Redis: one grant as a
+//! [`TokenStore`], or many (a key and a lock per grant) as a [`GrantStore`](crate::GrantStore).
 
 use std::fmt;
 use std::io;
@@ -10,9 +11,11 @@ use chacha20poly1305::XChaCha20Poly1305;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+use self::key::Keys;
 use super::{BoxFuture, StoreLock, TokenStore};
 use crate::{AuthError, BoxError, TokenSet};
 
+mod grant;
 mod key;
 mod lease;
 mod seal;
@@ -67,6 +70,26 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 /// - The lock and the token set are two keys used in one script: Redis Cluster needs both in one
 ///   slot, e.g. a prefix with a hash tag (`{nifty-auth}`).
 ///
+/// # Many grants
+///
+/// A `RedisStore` is also a [`GrantStore`](crate::GrantStore), for
+/// [`NiftyGrants`](crate::NiftyGrants): grant `g` lives under `<prefix>:<client id>:<g>:tokens`
+/// with its lock `<prefix>:<client id>:<g>:lock` ([`grant_key`](Self::grant_key),
+/// [`grant_lock_key`](Self::grant_lock_key)), `g` escaped exactly as the builder's grant name
+/// above, so no grant id (`a:b`, `../x`, `%3A`, unicode) can reach another grant's keys.
+///
+/// - The builder's grant name is not used by grant calls: it names only the key the store uses as
+///   a single [`TokenStore`]. So the grant `g` of a grant store and a store built for the grant
+///   name `g` are the same token set (and the same lock), and one `NiftyAuth` can share a grant
+///   with a `NiftyGrants`. For a store used only for many grants, any name (`"default"`) does.
+/// - Each grant has its own lease, watchdog and fenced save, as above. The lock's data names the
+///   grant's lock key: [`save_locked`](crate::GrantStore::save_locked) of grant `b` with a lock
+///   taken for grant `a` is refused before Redis is asked, and the script checks `b`'s own lock.
+/// - With encryption, the associated data is the grant's token key: a value copied from one
+///   grant's key into another's does not decrypt (the load fails and says so).
+/// - [`remove`](crate::GrantStore::remove) deletes the grant's token key; a lock key, if held,
+///   lapses with its lease.
+///
 /// # The window no client can close
 ///
 /// A holder that dies *after* Nifty rotated the refresh token but *before* it saved the answer
@@ -95,8 +118,10 @@ pub struct RedisStore {
 struct Inner {
     client: redis::Client,
     connection: OnceCell<ConnectionManager>,
-    key: String,
-    lock_key: String,
+    /// `<prefix>:<escaped client id>`: the start of every key, the grants' included.
+    base: String,
+    /// The keys of the builder's grant name: what the single-grant [`TokenStore`] uses.
+    keys: Keys,
     token_ttl: Duration,
     lock_ttl: Duration,
     command_timeout: Duration,
@@ -135,14 +160,15 @@ impl RedisStore {
         }
     }
 
-    /// The Redis key holding the token set.
+    /// The Redis key holding the token set (of the builder's grant name, used as a
+    /// [`TokenStore`]).
     pub fn key(&self) -> &str {
-        &self.inner.key
+        &self.inner.keys.tokens
     }
 
-    /// The Redis key of the refresh lock.
+    /// The Redis key of the refresh lock (of the builder's grant name, used as a [`TokenStore`]).
     pub fn lock_key(&self) -> &str {
-        &self.inner.lock_key
+        &self.inner.keys.lock
     }
 
     async fn connection(&self) -> Result<ConnectionManager, BoxError> {
@@ -227,13 +253,14 @@ impl RedisStoreBuilder {
         // The URL may hold a password: never echo it.
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| AuthError::config(format!("the Redis URL is invalid ({:?})", e.kind())))?;
-        let (key, lock_key) = key::keys(&self.prefix, &self.client_id, &self.grant);
+        let base = key::base(&self.prefix, &self.client_id);
+        let keys = key::grant_keys(&base, &self.grant);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 client,
                 connection: OnceCell::new(),
-                key,
-                lock_key,
+                base,
+                keys,
                 token_ttl: self.token_ttl,
                 lock_ttl: self.lock_ttl,
                 command_timeout: self.command_timeout,
@@ -252,33 +279,43 @@ fn in_range(name: &str, value: Duration, min: Duration, max: Duration) -> Result
     Ok(())
 }
 
+impl RedisStore {
+    /// Reads the token set under `keys`.
+    async fn load_at(&self, keys: &Keys) -> Result<Option<TokenSet>, BoxError> {
+        let mut connection = self.connection().await?;
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&keys.tokens)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| redis_error("GET", e))?;
+        stored
+            .map(|stored| self.unseal(stored, &keys.tokens))
+            .transpose()
+    }
+
+    /// Writes the token set under `keys`, unfenced.
+    async fn save_at(&self, keys: &Keys, tokens: &TokenSet) -> Result<(), BoxError> {
+        let value = self.seal(tokens, &keys.tokens)?;
+        let mut connection = self.connection().await?;
+        redis::cmd("SET")
+            .arg(&keys.tokens)
+            .arg(value)
+            .arg("PX")
+            .arg(millis(self.inner.token_ttl))
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| redis_error("SET", e))?;
+        Ok(())
+    }
+}
+
 impl TokenStore for RedisStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let stored: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&self.inner.key)
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| redis_error("GET", e))?;
-            stored.map(|stored| self.unseal(stored)).transpose()
-        })
+        Box::pin(self.load_at(&self.inner.keys))
     }
 
     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(async move {
-            let value = self.seal(tokens)?;
-            let mut connection = self.connection().await?;
-            redis::cmd("SET")
-                .arg(&self.inner.key)
-                .arg(value)
-                .arg("PX")
-                .arg(millis(self.inner.token_ttl))
-                .query_async::<()>(&mut connection)
-                .await
-                .map_err(|e| redis_error("SET", e))?;
-            Ok(())
-        })
+        Box::pin(self.save_at(&self.inner.keys, tokens))
     }
 
     /// Takes the refresh lock (a lease kept alive by a watchdog while the [`StoreLock`] lives).
@@ -287,7 +324,7 @@ impl TokenStore for RedisStore {
     ///
     /// `max_hold` bounds only the wait; the lease does not depend on it.
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        Box::pin(self.acquire(max_hold))
+        Box::pin(self.acquire(&self.inner.keys, max_hold))
     }
 
     /// Saves `tokens` only if `lock` still holds the refresh lock (a Lua script checks the lock's
@@ -297,8 +334,8 @@ impl TokenStore for RedisStore {
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        match self.lease(lock) {
-            Ok(lease) => Box::pin(self.save_fenced(tokens, lease)),
+        match self.lease(lock, &self.inner.keys) {
+            Ok(lease) => Box::pin(self.save_fenced(&self.inner.keys, tokens, lease)),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
@@ -322,8 +359,8 @@ fn invalid(message: String) -> BoxError {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("key", &self.inner.key)
-            .field("lock_key", &self.inner.lock_key)
+            .field("key", &self.inner.keys.tokens)
+            .field("lock_key", &self.inner.keys.lock)
             .field("token_ttl", &self.inner.token_ttl)
             .field("lock_ttl", &self.inner.lock_ttl)
             .field("encrypted", &self.inner.cipher.is_some())

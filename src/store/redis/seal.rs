@@ -14,8 +14,9 @@ const ENCRYPTED_PREFIX: &str = "enc:v1:";
 const NONCE_LEN: usize = 24;
 
 impl RedisStore {
-    /// The stored form of `tokens`: JSON, encrypted when a key is configured.
-    pub(super) fn seal(&self, tokens: &TokenSet) -> Result<Vec<u8>, BoxError> {
+    /// The stored form of `tokens` for the Redis key `key`: JSON, encrypted when a key is
+    /// configured, with `key` as associated data (a value copied to another key does not decrypt).
+    pub(super) fn seal(&self, tokens: &TokenSet, key: &str) -> Result<Vec<u8>, BoxError> {
         let plain = serde_json::to_vec(tokens)?;
         let Some(cipher) = &self.inner.cipher else {
             return Ok(plain);
@@ -28,7 +29,7 @@ impl RedisStore {
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &plain,
-                    aad: self.inner.key.as_bytes(),
+                    aad: key.as_bytes(),
                 },
             )
             .map_err(|_| io::Error::other("cannot encrypt the token set"))?;
@@ -41,27 +42,27 @@ impl RedisStore {
         Ok(text.into_bytes())
     }
 
-    /// The token set from its stored form.
-    pub(super) fn unseal(&self, stored: Vec<u8>) -> Result<TokenSet, BoxError> {
-        let plain = self.decrypt(stored)?;
+    /// The token set from its stored form, read from the Redis key `key`.
+    pub(super) fn unseal(&self, stored: Vec<u8>, key: &str) -> Result<TokenSet, BoxError> {
+        let plain = self.decrypt(stored, key)?;
         // serde's message could quote a token: report the position only.
         serde_json::from_slice(&plain).map_err(|e| {
             invalid(format!(
                 "the token set in Redis key {} is not valid (line {} column {})",
-                self.inner.key,
+                key,
                 e.line(),
                 e.column()
             ))
         })
     }
 
-    fn decrypt(&self, stored: Vec<u8>) -> Result<Vec<u8>, BoxError> {
+    fn decrypt(&self, stored: Vec<u8>, key: &str) -> Result<Vec<u8>, BoxError> {
         let encrypted = stored.starts_with(ENCRYPTED_PREFIX.as_bytes());
         let Some(cipher) = &self.inner.cipher else {
             if encrypted {
                 return Err(invalid(format!(
                     "the token set in Redis key {} is encrypted and no encryption key is configured",
-                    self.inner.key
+                    key
                 )));
             }
             return Ok(stored);
@@ -70,15 +71,10 @@ impl RedisStore {
             return Err(invalid(format!(
                 "the token set in Redis key {} is not encrypted but an encryption key is configured: \
                  delete the key and authorize again, or save it with the key",
-                self.inner.key
+                key
             )));
         }
-        let corrupt = || {
-            invalid(format!(
-                "the token set in Redis key {} is corrupt",
-                self.inner.key
-            ))
-        };
+        let corrupt = || invalid(format!("the token set in Redis key {} is corrupt", key));
         let blob = base64::engine::general_purpose::STANDARD
             .decode(&stored[ENCRYPTED_PREFIX.len()..])
             .map_err(|_| corrupt())?;
@@ -91,14 +87,13 @@ impl RedisStore {
                 XNonce::from_slice(nonce),
                 Payload {
                     msg: sealed,
-                    aad: self.inner.key.as_bytes(),
+                    aad: key.as_bytes(),
                 },
             )
             .map_err(|_| {
                 invalid(format!(
-                    "cannot decrypt the token set in Redis key {}: wrong encryption key (or the data was \
-                     tampered with)",
-                    self.inner.key
+                    "cannot decrypt the token set in Redis key {key}: wrong encryption key (or the data was \
+                     tampered with, or copied from another key)"
                 ))
             })
     }

@@ -1,0 +1,135 @@
+//! Unit tests of the single-file store: the atomic write, the caps, the lock file.
+
+use std::fs::{self, File};
+use std::time::Duration;
+
+use super::FileStore;
+use crate::{TokenSet, TokenStore};
+
+#[tokio::test]
+async fn save_then_load_round_trips_with_mode_0600_and_no_temp_files_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let store = FileStore::new(&path);
+    assert!(store.load().await.unwrap().is_none());
+
+    store
+        .save(&TokenSet::new("at-1").with_refresh_token("rt-1"))
+        .await
+        .unwrap();
+    store
+        .save(&TokenSet::new("at-2").with_refresh_token("rt-2"))
+        .await
+        .unwrap();
+    let loaded = store.load().await.unwrap().unwrap();
+    assert_eq!(loaded.refresh_token(), Some("rt-2"));
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "temp files left behind");
+}
+
+#[tokio::test]
+async fn corrupt_file_is_an_error_that_names_the_file_not_the_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    fs::write(&path, r#"{"access_token": "at-secret", "refresh_token": 5"#).unwrap();
+    let err = FileStore::new(&path).load().await.unwrap_err().to_string();
+    assert!(err.contains("tokens.json"), "{err}");
+    assert!(!err.contains("at-secret"), "{err}");
+}
+
+#[tokio::test]
+async fn oversized_file_is_refused_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    // Sparse: 4 GiB that take no disk and would take 4 GiB of memory if read whole.
+    let file = File::create(&path).unwrap();
+    file.set_len(4 << 30).unwrap();
+    drop(file);
+    let err = FileStore::new(&path).load().await.unwrap_err().to_string();
+    assert!(err.contains("tokens.json"), "{err}");
+    assert!(err.contains("larger than 1048576 bytes"), "{err}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn endless_file_is_read_no_further_than_the_cap() {
+    // A device reports length 0 and never ends: only the capped read stops it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    let err = FileStore::new(&path).load().await.unwrap_err().to_string();
+    assert!(err.contains("larger than 1048576 bytes"), "{err}");
+}
+
+#[tokio::test]
+async fn file_of_exactly_the_cap_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let mut json = serde_json::to_vec(&TokenSet::new("at").with_refresh_token("rt")).unwrap();
+    json.resize(FileStore::MAX_TOKEN_FILE_BYTES as usize, b' ');
+    fs::write(&path, json).unwrap();
+    let loaded = FileStore::new(&path).load().await.unwrap().unwrap();
+    assert_eq!(loaded.refresh_token(), Some("rt"));
+}
+
+#[tokio::test]
+async fn lock_file_sits_beside_the_token_file_with_mode_0600_and_outlives_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("tokens.json"));
+    assert_eq!(store.lock_path(), dir.path().join("tokens.json.lock"));
+    let lock = store.lock(Duration::from_secs(1)).await.unwrap();
+    assert!(format!("{lock:?}").contains("held: true"), "{lock:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(store.lock_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    lock.release().await;
+    assert!(store.lock_path().exists(), "the lock file was deleted");
+    // And it can be taken again at once.
+    let again = store.lock(Duration::ZERO).await.unwrap();
+    drop(again);
+}
+
+#[test]
+fn dropping_a_lock_outside_any_runtime_releases_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("tokens.json"));
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    };
+    let lock = runtime()
+        .block_on(store.lock(Duration::from_secs(1)))
+        .unwrap();
+    // The runtime that took it is gone: this drop has no runtime to spawn on.
+    drop(lock);
+    runtime()
+        .block_on(store.lock(Duration::ZERO))
+        .expect("the dropped lock was not released");
+}
+
+#[tokio::test]
+async fn failed_save_keeps_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing-dir").join("tokens.json");
+    let err = FileStore::new(&path)
+        .save(&TokenSet::new("at"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot write token file"), "{err}");
+}

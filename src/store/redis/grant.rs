@@ -1,0 +1,84 @@
+//! [`RedisStore`] as a [`GrantStore`]: one token key and one lock key per grant.
+
+use std::future::ready;
+use std::time::Duration;
+
+use super::key::{self, Keys};
+use super::{redis_error, RedisStore};
+use crate::grants::GrantId;
+use crate::store::{BoxFuture, GrantStore, StoreLock};
+use crate::{BoxError, TokenSet};
+
+impl RedisStore {
+    /// The Redis key holding `grant`'s token set when used as a [`GrantStore`]:
+    /// `<prefix>:<client id>:<grant id>:tokens`, the client id and grant id escaped (see
+    /// [Many grants](RedisStore#many-grants)).
+    pub fn grant_key(&self, grant: &GrantId) -> String {
+        self.grant_keys(grant).tokens
+    }
+
+    /// The Redis key of `grant`'s refresh lock when used as a [`GrantStore`]:
+    /// `<prefix>:<client id>:<grant id>:lock`.
+    pub fn grant_lock_key(&self, grant: &GrantId) -> String {
+        self.grant_keys(grant).lock
+    }
+
+    fn grant_keys(&self, grant: &GrantId) -> Keys {
+        key::grant_keys(&self.inner.base, grant.as_str())
+    }
+}
+
+/// One token key and one lock key per grant; see [Many grants](RedisStore#many-grants).
+impl GrantStore for RedisStore {
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        Box::pin(async move { self.load_at(&self.grant_keys(grant)).await })
+    }
+
+    /// Writes `grant`'s token set unconditionally (no lock, no fence), with the token TTL.
+    fn save<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move { self.save_at(&self.grant_keys(grant), tokens).await })
+    }
+
+    /// Deletes `grant`'s token key. Its lock key is left alone: a holder's lease lapses by itself.
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move {
+            let keys = self.grant_keys(grant);
+            let mut connection = self.connection().await?;
+            redis::cmd("DEL")
+                .arg(&keys.tokens)
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|e| redis_error("DEL", e))?;
+            Ok(())
+        })
+    }
+
+    /// Takes `grant`'s refresh lock: the same lease, watchdog and bounded wait as
+    /// [`TokenStore::lock`](crate::TokenStore::lock), on the grant's own lock key.
+    fn lock<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
+        Box::pin(async move { self.acquire(&self.grant_keys(grant), max_hold).await })
+    }
+
+    /// Saves `grant`'s token set only if `lock` is this store's lock *of this grant* and still
+    /// holds it: a lock taken for another grant is refused before anything is sent to Redis.
+    fn save_locked<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        let keys = self.grant_keys(grant);
+        match self.lease(lock, &keys) {
+            Ok(lease) => Box::pin(async move { self.save_fenced(&keys, tokens, lease).await }),
+            Err(e) => Box::pin(ready(Err(e))),
+        }
+    }
+}
