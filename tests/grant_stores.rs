@@ -73,44 +73,47 @@ async fn each_grant_round_trips_its_own_tokens_and_remove_removes_only_it() {
     let store = FileStore::directory(dir.path().join("grants"));
     let (a, b, c) = (grant("alpha"), grant("beta"), grant("gamma"));
     assert!(
-        store.load(&a).await.unwrap().is_none(),
+        store.load_grant(&a).await.unwrap().is_none(),
         "empty before any save"
     );
 
-    store.save(&a, &tokens("a1")).await.unwrap();
-    store.save(&b, &tokens("b1")).await.unwrap();
-    store.save(&a, &tokens("a2")).await.unwrap();
+    store.save_grant(&a, &tokens("a1")).await.unwrap();
+    store.save_grant(&b, &tokens("b1")).await.unwrap();
+    store.save_grant(&a, &tokens("a2")).await.unwrap();
 
-    let loaded_a = store.load(&a).await.unwrap().unwrap();
-    let loaded_b = store.load(&b).await.unwrap().unwrap();
+    let loaded_a = store.load_grant(&a).await.unwrap().unwrap();
+    let loaded_b = store.load_grant(&b).await.unwrap().unwrap();
     assert_eq!(loaded_a.access_token(), "at-a2");
     assert_eq!(loaded_a.refresh_token(), Some("rt-a2"));
     assert_eq!(loaded_b.access_token(), "at-b1");
-    assert!(store.load(&c).await.unwrap().is_none());
+    assert!(store.load_grant(&c).await.unwrap().is_none());
     // A second store on the directory (another process, a restart) sees the same.
     let other = FileStore::directory(dir.path().join("grants"));
     assert_eq!(
-        other.load(&b).await.unwrap().unwrap().access_token(),
+        other.load_grant(&b).await.unwrap().unwrap().access_token(),
         "at-b1"
     );
 
-    store.remove(&a).await.unwrap();
-    assert!(store.load(&a).await.unwrap().is_none(), "remove left it");
+    store.remove_grant(&a).await.unwrap();
+    assert!(
+        store.load_grant(&a).await.unwrap().is_none(),
+        "remove left it"
+    );
     assert_eq!(
-        store.load(&b).await.unwrap().unwrap().access_token(),
+        store.load_grant(&b).await.unwrap().unwrap().access_token(),
         "at-b1"
     );
     // Removing what is not there succeeds.
-    store.remove(&a).await.unwrap();
-    store.remove(&c).await.unwrap();
+    store.remove_grant(&a).await.unwrap();
+    store.remove_grant(&c).await.unwrap();
     assert_eq!(
         listing(&dir.path().join("grants")),
         BTreeSet::from(["beta.json".to_owned()])
     );
     // A removed grant can be stored again.
-    store.save(&a, &tokens("a3")).await.unwrap();
+    store.save_grant(&a, &tokens("a3")).await.unwrap();
     assert_eq!(
-        store.load(&a).await.unwrap().unwrap().access_token(),
+        store.load_grant(&a).await.unwrap().unwrap().access_token(),
         "at-a3"
     );
 }
@@ -123,15 +126,15 @@ async fn hostile_ids_are_stored_apart_and_nothing_is_written_outside_the_directo
     let ids = hostile_ids();
     for (i, id) in ids.iter().enumerate() {
         let id = grant(id);
-        let lock = store.lock(&id, Duration::from_secs(5)).await.unwrap();
+        let lock = store.lock_grant(&id, Duration::from_secs(5)).await.unwrap();
         store
-            .save_locked(&id, &tokens(&i.to_string()), &lock)
+            .save_grant_locked(&id, &tokens(&i.to_string()), &lock)
             .await
             .unwrap();
         lock.release().await;
     }
     for (i, id) in ids.iter().enumerate() {
-        let loaded = store.load(&grant(id)).await.unwrap().unwrap();
+        let loaded = store.load_grant(&grant(id)).await.unwrap().unwrap();
         assert_eq!(loaded.access_token(), format!("at-{i}"), "{id:?}");
     }
 
@@ -173,12 +176,12 @@ async fn one_grants_lock_does_not_block_another_grant() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::directory(dir.path()).lock_timeout(Duration::ZERO);
     let a = store
-        .lock(&grant("a"), Duration::from_secs(5))
+        .lock_grant(&grant("a"), Duration::from_secs(5))
         .await
         .unwrap();
     // `A` and `a` are different grants, with different lock files even on a case-insensitive disk.
-    let upper = store.lock(&grant("A"), Duration::ZERO).await.unwrap();
-    let b = store.lock(&grant("b"), Duration::ZERO).await.unwrap();
+    let upper = store.lock_grant(&grant("A"), Duration::ZERO).await.unwrap();
+    let b = store.lock_grant(&grant("b"), Duration::ZERO).await.unwrap();
     drop((a, upper, b));
 }
 
@@ -189,33 +192,39 @@ async fn two_directory_stores_exclude_each_other_on_the_same_grant() {
     let second = FileStore::directory(dir.path()).lock_timeout(Duration::from_millis(200));
     let id = grant("a:b/../c");
 
-    let held = first.lock(&id, Duration::from_secs(5)).await.unwrap();
+    let held = first.lock_grant(&id, Duration::from_secs(5)).await.unwrap();
     let started = std::time::Instant::now();
     let err = second
-        .lock(&id, Duration::from_secs(5))
+        .lock_grant(&id, Duration::from_secs(5))
         .await
         .unwrap_err()
         .to_string();
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert!(err.contains("a%3Ab%2F..%2Fc.json.lock"), "{err}");
     // Nor can it save under a lock it does not hold: the one it holds is for another grant.
-    let other = second.lock(&grant("other"), Duration::ZERO).await.unwrap();
+    let other = second
+        .lock_grant(&grant("other"), Duration::ZERO)
+        .await
+        .unwrap();
     let refused = second
-        .save_locked(&id, &tokens("x"), &other)
+        .save_grant_locked(&id, &tokens("x"), &other)
         .await
         .unwrap_err()
         .to_string();
     assert!(refused.contains("save_locked needs the lock"), "{refused}");
     assert!(
-        first.load(&id).await.unwrap().is_none(),
+        first.load_grant(&id).await.unwrap().is_none(),
         "the refused save wrote"
     );
 
     held.release().await;
-    let taken = second.lock(&id, Duration::ZERO).await.unwrap();
-    second.save_locked(&id, &tokens("x"), &taken).await.unwrap();
+    let taken = second.lock_grant(&id, Duration::ZERO).await.unwrap();
+    second
+        .save_grant_locked(&id, &tokens("x"), &taken)
+        .await
+        .unwrap();
     assert_eq!(
-        first.load(&id).await.unwrap().unwrap().access_token(),
+        first.load_grant(&id).await.unwrap().unwrap().access_token(),
         "at-x"
     );
 }
@@ -226,11 +235,11 @@ async fn a_single_file_store_refuses_every_grant_call_and_says_what_to_use() {
     let store = FileStore::new(dir.path().join("tokens.json"));
     let id = grant("a");
     let errors = [
-        store.load(&id).await.map(|_| ()).unwrap_err(),
-        store.save(&id, &tokens("a")).await.unwrap_err(),
-        store.remove(&id).await.unwrap_err(),
+        store.load_grant(&id).await.map(|_| ()).unwrap_err(),
+        store.save_grant(&id, &tokens("a")).await.unwrap_err(),
+        store.remove_grant(&id).await.unwrap_err(),
         store
-            .lock(&id, Duration::ZERO)
+            .lock_grant(&id, Duration::ZERO)
             .await
             .map(|_| ())
             .unwrap_err(),
@@ -266,7 +275,7 @@ async fn a_directory_store_used_by_one_niftyauth_keeps_the_default_grant() {
     assert_eq!(fake.token_calls(), 1);
 
     // The rotated tokens were saved as the grant `default`, and nothing else was written.
-    let saved = GrantStore::load(&store, &grant(FileStore::DEFAULT_GRANT))
+    let saved = GrantStore::load_grant(&store, &grant(FileStore::DEFAULT_GRANT))
         .await
         .unwrap()
         .unwrap();
@@ -287,19 +296,22 @@ async fn remove_deletes_the_token_file_and_keeps_the_lock_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::directory(dir.path());
     let id = grant("Workspace 7");
-    let lock = store.lock(&id, Duration::from_secs(1)).await.unwrap();
-    store.save_locked(&id, &tokens("w"), &lock).await.unwrap();
+    let lock = store.lock_grant(&id, Duration::from_secs(1)).await.unwrap();
+    store
+        .save_grant_locked(&id, &tokens("w"), &lock)
+        .await
+        .unwrap();
     lock.release().await;
     let path = store.grant_path(&id).unwrap();
     assert_eq!(path, dir.path().join("%57orkspace%207.json"));
     assert!(path.exists());
 
-    store.remove(&id).await.unwrap();
+    store.remove_grant(&id).await.unwrap();
     assert!(!path.exists());
     assert_eq!(
         listing(dir.path()),
         BTreeSet::from(["%57orkspace%207.json.lock".to_owned()])
     );
     // The kept lock file still works.
-    drop(store.lock(&id, Duration::ZERO).await.unwrap());
+    drop(store.lock_grant(&id, Duration::ZERO).await.unwrap());
 }

@@ -195,8 +195,8 @@ impl NiftyGrants {
             .timeout
             .saturating_add(Duration::from_secs(10));
         let result = async move {
-            let lock = store.lock(&id, max_hold).await?;
-            let removed = store.remove(&id).await;
+            let lock = store.lock_grant(&id, max_hold).await?;
+            let removed = store.remove_grant(&id).await;
             lock.release().await;
             removed
         }

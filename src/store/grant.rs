@@ -30,20 +30,20 @@ use crate::BoxError;
 /// struct Table(Mutex<HashMap<String, String>>);
 ///
 /// impl GrantStore for Table {
-///     fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+///     fn load_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
 ///         Box::pin(async move {
 ///             let row = self.0.lock().unwrap().get(grant.as_str()).cloned();
 ///             Ok(row.map(|json| serde_json::from_str(&json)).transpose()?)
 ///         })
 ///     }
-///     fn save<'a>(&'a self, grant: &'a GrantId, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+///     fn save_grant<'a>(&'a self, grant: &'a GrantId, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
 ///         Box::pin(async move {
 ///             let json = serde_json::to_string(tokens)?;
 ///             self.0.lock().unwrap().insert(grant.as_str().to_owned(), json);
 ///             Ok(())
 ///         })
 ///     }
-///     fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+///     fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
 ///         Box::pin(async move {
 ///             self.0.lock().unwrap().remove(grant.as_str());
 ///             Ok(())
@@ -53,10 +53,13 @@ use crate::BoxError;
 /// ```
 pub trait GrantStore: Send + Sync + 'static {
     /// Reads `grant`'s token set; `Ok(None)` when nothing is stored for it.
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>>;
+    fn load_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>>;
 
     /// Durably stores `tokens` for `grant`, replacing what was there.
-    fn save<'a>(
+    fn save_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -64,11 +67,11 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Deletes `grant`'s token set (and anything else kept for it). Deleting a grant that is not
     /// stored succeeds.
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>>;
+    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>>;
 
     /// Takes `grant`'s refresh lock, for stores shared by several processes; see
     /// [`TokenStore::lock`]. The default takes no lock.
-    fn lock<'a>(
+    fn lock_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         max_hold: Duration,
@@ -79,45 +82,48 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Saves while holding `grant`'s lock; see [`TokenStore::save_locked`]. The default calls
     /// [`save`](Self::save).
-    fn save_locked<'a>(
+    fn save_grant_locked<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         let _ = lock;
-        self.save(grant, tokens)
+        self.save_grant(grant, tokens)
     }
 }
 
 impl<T: GrantStore + ?Sized> GrantStore for Arc<T> {
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
-        (**self).load(grant)
+    fn load_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        (**self).load_grant(grant)
     }
-    fn save<'a>(
+    fn save_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        (**self).save(grant, tokens)
+        (**self).save_grant(grant, tokens)
     }
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
-        (**self).remove(grant)
+    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        (**self).remove_grant(grant)
     }
-    fn lock<'a>(
+    fn lock_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         max_hold: Duration,
     ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
-        (**self).lock(grant, max_hold)
+        (**self).lock_grant(grant, max_hold)
     }
-    fn save_locked<'a>(
+    fn save_grant_locked<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        (**self).save_locked(grant, tokens, lock)
+        (**self).save_grant_locked(grant, tokens, lock)
     }
 }
 
@@ -130,19 +136,19 @@ pub(crate) struct GrantView {
 
 impl TokenStore for GrantView {
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        self.store.load(&self.grant)
+        self.store.load_grant(&self.grant)
     }
     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.store.save(&self.grant, tokens)
+        self.store.save_grant(&self.grant, tokens)
     }
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        self.store.lock(&self.grant, max_hold)
+        self.store.lock_grant(&self.grant, max_hold)
     }
     fn save_locked<'a>(
         &'a self,
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.store.save_locked(&self.grant, tokens, lock)
+        self.store.save_grant_locked(&self.grant, tokens, lock)
     }
 }

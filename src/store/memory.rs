@@ -62,12 +62,15 @@ impl MemoryStore {
 }
 
 impl GrantStore for MemoryStore {
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+    fn load_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         let tokens = self.get_grant(grant);
         Box::pin(async move { Ok(tokens) })
     }
 
-    fn save<'a>(
+    fn save_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -76,7 +79,7 @@ impl GrantStore for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
         self.grants.lock().remove(grant);
         Box::pin(async { Ok(()) })
     }

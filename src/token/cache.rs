@@ -208,8 +208,13 @@ impl TokenCache {
         let remaining = expires_at_wall
             .duration_since(now)
             .unwrap_or(Duration::ZERO);
+        let skew = if self.jitter {
+            self.skew.saturating_add(self.skew.mul_f64(fastrand::f64()))
+        } else {
+            self.skew
+        };
         let refresh_at_wall = expires_at_wall
-            .checked_sub(self.skew.min(remaining / 2))
+            .checked_sub(skew.min(remaining / 2))
             .unwrap_or(expires_at_wall);
         let previous = self.current.load();
         let next = Arc::new(Current {

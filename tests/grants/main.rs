@@ -9,7 +9,7 @@ mod api;
 use std::time::Duration;
 
 use nifty_auth::testing::{FakeGrant, FakeNifty};
-use nifty_auth::{GrantId, GrantStore, MemoryStore, NiftyGrantsBuilder, NiftyGrants, TokenSet};
+use nifty_auth::{GrantId, GrantStore, MemoryStore, NiftyGrants, NiftyGrantsBuilder, TokenSet};
 
 /// A grants builder aimed at `fake`, with fast backoff.
 pub fn grants_builder(fake: &FakeNifty) -> NiftyGrantsBuilder {
@@ -29,7 +29,7 @@ pub async fn seed(fake: &FakeNifty, store: &MemoryStore, n: usize) -> Vec<(Grant
         let tokens = TokenSet::new(format!("expired-{i}"))
             .with_refresh_token(grant.issue_refresh_token())
             .with_expires_in(Duration::ZERO);
-        GrantStore::save(store, &id, &tokens).await.unwrap();
+        GrantStore::save_grant(store, &id, &tokens).await.unwrap();
         grants.push((id, grant));
     }
     grants

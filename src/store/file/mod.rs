@@ -68,10 +68,10 @@ mod tests;
 /// every name stays within the usual 255-byte limit. No file outside the directory is read or
 /// written.
 ///
-/// - [`GrantStore::remove`] deletes the grant's token file and leaves its (empty) lock file:
+/// - [`GrantStore::remove_grant`] deletes the grant's token file and leaves its (empty) lock file:
 ///   deleting a lock file that another process may hold open would let two processes lock
 ///   different files of the same name. It does not take the grant's lock: to keep a refresh in
-///   another process from saving the grant again, take [`lock`](GrantStore::lock) around it.
+///   another process from saving the grant again, take [`lock`](GrantStore::lock_grant) around it.
 /// - Used as a single [`TokenStore`] (with [`NiftyAuth`](crate::NiftyAuth)), a directory store
 ///   keeps its token set as the grant [`DEFAULT_GRANT`](Self::DEFAULT_GRANT): the file
 ///   `<dir>/default.json`, shared with a `NiftyGrants` grant of that id.
@@ -237,14 +237,17 @@ impl TokenStore for FileStore {
 /// One file per grant in a [directory store](FileStore::directory); every call fails on a store
 /// made by [`FileStore::new`].
 impl GrantStore for FileStore {
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+    fn load_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         match self.grant_target(grant) {
             Ok(target) => Box::pin(disk::load(target)),
             Err(e) => Box::pin(ready(Err(e))),
         }
     }
 
-    fn save<'a>(
+    fn save_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -260,7 +263,7 @@ impl GrantStore for FileStore {
 
     /// Deletes the grant's token file and keeps its lock file (see the
     /// [type docs](FileStore#many-grants-in-a-directory)).
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
         match self.grant_target(grant) {
             Ok(target) => Box::pin(disk::remove(target)),
             Err(e) => Box::pin(ready(Err(e))),
@@ -268,7 +271,7 @@ impl GrantStore for FileStore {
     }
 
     /// Takes the exclusive lock on the grant's lock file, as [`TokenStore::lock`] does on one file.
-    fn lock<'a>(
+    fn lock_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         max_hold: Duration,
@@ -281,7 +284,7 @@ impl GrantStore for FileStore {
 
     /// Saves only under a lock this store took for this grant: a lock of another grant (or none)
     /// is refused, so a mix-up can never write a grant its holder did not lock.
-    fn save_locked<'a>(
+    fn save_grant_locked<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,

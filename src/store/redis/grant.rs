@@ -30,12 +30,15 @@ impl RedisStore {
 
 /// One token key and one lock key per grant; see [Many grants](RedisStore#many-grants).
 impl GrantStore for RedisStore {
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+    fn load_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(async move { self.load_at(&self.grant_keys(grant)).await })
     }
 
     /// Writes `grant`'s token set unconditionally (no lock, no fence), with the token TTL.
-    fn save<'a>(
+    fn save_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -44,7 +47,7 @@ impl GrantStore for RedisStore {
     }
 
     /// Deletes `grant`'s token key. Its lock key is left alone: a holder's lease lapses by itself.
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
             let keys = self.grant_keys(grant);
             let mut connection = self.connection().await?;
@@ -59,7 +62,7 @@ impl GrantStore for RedisStore {
 
     /// Takes `grant`'s refresh lock: the same lease, watchdog and bounded wait as
     /// [`TokenStore::lock`](crate::TokenStore::lock), on the grant's own lock key.
-    fn lock<'a>(
+    fn lock_grant<'a>(
         &'a self,
         grant: &'a GrantId,
         max_hold: Duration,
@@ -69,7 +72,7 @@ impl GrantStore for RedisStore {
 
     /// Saves `grant`'s token set only if `lock` is this store's lock *of this grant* and still
     /// holds it: a lock taken for another grant is refused before anything is sent to Redis.
-    fn save_locked<'a>(
+    fn save_grant_locked<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,

@@ -83,11 +83,11 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 ///   name `g` are the same token set (and the same lock), and one `NiftyAuth` can share a grant
 ///   with a `NiftyGrants`. For a store used only for many grants, any name (`"default"`) does.
 /// - Each grant has its own lease, watchdog and fenced save, as above. The lock's data names the
-///   grant's lock key: [`save_locked`](crate::GrantStore::save_locked) of grant `b` with a lock
+///   grant's lock key: [`save_locked`](crate::GrantStore::save_grant_locked) of grant `b` with a lock
 ///   taken for grant `a` is refused before Redis is asked, and the script checks `b`'s own lock.
 /// - With encryption, the associated data is the grant's token key: a value copied from one
 ///   grant's key into another's does not decrypt (the load fails and says so).
-/// - [`remove`](crate::GrantStore::remove) deletes the grant's token key; a lock key, if held,
+/// - [`remove`](crate::GrantStore::remove_grant) deletes the grant's token key; a lock key, if held,
 ///   lapses with its lease.
 ///
 /// # The window no client can close
