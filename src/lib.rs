@@ -128,7 +128,8 @@ pub use credentials::Credentials;
 pub use endpoint::MAX_TOKEN_RESPONSE_BYTES;
 pub use error::AuthError;
 pub use layer::{
-    NiftyAuthLayer, NiftyAuthService, ReplayableBody, ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
+    CloneBodyFn, CommonBodies, NiftyAuthLayer, NiftyAuthService, ReplayPolicy, ReplayableBody,
+    ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
 };
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]

@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::body::{replay_copy, ReplayableBody};
+use super::body::ReplayPolicy;
 use super::head::Head;
 use crate::auth::ManagerHandle;
 use crate::token::refresh::{TokenFuture, TokenManager, Unauthorized};
@@ -19,7 +19,8 @@ use crate::trace;
 use crate::{AuthError, BoxError};
 
 /// Everything a retry needs: a service to send with, a copy of the request (taken before the
-/// `Authorization` header was added), and the token generation the first send used.
+/// `Authorization` header was added), and the token generation the first send used. Kept inline in
+/// the response future, so keeping it allocates nothing (the head's buffer comes from a pool).
 pub(crate) struct Retry<S, B> {
     service: S,
     /// A striped handle (see `SharedAuth::handles`).
@@ -29,24 +30,24 @@ pub(crate) struct Retry<S, B> {
     generation: u64,
 }
 
-impl<S: Clone, B: ReplayableBody> Retry<S, B> {
-    /// A copy of `request` for a retry, or `None` if its body cannot be kept.
+impl<S: Clone, B> Retry<S, B> {
+    /// A copy of `request` for a retry, or `None` if `policy` does not replay its body.
     #[inline]
-    pub(crate) fn new(
+    pub(crate) fn new<P: ReplayPolicy<B>>(
         request: &Request<B>,
+        policy: &P,
         service: &S,
         manager: &Arc<ManagerHandle>,
-        max_body_bytes: u64,
         generation: u64,
-    ) -> Option<Box<Self>> {
-        let body = replay_copy(request.body(), max_body_bytes)?;
-        Some(Box::new(Retry {
+    ) -> Option<Self> {
+        let body = policy.clone_body(request.body())?;
+        Some(Retry {
             head: Head::capture(request)?,
             body,
             service: service.clone(),
             manager: Arc::clone(manager),
             generation,
-        }))
+        })
     }
 }
 
@@ -56,16 +57,10 @@ struct Waiting<S, B> {
     service: S,
     request: Request<B>,
     manager: Arc<TokenManager>,
-    /// The replay cap, or `None` when 401 retries are off.
-    replay_cap: Option<u64>,
+    /// The copy of the body for a retry (taken at `call`), or `None` when the request is sent once.
+    replay: Option<B>,
     /// The token's header and generation, once it arrived.
     header: Option<(HeaderValue, u64)>,
-}
-
-/// What a retry remembers to report a second 401 (the token it carried was rejected too).
-struct Sent {
-    manager: Arc<ManagerHandle>,
-    generation: u64,
 }
 
 pin_project! {
@@ -74,6 +69,9 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
+        // What a retry needs, or `None` when a 401 goes back as it is. Kept outside the state, as
+        // tower's retry keeps its request, so the state only holds what each step waits on.
+        retry: Option<Retry<S, B>>,
         #[pin]
         state: State<S, B, S::Future>,
     }
@@ -83,17 +81,16 @@ pin_project! {
     #[project = StateProj]
     enum State<S, B, F> {
         // No usable token yet: waiting for the single-flight refresh, then for the service's
-        // readiness. (Cold data is boxed, so the future stays small and cheap to move on the hot
-        // path.)
-        WaitToken { token: TokenFuture, waiting: Option<Box<Waiting<S, B>>> },
-        // The first send.
-        First { #[pin] future: F, retry: Option<Box<Retry<S, B>>> },
+        // readiness, before the first send. (Boxed: the cold path, kept out of the hot future's size.)
+        WaitingForToken { token: TokenFuture, waiting: Option<Box<Waiting<S, B>>> },
+        // Waiting for the answer to the first send.
+        WaitingForResponse { #[pin] future: F },
         // A 401 came back: waiting for a token newer than the rejected one.
-        Refresh { token: TokenFuture, retry: Option<Box<Retry<S, B>>> },
+        WaitingForNewerToken { token: TokenFuture },
         // Waiting for the service to be ready again before the retry.
-        Ready { header: HeaderValue, generation: u64, retry: Option<Box<Retry<S, B>>> },
-        // The retry; its answer, 401 or not, goes to the caller.
-        Second { #[pin] future: F, sent: Option<Box<Sent>> },
+        WaitingForReadiness { header: HeaderValue, generation: u64 },
+        // Waiting for the answer to the retry; it goes to the caller, 401 or not.
+        WaitingForRetryResponse { #[pin] future: F, manager: Arc<ManagerHandle>, generation: u64 },
     }
 }
 
@@ -101,9 +98,11 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn first(future: S::Future, retry: Option<Box<Retry<S, B>>>) -> Self {
+    #[inline]
+    pub(crate) fn first(future: S::Future, retry: Option<Retry<S, B>>) -> Self {
         ResponseFuture {
-            state: State::First { future, retry },
+            retry,
+            state: State::WaitingForResponse { future },
         }
     }
 
@@ -112,16 +111,17 @@ where
         service: S,
         request: Request<B>,
         manager: Arc<TokenManager>,
-        replay_cap: Option<u64>,
+        replay: Option<B>,
     ) -> Self {
         ResponseFuture {
-            state: State::WaitToken {
+            retry: None,
+            state: State::WaitingForToken {
                 token,
                 waiting: Some(Box::new(Waiting {
                     service,
                     request,
                     manager,
-                    replay_cap,
+                    replay,
                     header: None,
                 })),
             },
@@ -150,15 +150,16 @@ impl<S, B, RB> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
-    B: ReplayableBody,
 {
     type Output = Result<Response<RB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let retry = this.retry;
+        let mut state = this.state;
         loop {
             match state.as_mut().project() {
-                StateProj::WaitToken { token, waiting } => {
+                StateProj::WaitingForToken { token, waiting } => {
                     let waiting_now = waiting.as_mut().ok_or_else(gone)?;
                     if waiting_now.header.is_none() {
                         let current = ready!(token.as_mut().poll(cx))?;
@@ -172,20 +173,25 @@ where
                         mut service,
                         mut request,
                         manager,
-                        replay_cap,
+                        replay,
                         header,
                     } = *waiting.take().ok_or_else(gone)?;
                     let (header, generation) = header.ok_or_else(gone)?;
                     manager.counters.request_authorized();
-                    let retry = replay_cap.and_then(|max| {
-                        let handle = Arc::new(ManagerHandle(Arc::clone(&manager)));
-                        Retry::new(&request, &service, &handle, max, generation)
-                    });
+                    if let Some(body) = replay {
+                        *retry = Head::capture(&request).map(|head| Retry {
+                            service: service.clone(),
+                            manager: Arc::new(ManagerHandle(Arc::clone(&manager))),
+                            head,
+                            body,
+                            generation,
+                        });
+                    }
                     request.headers_mut().insert(AUTHORIZATION, header);
                     let future = service.call(request);
-                    state.set(State::First { future, retry });
+                    state.set(State::WaitingForResponse { future });
                 }
-                StateProj::First { future, retry } => {
+                StateProj::WaitingForResponse { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() != StatusCode::UNAUTHORIZED
                         || super::insufficient_scope(response.headers())
@@ -193,43 +199,32 @@ where
                         // Not a token problem, or one a new token would not cure (RFC 6750 §3.1).
                         return Poll::Ready(Ok(response));
                     }
-                    let Some(retry) = retry.take() else {
+                    let Some(retrying) = retry.as_ref() else {
                         return Poll::Ready(Ok(response));
                     };
                     // Usually another request's refresh already replaced the rejected token: then
                     // use the newer one straight away, without a token future.
-                    match retry.manager.0.after_unauthorized(retry.generation) {
-                        Unauthorized::Newer(header, generation) => state.set(State::Ready {
-                            header,
-                            generation,
-                            retry: Some(retry),
-                        }),
-                        Unauthorized::Wait(token) => state.set(State::Refresh {
-                            token,
-                            retry: Some(retry),
-                        }),
+                    match retrying.manager.0.after_unauthorized(retrying.generation) {
+                        Unauthorized::Newer(header, generation) => {
+                            trace::debug!(
+                                generation,
+                                "401 answered; retrying once with a newer token"
+                            );
+                            state.set(State::WaitingForReadiness { header, generation });
+                        }
+                        Unauthorized::Wait(token) => {
+                            trace::debug!("401 answered; retrying once after a refresh");
+                            state.set(State::WaitingForNewerToken { token });
+                        }
                         Unauthorized::GiveUp => return Poll::Ready(Ok(response)),
                     }
-                    trace::debug!(
-                        generation = retry_generation(&state),
-                        "401 answered; retrying once with a newer token"
-                    );
                 }
-                StateProj::Refresh { token, retry } => {
+                StateProj::WaitingForNewerToken { token } => {
                     let current = ready!(token.as_mut().poll(cx))?;
                     let (header, generation) = header_of(&current)?;
-                    let retry = retry.take();
-                    state.set(State::Ready {
-                        header,
-                        generation,
-                        retry,
-                    });
+                    state.set(State::WaitingForReadiness { header, generation });
                 }
-                StateProj::Ready {
-                    header,
-                    generation,
-                    retry,
-                } => {
+                StateProj::WaitingForReadiness { header, generation } => {
                     let service = &mut retry.as_mut().ok_or_else(gone)?.service;
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let Retry {
@@ -238,7 +233,7 @@ where
                         head,
                         body,
                         ..
-                    } = *retry.take().ok_or_else(gone)?;
+                    } = retry.take().ok_or_else(gone)?;
                     let Some(mut request) = head.into_request(body) else {
                         return Poll::Ready(Err(AuthError::Internal {
                             reason: "the request's headers could not be rebuilt for the retry"
@@ -249,35 +244,26 @@ where
                     manager.0.counters.unauthorized_retry();
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
-                    let sent = Some(Box::new(Sent {
+                    let generation = *generation;
+                    state.set(State::WaitingForRetryResponse {
+                        future,
                         manager,
-                        generation: *generation,
-                    }));
-                    state.set(State::Second { future, sent });
+                        generation,
+                    });
                 }
-                StateProj::Second { future, sent } => {
+                StateProj::WaitingForRetryResponse {
+                    future,
+                    manager,
+                    generation,
+                } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() == StatusCode::UNAUTHORIZED {
-                        if let Some(sent) = sent.take() {
-                            sent.manager.0.rejected_again(sent.generation);
-                        }
+                        manager.0.rejected_again(*generation);
                     }
                     return Poll::Ready(Ok(response));
                 }
             }
         }
-    }
-}
-
-/// The generation a retry is about to use (for the debug event).
-#[cfg_attr(
-    not(feature = "tracing"),
-    allow(dead_code, reason = "only read by a tracing event")
-)]
-fn retry_generation<S, B, F>(state: &Pin<&mut State<S, B, F>>) -> u64 {
-    match &**state {
-        State::Ready { generation, .. } => *generation,
-        _ => 0,
     }
 }
 
@@ -287,14 +273,15 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::WaitToken { .. } => "waiting for a token",
-            State::First { .. } => "sending",
-            State::Refresh { .. } => "refreshing after 401",
-            State::Ready { .. } => "waiting for readiness to retry",
-            State::Second { .. } => "retrying",
+            State::WaitingForToken { .. } => "waiting for a token",
+            State::WaitingForResponse { .. } => "waiting for the response",
+            State::WaitingForNewerToken { .. } => "waiting for a newer token after a 401",
+            State::WaitingForReadiness { .. } => "waiting for readiness to retry",
+            State::WaitingForRetryResponse { .. } => "waiting for the retry's response",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
+            .field("can_retry", &self.retry.is_some())
             .finish()
     }
 }
