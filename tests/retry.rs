@@ -174,9 +174,8 @@ async fn a_one_mib_full_bytes_post_answered_401_is_retried_with_identical_bytes(
 
 #[tokio::test]
 async fn a_stream_body_request_is_sent_once_and_its_401_returned() {
-    type Frames = futures_util::stream::Iter<
-        std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>,
-    >;
+    type Frames =
+        futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>;
     let fake = FakeNifty::start().await.unwrap();
     let auth = auth(&fake);
     // A foreign body type, not boxed: the layer takes it as it is.
@@ -202,7 +201,11 @@ async fn a_stream_body_request_is_sent_once_and_its_401_returned() {
 
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(fake.api_calls(), 2, "not retried");
-    assert_eq!(fake.token_calls(), 1, "no refresh for a request that is not retried");
+    assert_eq!(
+        fake.token_calls(),
+        1,
+        "no refresh for a request that is not retried"
+    );
     assert_eq!(&fake.api_requests()[1].body[..], b"chunk-1 chunk-2");
 }
 
@@ -224,11 +227,18 @@ async fn a_body_the_default_does_not_know_is_replayed_by_clone_body_fn() {
             .body(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))))
             .unwrap()
     };
-    assert_eq!(default.clone().oneshot(post("{}")).await.unwrap().status(), 200);
+    assert_eq!(
+        default.clone().oneshot(post("{}")).await.unwrap().status(),
+        200
+    );
 
     fake.revoke_access_tokens();
     let response = default.oneshot(post(r#"{"n":1}"#)).await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "default: sent once");
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "default: sent once"
+    );
     assert_eq!(fake.api_calls(), 2);
 
     let response = replays_left.oneshot(post(r#"{"n":2}"#)).await.unwrap();

@@ -246,14 +246,21 @@ mod tests {
         let copy = POLICY.clone_body(&Full::new(big.clone())).unwrap();
         assert_eq!(copy.size_hint().exact(), Some(1 << 20));
         assert!(replays(Empty::<Bytes>::new()));
-        assert!(replays(Either::<Full<Bytes>, Empty<Bytes>>::Left(Full::new(big.clone()))));
-        assert!(replays(Either::<Empty<Bytes>, Full<Bytes>>::Left(Empty::new())));
+        assert!(replays(Either::<Full<Bytes>, Empty<Bytes>>::Left(
+            Full::new(big.clone())
+        )));
+        assert!(replays(Either::<Empty<Bytes>, Full<Bytes>>::Left(
+            Empty::new()
+        )));
         assert!(replays(Limited::new(Full::new(big), 2 << 20)));
     }
 
     #[test]
     fn owned_bytes_are_replayed_only_up_to_the_cap() {
-        assert_eq!(POLICY.clone_body(&"abcd".to_owned()).as_deref(), Some("abcd"));
+        assert_eq!(
+            POLICY.clone_body(&"abcd".to_owned()).as_deref(),
+            Some("abcd")
+        );
         assert!(!replays("abcde".to_owned()));
         assert!(replays(Full::new(&b"static bytes are never copied"[..])));
     }
@@ -261,7 +268,9 @@ mod tests {
     #[test]
     fn streaming_and_unknown_bodies_are_not_replayed() {
         assert!(!replays(BoxBody::new(Full::new(Bytes::new()))));
-        assert!(!replays(Full::new(std::collections::VecDeque::from(vec![1u8]))));
+        assert!(!replays(Full::new(std::collections::VecDeque::from(vec![
+            1u8
+        ]))));
         assert!(!replays(Either::<Full<Bytes>, String>::Left(Full::new(
             Bytes::new()
         ))));
@@ -269,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_closure_policy_decides_for_any_type() {
-        let policy = CloneBodyFn(|b: &Full<&'static [u8]>| Some(b.clone()));
+        let policy = CloneBodyFn(|b: &Full<&'static [u8]>| Some(*b));
         assert!(policy.clone_body(&Full::new(&b"x"[..])).is_some());
     }
 }

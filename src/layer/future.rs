@@ -78,19 +78,20 @@ pin_project! {
 }
 
 pin_project! {
+    // Each state is named for what the future waits on in it.
     #[project = StateProj]
     enum State<S, B, F> {
         // No usable token yet: waiting for the single-flight refresh, then for the service's
         // readiness, before the first send. (Boxed: the cold path, kept out of the hot future's size.)
-        WaitingForToken { token: TokenFuture, waiting: Option<Box<Waiting<S, B>>> },
+        Token { token: TokenFuture, waiting: Option<Box<Waiting<S, B>>> },
         // Waiting for the answer to the first send.
-        WaitingForResponse { #[pin] future: F },
+        Response { #[pin] future: F },
         // A 401 came back: waiting for a token newer than the rejected one.
-        WaitingForNewerToken { token: TokenFuture },
+        NewerToken { token: TokenFuture },
         // Waiting for the service to be ready again before the retry.
-        WaitingForReadiness { header: HeaderValue, generation: u64 },
+        Readiness { header: HeaderValue, generation: u64 },
         // Waiting for the answer to the retry; it goes to the caller, 401 or not.
-        WaitingForRetryResponse { #[pin] future: F, manager: Arc<ManagerHandle>, generation: u64 },
+        RetryResponse { #[pin] future: F, manager: Arc<ManagerHandle>, generation: u64 },
     }
 }
 
@@ -102,7 +103,7 @@ where
     pub(crate) fn first(future: S::Future, retry: Option<Retry<S, B>>) -> Self {
         ResponseFuture {
             retry,
-            state: State::WaitingForResponse { future },
+            state: State::Response { future },
         }
     }
 
@@ -115,7 +116,7 @@ where
     ) -> Self {
         ResponseFuture {
             retry: None,
-            state: State::WaitingForToken {
+            state: State::Token {
                 token,
                 waiting: Some(Box::new(Waiting {
                     service,
@@ -159,7 +160,7 @@ where
         let mut state = this.state;
         loop {
             match state.as_mut().project() {
-                StateProj::WaitingForToken { token, waiting } => {
+                StateProj::Token { token, waiting } => {
                     let waiting_now = waiting.as_mut().ok_or_else(gone)?;
                     if waiting_now.header.is_none() {
                         let current = ready!(token.as_mut().poll(cx))?;
@@ -189,9 +190,9 @@ where
                     }
                     request.headers_mut().insert(AUTHORIZATION, header);
                     let future = service.call(request);
-                    state.set(State::WaitingForResponse { future });
+                    state.set(State::Response { future });
                 }
-                StateProj::WaitingForResponse { future } => {
+                StateProj::Response { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() != StatusCode::UNAUTHORIZED
                         || super::insufficient_scope(response.headers())
@@ -210,21 +211,21 @@ where
                                 generation,
                                 "401 answered; retrying once with a newer token"
                             );
-                            state.set(State::WaitingForReadiness { header, generation });
+                            state.set(State::Readiness { header, generation });
                         }
                         Unauthorized::Wait(token) => {
                             trace::debug!("401 answered; retrying once after a refresh");
-                            state.set(State::WaitingForNewerToken { token });
+                            state.set(State::NewerToken { token });
                         }
                         Unauthorized::GiveUp => return Poll::Ready(Ok(response)),
                     }
                 }
-                StateProj::WaitingForNewerToken { token } => {
+                StateProj::NewerToken { token } => {
                     let current = ready!(token.as_mut().poll(cx))?;
                     let (header, generation) = header_of(&current)?;
-                    state.set(State::WaitingForReadiness { header, generation });
+                    state.set(State::Readiness { header, generation });
                 }
-                StateProj::WaitingForReadiness { header, generation } => {
+                StateProj::Readiness { header, generation } => {
                     let service = &mut retry.as_mut().ok_or_else(gone)?.service;
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let Retry {
@@ -245,13 +246,13 @@ where
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
                     let generation = *generation;
-                    state.set(State::WaitingForRetryResponse {
+                    state.set(State::RetryResponse {
                         future,
                         manager,
                         generation,
                     });
                 }
-                StateProj::WaitingForRetryResponse {
+                StateProj::RetryResponse {
                     future,
                     manager,
                     generation,
@@ -273,11 +274,11 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::WaitingForToken { .. } => "waiting for a token",
-            State::WaitingForResponse { .. } => "waiting for the response",
-            State::WaitingForNewerToken { .. } => "waiting for a newer token after a 401",
-            State::WaitingForReadiness { .. } => "waiting for readiness to retry",
-            State::WaitingForRetryResponse { .. } => "waiting for the retry's response",
+            State::Token { .. } => "waiting for a token",
+            State::Response { .. } => "waiting for the response",
+            State::NewerToken { .. } => "waiting for a newer token after a 401",
+            State::Readiness { .. } => "waiting for readiness to retry",
+            State::RetryResponse { .. } => "waiting for the retry's response",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

@@ -18,7 +18,7 @@ const POOLED_BUFFERS: usize = 16;
 /// Buffers that grew beyond this are freed rather than kept (a rare huge head does not pin memory).
 const MAX_POOLED_CAPACITY: usize = 4 * 1024;
 /// The capacity a new buffer starts with: enough for the head of a typical API request.
-const INITIAL_CAPACITY: usize = 512;
+const INITIAL_CAPACITY: usize = 256;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -218,6 +218,9 @@ mod tests {
         drop(heads);
         assert_eq!(POOL.with(|pool| pool.borrow().len()), POOLED_BUFFERS);
         give_back(Vec::with_capacity(MAX_POOLED_CAPACITY + 1));
-        assert!(POOL.with(|pool| pool.borrow().iter().all(|b| b.capacity() <= MAX_POOLED_CAPACITY)));
+        assert!(POOL.with(|pool| pool
+            .borrow()
+            .iter()
+            .all(|b| b.capacity() <= MAX_POOLED_CAPACITY)));
     }
 }
