@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::body::ReplayPolicy;
 use super::head::Head;
 use crate::auth::ManagerHandle;
-use crate::token::refresh::{TokenFuture, TokenManager, Unauthorized};
+use crate::token::refresh::{TokenFuture, Unauthorized};
 use crate::trace;
 use crate::{AuthError, BoxError};
 
@@ -56,7 +56,8 @@ struct Waiting<S, B> {
     /// A clone of the service, not yet driven to readiness.
     service: S,
     request: Request<B>,
-    manager: Arc<TokenManager>,
+    /// A striped handle (see `SharedAuth::handles`).
+    manager: Arc<ManagerHandle>,
     /// The copy of the body for a retry (taken at `call`), or `None` when the request is sent once.
     replay: Option<B>,
     /// The token's header and generation, once it arrived.
@@ -111,7 +112,7 @@ where
         token: TokenFuture,
         service: S,
         request: Request<B>,
-        manager: Arc<TokenManager>,
+        manager: Arc<ManagerHandle>,
         replay: Option<B>,
     ) -> Self {
         ResponseFuture {
@@ -178,11 +179,11 @@ where
                         header,
                     } = *waiting.take().ok_or_else(gone)?;
                     let (header, generation) = header.ok_or_else(gone)?;
-                    manager.counters.request_authorized();
+                    manager.0.counters.request_authorized();
                     if let Some(body) = replay {
                         *retry = Head::capture(&request).map(|head| Retry {
                             service: service.clone(),
-                            manager: Arc::new(ManagerHandle(Arc::clone(&manager))),
+                            manager,
                             head,
                             body,
                             generation,

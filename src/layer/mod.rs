@@ -12,6 +12,7 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::stripe::{self, STRIPES};
 use crate::token::cache::{LocalCache, Read};
 use crate::token::refresh::Want;
 use crate::{BoxError, NiftyAuth};
@@ -220,7 +221,9 @@ where
             return ResponseFuture::first(self.inner.call(request), None);
         }
         let manager = &self.auth.shared.manager;
-        let (header, generation) = match self.current.load().read() {
+        // One thread-local lookup for the header copy, the counter and the manager handle.
+        let stripe = stripe::index();
+        let (header, generation) = match self.current.load().read_for(stripe) {
             Read::Fresh(header, generation) => (header, generation),
             Read::Stale(header, generation) => {
                 manager.refresh_in_background();
@@ -242,14 +245,14 @@ where
                     token,
                     self.inner.clone(),
                     request,
-                    Arc::clone(manager),
+                    Arc::clone(self.auth.shared.handle()),
                     replay,
                 );
             }
         };
-        let retry = self.retry_for(&request, generation);
+        let retry = self.retry_for(&request, generation, stripe);
         request.headers_mut().insert(AUTHORIZATION, header);
-        manager.counters.request_authorized();
+        manager.counters.request_authorized_on(stripe);
         ResponseFuture::first(self.inner.call(request), retry)
     }
 }
@@ -271,7 +274,12 @@ pub(crate) fn insufficient_scope(headers: &http::HeaderMap) -> bool {
 impl<S: Clone, P> NiftyAuthService<S, P> {
     /// What a retry after a 401 needs, if the request can be retried.
     #[inline]
-    fn retry_for<B>(&self, request: &Request<B>, generation: u64) -> Option<Retry<S, B>>
+    fn retry_for<B>(
+        &self,
+        request: &Request<B>,
+        generation: u64,
+        stripe: usize,
+    ) -> Option<Retry<S, B>>
     where
         P: ReplayPolicy<B>,
     {
@@ -282,7 +290,7 @@ impl<S: Clone, P> NiftyAuthService<S, P> {
             request,
             &self.policy,
             &self.inner,
-            self.auth.shared.handle(),
+            &self.auth.shared.handles[stripe % STRIPES],
             generation,
         )
     }
