@@ -2,7 +2,8 @@
 //! once, on a current-thread runtime.
 //!
 //! (a) the bare inner service, (b) tower-http `AddAuthorizationLayer::bearer` (a static header: the
-//! floor), (c) `NiftyAuthLayer` with a valid cached token, (c') the same with
+//! floor), (b-retry) the same under `tower::retry::Retry` with a policy that clones each request and
+//! retries once on 401 (the peer that can also retry: what a user composes from tower parts), (c) `NiftyAuthLayer` with a valid cached token, (c') the same with
 //! `retry_on_unauthorized(false)` (no retry copy of the request), (d) a naive hand-written layer
 //! (`tokio::sync::Mutex<Option<String>>` + `format!` per request).
 //!
@@ -112,6 +113,7 @@ fn hot_path(c: &mut Criterion) {
     rt.block_on(async {
         check_attaches(echo_service(), None).await;
         check_attaches(tower_http_layer().layer(echo_service()), Some(&bearer)).await;
+        check_attaches(tower_http_retry(echo_service()), Some(&bearer)).await;
         check_attaches(nifty.layer(echo_service()), Some(&bearer)).await;
         check_attaches(nifty_no_retry.layer(echo_service()), Some(&bearer)).await;
         check_attaches(naive.layer(echo_service()), Some(&bearer)).await;
@@ -125,6 +127,13 @@ fn hot_path(c: &mut Criterion) {
         &rt,
         "b_tower_http_static",
         tower_http_layer().layer(ok_service()),
+        &uri,
+    );
+    bench_variant(
+        &mut group,
+        &rt,
+        "b2_tower_http_with_retry",
+        tower_http_retry(ok_service()),
         &uri,
     );
     bench_variant(
@@ -175,6 +184,12 @@ fn hot_path(c: &mut Criterion) {
                     "b_tower_http_static",
                     &rt,
                     tower_http_layer().layer(ok_service()),
+                    &uri,
+                ),
+                variant(
+                    "b2_tower_http_with_retry",
+                    &rt,
+                    tower_http_retry(ok_service()),
                     &uri,
                 ),
                 variant("c_nifty_auth", &rt, nifty.layer(ok_service()), &uri),

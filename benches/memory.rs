@@ -232,6 +232,7 @@ fn main() {
 
     let bare = ok_service();
     let tower_http = tower_http_layer().layer(ok_service());
+    let tower_http_with_retry = tower_http_retry(ok_service());
     let nifty = auth.layer().layer(ok_service());
     let nifty_no_retry = auth
         .layer()
@@ -267,6 +268,11 @@ fn main() {
         future_size::<_, Full<Bytes>>(&tower_http)
     );
     println!(
+        "  tower-http + tower Retry / future     {:>5} / {}",
+        size_of_val(&tower_http_with_retry),
+        future_size::<_, Full<Bytes>>(&tower_http_with_retry)
+    );
+    println!(
         "  naive layer service / future          {:>5} / {}",
         size_of_val(&naive),
         future_size::<_, Full<Bytes>>(&naive)
@@ -285,6 +291,10 @@ fn main() {
         (
             "b tower-http",
             held_in_flight(&rt, tower_http.clone(), &uri),
+        ),
+        (
+            "b-retry tower-http+Retry",
+            held_in_flight(&rt, tower_http_with_retry.clone(), &uri),
         ),
         ("c nifty-auth", held_in_flight(&rt, nifty.clone(), &uri)),
         (
@@ -305,6 +315,10 @@ fn main() {
     );
     for (name, (n, bytes)) in [
         ("b tower-http", per_request(&rt, tower_http, &uri)),
+        (
+            "b-retry tower-http+Retry",
+            per_request(&rt, tower_http_with_retry, &uri),
+        ),
         ("c nifty-auth", per_request(&rt, nifty.clone(), &uri)),
         (
             "c' nifty-auth, no retry",

@@ -133,7 +133,8 @@ pub use grants::{
     DEFAULT_MAX_CONCURRENT_TOKEN_CALLS, MAX_GRANT_ID_BYTES,
 };
 pub use layer::{
-    NiftyAuthLayer, NiftyAuthService, ReplayableBody, ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
+    CloneBodyFn, CommonBodies, NiftyAuthLayer, NiftyAuthService, ReplayPolicy, ReplayableBody,
+    ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
 };
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]

@@ -95,7 +95,13 @@ impl Counters {
 
     #[inline]
     pub(crate) fn request_authorized(&self) {
-        self.requests_authorized.increment();
+        self.requests_authorized.increment(stripe::index());
+    }
+
+    /// [`request_authorized`](Self::request_authorized) on a known stripe.
+    #[inline]
+    pub(crate) fn request_authorized_on(&self, stripe: usize) {
+        self.requests_authorized.increment(stripe);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -126,8 +132,8 @@ struct Striped([Slot; STRIPES]);
 
 impl Striped {
     #[inline]
-    fn increment(&self) {
-        self.0[stripe::index()].0.fetch_add(1, Relaxed);
+    fn increment(&self, stripe: usize) {
+        self.0[stripe % STRIPES].0.fetch_add(1, Relaxed);
     }
 
     fn sum(&self) -> u64 {

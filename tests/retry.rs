@@ -10,11 +10,10 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::NiftyAuthService;
 use tower::{ServiceBuilder, ServiceExt};
 
 /// Warms the token cache with one request; returns the service.
@@ -112,35 +111,142 @@ async fn forbidden_is_not_retried() {
 }
 
 #[tokio::test]
-async fn a_body_over_the_replay_cap_is_sent_once_and_its_401_returned() {
+async fn a_copied_body_over_the_replay_cap_is_sent_once_and_its_401_returned() {
     let fake = FakeNifty::start().await.unwrap();
     let auth = auth(&fake);
-    let svc = NiftyAuthService::new(http_client(), auth.clone());
-    let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
+    // A `String` body: replaying it copies its bytes, so the cap applies.
+    let client: Client<_, String> = Client::builder(TokioExecutor::new()).build_http();
+    let svc = ServiceBuilder::new()
+        .layer(auth.layer())
+        .service(client.clone());
+    let warm = Request::get(fake.api_url("/users/me"))
+        .body(String::new())
+        .unwrap();
+    assert_eq!(svc.clone().oneshot(warm).await.unwrap().status(), 200);
     fake.revoke_access_tokens();
 
-    let big = Bytes::from(vec![b'x'; 70 * 1024]);
+    let big = "x".repeat(70 * 1024);
     let request = Request::post(fake.api_url("/files"))
-        .body(Full::new(big.clone()))
+        .body(big.clone())
         .unwrap();
-    let (status, _) = send(&svc, request).await.unwrap();
+    let response = svc.clone().oneshot(request).await.unwrap();
 
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(fake.api_calls(), 2, "not retried");
-    assert_eq!(fake.api_requests()[1].body, big);
+    assert_eq!(fake.api_requests()[1].body, big.as_bytes());
 
     // The replay cap is configurable: with a larger cap the same body is retried.
     let svc = ServiceBuilder::new()
         .layer(auth.layer().max_replay_body_bytes(128 * 1024))
-        .service(http_client());
+        .service(client);
     let request = Request::post(fake.api_url("/files"))
-        .body(Full::new(big.clone()))
+        .body(big.clone())
         .unwrap();
     let response = svc.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.api_calls(), 4, "retried once");
     let requests = fake.api_requests();
-    assert_eq!(requests.last().unwrap().body, big);
+    assert_eq!(requests.last().unwrap().body, big.as_bytes());
+}
+
+#[tokio::test]
+async fn a_one_mib_full_bytes_post_answered_401_is_retried_with_identical_bytes() {
+    let fake = FakeNifty::start().await.unwrap();
+    let (_auth, svc) = warm(&fake).await;
+    fake.revoke_access_tokens();
+
+    // Over the 64 KiB cap, but a copy of `Full<Bytes>` only shares the bytes: it is replayed.
+    let body: Bytes = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let request = Request::post(fake.api_url("/files"))
+        .body(Full::new(body.clone()))
+        .unwrap();
+    let (status, _) = send(&svc, request).await.unwrap();
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fake.token_calls(), 2);
+    let requests = fake.api_requests();
+    assert_eq!(requests.len(), 3, "warm-up, first send, one retry");
+    assert_eq!(requests[1].status, 401);
+    assert_eq!(requests[2].status, 200);
+    assert_eq!(requests[1].body, body);
+    assert_eq!(requests[2].body, body);
+}
+
+#[tokio::test]
+async fn a_stream_body_request_is_sent_once_and_its_401_returned() {
+    type Frames =
+        futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>;
+    let fake = FakeNifty::start().await.unwrap();
+    let auth = auth(&fake);
+    // A foreign body type, not boxed: the layer takes it as it is.
+    let client: Client<_, StreamBody<Frames>> = Client::builder(TokioExecutor::new()).build_http();
+    let svc = ServiceBuilder::new().layer(auth.layer()).service(client);
+    let frames = |chunks: &[&'static str]| {
+        let frames: Vec<_> = chunks
+            .iter()
+            .map(|c| Ok(http_body::Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    };
+    let warm = Request::get(fake.api_url("/users/me"))
+        .body(frames(&[]))
+        .unwrap();
+    assert_eq!(svc.clone().oneshot(warm).await.unwrap().status(), 200);
+    fake.revoke_access_tokens();
+
+    let request = Request::post(fake.api_url("/upload"))
+        .body(frames(&["chunk-1 ", "chunk-2"]))
+        .unwrap();
+    let response = svc.clone().oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(fake.api_calls(), 2, "not retried");
+    assert_eq!(
+        fake.token_calls(),
+        1,
+        "no refresh for a request that is not retried"
+    );
+    assert_eq!(&fake.api_requests()[1].body[..], b"chunk-1 chunk-2");
+}
+
+#[tokio::test]
+async fn a_body_the_default_does_not_know_is_replayed_by_clone_body_fn() {
+    type MyBody = Either<Full<Bytes>, String>;
+    let fake = FakeNifty::start().await.unwrap();
+    let auth = auth(&fake);
+    let client: Client<_, MyBody> = Client::builder(TokioExecutor::new()).build_http();
+    let replays_left = ServiceBuilder::new()
+        .layer(auth.layer().clone_body_fn(|body: &MyBody| match body {
+            Either::Left(full) => Some(Either::Left(full.clone())),
+            Either::Right(_) => None,
+        }))
+        .service(client.clone());
+    let default = ServiceBuilder::new().layer(auth.layer()).service(client);
+    let post = |body: &'static str| {
+        Request::post(fake.api_url("/tasks"))
+            .body(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))))
+            .unwrap()
+    };
+    assert_eq!(
+        default.clone().oneshot(post("{}")).await.unwrap().status(),
+        200
+    );
+
+    fake.revoke_access_tokens();
+    let response = default.oneshot(post(r#"{"n":1}"#)).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "default: sent once"
+    );
+    assert_eq!(fake.api_calls(), 2);
+
+    let response = replays_left.oneshot(post(r#"{"n":2}"#)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the closure kept a copy");
+    let requests = fake.api_requests();
+    assert_eq!(requests.len(), 4);
+    assert_eq!(&requests[3].body[..], br#"{"n":2}"#);
+    assert_eq!(requests[3].body, requests[2].body);
 }
 
 #[tokio::test]

@@ -393,3 +393,47 @@ pub fn paired_enabled() -> bool {
     }
     true
 }
+
+/// The retry half of reference (b-retry): tower's `retry::Policy` that clones every request (method,
+/// URI, version, headers, extensions, body) and sends it once more if the answer is a 401 — what a
+/// user would compose from tower parts to get nifty-auth's retry around a static header.
+#[derive(Clone, Debug, Default)]
+pub struct RetryOnceOn401 {
+    retried: bool,
+}
+
+impl<B: Clone, RB, E> tower::retry::Policy<Request<B>, Response<RB>, E> for RetryOnceOn401 {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<B>,
+        result: &mut Result<Response<RB>, E>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !self.retried => {
+                self.retried = true;
+                Some(ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        let mut copy = Request::new(request.body().clone());
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        *copy.extensions_mut() = request.extensions().clone();
+        Some(copy)
+    }
+}
+
+/// Reference (b-retry): tower-http's static header under `tower::retry::Retry` with
+/// [`RetryOnceOn401`] — the peer that can also retry a 401.
+pub fn tower_http_retry<S: Inner>(
+    inner: S,
+) -> tower::retry::Retry<RetryOnceOn401, tower_http::auth::AddAuthorization<S>> {
+    tower::retry::RetryLayer::new(RetryOnceOn401::default()).layer(tower_http_layer().layer(inner))
+}

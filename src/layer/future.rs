@@ -11,15 +11,16 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::body::{replay_copy, ReplayableBody};
+use super::body::ReplayPolicy;
 use super::head::Head;
 use crate::auth::ManagerHandle;
-use crate::token::refresh::{TokenFuture, TokenManager, Unauthorized};
+use crate::token::refresh::{TokenFuture, Unauthorized};
 use crate::trace;
 use crate::{AuthError, BoxError};
 
 /// Everything a retry needs: a service to send with, a copy of the request (taken before the
-/// `Authorization` header was added), and the token generation the first send used.
+/// `Authorization` header was added), and the token generation the first send used. Kept inline in
+/// the response future, so keeping it allocates nothing (the head's buffer comes from a pool).
 pub(crate) struct Retry<S, B> {
     service: S,
     /// A striped handle (see `SharedAuth::handles`).
@@ -29,24 +30,24 @@ pub(crate) struct Retry<S, B> {
     generation: u64,
 }
 
-impl<S: Clone, B: ReplayableBody> Retry<S, B> {
-    /// A copy of `request` for a retry, or `None` if its body cannot be kept.
+impl<S: Clone, B> Retry<S, B> {
+    /// A copy of `request` for a retry, or `None` if `policy` does not replay its body.
     #[inline]
-    pub(crate) fn new(
+    pub(crate) fn new<P: ReplayPolicy<B>>(
         request: &Request<B>,
+        policy: &P,
         service: &S,
         manager: &Arc<ManagerHandle>,
-        max_body_bytes: u64,
         generation: u64,
-    ) -> Option<Box<Self>> {
-        let body = replay_copy(request.body(), max_body_bytes)?;
-        Some(Box::new(Retry {
+    ) -> Option<Self> {
+        let body = policy.clone_body(request.body())?;
+        Some(Retry {
             head: Head::capture(request)?,
             body,
             service: service.clone(),
             manager: Arc::clone(manager),
             generation,
-        }))
+        })
     }
 }
 
@@ -55,17 +56,12 @@ struct Waiting<S, B> {
     /// A clone of the service, not yet driven to readiness.
     service: S,
     request: Request<B>,
-    manager: Arc<TokenManager>,
-    /// The replay cap, or `None` when 401 retries are off.
-    replay_cap: Option<u64>,
+    /// A striped handle (see `SharedAuth::handles`).
+    manager: Arc<ManagerHandle>,
+    /// The copy of the body for a retry (taken at `call`), or `None` when the request is sent once.
+    replay: Option<B>,
     /// The token's header and generation, once it arrived.
     header: Option<(HeaderValue, u64)>,
-}
-
-/// What a retry remembers to report a second 401 (the token it carried was rejected too).
-struct Sent {
-    manager: Arc<ManagerHandle>,
-    generation: u64,
 }
 
 pin_project! {
@@ -74,26 +70,29 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
+        // What a retry needs, or `None` when a 401 goes back as it is. Kept outside the state, as
+        // tower's retry keeps its request, so the state only holds what each step waits on.
+        retry: Option<Retry<S, B>>,
         #[pin]
         state: State<S, B, S::Future>,
     }
 }
 
 pin_project! {
+    // Each state is named for what the future waits on in it.
     #[project = StateProj]
     enum State<S, B, F> {
         // No usable token yet: waiting for the single-flight refresh, then for the service's
-        // readiness. (Cold data is boxed, so the future stays small and cheap to move on the hot
-        // path.)
-        WaitToken { token: TokenFuture, waiting: Option<Box<Waiting<S, B>>> },
-        // The first send.
-        First { #[pin] future: F, retry: Option<Box<Retry<S, B>>> },
+        // readiness, before the first send. (Boxed: the cold path, kept out of the hot future's size.)
+        Token { token: TokenFuture, waiting: Option<Box<Waiting<S, B>>> },
+        // Waiting for the answer to the first send.
+        Response { #[pin] future: F },
         // A 401 came back: waiting for a token newer than the rejected one.
-        Refresh { token: TokenFuture, retry: Option<Box<Retry<S, B>>> },
+        NewerToken { token: TokenFuture },
         // Waiting for the service to be ready again before the retry.
-        Ready { header: HeaderValue, generation: u64, retry: Option<Box<Retry<S, B>>> },
-        // The retry; its answer, 401 or not, goes to the caller.
-        Second { #[pin] future: F, sent: Option<Box<Sent>> },
+        Readiness { header: HeaderValue, generation: u64 },
+        // Waiting for the answer to the retry; it goes to the caller, 401 or not.
+        RetryResponse { #[pin] future: F, manager: Arc<ManagerHandle>, generation: u64 },
     }
 }
 
@@ -101,9 +100,11 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn first(future: S::Future, retry: Option<Box<Retry<S, B>>>) -> Self {
+    #[inline]
+    pub(crate) fn first(future: S::Future, retry: Option<Retry<S, B>>) -> Self {
         ResponseFuture {
-            state: State::First { future, retry },
+            retry,
+            state: State::Response { future },
         }
     }
 
@@ -111,17 +112,18 @@ where
         token: TokenFuture,
         service: S,
         request: Request<B>,
-        manager: Arc<TokenManager>,
-        replay_cap: Option<u64>,
+        manager: Arc<ManagerHandle>,
+        replay: Option<B>,
     ) -> Self {
         ResponseFuture {
-            state: State::WaitToken {
+            retry: None,
+            state: State::Token {
                 token,
                 waiting: Some(Box::new(Waiting {
                     service,
                     request,
                     manager,
-                    replay_cap,
+                    replay,
                     header: None,
                 })),
             },
@@ -150,15 +152,16 @@ impl<S, B, RB> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
-    B: ReplayableBody,
 {
     type Output = Result<Response<RB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let retry = this.retry;
+        let mut state = this.state;
         loop {
             match state.as_mut().project() {
-                StateProj::WaitToken { token, waiting } => {
+                StateProj::Token { token, waiting } => {
                     let waiting_now = waiting.as_mut().ok_or_else(gone)?;
                     if waiting_now.header.is_none() {
                         let current = ready!(token.as_mut().poll(cx))?;
@@ -172,20 +175,25 @@ where
                         mut service,
                         mut request,
                         manager,
-                        replay_cap,
+                        replay,
                         header,
                     } = *waiting.take().ok_or_else(gone)?;
                     let (header, generation) = header.ok_or_else(gone)?;
-                    manager.counters.request_authorized();
-                    let retry = replay_cap.and_then(|max| {
-                        let handle = Arc::new(ManagerHandle(Arc::clone(&manager)));
-                        Retry::new(&request, &service, &handle, max, generation)
-                    });
+                    manager.0.counters.request_authorized();
+                    if let Some(body) = replay {
+                        *retry = Head::capture(&request).map(|head| Retry {
+                            service: service.clone(),
+                            manager,
+                            head,
+                            body,
+                            generation,
+                        });
+                    }
                     request.headers_mut().insert(AUTHORIZATION, header);
                     let future = service.call(request);
-                    state.set(State::First { future, retry });
+                    state.set(State::Response { future });
                 }
-                StateProj::First { future, retry } => {
+                StateProj::Response { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() != StatusCode::UNAUTHORIZED
                         || super::insufficient_scope(response.headers())
@@ -193,43 +201,32 @@ where
                         // Not a token problem, or one a new token would not cure (RFC 6750 §3.1).
                         return Poll::Ready(Ok(response));
                     }
-                    let Some(retry) = retry.take() else {
+                    let Some(retrying) = retry.as_ref() else {
                         return Poll::Ready(Ok(response));
                     };
                     // Usually another request's refresh already replaced the rejected token: then
                     // use the newer one straight away, without a token future.
-                    match retry.manager.0.after_unauthorized(retry.generation) {
-                        Unauthorized::Newer(header, generation) => state.set(State::Ready {
-                            header,
-                            generation,
-                            retry: Some(retry),
-                        }),
-                        Unauthorized::Wait(token) => state.set(State::Refresh {
-                            token,
-                            retry: Some(retry),
-                        }),
+                    match retrying.manager.0.after_unauthorized(retrying.generation) {
+                        Unauthorized::Newer(header, generation) => {
+                            trace::debug!(
+                                generation,
+                                "401 answered; retrying once with a newer token"
+                            );
+                            state.set(State::Readiness { header, generation });
+                        }
+                        Unauthorized::Wait(token) => {
+                            trace::debug!("401 answered; retrying once after a refresh");
+                            state.set(State::NewerToken { token });
+                        }
                         Unauthorized::GiveUp => return Poll::Ready(Ok(response)),
                     }
-                    trace::debug!(
-                        generation = retry_generation(&state),
-                        "401 answered; retrying once with a newer token"
-                    );
                 }
-                StateProj::Refresh { token, retry } => {
+                StateProj::NewerToken { token } => {
                     let current = ready!(token.as_mut().poll(cx))?;
                     let (header, generation) = header_of(&current)?;
-                    let retry = retry.take();
-                    state.set(State::Ready {
-                        header,
-                        generation,
-                        retry,
-                    });
+                    state.set(State::Readiness { header, generation });
                 }
-                StateProj::Ready {
-                    header,
-                    generation,
-                    retry,
-                } => {
+                StateProj::Readiness { header, generation } => {
                     let service = &mut retry.as_mut().ok_or_else(gone)?.service;
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let Retry {
@@ -238,7 +235,7 @@ where
                         head,
                         body,
                         ..
-                    } = *retry.take().ok_or_else(gone)?;
+                    } = retry.take().ok_or_else(gone)?;
                     let Some(mut request) = head.into_request(body) else {
                         return Poll::Ready(Err(AuthError::Internal {
                             reason: "the request's headers could not be rebuilt for the retry"
@@ -249,35 +246,26 @@ where
                     manager.0.counters.unauthorized_retry();
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
-                    let sent = Some(Box::new(Sent {
+                    let generation = *generation;
+                    state.set(State::RetryResponse {
+                        future,
                         manager,
-                        generation: *generation,
-                    }));
-                    state.set(State::Second { future, sent });
+                        generation,
+                    });
                 }
-                StateProj::Second { future, sent } => {
+                StateProj::RetryResponse {
+                    future,
+                    manager,
+                    generation,
+                } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() == StatusCode::UNAUTHORIZED {
-                        if let Some(sent) = sent.take() {
-                            sent.manager.0.rejected_again(sent.generation);
-                        }
+                        manager.0.rejected_again(*generation);
                     }
                     return Poll::Ready(Ok(response));
                 }
             }
         }
-    }
-}
-
-/// The generation a retry is about to use (for the debug event).
-#[cfg_attr(
-    not(feature = "tracing"),
-    allow(dead_code, reason = "only read by a tracing event")
-)]
-fn retry_generation<S, B, F>(state: &Pin<&mut State<S, B, F>>) -> u64 {
-    match &**state {
-        State::Ready { generation, .. } => *generation,
-        _ => 0,
     }
 }
 
@@ -287,14 +275,15 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::WaitToken { .. } => "waiting for a token",
-            State::First { .. } => "sending",
-            State::Refresh { .. } => "refreshing after 401",
-            State::Ready { .. } => "waiting for readiness to retry",
-            State::Second { .. } => "retrying",
+            State::Token { .. } => "waiting for a token",
+            State::Response { .. } => "waiting for the response",
+            State::NewerToken { .. } => "waiting for a newer token after a 401",
+            State::Readiness { .. } => "waiting for readiness to retry",
+            State::RetryResponse { .. } => "waiting for the retry's response",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
+            .field("can_retry", &self.retry.is_some())
             .finish()
     }
 }

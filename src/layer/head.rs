@@ -1,12 +1,53 @@
-//! [`Head`]: what a 401 retry needs of a request besides its body, kept in one allocation.
+//! [`Head`]: what a 401 retry needs of a request besides its body, kept in one reused buffer.
 //!
 //! Cloning a `HeaderMap` costs two allocations plus one per header value built from a `&str` (the
 //! first clone of such a value moves its bytes to shared storage), and cloning a `Uri` touches two
 //! reference counts. This is paid by *every* request that might be retried, so the URI and the headers
-//! are copied instead into one flat buffer, and rebuilt only for the rare retry.
+//! are copied instead into one flat buffer, and rebuilt only for the rare retry. The buffers come from
+//! a small per-thread pool and go back to it when the response comes: in a steady state the copy
+//! allocates nothing.
+
+use std::cell::RefCell;
+use std::mem;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Extensions, Method, Request, Uri, Version};
+
+/// Buffers kept per thread for reuse.
+const POOLED_BUFFERS: usize = 16;
+/// Buffers that grew beyond this are freed rather than kept (a rare huge head does not pin memory).
+const MAX_POOLED_CAPACITY: usize = 4 * 1024;
+/// The capacity a new buffer starts with: enough for the head of a typical API request.
+const INITIAL_CAPACITY: usize = 256;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer from this thread's pool, or a new one.
+#[inline]
+fn take_buffer() -> Vec<u8> {
+    POOL.try_with(|pool| pool.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(INITIAL_CAPACITY))
+}
+
+/// Gives `buffer` back to this thread's pool (or frees it if the pool is full or it grew large).
+#[inline]
+fn give_back(mut buffer: Vec<u8>) {
+    if buffer.capacity() == 0 || buffer.capacity() > MAX_POOLED_CAPACITY {
+        return;
+    }
+    buffer.clear();
+    let _ = POOL.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(buffer);
+            }
+        }
+    });
+}
 
 /// A copy of a request's method, URI, version, headers and extensions.
 pub(crate) struct Head {
@@ -18,10 +59,31 @@ pub(crate) struct Head {
     bytes: Vec<u8>,
 }
 
+impl Drop for Head {
+    fn drop(&mut self) {
+        give_back(mem::take(&mut self.bytes));
+    }
+}
+
+/// Appends `[len: u16][bytes]`; `None` if `bytes` is over 64 KiB.
+#[inline]
+fn put(buffer: &mut Vec<u8>, bytes: &[u8]) -> Option<()> {
+    buffer.extend_from_slice(&u16::try_from(bytes.len()).ok()?.to_le_bytes());
+    buffer.extend_from_slice(bytes);
+    Some(())
+}
+
 impl Head {
     /// Copies the head of `request`; `None` for a URI or header over 64 KiB (not replayed).
     #[inline]
     pub(crate) fn capture<B>(request: &Request<B>) -> Option<Head> {
+        let mut head = Head {
+            method: request.method().clone(),
+            version: request.version(),
+            extensions: request.extensions().clone(),
+            bytes: take_buffer(),
+        };
+        let bytes = &mut head.bytes;
         let uri = request.uri();
         let scheme = uri.scheme_str().unwrap_or_default();
         let authority = uri.authority().map_or("", |a| a.as_str());
@@ -32,15 +94,6 @@ impl Head {
             scheme.len() + 3
         } + authority.len()
             + path.len();
-        let headers = request.headers();
-        let size = 2
-            + uri_len
-            + headers
-                .iter()
-                .map(|(name, value)| 5 + name.as_str().len() + value.len())
-                .sum::<usize>();
-
-        let mut bytes = Vec::with_capacity(size);
         bytes.extend_from_slice(&u16::try_from(uri_len).ok()?.to_le_bytes());
         if !scheme.is_empty() {
             bytes.extend_from_slice(scheme.as_bytes());
@@ -48,31 +101,22 @@ impl Head {
         }
         bytes.extend_from_slice(authority.as_bytes());
         bytes.extend_from_slice(path.as_bytes());
-        for (name, value) in headers {
-            let name = name.as_str().as_bytes();
-            let value_bytes = value.as_bytes();
-            bytes.extend_from_slice(&u16::try_from(name.len()).ok()?.to_le_bytes());
-            bytes.extend_from_slice(name);
+        for (name, value) in request.headers() {
+            put(bytes, name.as_str().as_bytes())?;
             bytes.push(u8::from(value.is_sensitive()));
-            bytes.extend_from_slice(&u16::try_from(value_bytes.len()).ok()?.to_le_bytes());
-            bytes.extend_from_slice(value_bytes);
+            put(bytes, value.as_bytes())?;
         }
-        Some(Head {
-            method: request.method().clone(),
-            version: request.version(),
-            extensions: request.extensions().clone(),
-            bytes,
-        })
+        Some(head)
     }
 
     /// The request again, with `body`; `None` if the URI or a header no longer parses (it came from
     /// an unchecked constructor). The URI and the header values are slices of the one buffer (no copy).
-    pub(crate) fn into_request<B>(self, body: B) -> Option<Request<B>> {
+    pub(crate) fn into_request<B>(mut self, body: B) -> Option<Request<B>> {
         let mut request = Request::new(body);
-        *request.method_mut() = self.method;
+        *request.method_mut() = mem::take(&mut self.method);
         *request.version_mut() = self.version;
-        *request.extensions_mut() = self.extensions;
-        let buf = bytes::Bytes::from(self.bytes);
+        *request.extensions_mut() = mem::take(&mut self.extensions);
+        let buf = bytes::Bytes::from(mem::take(&mut self.bytes));
         let mut at = 0;
         let uri = field(&buf, &mut at)?;
         *request.uri_mut() = Uri::from_maybe_shared(uri).ok()?;
@@ -153,12 +197,30 @@ mod tests {
     }
 
     #[test]
-    fn one_allocation_sized_exactly() {
+    fn a_dropped_head_gives_its_buffer_back_for_the_next_request() {
         let request = Request::get("https://h/p")
             .header("accept", "*/*")
             .body(())
             .unwrap();
-        let head = Head::capture(&request).unwrap();
-        assert_eq!(head.bytes.len(), head.bytes.capacity());
+        let first = Head::capture(&request).unwrap();
+        let buffer = first.bytes.as_ptr();
+        drop(first);
+        let second = Head::capture(&request).unwrap();
+        assert_eq!(second.bytes.as_ptr(), buffer, "the pooled buffer is reused");
+    }
+
+    #[test]
+    fn the_pool_keeps_a_bounded_number_of_small_buffers() {
+        let request = Request::get("https://h/p").body(()).unwrap();
+        let heads: Vec<_> = (0..POOLED_BUFFERS * 2)
+            .map(|_| Head::capture(&request).unwrap())
+            .collect();
+        drop(heads);
+        assert_eq!(POOL.with(|pool| pool.borrow().len()), POOLED_BUFFERS);
+        give_back(Vec::with_capacity(MAX_POOLED_CAPACITY + 1));
+        assert!(POOL.with(|pool| pool
+            .borrow()
+            .iter()
+            .all(|b| b.capacity() <= MAX_POOLED_CAPACITY)));
     }
 }

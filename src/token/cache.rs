@@ -89,15 +89,23 @@ impl Current {
     /// The hot-path decision: two clock reads (tokio's and the wall clock), one header clone.
     #[inline]
     pub(crate) fn read(&self) -> Read {
+        self.read_for(stripe::index())
+    }
+
+    /// [`read`](Self::read) with the header copy of `stripe` (a caller that already knows its
+    /// stripe saves a thread-local lookup).
+    #[inline]
+    pub(crate) fn read_for(&self, stripe: usize) -> Read {
         let Some(headers) = &self.headers else {
             return Read::Missing;
         };
         let now = Instant::now();
         let wall = SystemTime::now();
+        let header = || headers[stripe % STRIPES].clone();
         if now < self.refresh_at && wall < self.refresh_at_wall {
-            Read::Fresh(headers[stripe::index()].clone(), self.generation)
+            Read::Fresh(header(), self.generation)
         } else if now < self.expires_at && wall < self.expires_at_wall {
-            Read::Stale(headers[stripe::index()].clone(), self.generation)
+            Read::Stale(header(), self.generation)
         } else {
             Read::Missing
         }
