@@ -136,7 +136,7 @@ struct Inner {
 
 enum Source {
     Pool(PgPool),
-    Url(Result<PgConnectOptions, String>),
+    Url(Box<Result<PgConnectOptions, String>>),
 }
 
 /// Configures a [`PostgresStore`]; made by [`PostgresStore::builder`] or
@@ -182,7 +182,7 @@ impl PostgresStore {
         // sqlx's message could quote the URL, password included: keep only that it failed.
         let options =
             PgConnectOptions::from_str(url).map_err(|_| "the PostgreSQL URL is invalid".to_owned());
-        PostgresStoreBuilder::new(Source::Url(options), client_id.into())
+        PostgresStoreBuilder::new(Source::Url(Box::new(options)), client_id.into())
     }
 
     /// Creates the table if it does not exist (idempotent; concurrent calls from several processes
@@ -397,7 +397,7 @@ impl PostgresStoreBuilder {
         let pool = match self.source {
             Source::Pool(pool) => pool,
             Source::Url(options) => {
-                let options = options.map_err(AuthError::config)?;
+                let options = (*options).map_err(AuthError::config)?;
                 if self.max_connections == 0 || self.acquire_timeout.is_zero() {
                     return Err(AuthError::config(
                         "PostgresStore needs at least one connection and an acquire timeout",
