@@ -64,6 +64,8 @@
 //! - `tracing` (default): debug events for refreshes and 401 retries, never with a token or secret.
 //! - `redis`: `RedisStore`, tokens shared by many processes with a cross-process refresh lock and
 //!   optional encryption at rest.
+//! - `postgres`: `PostgresStore`, a row per grant in PostgreSQL (sqlx, rustls) with a cross-process
+//!   refresh lock (an advisory lock), fenced saves and optional encryption.
 //! - `reqwest`: `NiftyAuthMiddleware` for reqwest-middleware, sharing the token cache with the layer.
 //! - `testing`: `testing::FakeNifty`, a real loopback Nifty token endpoint and API for your tests.
 //!
@@ -140,6 +142,8 @@ pub use layer::{
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use middleware::NiftyAuthMiddleware;
 pub use stats::Stats;
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;

@@ -124,7 +124,7 @@ impl FileStore {
     ///
     /// let store = FileStore::directory("/var/lib/my-app/nifty-grants");
     /// let grant = GrantId::new("Workspace/42")?;
-    /// store.save(&grant, &TokenSet::new("at").with_refresh_token("rt")).await?;
+    /// store.save_grant(&grant, &TokenSet::new("at").with_refresh_token("rt")).await?;
     /// assert_eq!(
     ///     store.grant_path(&grant).unwrap(),
     ///     std::path::Path::new("/var/lib/my-app/nifty-grants/%57orkspace%2F42.json")

@@ -352,10 +352,6 @@ fn redis_error(what: &str, e: redis::RedisError) -> BoxError {
     io::Error::other(format!("redis {what} failed: {e}")).into()
 }
 
-fn invalid(message: String) -> BoxError {
-    io::Error::new(io::ErrorKind::InvalidData, message).into()
-}
-
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")

@@ -1,0 +1,291 @@
+//! The refresh lock: a session-level advisory lock on a connection checked out of the pool and
+//! held by the [`StoreLock`], and the fenced save that runs on that connection.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
+use tokio::time::Instant;
+
+use super::{pg_error, PostgresStore};
+use crate::grants::GrantId;
+use crate::store::StoreLock;
+use crate::{BoxError, TokenSet};
+
+const LOCK_POLL_MIN: Duration = Duration::from_millis(10);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(250);
+/// Waiters wait this much beyond `max_hold` (a few polls of slack).
+const WAIT_SLACK: Duration = Duration::from_secs(1);
+
+/// The transaction-level advisory lock `migrate` serializes `CREATE TABLE` with.
+pub(super) const MIGRATE_KEY: i64 = 0x6e69_6674_795f_6d67; // "nifty_mg"
+
+/// A connection that may hold an advisory lock. Dropped while it may still hold one (its unlock
+/// did not run or failed), it is closed instead of returned to the pool: the server then drops the
+/// session and its locks.
+pub(super) struct LockConnection {
+    connection: Option<PoolConnection<Postgres>>,
+    /// Whether the session may hold the lock.
+    locked: bool,
+}
+
+impl LockConnection {
+    pub(super) fn connection(&mut self) -> Result<&mut PgConnection, BoxError> {
+        match self.connection.as_mut() {
+            Some(connection) => Ok(&mut **connection),
+            None => Err(io::Error::other("the refresh lock was already released").into()),
+        }
+    }
+}
+
+impl Drop for LockConnection {
+    fn drop(&mut self) {
+        if self.locked {
+            if let Some(connection) = self.connection.as_mut() {
+                connection.close_on_drop();
+            }
+        }
+    }
+}
+
+/// One held lock's connection, shared by the [`StoreLock`] (its release and its [`Fence`]) and, by
+/// a weak reference, the store's `held` map (so that `load` inside the refresh uses it).
+pub(super) struct Session {
+    pub(super) connection: tokio::sync::Mutex<LockConnection>,
+}
+
+/// What a [`PostgresStore`] attaches to its [`StoreLock`]: what the fenced save needs.
+pub(super) struct Fence {
+    table: String,
+    client_id: String,
+    grant: GrantId,
+    /// The row's `version` when the lock was taken (`None`: no row), advanced by each fenced save.
+    version: parking_lot::Mutex<Option<i64>>,
+    session: Arc<Session>,
+}
+
+impl PostgresStore {
+    /// Takes `grant`'s advisory lock, polling (bounded) while another session holds it.
+    pub(super) async fn acquire(
+        &self,
+        grant: &GrantId,
+        max_hold: Duration,
+    ) -> Result<StoreLock, BoxError> {
+        let inner = &self.inner;
+        let key = lock_key(&inner.client_id, grant);
+        let wait = inner
+            .lock_wait
+            .unwrap_or_else(|| max_hold.saturating_add(WAIT_SLACK));
+        let started = Instant::now();
+        let mut poll = LOCK_POLL_MIN;
+        loop {
+            let connection = inner
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| pg_error("connect", e))?;
+            // Marked locked before asking: a future dropped mid-query closes the connection.
+            let mut session = LockConnection {
+                connection: Some(connection),
+                locked: true,
+            };
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(session.connection()?)
+                .await
+                .map_err(|e| pg_error("pg_try_advisory_lock", e))?;
+            if taken {
+                let version: Option<i64> = sqlx::query_scalar(&inner.table.version)
+                    .bind(&inner.client_id)
+                    .bind(grant.as_str())
+                    .fetch_optional(session.connection()?)
+                    .await
+                    .map_err(|e| pg_error("SELECT version", e))?;
+                return Ok(self.hold(grant, key, session, version));
+            }
+            session.locked = false;
+            drop(session);
+            if started.elapsed() >= wait {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "waited {wait:?} for the refresh lock of grant {grant} held by another \
+                         process"
+                    ),
+                )
+                .into());
+            }
+            let half = poll / 2;
+            tokio::time::sleep(half + half.mul_f64(fastrand::f64())).await;
+            poll = (poll * 2).min(LOCK_POLL_MAX);
+        }
+    }
+
+    fn hold(
+        &self,
+        grant: &GrantId,
+        key: i64,
+        connection: LockConnection,
+        version: Option<i64>,
+    ) -> StoreLock {
+        let session = Arc::new(Session {
+            connection: tokio::sync::Mutex::new(connection),
+        });
+        self.inner
+            .held
+            .lock()
+            .insert(grant.clone(), Arc::downgrade(&session));
+        let fence = Fence {
+            table: self.inner.table.name.clone(),
+            client_id: self.inner.client_id.clone(),
+            grant: grant.clone(),
+            version: parking_lot::Mutex::new(version),
+            session: Arc::clone(&session),
+        };
+        let store = Arc::downgrade(&self.inner);
+        let grant = grant.clone();
+        // Dropping the release closure unrun (no runtime left) drops the last `Arc<Session>` with
+        // it: the connection is closed, and the server releases the lock.
+        StoreLock::new(move || async move {
+            if let Some(store) = store.upgrade() {
+                let mut held = store.held.lock();
+                if held
+                    .get(&grant)
+                    .is_some_and(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(&session)))
+                {
+                    held.remove(&grant);
+                }
+            }
+            release(&session, key).await;
+        })
+        .with_data(fence)
+    }
+
+    /// The fence `lock` carries, if this store took it for `grant`.
+    pub(super) fn fence<'a>(
+        &self,
+        grant: &GrantId,
+        lock: &'a StoreLock,
+    ) -> Result<&'a Fence, BoxError> {
+        let inner = &self.inner;
+        lock.data::<Fence>()
+            .filter(|fence| {
+                fence.grant == *grant
+                    && fence.table == inner.table.name
+                    && fence.client_id == inner.client_id
+            })
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "save_locked needs a lock taken by this PostgresStore's lock() for grant \
+                         {grant}"
+                    ),
+                )
+                .into()
+            })
+    }
+
+    /// Writes `tokens` only if the row's `version` is still what `fence` saw, on the lock's
+    /// connection (a session that died cannot save).
+    pub(super) async fn save_fenced(
+        &self,
+        grant: &GrantId,
+        tokens: &TokenSet,
+        fence: &Fence,
+    ) -> Result<(), BoxError> {
+        let inner = &self.inner;
+        let value = self.seal(grant, tokens)?;
+        let expected = *fence.version.lock();
+        let mut session = fence.session.connection.lock().await;
+        let connection = session.connection()?;
+        let saved: Option<i64> = match expected {
+            Some(version) => {
+                sqlx::query_scalar(&inner.table.update_fenced)
+                    .bind(&inner.client_id)
+                    .bind(grant.as_str())
+                    .bind(value)
+                    .bind(version)
+                    .fetch_optional(connection)
+                    .await
+            }
+            None => {
+                sqlx::query_scalar(&inner.table.insert_fenced)
+                    .bind(&inner.client_id)
+                    .bind(grant.as_str())
+                    .bind(value)
+                    .fetch_optional(connection)
+                    .await
+            }
+        }
+        .map_err(|e| pg_error("fenced save", e))?;
+        match saved {
+            Some(version) => {
+                *fence.version.lock() = Some(version);
+                Ok(())
+            }
+            None => Err(io::Error::other(format!(
+                "fenced save refused: the row of grant {grant} changed since this refresh lock was \
+                 taken (it was at version {}); not overwriting a newer token set",
+                expected.map_or_else(|| "none: no row".to_owned(), |v| v.to_string())
+            ))
+            .into()),
+        }
+    }
+}
+
+/// Unlocks and returns the connection to the pool; a connection whose unlock fails is closed.
+async fn release(session: &Session, key: i64) {
+    let mut session = session.connection.lock().await;
+    let Ok(connection) = session.connection() else {
+        return;
+    };
+    let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .fetch_one(connection)
+        .await;
+    match unlocked {
+        // `false`: the session did not hold it (it was reset); it holds nothing either way.
+        Ok(_) => session.locked = false,
+        Err(e) => {
+            // Closed on drop: the server releases the lock with the session.
+            crate::trace::warning!(error = %e, "could not release the PostgreSQL refresh lock");
+            let _ = e;
+        }
+    }
+    session.connection.take();
+}
+
+/// The advisory lock key of (client id, grant id): the first 64 bits of SHA-256 over both,
+/// length-prefixed so that no two pairs give the same input.
+pub(super) fn lock_key(client_id: &str, grant: &GrantId) -> i64 {
+    let mut hash = Sha256::new();
+    hash.update(b"nifty-auth:postgres-lock:v1:");
+    hash.update((client_id.len() as u64).to_be_bytes());
+    hash.update(client_id.as_bytes());
+    hash.update(grant.as_str().as_bytes());
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_differ_by_client_and_grant_and_are_stable() {
+        let a = GrantId::new("a").unwrap();
+        let ab = GrantId::new("ab").unwrap();
+        let b = GrantId::new("b").unwrap();
+        assert_eq!(lock_key("c", &a), lock_key("c", &a));
+        assert_ne!(lock_key("c", &a), lock_key("c", &b));
+        assert_ne!(lock_key("c", &a), lock_key("d", &a));
+        // Client "ca" + grant "b" and client "c" + grant "ab" concatenate alike.
+        assert_ne!(lock_key("ca", &b), lock_key("c", &ab));
+    }
+}

@@ -1,0 +1,179 @@
+//! Saves under the lock are fenced by the row's version: a writer whose view is stale is refused,
+//! and through the token manager its rotated tokens are not lost.
+
+use std::time::Duration;
+
+use nifty_auth::testing::FakeNifty;
+use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
+use sqlx::PgPool;
+
+use crate::server::PgServer;
+
+async fn version(pool: &PgPool, grant: &str) -> i64 {
+    sqlx::query_scalar("SELECT version FROM nifty_auth_tokens WHERE grant_id = $1")
+        .bind(grant)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Another writer bumps the row (as one that took the lock after ours was lost would).
+async fn bump(pool: &PgPool, grant: &str) {
+    sqlx::query("UPDATE nifty_auth_tokens SET version = version + 1 WHERE grant_id = $1")
+        .bind(grant)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let store = pg.store("client").await;
+    let raw = pg.pool().await;
+    let id = GrantId::new("fenced").unwrap();
+    let old = TokenSet::new("at-old-0123456789").with_refresh_token("rt-old-0123456789");
+    let new = TokenSet::new("at-new-0123456789").with_refresh_token("rt-new-0123456789");
+    GrantStore::save_grant(&store, &id, &old).await.unwrap();
+    assert_eq!(version(&raw, "fenced").await, 1);
+
+    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    bump(&raw, "fenced").await;
+    let err = GrantStore::save_grant_locked(&store, &id, &new, &lock)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fenced save refused"), "{err}");
+    assert!(!err.contains("0123456789"), "{err}");
+    assert_eq!(GrantStore::load_grant(&store, &id).await.unwrap().unwrap(), old);
+    assert_eq!(version(&raw, "fenced").await, 2);
+    lock.release().await;
+
+    // An unchanged row saves, twice under one lock, one version each.
+    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    GrantStore::save_grant_locked(&store, &id, &new, &lock)
+        .await
+        .unwrap();
+    GrantStore::save_grant_locked(&store, &id, &old, &lock)
+        .await
+        .unwrap();
+    assert_eq!(version(&raw, "fenced").await, 4);
+    lock.release().await;
+
+    // A row created since a lock that saw none: refused too.
+    let fresh = GrantId::new("created-meanwhile").unwrap();
+    let lock = GrantStore::lock_grant(&store, &fresh, Duration::from_secs(5))
+        .await
+        .unwrap();
+    GrantStore::save_grant(&store, &fresh, &old).await.unwrap();
+    let err = GrantStore::save_grant_locked(&store, &fresh, &new, &lock)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fenced save refused"), "{err}");
+    lock.release().await;
+}
+
+#[tokio::test]
+async fn a_lock_whose_session_died_cannot_save_and_is_free_for_the_next_holder() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let store = pg.store("client").await;
+    let raw = pg.pool().await;
+    let id = GrantId::new("session").unwrap();
+    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The lock's backend is terminated (a network cut, an administrator, a failover).
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory'",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+
+    let err = GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-x"), &lock).await;
+    assert!(err.is_err(), "saved under a dead session");
+    let started = std::time::Instant::now();
+    let next = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-y"), &next)
+        .await
+        .unwrap();
+    next.release().await;
+    lock.release().await;
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(held, 0, "released locks stay behind");
+}
+
+/// Through the manager: its save is refused (the row moved on while it called the token
+/// endpoint); it keeps the rotated tokens, and its next attempt takes a new lock and *re-saves*
+/// them (it does not adopt the row: that row's refresh token was already rotated away by its own
+/// call). One token call in all, no invalid_grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_them() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let fake = FakeNifty::builder()
+        .rotation(true)
+        .replay_revokes_grant(true)
+        .token_delay(Duration::from_millis(600))
+        .start()
+        .await
+        .unwrap();
+    let store = pg.store(fake.client_id()).await;
+    let raw = pg.pool().await;
+    let fake_grant = fake.new_grant();
+    let id = GrantId::new("stale-writer").unwrap();
+    let seed = TokenSet::new("expired-seed")
+        .with_refresh_token(fake_grant.issue_refresh_token())
+        .with_expires_in(Duration::from_millis(1));
+    GrantStore::save_grant(&store, &id, &seed).await.unwrap();
+    let grants = NiftyGrants::builder(fake.credentials())
+        .token_url(fake.token_url().as_str())
+        .store(store.clone())
+        .build()
+        .unwrap();
+
+    let first = tokio::spawn({
+        let (grants, id) = (grants.clone(), id.clone());
+        async move { grants.access_token(&id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake_grant.token_calls_in_flight(), 1);
+    bump(&raw, "stale-writer").await;
+    let err = first.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("store"), "{err}");
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("fenced save refused"), "{source}");
+    assert_eq!(fake_grant.token_calls(), 1);
+    // Nothing was written over the row.
+    assert_eq!(version(&raw, "stale-writer").await, 2);
+    let stored = GrantStore::load_grant(&store, &id).await.unwrap().unwrap();
+    assert_eq!(stored.access_token(), "expired-seed");
+
+    // The next attempt re-saves the kept tokens under a new lock and uses them.
+    let token = grants.access_token(&id).await.unwrap();
+    assert_eq!(fake_grant.token_calls(), 1, "no second token call");
+    assert_eq!(version(&raw, "stale-writer").await, 3);
+    let stored = GrantStore::load_grant(&store, &id).await.unwrap().unwrap();
+    assert_eq!(stored.access_token(), token);
+    assert_eq!(
+        stored.refresh_token(),
+        fake_grant.current_refresh_token().as_deref()
+    );
+    assert_eq!(fake_grant.invalid_grants_served(), 0);
+}

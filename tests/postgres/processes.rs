@@ -1,0 +1,155 @@
+//! Several OS processes (this test binary re-run as workers) sharing grants through PostgreSQL.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nifty_auth::testing::FakeNifty;
+use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
+
+use crate::now_ms;
+use crate::server::PgServer;
+
+/// This test binary in worker `mode`, with the server and fake in its environment.
+fn worker(mode: &str, pg: &PgServer, fake: &FakeNifty) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "worker_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("NIFTY_PG_WORKER", mode)
+        .env("NIFTY_PG_URL", pg.url())
+        .env("NIFTY_PG_CLIENT_ID", fake.client_id())
+        .env("NIFTY_PG_CLIENT_SECRET", fake.client_secret())
+        .env("NIFTY_PG_TOKEN_URL", fake.token_url())
+        .stdout(Stdio::piped());
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_grant_per_expiry() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let fake = FakeNifty::builder()
+        .rotation(true)
+        .replay_revokes_grant(true)
+        .token_lifetime(Some(Duration::from_secs(1)))
+        .start()
+        .await
+        .unwrap();
+    let store = pg.store(fake.client_id()).await;
+    let (grants, rounds, period_ms) = (20usize, 5u64, 1_500u64);
+    // Each grant starts with a refresh token and an access token that is already expired.
+    let fake_grants: Vec<_> = (0..grants).map(|_| fake.new_grant()).collect();
+    for (i, fake_grant) in fake_grants.iter().enumerate() {
+        let tokens = TokenSet::new(format!("expired-seed-{i}"))
+            .with_refresh_token(fake_grant.issue_refresh_token())
+            .with_expires_in(Duration::from_millis(1));
+        let id = GrantId::new(format!("tenant-{i}")).unwrap();
+        GrantStore::save_grant(&store, &id, &tokens).await.unwrap();
+    }
+
+    let start_at = now_ms() + 1_500;
+    let children: Vec<Child> = (0..4)
+        .map(|_| {
+            worker("grants", &pg, &fake)
+                .env("NIFTY_PG_GRANTS", grants.to_string())
+                .env("NIFTY_PG_ROUNDS", rounds.to_string())
+                .env("NIFTY_PG_PERIOD_MS", period_ms.to_string())
+                .env("NIFTY_PG_START_AT_MS", start_at.to_string())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ok = 0;
+    for child in children {
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(output.status.success(), "worker failed: {output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        // libtest prints the test's name on the same line as the worker's first output.
+        let count = stdout
+            .split("WORKER ok=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no result from the worker: {stdout}"));
+        ok += count.parse::<usize>().unwrap();
+    }
+
+    // 4 processes × 5 rounds × 20 grants × 3 concurrent calls, all served.
+    assert_eq!(ok, 4 * rounds as usize * grants * 3);
+    for (i, fake_grant) in fake_grants.iter().enumerate() {
+        assert_eq!(fake_grant.token_calls(), rounds as usize, "grant {i}");
+        assert_eq!(fake_grant.invalid_grants_served(), 0, "grant {i}");
+    }
+    assert_eq!(fake.token_calls(), grants * rounds as usize);
+    assert_eq!(fake.invalid_grants_served(), 0);
+    assert_eq!(fake.refresh_token_replays(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_holder_killed_is_taken_over_at_once_with_one_token_call() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let fake = FakeNifty::builder()
+        .rotation(true)
+        .replay_revokes_grant(true)
+        .start()
+        .await
+        .unwrap();
+    let store = pg.store(fake.client_id()).await;
+    let fake_grant = fake.new_grant();
+    let id = GrantId::new("killed").unwrap();
+    let seed = TokenSet::new("expired-seed")
+        .with_refresh_token(fake_grant.issue_refresh_token())
+        .with_expires_in(Duration::from_millis(1));
+    GrantStore::save_grant(&store, &id, &seed).await.unwrap();
+
+    let mut holder = worker("hold", &pg, &fake)
+        .env("NIFTY_PG_GRANT", id.as_str())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|line| line.unwrap().contains("LOCKED")),
+        "the holder did not take the lock"
+    );
+    // The lock is really held: a short wait times out.
+    let impatient = nifty_auth::PostgresStore::connect_builder(&pg.url(), fake.client_id())
+        .lock_wait(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let err = impatient
+        .lock_grant(&id, Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("waited"), "{err}");
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let killed_at = Instant::now();
+    let bound = Duration::from_secs(3);
+    let store = nifty_auth::PostgresStore::connect_builder(&pg.url(), fake.client_id())
+        .lock_wait(bound)
+        .build()
+        .unwrap();
+    let grants = NiftyGrants::builder(fake.credentials())
+        .token_url(fake.token_url().as_str())
+        .store(store)
+        .build()
+        .unwrap();
+    grants.access_token(&id).await.unwrap();
+
+    let waited = killed_at.elapsed();
+    assert!(waited < bound, "took over after {waited:?}");
+    assert_eq!(fake_grant.token_calls(), 1);
+    assert_eq!(fake_grant.invalid_grants_served(), 0);
+}
