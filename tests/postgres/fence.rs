@@ -49,7 +49,10 @@ async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
         .to_string();
     assert!(err.contains("fenced save refused"), "{err}");
     assert!(!err.contains("0123456789"), "{err}");
-    assert_eq!(GrantStore::load_grant(&store, &id).await.unwrap().unwrap(), old);
+    assert_eq!(
+        GrantStore::load_grant(&store, &id).await.unwrap().unwrap(),
+        old
+    );
     assert_eq!(version(&raw, "fenced").await, 2);
     lock.release().await;
 

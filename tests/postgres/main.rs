@@ -52,7 +52,10 @@ fn worker_process_entry() {
             "grants" => run_grants(store).await,
             "hold" => {
                 let grant = GrantId::new(env("NIFTY_PG_GRANT")).unwrap();
-                let _lock = store.lock_grant(&grant, Duration::from_secs(60)).await.unwrap();
+                let _lock = store
+                    .lock_grant(&grant, Duration::from_secs(60))
+                    .await
+                    .unwrap();
                 println!("LOCKED");
                 tokio::time::sleep(Duration::from_secs(600)).await;
             }

@@ -55,7 +55,10 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
     assert!(text.starts_with("enc:v1:"), "{text}");
     assert!(!text.contains("visible"), "{text}");
     assert!(same(
-        &GrantStore::load_grant(&store, &alpha).await.unwrap().unwrap(),
+        &GrantStore::load_grant(&store, &alpha)
+            .await
+            .unwrap()
+            .unwrap(),
         &tokens("alpha")
     ));
 
@@ -90,7 +93,10 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
         .to_string();
     assert!(err.contains("cannot decrypt"), "{err}");
     assert!(same(
-        &GrantStore::load_grant(&store, &alpha).await.unwrap().unwrap(),
+        &GrantStore::load_grant(&store, &alpha)
+            .await
+            .unwrap()
+            .unwrap(),
         &tokens("alpha")
     ));
 

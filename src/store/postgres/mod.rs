@@ -425,7 +425,10 @@ impl PostgresStoreBuilder {
 }
 
 impl GrantStore for PostgresStore {
-    fn load_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+    fn load_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(self.load_row(grant))
     }
 
