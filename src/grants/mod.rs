@@ -112,7 +112,7 @@ impl GrantsShared {
 
     fn new_manager(&self, grant: &GrantId) -> TokenManager {
         TokenManager::new(ManagerParts {
-            cache: TokenCache::new(self.refresh_skew, self.clock).with_jitter(),
+            cache: TokenCache::new(self.refresh_skew, self.clock).for_grant(),
             endpoint: Some(Arc::clone(&self.endpoint)),
             store: Arc::new(GrantView {
                 store: Arc::clone(&self.store),

@@ -26,8 +26,8 @@ const MIN_ADOPTABLE_LIFETIME: Duration = Duration::from_millis(100);
 /// One published token: everything a request needs, computed once.
 #[derive(Debug)]
 pub(crate) struct Current {
-    /// `Bearer <access token>`, marked sensitive, one copy per stripe; `None` before the first token.
-    headers: Option<[HeaderValue; STRIPES]>,
+    /// `Bearer <access token>`, marked sensitive; `None` before the first token.
+    headers: Option<Headers>,
     /// Increases by one with every publication; a 401 names the generation it was sent with.
     pub(crate) generation: u64,
     /// From here on, requests still use the token but start a background refresh (tokio's clock)…
@@ -83,7 +83,7 @@ impl Current {
     pub(crate) fn header(&self) -> Option<HeaderValue> {
         self.headers
             .as_ref()
-            .map(|headers| headers[stripe::index()].clone())
+            .map(|headers| headers.get(stripe::index()))
     }
 
     /// The hot-path decision: two clock reads (tokio's and the wall clock), one header clone.
@@ -101,13 +101,33 @@ impl Current {
         };
         let now = Instant::now();
         let wall = SystemTime::now();
-        let header = || headers[stripe % STRIPES].clone();
+        let header = || headers.get(stripe);
         if now < self.refresh_at && wall < self.refresh_at_wall {
             Read::Fresh(header(), self.generation)
         } else if now < self.expires_at && wall < self.expires_at_wall {
             Read::Stale(header(), self.generation)
         } else {
             Read::Missing
+        }
+    }
+}
+
+/// The bearer header of one token.
+#[derive(Debug)]
+enum Headers {
+    /// One copy (a grant of many: memory matters more than a shared reference count).
+    One(HeaderValue),
+    /// One copy per stripe, each with its own reference count in its own 128-byte block, so
+    /// requests on different cores never write the same cache line (the single-grant hot path).
+    Striped(Box<[HeaderValue; STRIPES]>),
+}
+
+impl Headers {
+    #[inline]
+    fn get(&self, stripe: usize) -> HeaderValue {
+        match self {
+            Headers::One(header) => header.clone(),
+            Headers::Striped(headers) => headers[stripe % STRIPES].clone(),
         }
     }
 }
@@ -152,6 +172,8 @@ pub(crate) struct TokenCache {
     /// Spread refresh points: the skew is drawn from `[skew, 2 × skew)` per token, so grants issued
     /// together do not all refresh in the same second.
     jitter: bool,
+    /// One header copy per stripe (one grant, every core) or a single one (one of many grants).
+    striped: bool,
 }
 
 impl TokenCache {
@@ -161,12 +183,14 @@ impl TokenCache {
             skew,
             clock,
             jitter: false,
+            striped: true,
         }
     }
 
-    /// Spreads refresh points with jitter (many grants).
-    pub(crate) fn with_jitter(mut self) -> Self {
+    /// The cache of one grant of many: refresh points spread with jitter, one header copy.
+    pub(crate) fn for_grant(mut self) -> Self {
         self.jitter = true;
+        self.striped = false;
         self
     }
 
@@ -199,14 +223,17 @@ impl TokenCache {
     /// lifetime so a short-lived token is not refreshed in a loop.
     pub(crate) fn publish(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
         let header = tokens.bearer_header()?;
-        // One copy per stripe, each with its own reference count in its own 128-byte block, so
-        // requests on different cores never write the same cache line.
-        let headers = std::array::from_fn(|_| {
-            let owned = Bytes::from_owner(Padded(header.as_bytes().into()));
-            let mut copy = HeaderValue::from_maybe_shared(owned).unwrap_or_else(|_| header.clone());
-            copy.set_sensitive(true);
-            copy
-        });
+        let headers = if self.striped {
+            Headers::Striped(Box::new(std::array::from_fn(|_| {
+                let owned = Bytes::from_owner(Padded(header.as_bytes().into()));
+                let mut copy =
+                    HeaderValue::from_maybe_shared(owned).unwrap_or_else(|_| header.clone());
+                copy.set_sensitive(true);
+                copy
+            })))
+        } else {
+            Headers::One(header)
+        };
         // Deadlines on both clocks, from one reading of [`Clock::now`].
         let now = self.clock.now();
         let expires_at_wall = match tokens.expires_at() {

@@ -101,9 +101,10 @@ struct State {
     in_flight: Option<InFlight>,
     flights: u64,
     /// A terminal error (invalid_grant, 401, 403 from the endpoint): no token call until new tokens.
-    terminal: Option<AuthError>,
+    /// (Rare, so boxed: an idle grant of many keeps its state small.)
+    terminal: Option<Box<AuthError>>,
     /// Tokens obtained (a rotation, a re-authorization) whose save failed.
-    pending: Option<Pending>,
+    pending: Option<Box<Pending>>,
     /// No background refresh before this instant (after a failed one).
     background_not_before: Option<Instant>,
     /// The last generation a retry after a 401 found rejected too.
@@ -225,7 +226,7 @@ impl TokenManager {
             unauthorized_cooldown: parts.unauthorized_cooldown,
             grant: parts.grant,
             state: Mutex::new(State {
-                terminal,
+                terminal: terminal.map(Box::new),
                 ..State::default()
             }),
             counters: parts.counters,
@@ -242,7 +243,7 @@ impl TokenManager {
 
     /// Latches a terminal error and reports it.
     fn latch(&self, error: &AuthError) {
-        self.state.lock().terminal = Some(error.clone());
+        self.state.lock().terminal = Some(Box::new(error.clone()));
         if let Some((grant, latches)) = &self.grant {
             latches.latched(grant, error);
         }
@@ -264,9 +265,9 @@ impl TokenManager {
             {
                 let mut state = manager.state.lock();
                 state.pending = None;
-                state.terminal = Some(AuthError::ReauthorizationRequired {
+                state.terminal = Some(Box::new(AuthError::ReauthorizationRequired {
                     reason: "the grant was removed: authorize it again".to_owned(),
-                });
+                }));
             }
             manager.cache.clear();
             Ok(manager.cache.load())
@@ -397,7 +398,7 @@ impl TokenManager {
         }
         if let Some(error) = &state.terminal {
             if state.pending.is_none() {
-                return Err(error.clone());
+                return Err(AuthError::clone(error));
             }
         }
         let ((id, flight), launch) = self.reserve(state, want)?;
@@ -620,10 +621,10 @@ impl TokenManager {
     /// attempt, and [`settle`](Self::settle) keeps the lock with them.
     async fn save_parked(&self, tokens: TokenSet, lock: &StoreLock) -> Result<TokenSet, AuthError> {
         // Parked first, so even a store that panics cannot lose a rotated refresh token.
-        self.state.lock().pending = Some(Pending {
+        self.state.lock().pending = Some(Box::new(Pending {
             tokens: tokens.clone(),
             lock: None,
-        });
+        }));
         let mut delay = SAVE_RETRY_DELAY;
         let mut attempt = 1;
         loop {
@@ -709,17 +710,17 @@ impl TokenManager {
     async fn install(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
         let kept = {
             let mut state = self.state.lock();
-            if state.terminal.as_ref().is_some_and(removed) {
-                return Err(state.terminal.clone().unwrap_or_else(cancelled));
+            if let Some(error) = state.terminal.as_deref().filter(|e| removed(e)) {
+                return Err(error.clone());
             }
             self.lift(&mut state);
             state.background_not_before = None;
             state.rejected = None;
             let kept = state.pending.as_mut().and_then(|p| p.lock.take());
-            state.pending = Some(Pending {
+            state.pending = Some(Box::new(Pending {
                 tokens: tokens.clone(),
                 lock: None,
-            });
+            }));
             kept
         };
         let was_kept = kept.is_some();
