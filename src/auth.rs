@@ -9,13 +9,17 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 
 use crate::clock::Clock;
+use crate::credentials::Credentials;
 use crate::endpoint::{self, Backoff, Endpoint, HttpClient, Pressure};
+use crate::error::AuthError;
+use crate::layer::NiftyAuthLayer;
 use crate::origin::Origins;
 use crate::store::{MemoryStore, TokenStore};
 use crate::stripe::STRIPES;
 use crate::token::cache::TokenCache;
 use crate::token::refresh::{ManagerParts, TokenManager, Unauthorized, Want};
-use crate::{AuthError, BoxError, Credentials, NiftyAuthLayer, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 /// Nifty's token endpoint: the default [`Builder::token_url`].
 pub const DEFAULT_TOKEN_URL: &str = "https://openapi.niftypm.com/oauth/token";
@@ -117,7 +121,7 @@ impl NiftyAuth {
 
     /// A snapshot of this manager's counters (token calls by outcome, refreshes, coalesced waiters,
     /// 401 retries, requests). Cheap: a handful of relaxed atomic loads.
-    pub fn stats(&self) -> crate::Stats {
+    pub fn stats(&self) -> crate::stats::Stats {
         self.shared.manager.counters.snapshot()
     }
 
@@ -144,7 +148,7 @@ impl NiftyAuth {
         let current = Arc::clone(&self.shared.manager)
             .exchange_code(code.into(), redirect_uri.into(), None)
             .await?;
-        tokens_of(&current)
+        current.token_set()
     }
 
     /// [`exchange_code`](Self::exchange_code) for an authorization request made with PKCE
@@ -164,7 +168,7 @@ impl NiftyAuth {
         let current = Arc::clone(&self.shared.manager)
             .exchange_code(code.into(), redirect_uri.into(), Some(code_verifier.into()))
             .await?;
-        tokens_of(&current)
+        current.token_set()
     }
 
     /// A valid access token, refreshing first if the current one is expired or missing (through the
@@ -221,7 +225,7 @@ impl NiftyAuth {
             return Ok(found);
         }
         let current = Arc::clone(manager).token(Want::Usable).await?;
-        header_and_generation(&current)
+        current.bearer()
     }
 
     /// What to do after a 401 for `generation`: `Ok(None)` to return the 401 as it is, or the header
@@ -236,7 +240,7 @@ impl NiftyAuth {
     ) -> Result<Option<(http::HeaderValue, u64)>, AuthError> {
         match self.shared.manager.after_unauthorized(generation) {
             Unauthorized::Newer(header, generation) => Ok(Some((header, generation))),
-            Unauthorized::Wait(token) => header_and_generation(&*token.await?).map(Some),
+            Unauthorized::Wait(token) => token.await?.bearer().map(Some),
             Unauthorized::GiveUp => Ok(None),
         }
     }
@@ -250,24 +254,9 @@ pub(crate) async fn access_token_of(manager: &Arc<TokenManager>) -> Result<Strin
         }
     }
     let current = Arc::clone(manager).token(Want::Usable).await?;
-    tokens_of(&current).map(|tokens| tokens.access_token().to_owned())
-}
-
-fn header_and_generation(
-    current: &crate::token::cache::Current,
-) -> Result<(http::HeaderValue, u64), AuthError> {
-    match current.header() {
-        Some(header) => Ok((header, current.generation)),
-        None => Err(AuthError::Internal {
-            reason: "a refresh published no token".to_owned(),
-        }),
-    }
-}
-
-fn tokens_of(current: &crate::token::cache::Current) -> Result<TokenSet, AuthError> {
-    current.tokens.clone().ok_or_else(|| AuthError::Internal {
-        reason: "a token call published no token".to_owned(),
-    })
+    current
+        .token_set()
+        .map(|tokens| tokens.access_token().to_owned())
 }
 
 impl fmt::Debug for NiftyAuth {

@@ -58,7 +58,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use crate::{AuthError, NiftyAuth, TokenSet};
+use crate::auth::NiftyAuth;
+use crate::error::AuthError;
+use crate::token::TokenSet;
 
 mod server;
 

@@ -5,7 +5,7 @@ use std::fmt;
 use http::uri::Scheme;
 use http::Uri;
 
-use crate::AuthError;
+use crate::error::AuthError;
 
 /// One origin: scheme, host and port (the default port filled in).
 #[derive(Clone, PartialEq, Eq)]

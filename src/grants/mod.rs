@@ -27,7 +27,7 @@ use crate::store::{GrantStore, GrantView, MemoryStore};
 use crate::token::cache::TokenCache;
 use crate::token::refresh::{ManagerParts, TokenManager};
 use crate::token::TokenSet;
-use crate::BoxError;
+use tower::BoxError;
 
 mod id;
 mod latches;

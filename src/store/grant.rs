@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{BoxFuture, StoreLock, TokenStore};
 use crate::grants::GrantId;
 use crate::token::TokenSet;
-use crate::BoxError;
+use tower::BoxError;
 
 /// Persistent storage for the token sets of many grants: what a [`NiftyGrants`](crate::NiftyGrants)
 /// keeps its grants in. One entry (a file, a Redis key, a database row) per [`GrantId`].

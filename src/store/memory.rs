@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use super::{BoxFuture, GrantStore, TokenStore};
 use crate::grants::GrantId;
 use crate::token::TokenSet;
-use crate::BoxError;
+use tower::BoxError;
 
 /// Keeps token sets in memory: the default store of [`NiftyAuth`](crate::NiftyAuth) (one slot) and
 /// of [`NiftyGrants`](crate::NiftyGrants) (a map from [`GrantId`] to token set, see

@@ -51,7 +51,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{BoxError, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 mod file;
 mod grant;

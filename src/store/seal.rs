@@ -10,7 +10,8 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::{BoxError, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 const ENCRYPTED_PREFIX: &str = "enc:v1:";
 const NONCE_LEN: usize = 24;

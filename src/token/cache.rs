@@ -78,6 +78,22 @@ impl Current {
         self.tokens.as_ref().map(TokenSet::access_token)
     }
 
+    /// The header and generation of a token a refresh just published.
+    ///
+    /// # Errors
+    /// [`AuthError::Internal`] if nothing was published (a bug, never an expected outcome).
+    pub(crate) fn bearer(&self) -> Result<(HeaderValue, u64), AuthError> {
+        match self.header() {
+            Some(header) => Ok((header, self.generation)),
+            None => Err(nothing_published()),
+        }
+    }
+
+    /// The token set a refresh or token call just published; errors as [`bearer`](Self::bearer).
+    pub(crate) fn token_set(&self) -> Result<TokenSet, AuthError> {
+        self.tokens.clone().ok_or_else(nothing_published)
+    }
+
     /// This thread's copy of the header, if there is a token.
     #[inline]
     pub(crate) fn header(&self) -> Option<HeaderValue> {
@@ -109,6 +125,12 @@ impl Current {
         } else {
             Read::Missing
         }
+    }
+}
+
+fn nothing_published() -> AuthError {
+    AuthError::Internal {
+        reason: "a refresh published no token".to_owned(),
     }
 }
 

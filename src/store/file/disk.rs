@@ -11,7 +11,8 @@ use fs4::{FileExt, TryLockError};
 use tokio::time::Instant;
 
 use super::FileStore;
-use crate::{BoxError, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 /// The first and the longest pause between two attempts to take a lock file that is held elsewhere.
 const LOCK_POLL_FIRST: Duration = Duration::from_millis(10);

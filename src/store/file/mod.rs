@@ -9,7 +9,8 @@ use std::time::Duration;
 use self::disk::{HeldLock, Target};
 use super::{BoxFuture, GrantStore, StoreLock, TokenStore};
 use crate::grants::GrantId;
-use crate::{BoxError, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 mod disk;
 mod name;

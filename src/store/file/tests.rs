@@ -4,7 +4,8 @@ use std::fs::{self, File};
 use std::time::Duration;
 
 use super::FileStore;
-use crate::{TokenSet, TokenStore};
+use crate::store::TokenStore;
+use crate::token::TokenSet;
 
 #[tokio::test]
 async fn save_then_load_round_trips_with_mode_0600_and_no_temp_files_left() {

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use super::{pg_error, PostgresStore};
 use crate::grants::GrantId;
 use crate::store::StoreLock;
-use crate::{BoxError, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 const LOCK_POLL_MIN: Duration = Duration::from_millis(10);
 const LOCK_POLL_MAX: Duration = Duration::from_millis(250);

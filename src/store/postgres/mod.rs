@@ -11,8 +11,10 @@ use chacha20poly1305::XChaCha20Poly1305;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{seal, BoxFuture, GrantStore, StoreLock, TokenStore};
+use crate::error::AuthError;
 use crate::grants::GrantId;
-use crate::{AuthError, BoxError, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 mod lock;
 mod table;

@@ -1,7 +1,7 @@
 //! The table: its validated name (it cannot be a bind parameter) and every statement the store runs
 //! on it, built once. Everything else (client id, grant id, token set, version) is a bind parameter.
 
-use crate::AuthError;
+use crate::error::AuthError;
 
 /// The longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`).
 const MAX_IDENTIFIER_BYTES: usize = 63;

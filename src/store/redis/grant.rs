@@ -7,7 +7,8 @@ use super::key::{self, Keys};
 use super::{redis_error, RedisStore};
 use crate::grants::GrantId;
 use crate::store::{BoxFuture, GrantStore, StoreLock};
-use crate::{BoxError, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 impl RedisStore {
     /// The Redis key holding `grant`'s token set when used as a [`GrantStore`]:

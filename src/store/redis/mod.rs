@@ -13,7 +13,9 @@ use tokio::sync::OnceCell;
 
 use self::key::Keys;
 use super::{BoxFuture, StoreLock, TokenStore};
-use crate::{AuthError, BoxError, TokenSet};
+use crate::error::AuthError;
+use crate::token::TokenSet;
+use tower::BoxError;
 
 mod grant;
 mod key;

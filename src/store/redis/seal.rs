@@ -3,7 +3,8 @@
 
 use super::RedisStore;
 use crate::store::seal;
-use crate::{BoxError, TokenSet};
+use crate::token::TokenSet;
+use tower::BoxError;
 
 impl RedisStore {
     /// The stored form of `tokens` for the Redis key `key`: JSON, encrypted when a key is configured.
