@@ -68,11 +68,22 @@
 //!   refresh lock (an advisory lock), fenced saves and optional encryption.
 //! - `reqwest`: `NiftyAuthMiddleware` for reqwest-middleware, sharing the token cache with the layer.
 //! - `testing`: `testing::FakeNifty`, a real loopback Nifty token endpoint and API for your tests.
+//! - `cli`: the `nifty-auth` command line (`login`, `token`, `status`, `logout`, `api`).
+//!
+//! # Many grants
+//!
+//! A multi-tenant app connects each customer's workspace as its own grant: [`NiftyGrants`] serves
+//! them all from one layer (each request names its grant with a [`GrantId`] in its extensions), with
+//! per-grant single flight, bounded memory (`max_cached_grants`), bounded pressure on the token
+//! endpoint (`max_concurrent_token_calls`, a shared 429 backoff, jittered refresh points) and a list
+//! of the grants that must be re-authorized. Their tokens live in a [`GrantStore`]: [`MemoryStore`],
+//! [`FileStore::directory`], `RedisStore`, `PostgresStore` or your own (a row per grant).
 //!
 //! # Modules
 //!
-//! - [`store`]: the [`TokenStore`] trait, [`MemoryStore`], [`FileStore`].
-//! - [`authorize`]: the first authorization (authorize URL, loopback callback).
+//! - [`store`]: the [`TokenStore`] and [`GrantStore`] traits, [`MemoryStore`], [`FileStore`],
+//!   `RedisStore` (feature `redis`), `PostgresStore` (feature `postgres`).
+//! - [`authorize`]: the first authorization (authorize URL, loopback callback, PKCE).
 //! - `middleware` (feature `reqwest`), `testing` (feature `testing`).
 //!
 //! # Design notes
@@ -81,8 +92,11 @@
 //! spawned task whose `Shared` handle waiters await; a [`parking_lot::Mutex`] guards only the
 //! in-flight slot and the failure latches. A 401 names the token *generation* it was sent with: if a
 //! newer token is already current the retry just uses it, otherwise it joins (or starts) the refresh.
-//! Request bodies are not buffered by the layer: bodies that can copy themselves cheaply
-//! ([`ReplayableBody`], e.g. `Full<Bytes>`) are kept for the retry, streaming bodies are sent once.
+//! Request bodies are not buffered by the layer: any `http_body::Body` works; bodies its
+//! [`ReplayPolicy`] can copy cheaply (by default `Full<Bytes>`, `Empty`, `String`, …; others with
+//! [`NiftyAuthLayer::clone_body_fn`]) are kept for the retry, streaming bodies are sent once.
+//! Expiry is judged on tokio's clock, overruled by the wall clock when that is clearly ahead (a
+//! machine that slept), so tests can pause and advance tokio's clock.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

@@ -81,7 +81,7 @@ pub trait GrantStore: Send + Sync + 'static {
     }
 
     /// Saves while holding `grant`'s lock; see [`TokenStore::save_locked`]. The default calls
-    /// [`save`](Self::save).
+    /// [`save_grant`](Self::save_grant).
     fn save_grant_locked<'a>(
         &'a self,
         grant: &'a GrantId,
