@@ -63,6 +63,7 @@ mod postgres;
 mod redis;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod seal;
+mod wait;
 
 pub use file::FileStore;
 pub use grant::GrantStore;
@@ -134,43 +135,31 @@ pub trait TokenStore: Send + Sync + 'static {
     }
 }
 
-impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        (**self).load()
-    }
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        (**self).save(tokens)
-    }
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        (**self).lock(max_hold)
-    }
-    fn save_locked<'a>(
-        &'a self,
-        tokens: &'a TokenSet,
-        lock: &'a StoreLock,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        (**self).save_locked(tokens, lock)
-    }
+/// `Arc<T>` and `Box<T>` of a store are that store.
+macro_rules! forward_token_store {
+    ($($wrapper:ident),*) => {$(
+        impl<T: TokenStore + ?Sized> TokenStore for $wrapper<T> {
+            fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+                (**self).load()
+            }
+            fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+                (**self).save(tokens)
+            }
+            fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+                (**self).lock(max_hold)
+            }
+            fn save_locked<'a>(
+                &'a self,
+                tokens: &'a TokenSet,
+                lock: &'a StoreLock,
+            ) -> BoxFuture<'a, Result<(), BoxError>> {
+                (**self).save_locked(tokens, lock)
+            }
+        }
+    )*};
 }
 
-impl<T: TokenStore + ?Sized> TokenStore for Box<T> {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        (**self).load()
-    }
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        (**self).save(tokens)
-    }
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        (**self).lock(max_hold)
-    }
-    fn save_locked<'a>(
-        &'a self,
-        tokens: &'a TokenSet,
-        lock: &'a StoreLock,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        (**self).save_locked(tokens, lock)
-    }
-}
+forward_token_store!(Arc, Box);
 
 type Release = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 

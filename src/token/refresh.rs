@@ -523,22 +523,14 @@ impl TokenManager {
         let was_kept = kept.is_some();
         let lock = match kept {
             Some(lock) => lock,
-            None => self
-                .store
-                .lock(self.max_refresh_time())
-                .await
-                .map_err(AuthError::store)?,
+            None => self.lock_store().await?,
         };
         let result = self.refresh_locked(current, pending.clone(), &lock).await;
         if was_kept && result.is_err() && self.state.lock().pending.is_some() {
             // The kept lock may have lapsed (a fenced store refuses every save under it): give it
             // up and try once more under a new lock.
             lock.release().await;
-            let lock = self
-                .store
-                .lock(self.max_refresh_time())
-                .await
-                .map_err(AuthError::store)?;
+            let lock = self.lock_store().await?;
             let result = self.refresh_locked(current, pending, &lock).await;
             self.settle(lock, false).await;
             return result;
@@ -726,11 +718,7 @@ impl TokenManager {
         let was_kept = kept.is_some();
         let lock = match kept {
             Some(lock) => lock,
-            None => self
-                .store
-                .lock(self.max_refresh_time())
-                .await
-                .map_err(AuthError::store)?,
+            None => self.lock_store().await?,
         };
         let result = match self.save_parked(tokens, &lock).await {
             Ok(saved) => self.cache.publish(saved),
@@ -738,6 +726,14 @@ impl TokenManager {
         };
         self.settle(lock, was_kept).await;
         result
+    }
+
+    /// Takes the store's refresh lock, waiting at most as long as a refresh can take.
+    async fn lock_store(&self) -> Result<StoreLock, AuthError> {
+        self.store
+            .lock(self.max_refresh_time())
+            .await
+            .map_err(AuthError::store)
     }
 
     /// The longest one refresh can take: every attempt timing out, the longest backoff between them,

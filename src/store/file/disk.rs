@@ -1,6 +1,7 @@
 //! The blocking file work of [`FileStore`](super::FileStore): the capped read, the atomic write, the
 //! advisory lock with its bounded wait, and the directory created on demand.
 
+use crate::store::wait::LockWait;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fs4::{FileExt, TryLockError};
-use tokio::time::Instant;
 
 use super::FileStore;
 use crate::token::TokenSet;
@@ -138,8 +138,6 @@ impl Drop for HeldLock {
 
 /// Tries to lock `target`'s lock file until `bound` has passed on tokio's clock.
 pub(super) async fn acquire(target: Arc<Target>, bound: Duration) -> Result<HeldLock, BoxError> {
-    // `None` (a bound past the end of time) waits for as long as it takes.
-    let deadline = Instant::now().checked_add(bound);
     let opened = Arc::clone(&target);
     let file = blocking("lock file open", move || {
         opened.ensure_dir()?;
@@ -147,7 +145,7 @@ pub(super) async fn acquire(target: Arc<Target>, bound: Duration) -> Result<Held
     })
     .await?;
     let lock_path = &target.lock_path;
-    let mut pause = LOCK_POLL_FIRST;
+    let mut wait = LockWait::new(bound, LOCK_POLL_FIRST, LOCK_POLL_MAX);
     loop {
         // Non-blocking (LOCK_NB): safe on a tokio worker.
         match FileExt::try_lock(&file) {
@@ -169,22 +167,15 @@ pub(super) async fn acquire(target: Arc<Target>, bound: Duration) -> Result<Held
                 .into())
             }
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|deadline| now >= deadline) {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "another process holds the token file's lock {} (or another FileStore on the \
-                     same file in this process; waited {bound:?}): it is refreshing the tokens or \
-                     is stuck; retry later, or stop the other process",
-                    lock_path.display()
-                ),
+        wait.pause(|bound| {
+            format!(
+                "another process holds the token file's lock {} (or another FileStore on the same \
+                 file in this process; waited {bound:?}): it is refreshing the tokens or is stuck; \
+                 retry later, or stop the other process",
+                lock_path.display()
             )
-            .into());
-        }
-        let left = deadline.map_or(pause, |deadline| deadline - now);
-        tokio::time::sleep(pause.min(left)).await;
-        pause = (pause * 2).min(LOCK_POLL_MAX);
+        })
+        .await?;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The refresh lock: a session-level advisory lock on a connection checked out of the pool and
 //! held by the [`StoreLock`], and the fenced save that runs on that connection.
 
+use crate::store::wait::LockWait;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,6 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
-use tokio::time::Instant;
 
 use super::{pg_error, PostgresStore};
 use crate::grants::GrantId;
@@ -80,8 +80,7 @@ impl PostgresStore {
         let wait = inner
             .lock_wait
             .unwrap_or_else(|| max_hold.saturating_add(WAIT_SLACK));
-        let started = Instant::now();
-        let mut poll = LOCK_POLL_MIN;
+        let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
             let connection = inner
                 .pool
@@ -109,19 +108,14 @@ impl PostgresStore {
             }
             session.locked = false;
             drop(session);
-            if started.elapsed() >= wait {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
+            waiting
+                .pause(|wait| {
                     format!(
                         "waited {wait:?} for the refresh lock of grant {grant} held by another \
                          process"
-                    ),
-                )
-                .into());
-            }
-            let half = poll / 2;
-            tokio::time::sleep(half + half.mul_f64(fastrand::f64())).await;
-            poll = (poll * 2).min(LOCK_POLL_MAX);
+                    )
+                })
+                .await?;
         }
     }
 

@@ -1,6 +1,7 @@
 //! The refresh lock as a lease: taken with `SET NX PX <lock ttl>`, kept alive by a watchdog task
 //! while the [`StoreLock`] lives, released with a compare-and-delete, checked by the fenced save.
 
+use crate::store::wait::LockWait;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -9,7 +10,6 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use super::{millis, redis_error, Keys, RedisStore};
 use crate::store::StoreLock;
@@ -94,8 +94,7 @@ impl RedisStore {
         let wait = max_hold
             .saturating_add(inner.lock_ttl)
             .saturating_add(WAIT_SLACK);
-        let started = Instant::now();
-        let mut poll = LOCK_POLL_MIN;
+        let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
             let mut connection = self.connection().await?;
             let taken: Option<String> = redis::cmd("SET")
@@ -110,19 +109,14 @@ impl RedisStore {
             if taken.is_some() {
                 return Ok(self.hold(&runtime, connection, owner, keys.lock.clone()));
             }
-            if started.elapsed() >= wait {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
+            waiting
+                .pause(|wait| {
                     format!(
                         "waited {wait:?} for the refresh lock {} held by another process",
                         keys.lock
-                    ),
-                )
-                .into());
-            }
-            let half = poll / 2;
-            tokio::time::sleep(half + half.mul_f64(fastrand::f64())).await;
-            poll = (poll * 2).min(LOCK_POLL_MAX);
+                    )
+                })
+                .await?;
         }
     }
 
