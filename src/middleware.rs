@@ -70,7 +70,7 @@ use crate::{AuthError, NiftyAuth, DEFAULT_MAX_REPLAY_BODY_BYTES};
 /// [module docs](self).
 ///
 /// Errors from the token manager arrive as `reqwest_middleware::Error::Middleware` wrapping an
-/// [`AuthError`](crate::AuthError): `err` → `match err { Error::Middleware(e) => e.downcast_ref::<AuthError>() … }`.
+/// [`AuthError`]: `err` → `match err { Error::Middleware(e) => e.downcast_ref::<AuthError>() … }`.
 #[derive(Clone, Debug)]
 pub struct NiftyAuthMiddleware {
     auth: NiftyAuth,

@@ -24,8 +24,10 @@ mod head;
 pub use body::{CloneBodyFn, CommonBodies, ReplayPolicy, ReplayableBody};
 pub use future::ResponseFuture;
 
+#[cfg(feature = "reqwest")]
+pub(crate) use future::header_of;
+pub(crate) use future::Manager;
 use future::Retry;
-pub(crate) use future::{header_of, Manager};
 
 /// The default [`NiftyAuthLayer::max_replay_body_bytes`]: bodies whose copy copies their bytes
 /// (`String`) are replayed after a 401 up to 64 KiB. Bodies whose copy shares its
@@ -161,7 +163,7 @@ impl<P: fmt::Debug> fmt::Debug for NiftyAuthLayer<P> {
 /// request waits for the single-flight refresh. A 401 answer is retried once with a newer token if the
 /// layer's [`ReplayPolicy`] kept a copy of the body.
 ///
-/// Errors are [`BoxError`]s: the inner service's errors as they are, token failures as an
+/// Errors are [`BoxError`](crate::BoxError)s: the inner service's errors as they are, token failures as an
 /// [`AuthError`](crate::AuthError) (`err.downcast_ref::<AuthError>()`).
 #[derive(Clone)]
 pub struct NiftyAuthService<S, P = CommonBodies> {
