@@ -22,6 +22,7 @@ pub(crate) type SharedCause = Arc<dyn StdError + Send + Sync + 'static>;
 /// | [`Transport`](Self::Transport), [`Timeout`](Self::Timeout), [`Endpoint`](Self::Endpoint) with a 5xx/429 status | retry later ([`is_transient`](Self::is_transient)) |
 /// | [`InvalidResponse`](Self::InvalidResponse), [`Endpoint`](Self::Endpoint) | the endpoint answered something unusable; retry later or report it |
 /// | [`Store`](Self::Store) | fix the token store (disk, permissions, database) |
+/// | [`MissingGrant`](Self::MissingGrant) | fix the calling code: put a [`GrantId`](crate::GrantId) in the request's extensions |
 ///
 /// Messages never contain a token, a secret or a response body that could hold one. Inside the layer's
 /// service the error arrives as a [`tower::BoxError`]; get it back with `err.downcast_ref::<AuthError>()`.
@@ -99,6 +100,12 @@ pub enum AuthError {
         /// What is wrong.
         reason: String,
     },
+    /// A request to an allowed origin reached the grants layer (or middleware) of a
+    /// [`NiftyGrants`](crate::NiftyGrants) without a [`GrantId`](crate::GrantId) in its extensions,
+    /// so no grant's token could be chosen. The request was not sent. Insert the id:
+    /// `request.extensions_mut().insert(grant_id)` (with reqwest-middleware,
+    /// `RequestBuilder::with_extension(grant_id)`).
+    MissingGrant,
     /// The refresh task ended without a result (it panicked, or the runtime shut down).
     Internal {
         /// What happened.
@@ -139,6 +146,12 @@ impl AuthError {
     /// Whether the client id / secret were rejected.
     pub fn is_invalid_client(&self) -> bool {
         matches!(self, AuthError::InvalidClient { .. })
+    }
+
+    /// Whether a request reached the grants layer without a [`GrantId`](crate::GrantId) (it was not
+    /// sent): a bug in the calling code, not in the grant.
+    pub fn is_missing_grant(&self) -> bool {
+        matches!(self, AuthError::MissingGrant)
     }
 
     /// Whether the endpoint did not answer in time.
@@ -235,6 +248,11 @@ impl fmt::Display for AuthError {
                  no unsaved token was used",
             ),
             AuthError::Configuration { reason } => write!(f, "invalid configuration: {reason}"),
+            AuthError::MissingGrant => f.write_str(
+                "the request names no grant, so it was not sent: insert a GrantId into the request's \
+                 extensions (`request.extensions_mut().insert(grant_id)`, or reqwest-middleware's \
+                 `.with_extension(grant_id)`) before it reaches the grants layer",
+            ),
             AuthError::Internal { reason } => write!(f, "internal error: {reason}"),
         }
     }

@@ -144,9 +144,12 @@ pub use auth::{
 pub use credentials::Credentials;
 pub use endpoint::MAX_TOKEN_RESPONSE_BYTES;
 pub use error::AuthError;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use grants::NiftyGrantsMiddleware;
 pub use grants::{
-    GrantId, GrantsStats, NiftyGrants, NiftyGrantsBuilder, DEFAULT_MAX_CACHED_GRANTS,
-    DEFAULT_MAX_CONCURRENT_TOKEN_CALLS, MAX_GRANT_ID_BYTES,
+    GrantId, GrantsStats, NiftyGrants, NiftyGrantsBuilder, NiftyGrantsLayer, NiftyGrantsService,
+    DEFAULT_MAX_CACHED_GRANTS, DEFAULT_MAX_CONCURRENT_TOKEN_CALLS, MAX_GRANT_ID_BYTES,
 };
 pub use layer::{
     CloneBodyFn, CommonBodies, NiftyAuthLayer, NiftyAuthService, ReplayPolicy, ReplayableBody,

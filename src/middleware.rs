@@ -54,57 +54,50 @@
 //! # fn main() {}
 //! ```
 
-use http::header::AUTHORIZATION;
-use http::Extensions;
-use reqwest_middleware::{Middleware, Next};
+use std::future::Future;
+use std::sync::Arc;
 
-use crate::{NiftyAuth, DEFAULT_MAX_REPLAY_BODY_BYTES};
+use http::header::AUTHORIZATION;
+use http::{Extensions, HeaderValue};
+use reqwest_middleware::Next;
+
+use crate::layer::header_of;
+use crate::origin::Origins;
+use crate::token::refresh::{TokenManager, Unauthorized, Want};
+use crate::{AuthError, NiftyAuth, DEFAULT_MAX_REPLAY_BODY_BYTES};
 
 /// A [`reqwest_middleware::Middleware`] attaching the tokens of a [`NiftyAuth`]; see the
 /// [module docs](self).
 ///
 /// Errors from the token manager arrive as `reqwest_middleware::Error::Middleware` wrapping an
-/// [`AuthError`](crate::AuthError): `err` → `match err { Error::Middleware(e) => e.downcast_ref::<AuthError>() … }`.
+/// [`AuthError`]: `err` → `match err { Error::Middleware(e) => e.downcast_ref::<AuthError>() … }`.
 #[derive(Clone, Debug)]
 pub struct NiftyAuthMiddleware {
     auth: NiftyAuth,
-    max_replay_body_bytes: usize,
-    retry_on_unauthorized: bool,
+    replay: Replay,
 }
 
 impl NiftyAuthMiddleware {
     /// A middleware attaching the tokens of `auth`; the same as [`NiftyAuth::middleware`].
     pub fn new(auth: NiftyAuth) -> Self {
         NiftyAuthMiddleware {
-            retry_on_unauthorized: auth.can_refresh(),
+            replay: Replay::new(auth.can_refresh()),
             auth,
-            max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
         }
     }
 
     /// Buffered bodies up to this size are replayed after a 401; larger ones are sent once. Defaults
     /// to [`DEFAULT_MAX_REPLAY_BODY_BYTES`].
     pub fn max_replay_body_bytes(mut self, max: usize) -> Self {
-        self.max_replay_body_bytes = max;
+        self.replay.max_replay_body_bytes = max;
         self
     }
 
     /// Whether a 401 is retried once with a newer token. Defaults to `true` (`false` for personal
     /// access tokens, which cannot be refreshed).
     pub fn retry_on_unauthorized(mut self, retry: bool) -> Self {
-        self.retry_on_unauthorized = retry;
+        self.replay.retry_on_unauthorized = retry;
         self
-    }
-
-    fn allowed(&self, url: &reqwest::Url) -> bool {
-        match url.host_str() {
-            Some(host) => self.auth.shared.origins.allows_origin(
-                url.scheme(),
-                host,
-                url.port_or_known_default(),
-            ),
-            None => false,
-        }
     }
 }
 
@@ -116,58 +109,165 @@ impl NiftyAuth {
     }
 }
 
-#[async_trait::async_trait]
-impl Middleware for NiftyAuthMiddleware {
-    async fn handle(
-        &self,
-        mut request: reqwest::Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        if request.headers().contains_key(AUTHORIZATION) || !self.allowed(request.url()) {
-            return next.run(request, extensions).await;
-        }
-        let (header, generation) = self
-            .auth
-            .header_for_request()
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?;
-        self.auth.shared.manager.counters.request_authorized();
-        let small_enough = request.body().is_none_or(|body| {
-            body.as_bytes()
-                .is_some_and(|b| b.len() <= self.max_replay_body_bytes)
-        });
-        let retry = if self.retry_on_unauthorized && small_enough {
-            request.try_clone()
-        } else {
-            None
-        };
-        request.headers_mut().insert(AUTHORIZATION, header);
-        let response = next.clone().run(request, extensions).await?;
-        if response.status() != http::StatusCode::UNAUTHORIZED {
-            return Ok(response);
-        }
-        let Some(mut retry) = retry else {
-            return Ok(response);
-        };
-        if crate::layer::insufficient_scope(response.headers()) {
-            return Ok(response); // a new token would not have more scope
-        }
-        let Some((header, retry_generation)) = self
-            .auth
-            .header_after_unauthorized(generation)
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?
-        else {
-            return Ok(response);
-        };
-        crate::trace::debug!(generation, "401 answered; retrying once with a newer token");
-        retry.headers_mut().insert(AUTHORIZATION, header);
-        self.auth.shared.manager.counters.unauthorized_retry();
-        let response = next.run(retry, extensions).await?;
-        if response.status() == http::StatusCode::UNAUTHORIZED {
-            self.auth.shared.manager.rejected_again(retry_generation);
-        }
-        Ok(response)
+nifty_middleware!(NiftyAuthMiddleware, |this, request, extensions, next| {
+    if !wants_token(&this.auth.shared.origins, &request) {
+        return next.run(request, extensions).await;
     }
+    send(&this.auth, this.replay, request, extensions, next).await
+});
+
+/// The `Middleware` impl of a nifty-auth middleware; `handle` runs the given body with `this` (the
+/// middleware) and the request, its extensions and the next middleware. Shared by
+/// [`NiftyAuthMiddleware`] and the grants middleware.
+macro_rules! nifty_middleware {
+    ($middleware:ident, |$this:ident, $request:ident, $extensions:ident, $next:ident| $handle:block) => {
+        #[async_trait::async_trait]
+        impl reqwest_middleware::Middleware for $middleware {
+            async fn handle(
+                &self,
+                $request: reqwest::Request,
+                $extensions: &mut http::Extensions,
+                $next: reqwest_middleware::Next<'_>,
+            ) -> reqwest_middleware::Result<reqwest::Response> {
+                let $this = self;
+                $handle
+            }
+        }
+    };
+}
+pub(crate) use nifty_middleware;
+
+/// A middleware's replay settings (shared by [`NiftyAuthMiddleware`] and the grants middleware).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Replay {
+    pub(crate) max_replay_body_bytes: usize,
+    pub(crate) retry_on_unauthorized: bool,
+}
+
+impl Replay {
+    pub(crate) fn new(retry_on_unauthorized: bool) -> Self {
+        Replay {
+            max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
+            retry_on_unauthorized,
+        }
+    }
+}
+
+/// Whether `request` should get a token: it goes to an allowed origin and has no `Authorization`
+/// of its own (a request with one is left alone).
+pub(crate) fn wants_token(origins: &Origins, request: &reqwest::Request) -> bool {
+    let url = request.url();
+    !request.headers().contains_key(AUTHORIZATION)
+        && url.host_str().is_some_and(|host| {
+            origins.allows_origin(url.scheme(), host, url.port_or_known_default())
+        })
+}
+
+/// Where a middleware gets its headers: a [`NiftyAuth`], or one grant's token manager.
+pub(crate) trait Tokens: Sync {
+    /// The manager, for its counters and its 401 bookkeeping.
+    fn manager(&self) -> &Arc<TokenManager>;
+
+    /// The header for a request about to be sent (waiting for the single flight if needed).
+    fn header(&self) -> impl Future<Output = Result<(HeaderValue, u64), AuthError>> + Send;
+
+    /// What to do after a 401 for `generation`: `None` to return it as it is, or the header to
+    /// retry with.
+    fn header_after_unauthorized(
+        &self,
+        generation: u64,
+    ) -> impl Future<Output = Result<Option<(HeaderValue, u64)>, AuthError>> + Send;
+}
+
+impl Tokens for NiftyAuth {
+    fn manager(&self) -> &Arc<TokenManager> {
+        &self.shared.manager
+    }
+
+    fn header(&self) -> impl Future<Output = Result<(HeaderValue, u64), AuthError>> + Send {
+        self.header_for_request()
+    }
+
+    fn header_after_unauthorized(
+        &self,
+        generation: u64,
+    ) -> impl Future<Output = Result<Option<(HeaderValue, u64)>, AuthError>> + Send {
+        NiftyAuth::header_after_unauthorized(self, generation)
+    }
+}
+
+impl Tokens for Arc<TokenManager> {
+    fn manager(&self) -> &Arc<TokenManager> {
+        self
+    }
+
+    async fn header(&self) -> Result<(HeaderValue, u64), AuthError> {
+        match self.header_now() {
+            Some(found) => Ok(found),
+            None => header_of(&*Arc::clone(self).token(Want::Usable).await?),
+        }
+    }
+
+    async fn header_after_unauthorized(
+        &self,
+        generation: u64,
+    ) -> Result<Option<(HeaderValue, u64)>, AuthError> {
+        Ok(match self.after_unauthorized(generation) {
+            Unauthorized::Newer(header, generation) => Some((header, generation)),
+            Unauthorized::Wait(token) => Some(header_of(&*token.await?)?),
+            Unauthorized::GiveUp => None,
+        })
+    }
+}
+
+/// Sends `request` with a header from `tokens`, and retries it once after a 401 with a newer one
+/// (if `replay` allows and the body can be cloned).
+pub(crate) async fn send(
+    tokens: &impl Tokens,
+    replay: Replay,
+    mut request: reqwest::Request,
+    extensions: &mut Extensions,
+    next: Next<'_>,
+) -> reqwest_middleware::Result<reqwest::Response> {
+    let (header, generation) = tokens
+        .header()
+        .await
+        .map_err(reqwest_middleware::Error::middleware)?;
+    let manager = tokens.manager();
+    manager.counters.request_authorized();
+    let small_enough = request.body().is_none_or(|body| {
+        body.as_bytes()
+            .is_some_and(|b| b.len() <= replay.max_replay_body_bytes)
+    });
+    let retry = if replay.retry_on_unauthorized && small_enough {
+        request.try_clone()
+    } else {
+        None
+    };
+    request.headers_mut().insert(AUTHORIZATION, header);
+    let response = next.clone().run(request, extensions).await?;
+    if response.status() != http::StatusCode::UNAUTHORIZED {
+        return Ok(response);
+    }
+    let Some(mut retry) = retry else {
+        return Ok(response);
+    };
+    if crate::layer::insufficient_scope(response.headers()) {
+        return Ok(response); // a new token would not have more scope
+    }
+    let Some((header, retry_generation)) = tokens
+        .header_after_unauthorized(generation)
+        .await
+        .map_err(reqwest_middleware::Error::middleware)?
+    else {
+        return Ok(response);
+    };
+    crate::trace::debug!(generation, "401 answered; retrying once with a newer token");
+    retry.headers_mut().insert(AUTHORIZATION, header);
+    manager.counters.unauthorized_retry();
+    let response = next.run(retry, extensions).await?;
+    if response.status() == http::StatusCode::UNAUTHORIZED {
+        manager.rejected_again(retry_generation);
+    }
+    Ok(response)
 }

@@ -31,10 +31,16 @@ use tower::BoxError;
 
 mod id;
 mod latches;
+mod layer;
+#[cfg(feature = "reqwest")]
+mod middleware;
 mod registry;
 
 pub use id::{GrantId, MAX_GRANT_ID_BYTES};
 pub(crate) use latches::Latches;
+pub use layer::{NiftyGrantsLayer, NiftyGrantsService};
+#[cfg(feature = "reqwest")]
+pub use middleware::NiftyGrantsMiddleware;
 use registry::Registry;
 
 /// The default [`NiftyGrantsBuilder::max_cached_grants`].
@@ -218,6 +224,22 @@ impl NiftyGrants {
                 self.shared.origins.clone(),
             )),
         }
+    }
+
+    /// One tower layer for every grant: each request is authenticated as the grant whose
+    /// [`GrantId`] is in its extensions (`request.extensions_mut().insert(grant_id)`); a request to
+    /// an allowed origin without one is not sent ([`AuthError::MissingGrant`]). See
+    /// [`NiftyGrantsLayer`].
+    pub fn layer(&self) -> NiftyGrantsLayer {
+        NiftyGrantsLayer::new(self.clone())
+    }
+
+    /// One reqwest-middleware middleware for every grant: each request is authenticated as the
+    /// grant set with `RequestBuilder::with_extension(grant_id)`. See [`NiftyGrantsMiddleware`].
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn middleware(&self) -> NiftyGrantsMiddleware {
+        NiftyGrantsMiddleware::new(self.clone())
     }
 
     /// The grants whose token endpoint said they are dead (`invalid_grant`, 401, 403): show

@@ -14,30 +14,48 @@ use tower_service::Service;
 use super::body::ReplayPolicy;
 use super::head::Head;
 use crate::auth::ManagerHandle;
-use crate::token::refresh::{TokenFuture, Unauthorized};
+use crate::token::refresh::{TokenFuture, TokenManager, Unauthorized};
 use crate::trace;
 use crate::{AuthError, BoxError};
+
+/// The token manager a request keeps for its retry: no allocation, one reference count either way.
+pub(crate) enum Manager {
+    /// One of a `NiftyAuth`'s striped handles (see `SharedAuth::handles`).
+    Striped(Arc<ManagerHandle>),
+    /// One grant's manager, from a `NiftyGrants` registry.
+    Grant(Arc<TokenManager>),
+}
+
+impl Manager {
+    #[inline]
+    pub(crate) fn get(&self) -> &Arc<TokenManager> {
+        match self {
+            Manager::Striped(handle) => &handle.0,
+            Manager::Grant(manager) => manager,
+        }
+    }
+}
 
 /// Everything a retry needs: a service to send with, a copy of the request (taken before the
 /// `Authorization` header was added), and the token generation the first send used. Kept inline in
 /// the response future, so keeping it allocates nothing (the head's buffer comes from a pool).
 pub(crate) struct Retry<S, B> {
     service: S,
-    /// A striped handle (see `SharedAuth::handles`).
-    manager: Arc<ManagerHandle>,
+    manager: Manager,
     head: Head,
     body: B,
     generation: u64,
 }
 
 impl<S: Clone, B> Retry<S, B> {
-    /// A copy of `request` for a retry, or `None` if `policy` does not replay its body.
+    /// A copy of `request` for a retry, or `None` if `policy` does not replay its body. `manager` is
+    /// called only when there is a copy.
     #[inline]
     pub(crate) fn new<P: ReplayPolicy<B>>(
         request: &Request<B>,
         policy: &P,
         service: &S,
-        manager: &Arc<ManagerHandle>,
+        manager: impl FnOnce() -> Manager,
         generation: u64,
     ) -> Option<Self> {
         let body = policy.clone_body(request.body())?;
@@ -45,7 +63,7 @@ impl<S: Clone, B> Retry<S, B> {
             head: Head::capture(request)?,
             body,
             service: service.clone(),
-            manager: Arc::clone(manager),
+            manager: manager(),
             generation,
         })
     }
@@ -56,8 +74,7 @@ struct Waiting<S, B> {
     /// A clone of the service, not yet driven to readiness.
     service: S,
     request: Request<B>,
-    /// A striped handle (see `SharedAuth::handles`).
-    manager: Arc<ManagerHandle>,
+    manager: Manager,
     /// The copy of the body for a retry (taken at `call`), or `None` when the request is sent once.
     replay: Option<B>,
     /// The token's header and generation, once it arrived.
@@ -92,7 +109,9 @@ pin_project! {
         // Waiting for the service to be ready again before the retry.
         Readiness { header: HeaderValue, generation: u64 },
         // Waiting for the answer to the retry; it goes to the caller, 401 or not.
-        RetryResponse { #[pin] future: F, manager: Arc<ManagerHandle>, generation: u64 },
+        RetryResponse { #[pin] future: F, manager: Manager, generation: u64 },
+        // Failed before anything was sent (a request without a grant): the error, once.
+        Failed { error: Option<BoxError> },
     }
 }
 
@@ -112,7 +131,7 @@ where
         token: TokenFuture,
         service: S,
         request: Request<B>,
-        manager: Arc<ManagerHandle>,
+        manager: Manager,
         replay: Option<B>,
     ) -> Self {
         ResponseFuture {
@@ -129,6 +148,14 @@ where
             },
         }
     }
+
+    /// A future that fails with `error` without sending anything.
+    pub(crate) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            retry: None,
+            state: State::Failed { error: Some(error) },
+        }
+    }
 }
 
 fn gone() -> BoxError {
@@ -138,13 +165,15 @@ fn gone() -> BoxError {
     .into()
 }
 
-fn header_of(current: &crate::token::cache::Current) -> Result<(HeaderValue, u64), BoxError> {
+/// The header and generation of a refresh's result.
+pub(crate) fn header_of(
+    current: &crate::token::cache::Current,
+) -> Result<(HeaderValue, u64), AuthError> {
     match current.header() {
         Some(header) => Ok((header, current.generation)),
         None => Err(AuthError::Internal {
             reason: "a refresh published no token".to_owned(),
-        }
-        .into()),
+        }),
     }
 }
 
@@ -179,7 +208,7 @@ where
                         header,
                     } = *waiting.take().ok_or_else(gone)?;
                     let (header, generation) = header.ok_or_else(gone)?;
-                    manager.0.counters.request_authorized();
+                    manager.get().counters.request_authorized();
                     if let Some(body) = replay {
                         *retry = Head::capture(&request).map(|head| Retry {
                             service: service.clone(),
@@ -206,7 +235,11 @@ where
                     };
                     // Usually another request's refresh already replaced the rejected token: then
                     // use the newer one straight away, without a token future.
-                    match retrying.manager.0.after_unauthorized(retrying.generation) {
+                    match retrying
+                        .manager
+                        .get()
+                        .after_unauthorized(retrying.generation)
+                    {
                         Unauthorized::Newer(header, generation) => {
                             trace::debug!(
                                 generation,
@@ -243,7 +276,7 @@ where
                         }
                         .into()));
                     };
-                    manager.0.counters.unauthorized_retry();
+                    manager.get().counters.unauthorized_retry();
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
                     let generation = *generation;
@@ -260,9 +293,12 @@ where
                 } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() == StatusCode::UNAUTHORIZED {
-                        manager.0.rejected_again(*generation);
+                        manager.get().rejected_again(*generation);
                     }
                     return Poll::Ready(Ok(response));
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().ok_or_else(gone)?))
                 }
             }
         }
@@ -280,6 +316,7 @@ where
             State::NewerToken { .. } => "waiting for a newer token after a 401",
             State::Readiness { .. } => "waiting for readiness to retry",
             State::RetryResponse { .. } => "waiting for the retry's response",
+            State::Failed { .. } => "failed before sending",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

@@ -5,17 +5,17 @@
 use std::fmt;
 use std::mem;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
-use http::{Request, Response};
+use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::origin::Origins;
 use crate::stripe::{self, STRIPES};
 use crate::token::cache::{LocalCache, Read};
 use crate::token::refresh::Want;
-use crate::{BoxError, NiftyAuth};
+use crate::{AuthError, NiftyAuth};
 
 mod body;
 mod future;
@@ -24,6 +24,9 @@ mod head;
 pub use body::{CloneBodyFn, CommonBodies, ReplayPolicy, ReplayableBody};
 pub use future::ResponseFuture;
 
+#[cfg(feature = "reqwest")]
+pub(crate) use future::header_of;
+pub(crate) use future::Manager;
 use future::Retry;
 
 /// The default [`NiftyAuthLayer::max_replay_body_bytes`]: bodies whose copy copies their bytes
@@ -64,17 +67,15 @@ pub const DEFAULT_MAX_REPLAY_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct NiftyAuthLayer<P = CommonBodies> {
     auth: NiftyAuth,
-    policy: P,
-    retry_on_unauthorized: bool,
+    settings: Settings<P>,
 }
 
 impl NiftyAuthLayer {
     /// A layer attaching the tokens of `auth`.
     pub fn new(auth: NiftyAuth) -> Self {
         NiftyAuthLayer {
-            retry_on_unauthorized: auth.can_refresh(),
+            settings: Settings::new(auth.can_refresh()),
             auth,
-            policy: CommonBodies::new(DEFAULT_MAX_REPLAY_BODY_BYTES),
         }
     }
 
@@ -83,7 +84,7 @@ impl NiftyAuthLayer {
     /// returned as it is. Bodies whose copy shares the bytes (`Full<Bytes>`) are replayed whatever
     /// their size. Defaults to [`DEFAULT_MAX_REPLAY_BODY_BYTES`] (64 KiB).
     pub fn max_replay_body_bytes(mut self, max: usize) -> Self {
-        self.policy = CommonBodies::new(max);
+        self.settings.policy = CommonBodies::new(max);
         self
     }
 }
@@ -92,7 +93,7 @@ impl<P> NiftyAuthLayer<P> {
     /// Whether a 401 is retried once with a fresh token. Defaults to `true` (`false` for a personal
     /// access token, which cannot be refreshed).
     pub fn retry_on_unauthorized(mut self, retry: bool) -> Self {
-        self.retry_on_unauthorized = retry;
+        self.settings.retry_on_unauthorized = retry;
         self
     }
 
@@ -124,8 +125,7 @@ impl<P> NiftyAuthLayer<P> {
     pub fn replay_policy<Q>(self, policy: Q) -> NiftyAuthLayer<Q> {
         NiftyAuthLayer {
             auth: self.auth,
-            policy,
-            retry_on_unauthorized: self.retry_on_unauthorized,
+            settings: self.settings.with_policy(policy),
         }
     }
 }
@@ -135,11 +135,9 @@ impl<S, P: Clone> Layer<S> for NiftyAuthLayer<P> {
 
     fn layer(&self, inner: S) -> Self::Service {
         NiftyAuthService {
-            inner,
+            core: self.settings.core(inner),
             current: self.auth.shared.manager.cache.local(),
             auth: self.auth.clone(),
-            policy: self.policy.clone(),
-            retry_on_unauthorized: self.retry_on_unauthorized,
         }
     }
 }
@@ -148,8 +146,11 @@ impl<P: fmt::Debug> fmt::Debug for NiftyAuthLayer<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NiftyAuthLayer")
             .field("auth", &self.auth)
-            .field("policy", &self.policy)
-            .field("retry_on_unauthorized", &self.retry_on_unauthorized)
+            .field("policy", &self.settings.policy)
+            .field(
+                "retry_on_unauthorized",
+                &self.settings.retry_on_unauthorized,
+            )
             .finish()
     }
 }
@@ -162,16 +163,14 @@ impl<P: fmt::Debug> fmt::Debug for NiftyAuthLayer<P> {
 /// request waits for the single-flight refresh. A 401 answer is retried once with a newer token if the
 /// layer's [`ReplayPolicy`] kept a copy of the body.
 ///
-/// Errors are [`BoxError`]s: the inner service's errors as they are, token failures as an
+/// Errors are [`BoxError`](crate::BoxError)s: the inner service's errors as they are, token failures as an
 /// [`AuthError`](crate::AuthError) (`err.downcast_ref::<AuthError>()`).
 #[derive(Clone)]
 pub struct NiftyAuthService<S, P = CommonBodies> {
-    inner: S,
+    core: Core<S, P>,
     /// This service's view of the current token (no shared bookkeeping while it does not change).
     current: LocalCache,
     auth: NiftyAuth,
-    policy: P,
-    retry_on_unauthorized: bool,
 }
 
 impl<S> NiftyAuthService<S> {
@@ -181,79 +180,204 @@ impl<S> NiftyAuthService<S> {
     }
 }
 
-impl<S, P> NiftyAuthService<S, P> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+authenticating_service!(NiftyAuthService, |this, request| {
+    if !wants_token(&this.auth.shared.origins, &request) {
+        return this.core.pass(request);
     }
+    let manager = &this.auth.shared.manager;
+    // One thread-local lookup for the header copy, the counter and the manager handle.
+    let stripe = stripe::index();
+    let (header, generation) = match this.current.load().read_for(stripe) {
+        Read::Fresh(header, generation) => (header, generation),
+        Read::Stale(header, generation) => {
+            manager.refresh_in_background();
+            (header, generation)
+        }
+        Read::Missing => {
+            let handle = Arc::clone(this.auth.shared.handle());
+            return this.core.wait_for_token(request, Manager::Striped(handle));
+        }
+    };
+    manager.counters.request_authorized_on(stripe);
+    let handle = &this.auth.shared.handles[stripe % STRIPES];
+    this.core.send(request, header, generation, || {
+        Manager::Striped(Arc::clone(handle))
+    })
+});
 
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
+/// The accessors and the `Service` impl of an authenticating service (a struct with a
+/// `core: Core<S, P>` field); `call` runs the given body with `this` (the service) and `request`.
+/// Shared by [`NiftyAuthService`] and the grants service, which differ only in that body.
+macro_rules! authenticating_service {
+    ($service:ident, |$this:ident, $request:ident| $call:block) => {
+        impl<S, P> $service<S, P> {
+            /// The wrapped service.
+            pub fn get_ref(&self) -> &S {
+                &self.core.inner
+            }
 
-    /// Unwraps the service.
-    pub fn into_inner(self) -> S {
-        self.inner
+            /// The wrapped service, mutably.
+            pub fn get_mut(&mut self) -> &mut S {
+                &mut self.core.inner
+            }
+
+            /// Unwraps the service.
+            pub fn into_inner(self) -> S {
+                self.core.inner
+            }
+        }
+
+        impl<S, P, B, RB> tower_service::Service<http::Request<B>> for $service<S, P>
+        where
+            S: tower_service::Service<http::Request<B>, Response = http::Response<RB>> + Clone,
+            S::Error: Into<$crate::BoxError>,
+            P: $crate::ReplayPolicy<B>,
+        {
+            type Response = http::Response<RB>;
+            type Error = $crate::BoxError;
+            type Future = $crate::ResponseFuture<S, B>;
+
+            fn poll_ready(
+                &mut self,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Self::Error>> {
+                self.core.inner.poll_ready(cx).map_err(Into::into)
+            }
+
+            fn call(&mut self, $request: http::Request<B>) -> Self::Future {
+                let $this = self;
+                $call
+            }
+        }
+    };
+}
+pub(crate) use authenticating_service;
+
+/// Whether `request` should get a token: it goes to an allowed origin and the caller did not
+/// authorize it itself (a request with its own `Authorization` is sent exactly as it is, every value
+/// kept).
+#[inline]
+pub(crate) fn wants_token<B>(origins: &Origins, request: &Request<B>) -> bool {
+    origins.allows(request.uri()) && !request.headers().contains_key(AUTHORIZATION)
+}
+
+/// A layer's replay settings: which bodies are kept for the retry after a 401, and whether there is
+/// one. Shared by [`NiftyAuthLayer`] and the grants layer.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings<P> {
+    pub(crate) policy: P,
+    pub(crate) retry_on_unauthorized: bool,
+}
+
+impl Settings<CommonBodies> {
+    /// The default policy, retrying 401s if `retry_on_unauthorized`.
+    pub(crate) fn new(retry_on_unauthorized: bool) -> Self {
+        Settings {
+            policy: CommonBodies::new(DEFAULT_MAX_REPLAY_BODY_BYTES),
+            retry_on_unauthorized,
+        }
     }
 }
 
-impl<S, P, B, RB> Service<Request<B>> for NiftyAuthService<S, P>
-where
-    S: Service<Request<B>, Response = Response<RB>> + Clone,
-    S::Error: Into<BoxError>,
-    P: ReplayPolicy<B>,
-{
-    type Response = Response<RB>;
-    type Error = BoxError;
-    type Future = ResponseFuture<S, B>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+impl<P> Settings<P> {
+    pub(crate) fn with_policy<Q>(self, policy: Q) -> Settings<Q> {
+        Settings {
+            policy,
+            retry_on_unauthorized: self.retry_on_unauthorized,
+        }
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if !self.auth.shared.origins.allows(request.uri())
-            || request.headers().contains_key(AUTHORIZATION)
-        {
-            // This origin may not see our token, or the caller authorized the request itself: send
-            // it exactly as it is (every `Authorization` value kept).
-            return ResponseFuture::first(self.inner.call(request), None);
+    /// The settings around `inner`, for a new service.
+    pub(crate) fn core<S>(&self, inner: S) -> Core<S, P>
+    where
+        P: Clone,
+    {
+        Core {
+            inner,
+            policy: self.policy.clone(),
+            retry_on_unauthorized: self.retry_on_unauthorized,
         }
-        let manager = &self.auth.shared.manager;
-        // One thread-local lookup for the header copy, the counter and the manager handle.
-        let stripe = stripe::index();
-        let (header, generation) = match self.current.load().read_for(stripe) {
-            Read::Fresh(header, generation) => (header, generation),
-            Read::Stale(header, generation) => {
-                manager.refresh_in_background();
-                (header, generation)
-            }
-            Read::Missing => {
-                // Wait for the token first, then drive a clone of the service to readiness. The ready
-                // service is dropped here, giving back what its readiness reserved (a concurrency
-                // permit, a buffer slot): the token call may need that very permit.
-                let clone = self.inner.clone();
-                drop(mem::replace(&mut self.inner, clone));
-                let token = Box::pin(Arc::clone(manager).token(Want::Usable));
-                let replay = if self.retry_on_unauthorized {
-                    self.policy.clone_body(request.body())
-                } else {
-                    None
-                };
-                return ResponseFuture::wait_for_token(
-                    token,
-                    self.inner.clone(),
-                    request,
-                    Arc::clone(self.auth.shared.handle()),
-                    replay,
-                );
-            }
+    }
+}
+
+/// What every authenticating service does once it knows the request's token manager: send with a
+/// header, wait for a token, or fail before sending. Shared by [`NiftyAuthService`] and the grants
+/// service, which differ only in how they find the manager.
+#[derive(Clone, Debug)]
+pub(crate) struct Core<S, P> {
+    pub(crate) inner: S,
+    policy: P,
+    retry_on_unauthorized: bool,
+}
+
+impl<S: Clone, P> Core<S, P> {
+    /// Sends `request` untouched.
+    #[inline]
+    pub(crate) fn pass<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        ResponseFuture::first(self.inner.call(request), None)
+    }
+
+    /// The hot path: sends `request` with `header` (of token `generation`), keeping a copy for the
+    /// retry after a 401 if the policy replays its body (only then is `manager` called).
+    #[inline]
+    pub(crate) fn send<B>(
+        &mut self,
+        mut request: Request<B>,
+        header: http::HeaderValue,
+        generation: u64,
+        manager: impl FnOnce() -> Manager,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        P: ReplayPolicy<B>,
+    {
+        let retry = if self.retry_on_unauthorized {
+            Retry::new(&request, &self.policy, &self.inner, manager, generation)
+        } else {
+            None
         };
-        let retry = self.retry_for(&request, generation, stripe);
         request.headers_mut().insert(AUTHORIZATION, header);
-        manager.counters.request_authorized_on(stripe);
         ResponseFuture::first(self.inner.call(request), retry)
+    }
+
+    /// The cold path: no usable token, so the request waits for `manager`'s single-flight refresh.
+    pub(crate) fn wait_for_token<B>(
+        &mut self,
+        request: Request<B>,
+        manager: Manager,
+    ) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        P: ReplayPolicy<B>,
+    {
+        // Wait for the token first, then drive a clone of the service to readiness.
+        self.give_back_readiness();
+        let token = Box::pin(Arc::clone(manager.get()).token(Want::Usable));
+        let replay = if self.retry_on_unauthorized {
+            self.policy.clone_body(request.body())
+        } else {
+            None
+        };
+        ResponseFuture::wait_for_token(token, self.inner.clone(), request, manager, replay)
+    }
+
+    /// Fails the request with `error` without sending it.
+    pub(crate) fn fail<B>(&mut self, error: AuthError) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        self.give_back_readiness();
+        ResponseFuture::failed(error.into())
+    }
+
+    /// Drops the ready service, giving back what its readiness reserved (a concurrency permit, a
+    /// buffer slot: the token call may need that very permit), and keeps a clone for the next call.
+    fn give_back_readiness(&mut self) {
+        let clone = self.inner.clone();
+        drop(mem::replace(&mut self.inner, clone));
     }
 }
 
@@ -271,38 +395,13 @@ pub(crate) fn insufficient_scope(headers: &http::HeaderMap) -> bool {
         })
 }
 
-impl<S: Clone, P> NiftyAuthService<S, P> {
-    /// What a retry after a 401 needs, if the request can be retried.
-    #[inline]
-    fn retry_for<B>(
-        &self,
-        request: &Request<B>,
-        generation: u64,
-        stripe: usize,
-    ) -> Option<Retry<S, B>>
-    where
-        P: ReplayPolicy<B>,
-    {
-        if !self.retry_on_unauthorized {
-            return None;
-        }
-        Retry::new(
-            request,
-            &self.policy,
-            &self.inner,
-            &self.auth.shared.handles[stripe % STRIPES],
-            generation,
-        )
-    }
-}
-
 impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for NiftyAuthService<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NiftyAuthService")
-            .field("inner", &self.inner)
+            .field("inner", &self.core.inner)
             .field("auth", &self.auth)
-            .field("policy", &self.policy)
-            .field("retry_on_unauthorized", &self.retry_on_unauthorized)
+            .field("policy", &self.core.policy)
+            .field("retry_on_unauthorized", &self.core.retry_on_unauthorized)
             .finish()
     }
 }

@@ -5,6 +5,8 @@
 mod common;
 
 mod api;
+mod layer;
+mod processes;
 
 use std::time::Duration;
 
