@@ -283,7 +283,10 @@ fn main() {
         ("Option<String>", size_of::<Option<String>>()),
         ("SystemTime", size_of::<SystemTime>()),
         ("tokio::time::Instant", size_of::<tokio::time::Instant>()),
-        ("tokio::sync::Mutex<()>", size_of::<tokio::sync::Mutex<()>>()),
+        (
+            "tokio::sync::Mutex<()>",
+            size_of::<tokio::sync::Mutex<()>>(),
+        ),
         (
             "parking_lot::Mutex<()>",
             size_of::<parking_lot::Mutex<()>>(),
@@ -331,7 +334,9 @@ fn main() {
         totals.push(m.idle_bytes);
     }
     let grown = (scenarios[1].access - scenarios[0].access) as f64;
-    println!("grants_memory: differential (bytes held per byte of token, from the scenarios above)");
+    println!(
+        "grants_memory: differential (bytes held per byte of token, from the scenarios above)"
+    );
     println!(
         "  per access-token byte   {:.2}  (800/40 vs 40/40: the access token's copies)",
         (totals[2] - totals[0]) / grown
