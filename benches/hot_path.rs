@@ -5,7 +5,9 @@
 //! floor), (b-retry) the same under `tower::retry::Retry` with a policy that clones each request and
 //! retries once on 401 (the peer that can also retry: what a user composes from tower parts), (c) `NiftyAuthLayer` with a valid cached token, (c') the same with
 //! `retry_on_unauthorized(false)` (no retry copy of the request), (d) a naive hand-written layer
-//! (`tokio::sync::Mutex<Option<String>>` + `format!` per request).
+//! (`tokio::sync::Mutex<Option<String>>` + `format!` per request), (e) (c) over a `RedisStore`
+//! (feature `redis`), (f) (c) over a `PostgresStore` (feature `postgres`; PostgreSQL is stopped
+//! before measuring, so a passing run proves the hot path never asks it).
 //!
 //! Requests are built (the same way for every variant) in batches outside the timed section; the
 //! timed section is `ready().await` + `call().await` + dropping the response, per request. After the
@@ -169,6 +171,22 @@ fn hot_path(c: &mut Criterion) {
             &uri,
         );
     }
+    #[cfg(feature = "postgres")]
+    let postgres = PostgresFixture::start(&rt);
+    #[cfg(feature = "postgres")]
+    if let Some(postgres) = &postgres {
+        rt.block_on(check_attaches(
+            postgres.auth.layer().layer(echo_service()),
+            Some(&bearer),
+        ));
+        bench_variant(
+            &mut group,
+            &rt,
+            "f_nifty_auth_postgres",
+            postgres.auth.layer().layer(ok_service()),
+            &uri,
+        );
+    }
     group.finish();
 
     // The same variants, interleaved: ratios that a drifting machine load cannot skew.
@@ -221,6 +239,75 @@ fn hot_path(c: &mut Criterion) {
                 ),
             ],
         );
+    }
+    #[cfg(feature = "postgres")]
+    if let (true, Some(postgres)) = (paired_enabled(), &postgres) {
+        // (f) beside (c) in its own interleaved rounds: the same layer, a PostgreSQL store behind it.
+        paired(
+            "hot_path_postgres",
+            10,
+            PAIRED_REQUESTS,
+            "req",
+            vec![
+                variant("c_nifty_auth", &rt, nifty.layer(ok_service()), &uri),
+                variant(
+                    "f_nifty_auth_postgres",
+                    &rt,
+                    postgres.auth.layer().layer(ok_service()),
+                    &uri,
+                ),
+            ],
+        );
+    }
+}
+
+/// The PostgreSQL server of variant (f): the one `tests/postgres/` starts (`initdb` into a temp dir,
+/// `postgres` on a free loopback port), shared rather than copied so the two cannot drift.
+#[cfg(feature = "postgres")]
+#[path = "../tests/postgres/server.rs"]
+#[allow(dead_code, reason = "the bench uses only start, store and stop")]
+mod pg_server;
+
+/// Variant (f): nifty-auth over a `PostgresStore` (feature `postgres`). The token is saved to a real
+/// PostgreSQL server this bench starts, which is then **stopped** before anything is measured: a
+/// request that touched the store would fail and the bench would panic, so a passing bench proves the
+/// hot path never talks to PostgreSQL (issue 12).
+#[cfg(feature = "postgres")]
+struct PostgresFixture {
+    _server: pg_server::PgServer,
+    auth: nifty_auth::NiftyAuth,
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresFixture {
+    fn start(rt: &Runtime) -> Option<PostgresFixture> {
+        let Some(mut server) = pg_server::PgServer::start() else {
+            eprintln!("hot_path: PostgreSQL not found; skipping f_nifty_auth_postgres");
+            return None;
+        };
+        let auth = rt.block_on(async {
+            let store = server.store("bench-client").await;
+            let auth = nifty_auth::NiftyAuth::builder(nifty_auth::Credentials::new(
+                "bench-client",
+                "bench-secret",
+            ))
+            .token_url(DEAD_TOKEN_URL)
+            .allowed_origins(["https://openapi.niftypm.com"])
+            .store(store)
+            .build()
+            .expect("NiftyAuth");
+            auth.set_tokens(
+                nifty_auth::TokenSet::new(TOKEN).with_expires_in(Duration::from_secs(3600)),
+            )
+            .await
+            .expect("set_tokens saves to PostgreSQL");
+            auth
+        });
+        server.stop();
+        Some(PostgresFixture {
+            _server: server,
+            auth,
+        })
     }
 }
 
