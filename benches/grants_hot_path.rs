@@ -73,7 +73,9 @@ where
         batch.extend((0..n).map(|_| {
             let mut request = request(uri);
             if !ids.is_empty() {
-                request.extensions_mut().insert(ids[next % ids.len()].clone());
+                request
+                    .extensions_mut()
+                    .insert(ids[next % ids.len()].clone());
                 next += 1;
             }
             request
@@ -136,7 +138,10 @@ fn grants_hot_path(c: &mut Criterion) {
                 .await
                 .expect("call");
             assert_eq!(
-                response.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap()),
+                response
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.to_str().unwrap()),
                 Some(bearer.as_str())
             );
         }
@@ -155,7 +160,9 @@ fn grants_hot_path(c: &mut Criterion) {
             b.to_async(&rt).iter_batched(
                 || {
                     let mut request = request(&uri);
-                    request.extensions_mut().insert(ids[next % ids.len()].clone());
+                    request
+                        .extensions_mut()
+                        .insert(ids[next % ids.len()].clone());
                     next += 1;
                     (svc.clone(), request)
                 },
@@ -181,7 +188,13 @@ fn grants_hot_path(c: &mut Criterion) {
                     &uri,
                     &[],
                 ),
-                variant("c_nifty_auth", &rt, auth.layer().layer(ok_service()), &uri, &[]),
+                variant(
+                    "c_nifty_auth",
+                    &rt,
+                    auth.layer().layer(ok_service()),
+                    &uri,
+                    &[],
+                ),
                 variant(
                     "g1_one_grant",
                     &rt,

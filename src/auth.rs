@@ -14,10 +14,11 @@ use crate::endpoint::{self, Backoff, Endpoint, HttpClient, Pressure};
 use crate::error::AuthError;
 use crate::layer::NiftyAuthLayer;
 use crate::origin::Origins;
+use crate::stats::Counters;
 use crate::store::{MemoryStore, TokenStore};
 use crate::stripe::STRIPES;
-use crate::token::cache::TokenCache;
-use crate::token::refresh::{ManagerParts, TokenManager, Unauthorized, Want};
+use crate::token::cache::{CachePolicy, TokenCache};
+use crate::token::refresh::{ManagerParts, Policy, TokenManager, Unauthorized, Want};
 use crate::token::TokenSet;
 use tower::BoxError;
 
@@ -122,12 +123,12 @@ impl NiftyAuth {
     /// A snapshot of this manager's counters (token calls by outcome, refreshes, coalesced waiters,
     /// 401 retries, requests). Cheap: a handful of relaxed atomic loads.
     pub fn stats(&self) -> crate::stats::Stats {
-        self.shared.manager.counters.snapshot()
+        self.shared.manager.counters().snapshot()
     }
 
     /// Whether this manager can get new tokens (`false` for a personal access token).
     pub fn can_refresh(&self) -> bool {
-        self.shared.manager.endpoint.is_some()
+        self.shared.manager.can_refresh()
     }
 
     /// Runs the authorization_code grant: exchanges the `code` from the authorize redirect for tokens,
@@ -263,7 +264,7 @@ impl fmt::Debug for NiftyAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let current = self.shared.manager.cache.load();
         f.debug_struct("NiftyAuth")
-            .field("endpoint", &self.shared.manager.endpoint)
+            .field("endpoint", &self.shared.manager.endpoint_client())
             .field("allowed_origins", &self.shared.origins)
             .field("has_token", &current.tokens.is_some())
             .field("generation", &current.generation)
@@ -303,15 +304,18 @@ impl PersonalTokenBuilder {
         };
         let tokens = TokenSet::new(self.token);
         tokens.validate()?;
-        let cache = TokenCache::new(Duration::ZERO, Clock::new());
+        let cache = TokenCache::new(CachePolicy::single(Duration::ZERO, Clock::new()));
         cache.publish(tokens.clone())?;
         let manager = TokenManager::new(ManagerParts {
             cache,
-            endpoint: None,
+            policy: Arc::new(Policy {
+                endpoint: None,
+                bootstrap_refresh_token: None,
+                unauthorized_cooldown: DEFAULT_UNAUTHORIZED_COOLDOWN,
+                latches: None,
+                counters: Counters::default(),
+            }),
             store: Arc::new(MemoryStore::with_tokens(tokens)),
-            bootstrap_refresh_token: None,
-            unauthorized_cooldown: DEFAULT_UNAUTHORIZED_COOLDOWN,
-            counters: Arc::default(),
             grant: None,
         });
         Ok(NiftyAuth {
@@ -475,12 +479,15 @@ impl Builder {
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>);
         let manager = TokenManager::new(ManagerParts {
-            cache: TokenCache::new(common.refresh_skew, common.clock),
-            endpoint: Some(common.endpoint),
+            cache: TokenCache::new(CachePolicy::single(common.refresh_skew, common.clock)),
+            policy: Arc::new(Policy {
+                endpoint: Some(common.endpoint),
+                bootstrap_refresh_token: common.refresh_token,
+                unauthorized_cooldown: common.unauthorized_cooldown,
+                latches: None,
+                counters: Counters::default(),
+            }),
             store,
-            bootstrap_refresh_token: common.refresh_token,
-            unauthorized_cooldown: common.unauthorized_cooldown,
-            counters: Arc::default(),
             grant: None,
         });
         Ok(NiftyAuth {
@@ -530,7 +537,7 @@ impl Builder {
             pressure,
         )?;
         Ok(Common {
-            endpoint: Arc::new(endpoint),
+            endpoint,
             origins,
             clock,
             refresh_skew: self.refresh_skew,
@@ -543,7 +550,7 @@ impl Builder {
 
 /// What [`Builder::build_common`] makes: the parts every grant of one client app shares.
 pub(crate) struct Common {
-    pub(crate) endpoint: Arc<Endpoint>,
+    pub(crate) endpoint: Endpoint,
     pub(crate) origins: Origins,
     pub(crate) clock: Clock,
     pub(crate) refresh_skew: Duration,

@@ -234,7 +234,7 @@ pub(crate) async fn send(
         .await
         .map_err(reqwest_middleware::Error::middleware)?;
     let manager = tokens.manager();
-    manager.counters.request_authorized();
+    manager.counters().request_authorized();
     let small_enough = request.body().is_none_or(|body| {
         body.as_bytes()
             .is_some_and(|b| b.len() <= replay.max_replay_body_bytes)
@@ -264,7 +264,7 @@ pub(crate) async fn send(
     };
     crate::trace::debug!(generation, "401 answered; retrying once with a newer token");
     retry.headers_mut().insert(AUTHORIZATION, header);
-    manager.counters.unauthorized_retry();
+    manager.counters().unauthorized_retry();
     let response = next.run(retry, extensions).await?;
     if response.status() == http::StatusCode::UNAUTHORIZED {
         manager.rejected_again(retry_generation);

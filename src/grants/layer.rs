@@ -134,7 +134,7 @@ authenticating_service!(NiftyGrantsService, |this, request| {
     let manager = shared.manager(grant);
     match manager.header_now() {
         Some((header, generation)) => {
-            manager.counters.request_authorized();
+            manager.counters().request_authorized();
             this.core
                 .send(request, header, generation, || Manager::Grant(manager))
         }

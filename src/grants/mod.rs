@@ -17,15 +17,14 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 
 use crate::auth::{access_token_of, Builder, NiftyAuth, SharedAuth};
-use crate::clock::Clock;
 use crate::credentials::Credentials;
-use crate::endpoint::{Endpoint, Pressure};
+use crate::endpoint::Pressure;
 use crate::error::AuthError;
 use crate::origin::Origins;
 use crate::stats::{Counters, Stats};
 use crate::store::{GrantStore, GrantView, MemoryStore};
-use crate::token::cache::TokenCache;
-use crate::token::refresh::{ManagerParts, TokenManager};
+use crate::token::cache::{CachePolicy, TokenCache};
+use crate::token::refresh::{ManagerParts, Policy, TokenManager};
 use crate::token::TokenSet;
 use tower::BoxError;
 
@@ -96,15 +95,13 @@ pub struct NiftyGrants {
 
 /// What every clone of a [`NiftyGrants`] shares.
 pub(crate) struct GrantsShared {
-    endpoint: Arc<Endpoint>,
     pub(crate) origins: Origins,
-    clock: Clock,
-    refresh_skew: Duration,
-    unauthorized_cooldown: Duration,
+    /// The endpoint, counters, latches and 401 cooldown of every grant.
+    policy: Arc<Policy>,
+    /// How every grant's cache publishes tokens (skew with jitter, one header copy).
+    cache_policy: Arc<CachePolicy>,
     store: Arc<dyn GrantStore>,
     registry: Registry,
-    latches: Arc<Latches>,
-    pub(crate) counters: Arc<Counters>,
 }
 
 impl GrantsShared {
@@ -118,17 +115,19 @@ impl GrantsShared {
 
     fn new_manager(&self, grant: &GrantId) -> TokenManager {
         TokenManager::new(ManagerParts {
-            cache: TokenCache::new(self.refresh_skew, self.clock).for_grant(),
-            endpoint: Some(Arc::clone(&self.endpoint)),
+            cache: TokenCache::new(Arc::clone(&self.cache_policy)),
+            policy: Arc::clone(&self.policy),
             store: Arc::new(GrantView {
                 store: Arc::clone(&self.store),
                 grant: grant.clone(),
             }),
-            bootstrap_refresh_token: None,
-            unauthorized_cooldown: self.unauthorized_cooldown,
-            counters: Arc::clone(&self.counters),
-            grant: Some((grant.clone(), Arc::clone(&self.latches))),
+            grant: Some(grant.clone()),
         })
+    }
+
+    fn latches(&self) -> &Latches {
+        // Always set for grants (see `NiftyGrantsBuilder::build`).
+        self.policy.latches.as_ref().expect("grants have latches")
     }
 }
 
@@ -197,8 +196,10 @@ impl NiftyGrants {
         let store = Arc::clone(&shared.store);
         let id = grant.clone();
         let max_hold = shared
+            .policy
             .endpoint
-            .timeout
+            .as_ref()
+            .map_or(Duration::ZERO, |endpoint| endpoint.timeout)
             .saturating_add(Duration::from_secs(10));
         let result = async move {
             let lock = store.lock_grant(&id, max_hold).await?;
@@ -211,7 +212,7 @@ impl NiftyGrants {
         if let Some(manager) = &retired {
             shared.registry.remove_if(grant, manager);
         }
-        shared.latches.lifted(grant);
+        shared.latches().lifted(grant);
         result
     }
 
@@ -246,7 +247,7 @@ impl NiftyGrants {
     /// "reconnect Nifty" to their owners. Sorted. A grant leaves the list when it is authorized again
     /// (`exchange_code`, `set_tokens`) or removed.
     pub fn reauthorization_required(&self) -> Vec<GrantId> {
-        self.shared.latches.grants()
+        self.shared.latches().grants()
     }
 
     /// How many grants' tokens are in memory now (at most
@@ -259,10 +260,10 @@ impl NiftyGrants {
     /// cache: grants cached, evicted, needing re-authorization.
     pub fn stats(&self) -> GrantsStats {
         GrantsStats {
-            totals: self.shared.counters.snapshot(),
+            totals: self.shared.policy.counters.snapshot(),
             cached_grants: self.shared.registry.len(),
             evictions: self.shared.registry.evictions(),
-            reauthorization_required: self.shared.latches.len(),
+            reauthorization_required: self.shared.latches().len(),
         }
     }
 
@@ -275,10 +276,10 @@ impl NiftyGrants {
 impl fmt::Debug for NiftyGrants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NiftyGrants")
-            .field("endpoint", &self.shared.endpoint)
+            .field("endpoint", &self.shared.policy.endpoint)
             .field("allowed_origins", &self.shared.origins)
             .field("registry", &self.shared.registry)
-            .field("latches", &self.shared.latches)
+            .field("latches", &self.shared.policy.latches)
             .finish_non_exhaustive()
     }
 }
@@ -422,17 +423,19 @@ impl NiftyGrantsBuilder {
         let common = self.inner.build_common(pressure)?;
         Ok(NiftyGrants {
             shared: Arc::new(GrantsShared {
-                endpoint: common.endpoint,
                 origins: common.origins,
-                clock: common.clock,
-                refresh_skew: common.refresh_skew,
-                unauthorized_cooldown: common.unauthorized_cooldown,
+                policy: Arc::new(Policy {
+                    endpoint: Some(common.endpoint),
+                    bootstrap_refresh_token: None,
+                    unauthorized_cooldown: common.unauthorized_cooldown,
+                    latches: Some(Latches::new(self.on_reauthorization_required)),
+                    counters: Counters::default(),
+                }),
+                cache_policy: CachePolicy::grants(common.refresh_skew, common.clock),
                 store: self
                     .store
                     .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn GrantStore>),
                 registry: Registry::new(self.max_cached_grants),
-                latches: Arc::new(Latches::new(self.on_reauthorization_required)),
-                counters: Arc::default(),
             }),
         })
     }

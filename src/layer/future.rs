@@ -208,7 +208,7 @@ where
                         header,
                     } = *waiting.take().ok_or_else(gone)?;
                     let (header, generation) = header.ok_or_else(gone)?;
-                    manager.get().counters.request_authorized();
+                    manager.get().counters().request_authorized();
                     if let Some(body) = replay {
                         *retry = Head::capture(&request).map(|head| Retry {
                             service: service.clone(),
@@ -276,7 +276,7 @@ where
                         }
                         .into()));
                     };
-                    manager.get().counters.unauthorized_retry();
+                    manager.get().counters().unauthorized_retry();
                     request.headers_mut().insert(AUTHORIZATION, header.clone());
                     let future = service.call(request);
                     let generation = *generation;

@@ -198,7 +198,7 @@ authenticating_service!(NiftyAuthService, |this, request| {
             return this.core.wait_for_token(request, Manager::Striped(handle));
         }
     };
-    manager.counters.request_authorized_on(stripe);
+    manager.counters().request_authorized_on(stripe);
     let handle = &this.auth.shared.handles[stripe % STRIPES];
     this.core.send(request, header, generation, || {
         Manager::Striped(Arc::clone(handle))

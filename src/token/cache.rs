@@ -189,6 +189,12 @@ pub(crate) type LocalCache = arc_swap::Cache<Arc<ArcSwap<Current>>, Arc<Current>
 #[derive(Debug)]
 pub(crate) struct TokenCache {
     current: Arc<ArcSwap<Current>>,
+    policy: Arc<CachePolicy>,
+}
+
+/// How a cache publishes tokens; shared by every grant of a `NiftyGrants`.
+#[derive(Debug)]
+pub(crate) struct CachePolicy {
     skew: Duration,
     clock: Clock,
     /// Spread refresh points: the skew is drawn from `[skew, 2 × skew)` per token, so grants issued
@@ -198,22 +204,34 @@ pub(crate) struct TokenCache {
     striped: bool,
 }
 
-impl TokenCache {
-    pub(crate) fn new(skew: Duration, clock: Clock) -> Self {
-        TokenCache {
-            current: Arc::new(ArcSwap::from_pointee(Current::empty())),
+impl CachePolicy {
+    /// One grant: refresh `skew` before expiry, header copies striped over cores.
+    pub(crate) fn single(skew: Duration, clock: Clock) -> Arc<Self> {
+        Arc::new(CachePolicy {
             skew,
             clock,
             jitter: false,
             striped: true,
-        }
+        })
     }
 
-    /// The cache of one grant of many: refresh points spread with jitter, one header copy.
-    pub(crate) fn for_grant(mut self) -> Self {
-        self.jitter = true;
-        self.striped = false;
-        self
+    /// The grants of a `NiftyGrants`: refresh points spread with jitter, one header copy each.
+    pub(crate) fn grants(skew: Duration, clock: Clock) -> Arc<Self> {
+        Arc::new(CachePolicy {
+            skew,
+            clock,
+            jitter: true,
+            striped: false,
+        })
+    }
+}
+
+impl TokenCache {
+    pub(crate) fn new(policy: Arc<CachePolicy>) -> Self {
+        TokenCache {
+            current: Arc::new(ArcSwap::from_pointee(Current::empty())),
+            policy,
+        }
     }
 
     /// Forgets the current token (a removed grant): requests wait for a refresh, which fails.
@@ -245,7 +263,7 @@ impl TokenCache {
     /// lifetime so a short-lived token is not refreshed in a loop.
     pub(crate) fn publish(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
         let header = tokens.bearer_header()?;
-        let headers = if self.striped {
+        let headers = if self.policy.striped {
             Headers::Striped(Box::new(std::array::from_fn(|_| {
                 let owned = Bytes::from_owner(Padded(header.as_bytes().into()));
                 let mut copy =
@@ -257,7 +275,7 @@ impl TokenCache {
             Headers::One(header)
         };
         // Deadlines on both clocks, from one reading of [`Clock::now`].
-        let now = self.clock.now();
+        let now = self.policy.clock.now();
         let expires_at_wall = match tokens.expires_at() {
             Some(at) => at,
             None => now.checked_add(UNKNOWN_EXPIRY).unwrap_or(now),
@@ -265,10 +283,12 @@ impl TokenCache {
         let remaining = expires_at_wall
             .duration_since(now)
             .unwrap_or(Duration::ZERO);
-        let skew = if self.jitter {
-            self.skew.saturating_add(self.skew.mul_f64(fastrand::f64()))
+        let skew = if self.policy.jitter {
+            self.policy
+                .skew
+                .saturating_add(self.policy.skew.mul_f64(fastrand::f64()))
         } else {
-            self.skew
+            self.policy.skew
         };
         let refresh_at_wall = expires_at_wall
             .checked_sub(skew.min(remaining / 2))
@@ -277,9 +297,9 @@ impl TokenCache {
         let next = Arc::new(Current {
             headers: Some(headers),
             generation: previous.generation.saturating_add(1),
-            refresh_at: self.clock.instant_at(refresh_at_wall),
+            refresh_at: self.policy.clock.instant_at(refresh_at_wall),
             refresh_at_wall: tolerant(refresh_at_wall),
-            expires_at: self.clock.instant_at(expires_at_wall),
+            expires_at: self.policy.clock.instant_at(expires_at_wall),
             expires_at_wall: tolerant(expires_at_wall),
             published_at: Instant::now(),
             tokens: Some(tokens),
@@ -295,7 +315,7 @@ impl TokenCache {
     /// Judged on the same clock as the cache's own deadlines.
     pub(crate) fn adoptable(&self, tokens: &TokenSet) -> bool {
         tokens.expires_at().is_none_or(|at| {
-            at.duration_since(self.clock.now())
+            at.duration_since(self.policy.clock.now())
                 .is_ok_and(|left| left > MIN_ADOPTABLE_LIFETIME)
         })
     }

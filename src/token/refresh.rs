@@ -107,41 +107,46 @@ struct State {
     pending: Option<Box<Pending>>,
     /// No background refresh before this instant (after a failed one).
     background_not_before: Option<Instant>,
-    /// The last generation a retry after a 401 found rejected too.
-    rejected: Option<u64>,
+    /// The last generation a retry after a 401 found rejected too (0: none; generations start at 1).
+    rejected: u64,
 }
 
 /// The token manager of one grant: the current token, the store, the endpoint and the single-flight
-/// state.
+/// state. What does not differ between the grants of a `NiftyGrants` lives in the shared [`Policy`],
+/// so an idle grant costs little memory.
 pub(crate) struct TokenManager {
     pub(crate) cache: TokenCache,
-    /// `None` for a personal access token: nothing to refresh with. Shared by every grant of a
-    /// `NiftyGrants` (with its concurrency limit and 429 backoff).
-    pub(crate) endpoint: Option<Arc<Endpoint>>,
+    policy: Arc<Policy>,
     pub(crate) store: Arc<dyn TokenStore>,
-    bootstrap_refresh_token: Option<String>,
-    /// A token rejected twice within this long of being obtained is not refreshed again for a 401.
-    unauthorized_cooldown: Duration,
-    /// Which grant of a `NiftyGrants` this is, and where its latch is reported.
-    pub(crate) grant: Option<(GrantId, Arc<Latches>)>,
+    /// Which grant of a `NiftyGrants` this is.
+    pub(crate) grant: Option<GrantId>,
     state: Mutex<State>,
-    /// Shared by every grant of a `NiftyGrants`.
-    pub(crate) counters: Arc<Counters>,
     /// Serializes everything that changes the tokens: refreshes, `set_tokens`, `exchange_code`.
     gate: tokio::sync::Mutex<()>,
-    /// When a request last used this grant (seconds on the registry's clock; for eviction).
+    /// When a request last used this grant (the registry's insertion tick; for eviction).
     pub(crate) last_used: AtomicU64,
+}
+
+/// What every grant of one `NiftyAuth` / `NiftyGrants` shares.
+pub(crate) struct Policy {
+    /// `None` for a personal access token: nothing to refresh with. With its concurrency limit and
+    /// 429 backoff.
+    pub(crate) endpoint: Option<Endpoint>,
+    /// A refresh token to start from when the store holds none (`Builder::refresh_token`).
+    pub(crate) bootstrap_refresh_token: Option<String>,
+    /// A token rejected twice within this long of being obtained is not refreshed again for a 401.
+    pub(crate) unauthorized_cooldown: Duration,
+    /// Where the grants' latches are reported (`NiftyGrants`).
+    pub(crate) latches: Option<Latches>,
+    pub(crate) counters: Counters,
 }
 
 /// What a [`TokenManager`] is made of.
 pub(crate) struct ManagerParts {
     pub(crate) cache: TokenCache,
-    pub(crate) endpoint: Option<Arc<Endpoint>>,
+    pub(crate) policy: Arc<Policy>,
     pub(crate) store: Arc<dyn TokenStore>,
-    pub(crate) bootstrap_refresh_token: Option<String>,
-    pub(crate) unauthorized_cooldown: Duration,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) grant: Option<(GrantId, Arc<Latches>)>,
+    pub(crate) grant: Option<GrantId>,
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -149,7 +154,7 @@ impl std::fmt::Debug for TokenManager {
         let state = self.state.lock();
         f.debug_struct("TokenManager")
             .field("cache", &self.cache)
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.policy.endpoint)
             .field("refreshing", &state.in_flight.is_some())
             .field("terminal", &state.terminal)
             .field("unsaved_tokens", &state.pending.is_some())
@@ -214,25 +219,38 @@ impl Drop for SlotGuard {
 impl TokenManager {
     pub(crate) fn new(parts: ManagerParts) -> Self {
         // A grant known to need re-authorization (e.g. before it was evicted) starts latched.
-        let terminal = parts
-            .grant
-            .as_ref()
-            .and_then(|(grant, latches)| latches.error_for(grant));
+        let terminal = match (&parts.grant, &parts.policy.latches) {
+            (Some(grant), Some(latches)) => latches.error_for(grant),
+            _ => None,
+        };
         TokenManager {
             cache: parts.cache,
-            endpoint: parts.endpoint,
+            policy: parts.policy,
             store: parts.store,
-            bootstrap_refresh_token: parts.bootstrap_refresh_token,
-            unauthorized_cooldown: parts.unauthorized_cooldown,
             grant: parts.grant,
             state: Mutex::new(State {
                 terminal: terminal.map(Box::new),
                 ..State::default()
             }),
-            counters: parts.counters,
             gate: tokio::sync::Mutex::new(()),
             last_used: AtomicU64::new(0),
         }
+    }
+
+    /// The counters (shared by every grant of a `NiftyGrants`).
+    #[inline]
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.policy.counters
+    }
+
+    /// Whether this manager can get new tokens (`false` for a personal access token).
+    pub(crate) fn can_refresh(&self) -> bool {
+        self.policy.endpoint.is_some()
+    }
+
+    /// The token endpoint client, if any (for `Debug`).
+    pub(crate) fn endpoint_client(&self) -> Option<&Endpoint> {
+        self.policy.endpoint.as_ref()
     }
 
     /// Whether a refresh is running or tokens wait unsaved: such a grant is never evicted.
@@ -244,7 +262,7 @@ impl TokenManager {
     /// Latches a terminal error and reports it.
     fn latch(&self, error: &AuthError) {
         self.state.lock().terminal = Some(Box::new(error.clone()));
-        if let Some((grant, latches)) = &self.grant {
+        if let (Some(grant), Some(latches)) = (&self.grant, &self.policy.latches) {
             latches.latched(grant, error);
         }
     }
@@ -252,7 +270,7 @@ impl TokenManager {
     /// Lifts the latch (new tokens from a re-authorization) and reports it.
     fn lift(&self, state: &mut State) {
         if state.terminal.take().is_some() {
-            if let Some((grant, latches)) = &self.grant {
+            if let (Some(grant), Some(latches)) = (&self.grant, &self.policy.latches) {
                 latches.lifted(grant);
             }
         }
@@ -323,7 +341,7 @@ impl TokenManager {
                 let current = self.cache.load();
                 if satisfies(&current, want) {
                     // Someone else's refresh already served this caller.
-                    self.counters.refresh_coalesced();
+                    self.counters().refresh_coalesced();
                     return Ok(current);
                 }
                 self.join(&mut state, want)?
@@ -344,16 +362,18 @@ impl TokenManager {
             let current = self.cache.load();
             if current.generation > generation && current.usable() {
                 if let Some(header) = current.header() {
-                    self.counters.refresh_coalesced();
+                    self.counters().refresh_coalesced();
                     return Unauthorized::Newer(header, current.generation);
                 }
             }
             // A token that a retry already found rejected (so a fresh token did not cure the 401),
             // rejected again while it is young: refreshing would only repeat that.
-            let young =
-                || Instant::now() < instant_after(current.published_at, self.unauthorized_cooldown);
+            let young = || {
+                Instant::now()
+                    < instant_after(current.published_at, self.policy.unauthorized_cooldown)
+            };
             if current.generation == generation
-                && state.rejected == Some(generation)
+                && state.rejected == generation
                 && state.in_flight.is_none()
                 && young()
             {
@@ -382,14 +402,14 @@ impl TokenManager {
     pub(crate) fn rejected_again(&self, generation: u64) {
         let mut state = self.state.lock();
         if self.cache.load().generation == generation {
-            state.rejected = Some(generation);
+            state.rejected = generation;
         }
     }
 
     /// Joins the running flight or reserves (and launches) a new one.
     fn join(self: &Arc<Self>, state: &mut State, want: Want) -> Result<Joined, AuthError> {
         if let Some(in_flight) = &state.in_flight {
-            self.counters.refresh_coalesced();
+            self.counters().refresh_coalesced();
             return Ok(Joined {
                 id: in_flight.id,
                 flight: in_flight.flight.clone(),
@@ -433,7 +453,7 @@ impl TokenManager {
                 "no tokio runtime: nifty-auth refreshes tokens in a tokio task",
             ));
         }
-        self.counters.refresh_started();
+        self.counters().refresh_started();
         state.flights = state.flights.wrapping_add(1);
         let id = state.flights;
         let (done, landed) = oneshot::channel();
@@ -468,7 +488,7 @@ impl TokenManager {
         let span = tracing::debug_span!(
             "nifty_auth.refresh",
             grant = "refresh_token",
-            grant_id = self.grant.as_ref().map_or("", |(grant, _)| grant.as_str()),
+            grant_id = self.grant.as_ref().map_or("", GrantId::as_str),
             trigger = ?want,
             outcome = tracing::field::Empty,
             attempts = 0u32,
@@ -506,6 +526,7 @@ impl TokenManager {
                 );
                 if want == Want::Background {
                     let cooldown = self
+                        .policy
                         .endpoint
                         .as_ref()
                         .map_or(Duration::from_secs(1), |e| e.backoff.max);
@@ -576,7 +597,7 @@ impl TokenManager {
                     .as_ref()
                     .and_then(|t| t.refresh_token().map(str::to_owned))
             })
-            .or_else(|| self.bootstrap_refresh_token.clone())
+            .or_else(|| self.policy.bootstrap_refresh_token.clone())
             .ok_or_else(|| AuthError::ReauthorizationRequired {
                 reason:
                     "there is no refresh token: authorize the app (exchange_code) or supply tokens \
@@ -590,7 +611,7 @@ impl TokenManager {
             refresh_token: &refresh_token,
         };
         let (result, attempts) = endpoint
-            .request(&grant, Some(&refresh_token), &self.counters)
+            .request(&grant, Some(&refresh_token), self.counters())
             .await;
         trace::record!("attempts", attempts);
         let tokens = match result {
@@ -690,7 +711,7 @@ impl TokenManager {
             };
             let (result, _attempts) = manager
                 .endpoint()?
-                .request(&grant, None, &manager.counters)
+                .request(&grant, None, manager.counters())
                 .await;
             manager.install(result?).await
         })
@@ -707,7 +728,7 @@ impl TokenManager {
             }
             self.lift(&mut state);
             state.background_not_before = None;
-            state.rejected = None;
+            state.rejected = 0;
             let kept = state.pending.as_mut().and_then(|p| p.lock.take());
             state.pending = Some(Box::new(Pending {
                 tokens: tokens.clone(),
@@ -740,7 +761,7 @@ impl TokenManager {
     /// and a margin for the store. What a store's refresh lock must outlast.
     fn max_refresh_time(&self) -> Duration {
         const STORE_MARGIN: Duration = Duration::from_secs(10);
-        match &self.endpoint {
+        match &self.policy.endpoint {
             Some(e) => {
                 let attempts = e.backoff.attempts;
                 e.timeout
@@ -753,7 +774,7 @@ impl TokenManager {
     }
 
     fn endpoint(&self) -> Result<&Endpoint, AuthError> {
-        self.endpoint.as_deref().ok_or_else(|| AuthError::ReauthorizationRequired {
+        self.policy.endpoint.as_ref().ok_or_else(|| AuthError::ReauthorizationRequired {
             reason: "a personal access token cannot be refreshed: create a new one in Nifty and pass it \
                      to set_tokens"
                 .to_owned(),
