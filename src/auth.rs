@@ -18,7 +18,7 @@ use crate::stats::Counters;
 use crate::store::{MemoryStore, TokenStore};
 use crate::stripe::STRIPES;
 use crate::token::cache::{CachePolicy, TokenCache};
-use crate::token::refresh::{ManagerParts, Policy, TokenManager, Unauthorized, Want};
+use crate::token::refresh::{ManagerParts, Policy, StoreRef, TokenManager, Unauthorized, Want};
 use crate::token::TokenSet;
 use tower::BoxError;
 
@@ -315,7 +315,7 @@ impl PersonalTokenBuilder {
                 latches: None,
                 counters: Counters::default(),
             }),
-            store: Arc::new(MemoryStore::with_tokens(tokens)),
+            store: StoreRef::Token(Arc::new(MemoryStore::with_tokens(tokens))),
             grant: None,
         });
         Ok(NiftyAuth {
@@ -487,7 +487,7 @@ impl Builder {
                 latches: None,
                 counters: Counters::default(),
             }),
-            store,
+            store: StoreRef::Token(store),
             grant: None,
         });
         Ok(NiftyAuth {

@@ -22,9 +22,9 @@ use crate::endpoint::Pressure;
 use crate::error::AuthError;
 use crate::origin::Origins;
 use crate::stats::{Counters, Stats};
-use crate::store::{GrantStore, GrantView, MemoryStore};
+use crate::store::{GrantStore, MemoryStore};
 use crate::token::cache::{CachePolicy, TokenCache};
-use crate::token::refresh::{ManagerParts, Policy, TokenManager};
+use crate::token::refresh::{ManagerParts, Policy, StoreRef, TokenManager};
 use crate::token::TokenSet;
 use tower::BoxError;
 
@@ -117,10 +117,7 @@ impl GrantsShared {
         TokenManager::new(ManagerParts {
             cache: TokenCache::new(Arc::clone(&self.cache_policy)),
             policy: Arc::clone(&self.policy),
-            store: Arc::new(GrantView {
-                store: Arc::clone(&self.store),
-                grant: grant.clone(),
-            }),
+            store: StoreRef::Grant(Arc::clone(&self.store)),
             grant: Some(grant.clone()),
         })
     }

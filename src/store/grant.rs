@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{BoxFuture, StoreLock, TokenStore};
+use super::{BoxFuture, StoreLock};
 use crate::grants::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
@@ -13,7 +13,7 @@ use tower::BoxError;
 ///
 /// Implemented by [`MemoryStore`](super::MemoryStore) (the default), [`FileStore`](super::FileStore)
 /// (one file per grant in a directory, see [`FileStore::directory`](super::FileStore::directory)) and
-/// `RedisStore` (one key and one lock per grant). The methods mirror [`TokenStore`]'s, with the grant
+/// `RedisStore` (one key and one lock per grant). The methods mirror [`TokenStore`](super::TokenStore)'s, with the grant
 /// they are about; their contract is the same (see the [module docs](super)): `lock` before a refresh
 /// (held until the new tokens are saved), `load` inside it, `save_locked` before the tokens are used.
 /// Grant ids come from your users: escape them before they become file names, keys or SQL (use
@@ -70,7 +70,7 @@ pub trait GrantStore: Send + Sync + 'static {
     fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>>;
 
     /// Takes `grant`'s refresh lock, for stores shared by several processes; see
-    /// [`TokenStore::lock`]. The default takes no lock.
+    /// [`TokenStore::lock`](super::TokenStore::lock). The default takes no lock.
     fn lock_grant<'a>(
         &'a self,
         grant: &'a GrantId,
@@ -80,7 +80,7 @@ pub trait GrantStore: Send + Sync + 'static {
         Box::pin(async { Ok(StoreLock::none()) })
     }
 
-    /// Saves while holding `grant`'s lock; see [`TokenStore::save_locked`]. The default calls
+    /// Saves while holding `grant`'s lock; see [`TokenStore::save_locked`](super::TokenStore::save_locked). The default calls
     /// [`save_grant`](Self::save_grant).
     fn save_grant_locked<'a>(
         &'a self,
@@ -124,31 +124,5 @@ impl<T: GrantStore + ?Sized> GrantStore for Arc<T> {
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         (**self).save_grant_locked(grant, tokens, lock)
-    }
-}
-
-/// One grant of a [`GrantStore`], seen as a [`TokenStore`]: what each grant's token manager uses.
-#[derive(Clone)]
-pub(crate) struct GrantView {
-    pub(crate) store: Arc<dyn GrantStore>,
-    pub(crate) grant: GrantId,
-}
-
-impl TokenStore for GrantView {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        self.store.load_grant(&self.grant)
-    }
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.store.save_grant(&self.grant, tokens)
-    }
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        self.store.lock_grant(&self.grant, max_hold)
-    }
-    fn save_locked<'a>(
-        &'a self,
-        tokens: &'a TokenSet,
-        lock: &'a StoreLock,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.store.save_grant_locked(&self.grant, tokens, lock)
     }
 }

@@ -67,7 +67,6 @@ mod wait;
 
 pub use file::FileStore;
 pub use grant::GrantStore;
-pub(crate) use grant::GrantView;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -38,8 +38,9 @@ use crate::endpoint::{Endpoint, Grant};
 use crate::error::AuthError;
 use crate::grants::{GrantId, Latches};
 use crate::stats::Counters;
-use crate::store::{StoreLock, TokenStore};
+use crate::store::{GrantStore, StoreLock, TokenStore};
 use crate::trace;
+use tower::BoxError;
 
 /// A token on its way: what waiters await.
 pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<Current>, AuthError>> + Send>>;
@@ -98,7 +99,8 @@ struct Pending {
 
 #[derive(Default)]
 struct State {
-    in_flight: Option<InFlight>,
+    /// The running refresh (boxed: an idle grant keeps its state small).
+    in_flight: Option<Box<InFlight>>,
     flights: u64,
     /// A terminal error (invalid_grant, 401, 403 from the endpoint): no token call until new tokens.
     /// (Rare, so boxed: an idle grant of many keeps its state small.)
@@ -117,7 +119,7 @@ struct State {
 pub(crate) struct TokenManager {
     pub(crate) cache: TokenCache,
     policy: Arc<Policy>,
-    pub(crate) store: Arc<dyn TokenStore>,
+    store: StoreRef,
     /// Which grant of a `NiftyGrants` this is.
     pub(crate) grant: Option<GrantId>,
     state: Mutex<State>,
@@ -141,11 +143,18 @@ pub(crate) struct Policy {
     pub(crate) counters: Counters,
 }
 
+/// Where a manager's tokens live: a store of its own (`NiftyAuth`), or its grant's entry in the
+/// shared store of a `NiftyGrants` (no per-grant view object: the grant id is the manager's).
+pub(crate) enum StoreRef {
+    Token(Arc<dyn TokenStore>),
+    Grant(Arc<dyn GrantStore>),
+}
+
 /// What a [`TokenManager`] is made of.
 pub(crate) struct ManagerParts {
     pub(crate) cache: TokenCache,
     pub(crate) policy: Arc<Policy>,
-    pub(crate) store: Arc<dyn TokenStore>,
+    pub(crate) store: StoreRef,
     pub(crate) grant: Option<GrantId>,
 }
 
@@ -460,10 +469,10 @@ impl TokenManager {
         let wait: Pin<Box<dyn Future<Output = Landing> + Send>> =
             Box::pin(async move { landed.await.unwrap_or(Landing::Cancelled) });
         let flight = wait.shared();
-        state.in_flight = Some(InFlight {
+        state.in_flight = Some(Box::new(InFlight {
             id,
             flight: flight.clone(),
-        });
+        }));
         let launch = Launch {
             manager: Arc::clone(self),
             id,
@@ -579,7 +588,7 @@ impl TokenManager {
 
         // 2. The store may hold newer tokens (another instance or process refreshed).
         if refresh_token.is_none() {
-            let stored = self.store.load().await.map_err(AuthError::store)?;
+            let stored = self.store_load().await.map_err(AuthError::store)?;
             if let Some(stored) = stored {
                 let newer = current.access_token() != Some(stored.access_token());
                 if newer && self.cache.adoptable(&stored) {
@@ -641,7 +650,7 @@ impl TokenManager {
         let mut delay = SAVE_RETRY_DELAY;
         let mut attempt = 1;
         loop {
-            match self.store.save_locked(&tokens, lock).await {
+            match self.store_save_locked(&tokens, lock).await {
                 Ok(()) => {
                     self.state.lock().pending = None;
                     return Ok(tokens);
@@ -751,10 +760,31 @@ impl TokenManager {
 
     /// Takes the store's refresh lock, waiting at most as long as a refresh can take.
     async fn lock_store(&self) -> Result<StoreLock, AuthError> {
-        self.store
-            .lock(self.max_refresh_time())
-            .await
-            .map_err(AuthError::store)
+        let max_hold = self.max_refresh_time();
+        match (&self.store, &self.grant) {
+            (StoreRef::Grant(store), Some(grant)) => store.lock_grant(grant, max_hold).await,
+            (StoreRef::Token(store), _) => store.lock(max_hold).await,
+            (StoreRef::Grant(_), None) => Err(no_grant()),
+        }
+        .map_err(AuthError::store)
+    }
+
+    async fn store_load(&self) -> Result<Option<TokenSet>, BoxError> {
+        match (&self.store, &self.grant) {
+            (StoreRef::Grant(store), Some(grant)) => store.load_grant(grant).await,
+            (StoreRef::Token(store), _) => store.load().await,
+            (StoreRef::Grant(_), None) => Err(no_grant()),
+        }
+    }
+
+    async fn store_save_locked(&self, tokens: &TokenSet, lock: &StoreLock) -> Result<(), BoxError> {
+        match (&self.store, &self.grant) {
+            (StoreRef::Grant(store), Some(grant)) => {
+                store.save_grant_locked(grant, tokens, lock).await
+            }
+            (StoreRef::Token(store), _) => store.save_locked(tokens, lock).await,
+            (StoreRef::Grant(_), None) => Err(no_grant()),
+        }
     }
 
     /// The longest one refresh can take: every attempt timing out, the longest backoff between them,
@@ -827,6 +857,11 @@ impl Joined {
 /// Whether `error` is the latch of a removed grant (which nothing lifts).
 fn removed(error: &AuthError) -> bool {
     matches!(error, AuthError::ReauthorizationRequired { reason } if reason.starts_with("the grant was removed"))
+}
+
+/// A grant store without a grant: a construction bug, reported rather than panicking.
+fn no_grant() -> BoxError {
+    "a grant store was given no grant id".into()
 }
 
 fn cancelled() -> AuthError {

@@ -1,5 +1,6 @@
 //! [`TokenSet`]: a parsed, validated token answer with an absolute expiry.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,7 +39,8 @@ pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60
 pub struct TokenSet {
     access_token: String,
     refresh_token: Option<String>,
-    token_type: String,
+    /// Almost always `bearer`: kept without an allocation then (one fewer per cached grant).
+    token_type: Cow<'static, str>,
     expires_at: Option<SystemTime>,
     scope: Option<String>,
 }
@@ -52,7 +54,7 @@ impl TokenSet {
         TokenSet {
             access_token: access_token.into(),
             refresh_token: None,
-            token_type: "bearer".to_owned(),
+            token_type: Cow::Borrowed("bearer"),
             expires_at: None,
             scope: None,
         }
@@ -192,7 +194,7 @@ impl TokenSet {
             None => return Err(AuthError::invalid_response("`access_token` is missing")),
         };
         let token_type = match map.get("token_type") {
-            Some(Value::String(s)) => s.clone(),
+            Some(Value::String(s)) => token_type_of(s.clone()),
             Some(_) => return Err(AuthError::invalid_response("`token_type` is not a string")),
             None => return Err(AuthError::invalid_response("`token_type` is missing")),
         };
@@ -324,6 +326,16 @@ struct StoredTokenSet {
     scope: Option<String>,
 }
 
+/// The token type as given, without an allocation for the usual spellings of `bearer`.
+fn token_type_of(token_type: String) -> Cow<'static, str> {
+    match token_type.as_str() {
+        "bearer" => Cow::Borrowed("bearer"),
+        "Bearer" => Cow::Borrowed("Bearer"),
+        "BEARER" => Cow::Borrowed("BEARER"),
+        _ => Cow::Owned(token_type),
+    }
+}
+
 fn default_token_type() -> String {
     "bearer".to_owned()
 }
@@ -333,7 +345,7 @@ impl From<TokenSet> for StoredTokenSet {
         StoredTokenSet {
             access_token: t.access_token,
             refresh_token: t.refresh_token,
-            token_type: t.token_type,
+            token_type: t.token_type.into_owned(),
             expires_at: t.expires_at.map(|at| match at.duration_since(UNIX_EPOCH) {
                 Ok(d) => d.as_secs_f64(),
                 Err(e) => -e.duration().as_secs_f64(),
@@ -357,7 +369,7 @@ impl TryFrom<StoredTokenSet> for TokenSet {
         let set = TokenSet {
             access_token: s.access_token,
             refresh_token: s.refresh_token,
-            token_type: s.token_type,
+            token_type: token_type_of(s.token_type),
             expires_at,
             scope: s.scope,
         };
