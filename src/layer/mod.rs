@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::origin::Origins;
 use crate::stripe::{self, STRIPES};
-use crate::token::cache::{LocalCache, Read};
+use crate::token::cache::{LocalCache, Read, TokenCache};
 use crate::token::refresh::Want;
 use crate::{AuthError, NiftyAuth};
 
@@ -136,7 +136,7 @@ impl<S, P: Clone> Layer<S> for NiftyAuthLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         NiftyAuthService {
             core: self.settings.core(inner),
-            current: self.auth.shared.manager.cache.local(),
+            current: TokenCache::local(&self.auth.shared.manager),
             auth: self.auth.clone(),
         }
     }

@@ -16,6 +16,7 @@ use super::TokenSet;
 use crate::clock::{Clock, WALL_TOLERANCE};
 use crate::error::AuthError;
 use crate::stripe::{self, STRIPES};
+use crate::token::refresh::TokenManager;
 
 /// How far in the future "unknown expiry" is placed (the token is then only replaced after a 401).
 const UNKNOWN_EXPIRY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
@@ -183,12 +184,25 @@ pub(crate) enum Read {
 
 /// A per-service view of the current token that skips even the `ArcSwap` load's bookkeeping while
 /// the token does not change.
-pub(crate) type LocalCache = arc_swap::Cache<Arc<ArcSwap<Current>>, Arc<Current>>;
+pub(crate) type LocalCache = arc_swap::Cache<CurrentOf, Arc<Current>>;
+
+/// The current-token slot of a shared token manager, as [`LocalCache`] reads it.
+#[derive(Clone)]
+pub(crate) struct CurrentOf(pub(crate) Arc<TokenManager>);
+
+impl std::ops::Deref for CurrentOf {
+    type Target = ArcSwap<Current>;
+
+    fn deref(&self) -> &ArcSwap<Current> {
+        &self.0.cache.current
+    }
+}
 
 /// The current token.
 #[derive(Debug)]
 pub(crate) struct TokenCache {
-    current: Arc<ArcSwap<Current>>,
+    // Inline, not behind an `Arc` of its own: a cached grant of many costs one allocation less.
+    current: ArcSwap<Current>,
     policy: Arc<CachePolicy>,
 }
 
@@ -229,7 +243,7 @@ impl CachePolicy {
 impl TokenCache {
     pub(crate) fn new(policy: Arc<CachePolicy>) -> Self {
         TokenCache {
-            current: Arc::new(ArcSwap::from_pointee(Current::empty())),
+            current: ArcSwap::from_pointee(Current::empty()),
             policy,
         }
     }
@@ -248,9 +262,9 @@ impl TokenCache {
         self.current.load().read()
     }
 
-    /// A [`LocalCache`] for one service.
-    pub(crate) fn local(&self) -> LocalCache {
-        arc_swap::Cache::new(Arc::clone(&self.current))
+    /// A [`LocalCache`] for one service of `manager` (whose cache this is).
+    pub(crate) fn local(manager: &Arc<TokenManager>) -> LocalCache {
+        arc_swap::Cache::new(CurrentOf(Arc::clone(manager)))
     }
 
     pub(crate) fn load(&self) -> Arc<Current> {

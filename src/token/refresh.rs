@@ -107,8 +107,8 @@ struct State {
     terminal: Option<Box<AuthError>>,
     /// Tokens obtained (a rotation, a re-authorization) whose save failed.
     pending: Option<Box<Pending>>,
-    /// No background refresh before this instant (after a failed one).
-    background_not_before: Option<Instant>,
+    /// No background refresh before this instant (after a failed one; rare, so boxed).
+    background_not_before: Option<Box<Instant>>,
     /// The last generation a retry after a 401 found rejected too (0: none; generations start at 1).
     rejected: u64,
 }
@@ -326,7 +326,8 @@ impl TokenManager {
             }
             if state
                 .background_not_before
-                .is_some_and(|t| Instant::now() < t)
+                .as_deref()
+                .is_some_and(|t| Instant::now() < *t)
             {
                 return;
             }
@@ -540,7 +541,7 @@ impl TokenManager {
                         .as_ref()
                         .map_or(Duration::from_secs(1), |e| e.backoff.max);
                     self.state.lock().background_not_before =
-                        Some(instant_after(Instant::now(), cooldown));
+                        Some(Box::new(instant_after(Instant::now(), cooldown)));
                 }
             }
         }
