@@ -61,10 +61,11 @@ use http::header::AUTHORIZATION;
 use http::{Extensions, HeaderValue};
 use reqwest_middleware::Next;
 
-use crate::layer::header_of;
+use crate::auth::NiftyAuth;
+use crate::error::AuthError;
+use crate::layer::DEFAULT_MAX_REPLAY_BODY_BYTES;
 use crate::origin::Origins;
 use crate::token::refresh::{TokenManager, Unauthorized, Want};
-use crate::{AuthError, NiftyAuth, DEFAULT_MAX_REPLAY_BODY_BYTES};
 
 /// A [`reqwest_middleware::Middleware`] attaching the tokens of a [`NiftyAuth`]; see the
 /// [module docs](self).
@@ -204,7 +205,7 @@ impl Tokens for Arc<TokenManager> {
     async fn header(&self) -> Result<(HeaderValue, u64), AuthError> {
         match self.header_now() {
             Some(found) => Ok(found),
-            None => header_of(&*Arc::clone(self).token(Want::Usable).await?),
+            None => Arc::clone(self).token(Want::Usable).await?.bearer(),
         }
     }
 
@@ -214,7 +215,7 @@ impl Tokens for Arc<TokenManager> {
     ) -> Result<Option<(HeaderValue, u64)>, AuthError> {
         Ok(match self.after_unauthorized(generation) {
             Unauthorized::Newer(header, generation) => Some((header, generation)),
-            Unauthorized::Wait(token) => Some(header_of(&*token.await?)?),
+            Unauthorized::Wait(token) => Some(token.await?.bearer()?),
             Unauthorized::GiveUp => None,
         })
     }

@@ -9,8 +9,9 @@ use std::fmt;
 use tower_layer::Layer;
 
 use super::{GrantId, NiftyGrants};
+use crate::error::AuthError;
 use crate::layer::{authenticating_service, wants_token, Core, Manager, Settings};
-use crate::{AuthError, CloneBodyFn, CommonBodies};
+use crate::layer::{CloneBodyFn, CommonBodies};
 
 /// A tower [`Layer`] that authenticates each request to Nifty as the grant named by its [`GrantId`]
 /// extension. Made by [`NiftyGrants::layer`].

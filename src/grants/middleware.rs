@@ -2,8 +2,8 @@
 //! [`NiftyGrants`].
 
 use super::{GrantId, NiftyGrants};
+use crate::error::AuthError;
 use crate::middleware::{nifty_middleware, send, wants_token, Replay};
-use crate::AuthError;
 
 /// A [`reqwest_middleware::Middleware`] authenticating each request as the grant set with
 /// `RequestBuilder::with_extension(grant_id)`. Made by [`NiftyGrants::middleware`].

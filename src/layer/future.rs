@@ -14,9 +14,10 @@ use tower_service::Service;
 use super::body::ReplayPolicy;
 use super::head::Head;
 use crate::auth::ManagerHandle;
+use crate::error::AuthError;
 use crate::token::refresh::{TokenFuture, TokenManager, Unauthorized};
 use crate::trace;
-use crate::{AuthError, BoxError};
+use tower::BoxError;
 
 /// The token manager a request keeps for its retry: no allocation, one reference count either way.
 pub(crate) enum Manager {
@@ -165,18 +166,6 @@ fn gone() -> BoxError {
     .into()
 }
 
-/// The header and generation of a refresh's result.
-pub(crate) fn header_of(
-    current: &crate::token::cache::Current,
-) -> Result<(HeaderValue, u64), AuthError> {
-    match current.header() {
-        Some(header) => Ok((header, current.generation)),
-        None => Err(AuthError::Internal {
-            reason: "a refresh published no token".to_owned(),
-        }),
-    }
-}
-
 impl<S, B, RB> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone,
@@ -194,7 +183,7 @@ where
                     let waiting_now = waiting.as_mut().ok_or_else(gone)?;
                     if waiting_now.header.is_none() {
                         let current = ready!(token.as_mut().poll(cx))?;
-                        waiting_now.header = Some(header_of(&current)?);
+                        waiting_now.header = Some(current.bearer()?);
                     }
                     // Readiness only now that the token is here: holding the inner service's
                     // readiness (a concurrency permit, a buffer slot) while waiting could starve the
@@ -256,7 +245,7 @@ where
                 }
                 StateProj::NewerToken { token } => {
                     let current = ready!(token.as_mut().poll(cx))?;
-                    let (header, generation) = header_of(&current)?;
+                    let (header, generation) = current.bearer()?;
                     state.set(State::Readiness { header, generation });
                 }
                 StateProj::Readiness { header, generation } => {

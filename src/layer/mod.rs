@@ -11,11 +11,12 @@ use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::auth::NiftyAuth;
+use crate::error::AuthError;
 use crate::origin::Origins;
 use crate::stripe::{self, STRIPES};
 use crate::token::cache::{LocalCache, Read, TokenCache};
 use crate::token::refresh::Want;
-use crate::{AuthError, NiftyAuth};
 
 mod body;
 mod future;
@@ -25,7 +26,6 @@ pub use body::{CloneBodyFn, CommonBodies, ReplayPolicy, ReplayableBody};
 pub use future::ResponseFuture;
 
 #[cfg(feature = "reqwest")]
-pub(crate) use future::header_of;
 pub(crate) use future::Manager;
 use future::Retry;
 
