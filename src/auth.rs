@@ -121,7 +121,10 @@ impl NiftyAuth {
     }
 
     /// A snapshot of this manager's counters (token calls by outcome, refreshes, coalesced waiters,
-    /// 401 retries, requests). Cheap: a handful of relaxed atomic loads.
+    /// 401 retries, requests). Cheap: a handful of relaxed atomic loads. For a handle from
+    /// [`NiftyGrants::grant`](crate::NiftyGrants::grant), the counters of all grants (the same as
+    /// [`NiftyGrants::stats`](crate::NiftyGrants::stats)'s totals): counting per grant would cost
+    /// every cached grant memory; the `nifty_auth.refresh` span carries the grant id instead.
     pub fn stats(&self) -> crate::stats::Stats {
         self.shared.manager.counters().snapshot()
     }
