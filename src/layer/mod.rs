@@ -25,7 +25,6 @@ mod head;
 pub use body::{CloneBodyFn, CommonBodies, ReplayPolicy, ReplayableBody};
 pub use future::ResponseFuture;
 
-#[cfg(feature = "reqwest")]
 pub(crate) use future::Manager;
 use future::Retry;
 
