@@ -17,7 +17,7 @@ use crate::origin::Origins;
 use crate::stats::Counters;
 use crate::store::{MemoryStore, TokenStore};
 use crate::stripe::STRIPES;
-use crate::token::cache::{CachePolicy, TokenCache};
+use crate::token::cache::{CachePolicy, Read, TokenCache};
 use crate::token::refresh::{ManagerParts, Policy, StoreRef, TokenManager, Unauthorized, Want};
 use crate::token::TokenSet;
 use tower::BoxError;
@@ -252,10 +252,18 @@ impl NiftyAuth {
 
 /// A valid access token of `manager`'s grant, refreshing first if needed.
 pub(crate) async fn access_token_of(manager: &Arc<TokenManager>) -> Result<String, AuthError> {
-    if manager.header_now().is_some() {
-        if let Some(token) = manager.cache.load().access_token() {
-            return Ok(token.to_owned());
+    // One load: the token of the same publication the freshness was judged on.
+    let current = manager.cache.load();
+    let usable = match current.read() {
+        Read::Fresh(..) => true,
+        Read::Stale(..) => {
+            manager.refresh_in_background();
+            true
         }
+        Read::Missing => false,
+    };
+    if let Some(token) = current.access_token().filter(|_| usable) {
+        return Ok(token.to_owned());
     }
     let current = Arc::clone(manager).token(Want::Usable).await?;
     current

@@ -154,9 +154,11 @@ impl NiftyGrants {
         code: impl Into<String>,
         redirect_uri: impl Into<String>,
     ) -> Result<TokenSet, AuthError> {
-        self.grant(grant)
-            .exchange_code(code.into(), redirect_uri.into())
-            .await
+        self.shared
+            .manager(grant)
+            .exchange_code(code.into(), redirect_uri.into(), None)
+            .await?
+            .token_set()
     }
 
     /// Replaces `grant`'s tokens (e.g. tokens you obtained yourself): saves them under `grant`, uses
@@ -165,7 +167,11 @@ impl NiftyGrants {
     /// # Errors
     /// As [`NiftyAuth::set_tokens`].
     pub async fn set_tokens(&self, grant: &GrantId, tokens: TokenSet) -> Result<(), AuthError> {
-        self.grant(grant).set_tokens(tokens).await
+        self.shared
+            .manager(grant)
+            .set_tokens(tokens)
+            .await
+            .map(drop)
     }
 
     /// A valid access token of `grant`, refreshing first if needed (through the grant's single
