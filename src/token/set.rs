@@ -135,6 +135,12 @@ impl TokenSet {
 
     /// Checks what a token set from any source must satisfy to be used.
     pub(crate) fn validate(&self) -> Result<(), AuthError> {
+        self.validate_quoting(None)
+    }
+
+    /// [`validate`](Self::validate), with one more secret an error must not quote: the refresh
+    /// token the answer replaces (an endpoint may echo it in any field).
+    fn validate_quoting(&self, previous_refresh_token: Option<&str>) -> Result<(), AuthError> {
         if self.access_token.is_empty() {
             return Err(AuthError::invalid_response("`access_token` is empty"));
         }
@@ -143,6 +149,7 @@ impl TokenSet {
             let secrets = [
                 self.access_token.as_str(),
                 self.refresh_token.as_deref().unwrap_or_default(),
+                previous_refresh_token.unwrap_or_default(),
             ];
             return Err(AuthError::invalid_response(format!(
                 "`token_type` is `{}`, not `bearer`",
@@ -244,7 +251,7 @@ impl TokenSet {
             expires_at,
             scope,
         };
-        set.validate()?;
+        set.validate_quoting(previous_refresh_token)?;
         Ok(set)
     }
 }
