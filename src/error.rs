@@ -18,8 +18,8 @@ pub(crate) type SharedCause = Arc<dyn StdError + Send + Sync + 'static>;
 /// | variant | what to do |
 /// |---|---|
 /// | [`InvalidClient`](Self::InvalidClient), [`Forbidden`](Self::Forbidden), [`MethodNotAllowed`](Self::MethodNotAllowed), [`Configuration`](Self::Configuration) | fix the configuration (client id/secret, app rights, token URL) |
-/// | [`ReauthorizationRequired`](Self::ReauthorizationRequired) | send the user through the authorize step again, then [`NiftyAuth::exchange_code`](crate::NiftyAuth::exchange_code) or [`NiftyAuth::set_tokens`](crate::NiftyAuth::set_tokens) |
-/// | [`Transport`](Self::Transport), [`Timeout`](Self::Timeout), [`Endpoint`](Self::Endpoint) with a 5xx/429 status | retry later ([`is_transient`](Self::is_transient)) |
+/// | [`ReauthorizationRequired`](Self::ReauthorizationRequired), [`GrantRemoved`](Self::GrantRemoved) | send the user through the authorize step again, then [`NiftyAuth::exchange_code`](crate::NiftyAuth::exchange_code) or [`NiftyAuth::set_tokens`](crate::NiftyAuth::set_tokens) |
+/// | [`Transport`](Self::Transport), [`Timeout`](Self::Timeout), [`RefreshLockHeld`](Self::RefreshLockHeld), [`Endpoint`](Self::Endpoint) with a 5xx/429 status | retry later ([`is_transient`](Self::is_transient)) |
 /// | [`InvalidResponse`](Self::InvalidResponse), [`Endpoint`](Self::Endpoint) | the endpoint answered something unusable; retry later or report it |
 /// | [`Store`](Self::Store) | fix the token store (disk, permissions, database) |
 /// | [`MissingGrant`](Self::MissingGrant) | fix the calling code: put a [`GrantId`](crate::GrantId) in the request's extensions |
@@ -106,6 +106,21 @@ pub enum AuthError {
     /// `request.extensions_mut().insert(grant_id)` (with reqwest-middleware,
     /// `RequestBuilder::with_extension(grant_id)`).
     MissingGrant,
+    /// The grant's store entry is gone: the grant was removed (by [`NiftyGrants::remove`](crate::NiftyGrants::remove)
+    /// here or in another process, or its token file was deleted, e.g. by `nifty-auth logout`) while
+    /// this process still had it cached. No token call is made and nothing is saved back: removal is
+    /// final until the grant is authorized again ([`exchange_code`](crate::NiftyAuth::exchange_code) /
+    /// [`set_tokens`](crate::NiftyAuth::set_tokens)). Terminal, and
+    /// [`is_reauthorization_required`](Self::is_reauthorization_required) is `true`.
+    GrantRemoved,
+    /// Another process held this grant's refresh lock for longer than this process waits for it
+    /// (the longest one refresh can take). Nothing was sent to the token endpoint. The holder may be
+    /// stuck saving rotated tokens to a failing store: [`is_transient`](Self::is_transient) — try
+    /// again later.
+    RefreshLockHeld {
+        /// How long this process waited for the lock.
+        waited: Duration,
+    },
     /// The refresh task ended without a result (it panicked, or the runtime shut down).
     Internal {
         /// What happened.
@@ -138,9 +153,23 @@ impl AuthError {
         }
     }
 
-    /// Whether the user has to go through the authorize step again.
+    /// Whether the user has to go through the authorize step again (also for a
+    /// [`GrantRemoved`](Self::GrantRemoved) grant).
     pub fn is_reauthorization_required(&self) -> bool {
-        matches!(self, AuthError::ReauthorizationRequired { .. })
+        matches!(
+            self,
+            AuthError::ReauthorizationRequired { .. } | AuthError::GrantRemoved
+        )
+    }
+
+    /// Whether the grant was removed (its store entry is gone) while this process had it cached.
+    pub fn is_grant_removed(&self) -> bool {
+        matches!(self, AuthError::GrantRemoved)
+    }
+
+    /// Whether another process held the grant's refresh lock past this process's bound.
+    pub fn is_refresh_lock_held(&self) -> bool {
+        matches!(self, AuthError::RefreshLockHeld { .. })
     }
 
     /// Whether the client id / secret were rejected.
@@ -163,7 +192,9 @@ impl AuthError {
     /// (These were already retried with backoff inside the refresh before being returned.)
     pub fn is_transient(&self) -> bool {
         match self {
-            AuthError::Transport { .. } | AuthError::Timeout { .. } => true,
+            AuthError::Transport { .. }
+            | AuthError::Timeout { .. }
+            | AuthError::RefreshLockHeld { .. } => true,
             AuthError::Endpoint { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
@@ -179,6 +210,7 @@ impl AuthError {
             AuthError::InvalidClient { .. }
                 | AuthError::Forbidden
                 | AuthError::ReauthorizationRequired { .. }
+                | AuthError::GrantRemoved
         )
     }
 
@@ -252,6 +284,15 @@ impl fmt::Display for AuthError {
                 "the request names no grant, so it was not sent: insert a GrantId into the request's \
                  extensions (`request.extensions_mut().insert(grant_id)`, or reqwest-middleware's \
                  `.with_extension(grant_id)`) before it reaches the grants layer",
+            ),
+            AuthError::GrantRemoved => f.write_str(
+                "the grant was removed (its stored tokens are gone): authorize it again; nothing was \
+                 sent to the token endpoint",
+            ),
+            AuthError::RefreshLockHeld { waited } => write!(
+                f,
+                "another process held this grant's refresh lock for longer than {waited:?} (it may be \
+                 waiting for its token store): nothing was sent to the token endpoint; try again later"
             ),
             AuthError::Internal { reason } => write!(f, "internal error: {reason}"),
         }

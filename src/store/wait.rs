@@ -2,8 +2,8 @@
 //! bound, then fail with a timeout that says who holds it. Shared by the file, Redis and PostgreSQL
 //! stores.
 
-use std::io;
 use std::time::Duration;
+use std::{error, fmt};
 
 use tokio::time::Instant;
 use tower::BoxError;
@@ -29,15 +29,19 @@ impl LockWait {
     }
 
     /// Pauses before the next try (half fixed, half random, so waiters do not retry in lockstep),
-    /// or — once the bound has passed — fails with [`io::ErrorKind::TimedOut`] and the message
-    /// `holder` writes (given the bound waited).
+    /// or — once the bound has passed — fails with a [`LockTimeout`] carrying the message `holder`
+    /// writes (given the bound waited).
     pub(crate) async fn pause(
         &mut self,
         holder: impl FnOnce(Duration) -> String,
     ) -> Result<(), BoxError> {
         let now = Instant::now();
         if self.deadline.is_some_and(|deadline| now >= deadline) {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, holder(self.bound)).into());
+            return Err(LockTimeout {
+                waited: self.bound,
+                holder: holder(self.bound),
+            }
+            .into());
         }
         let half = self.pause / 2;
         let pause = half + half.mul_f64(fastrand::f64());
@@ -47,3 +51,37 @@ impl LockWait {
         Ok(())
     }
 }
+
+/// A store's refresh lock was held by someone else for longer than the caller's bound.
+///
+/// What a store's [`lock`](super::TokenStore::lock) returns (boxed) when it gave up waiting; the
+/// token manager turns it into [`AuthError::RefreshLockHeld`](crate::AuthError::RefreshLockHeld).
+/// Return it from your own store's lock for the same treatment.
+#[derive(Debug, Clone)]
+pub struct LockTimeout {
+    waited: Duration,
+    holder: String,
+}
+
+impl LockTimeout {
+    /// A wait of `waited` that ended with the lock still held; `holder` says who holds it (no secret).
+    pub fn new(waited: Duration, holder: impl Into<String>) -> Self {
+        LockTimeout {
+            waited,
+            holder: holder.into(),
+        }
+    }
+
+    /// How long the caller waited.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl fmt::Display for LockTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.holder)
+    }
+}
+
+impl error::Error for LockTimeout {}

@@ -38,7 +38,7 @@ use crate::endpoint::{Endpoint, Grant};
 use crate::error::AuthError;
 use crate::grants::{GrantId, Latches};
 use crate::stats::Counters;
-use crate::store::{GrantStore, StoreLock, TokenStore};
+use crate::store::{GrantStore, LockTimeout, StoreLock, TokenStore};
 use crate::trace;
 use tower::BoxError;
 
@@ -767,7 +767,12 @@ impl TokenManager {
             (StoreRef::Token(store), _) => store.lock(max_hold).await,
             (StoreRef::Grant(_), None) => Err(no_grant()),
         }
-        .map_err(AuthError::store)
+        .map_err(|error| match error.downcast_ref::<LockTimeout>() {
+            Some(timeout) => AuthError::RefreshLockHeld {
+                waited: timeout.waited(),
+            },
+            None => AuthError::store(error),
+        })
     }
 
     async fn store_load(&self) -> Result<Option<TokenSet>, BoxError> {
