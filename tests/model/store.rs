@@ -1,114 +1,310 @@
-//! A token store whose next saves can be made to fail, recording every refresh token it saved.
+//! A token store shared by replicas, with a real cross-replica refresh lock and faults switched per
+//! replica: saves that fail `k` times in a row, a failing `lock` or `load`, a removed entry, and a
+//! lost write. It records every token set it ever saved, and who holds its lock.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nifty_auth::store::{BoxFuture, StoreLock};
-use nifty_auth::{BoxError, MemoryStore, TokenSet, TokenStore};
+use nifty_auth::store::{BoxFuture, LockTimeout, StoreLock};
+use nifty_auth::{BoxError, TokenSet, TokenStore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// What the store holds, and its history.
 #[derive(Debug, Default)]
-struct Shared {
-    /// Saves still to fail.
-    fail: AtomicUsize,
-    /// Whether the latest save attempt failed.
-    last_failed: AtomicBool,
+struct Data {
+    value: Option<TokenSet>,
+    /// The value before the latest successful save, and the replica that made that save: what a
+    /// lost write reverts to. `None` after a removal or a revert.
+    previous: Option<(Option<TokenSet>, usize)>,
     /// Every refresh token ever saved successfully, oldest first (seeded ones included).
-    saved: Mutex<Vec<String>>,
+    saved_refresh: Vec<String>,
+    /// Every access token ever saved successfully (seeded ones included).
+    saved_access: Vec<String>,
+    /// Which replica holds the refresh lock.
+    holder: Option<usize>,
+    /// Saves made without holding the lock (a manager bug; the store refuses them).
+    unlocked_saves: usize,
+}
+
+#[derive(Debug)]
+struct Backing {
+    data: Mutex<Data>,
+    lock: Arc<Semaphore>,
+    /// How long `lock` waits for a lock held elsewhere (at most the manager's `max_hold`).
+    lock_wait: Duration,
     save_attempts: AtomicUsize,
 }
 
-/// Delegates to a [`MemoryStore`]; `fail_next_save` makes the next save (through `save` or
-/// `save_locked`) fail once.
-#[derive(Clone, Debug, Default)]
+impl Backing {
+    fn data(&self) -> MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One replica's fault switches.
+#[derive(Debug, Default)]
+struct Switches {
+    fail_saves: AtomicUsize,
+    fail_locks: AtomicUsize,
+    fail_loads: AtomicUsize,
+    /// Whether this replica's latest save attempt failed.
+    last_failed: AtomicBool,
+    saves_ok: AtomicUsize,
+}
+
+/// A replica's handle on the shared store: [`view`](Self::view) gives another replica its own
+/// handle (its own fault switches) on the same data and lock.
+#[derive(Clone, Debug)]
 pub struct FlakyStore {
-    inner: MemoryStore,
-    shared: Arc<Shared>,
+    backing: Arc<Backing>,
+    switches: Arc<Switches>,
+    replica: usize,
+}
+
+/// The lock's data: which replica took it.
+struct Holder(usize);
+
+/// A write the store lost.
+#[derive(Debug, Clone)]
+pub struct LostWrite {
+    /// The replica whose save was lost (it holds those tokens in memory).
+    pub writer: usize,
+    /// The refresh token the store holds again.
+    pub reverted: Option<String>,
 }
 
 impl FlakyStore {
-    /// A store holding `tokens`.
+    /// A store holding `tokens`; this handle is replica 0's. Its lock waits at most `max_hold`.
     pub fn with_tokens(tokens: TokenSet) -> Self {
-        let store = FlakyStore {
-            inner: MemoryStore::with_tokens(tokens.clone()),
-            shared: Arc::default(),
-        };
-        store.record(&tokens);
-        store
+        Self::with_lock_wait(tokens, Duration::MAX)
+    }
+
+    /// A store holding `tokens` whose lock waits at most `lock_wait` (or the manager's `max_hold`,
+    /// if shorter) for a lock held elsewhere.
+    pub fn with_lock_wait(tokens: TokenSet, lock_wait: Duration) -> Self {
+        let mut data = Data::default();
+        record(&mut data, &tokens);
+        data.value = Some(tokens);
+        FlakyStore {
+            backing: Arc::new(Backing {
+                data: Mutex::new(data),
+                lock: Arc::new(Semaphore::new(1)),
+                lock_wait,
+                save_attempts: AtomicUsize::new(0),
+            }),
+            switches: Arc::default(),
+            replica: 0,
+        }
+    }
+
+    /// Replica `replica`'s handle on the same store, with its own fault switches.
+    pub fn view(&self, replica: usize) -> Self {
+        FlakyStore {
+            backing: Arc::clone(&self.backing),
+            switches: Arc::default(),
+            replica,
+        }
     }
 
     /// Arms one more failing save.
     pub fn fail_next_save(&self) {
-        self.shared.fail.fetch_add(1, Ordering::SeqCst);
+        self.fail_saves(1);
     }
 
-    /// Failing saves still armed.
+    /// The next `k` saves of this replica fail.
+    pub fn fail_saves(&self, k: usize) {
+        self.switches.fail_saves.fetch_add(k, Ordering::SeqCst);
+    }
+
+    /// The next `lock` of this replica fails (an error, not a wait).
+    pub fn fail_next_lock(&self) {
+        self.switches.fail_locks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The next `load` of this replica fails.
+    pub fn fail_next_load(&self) {
+        self.switches.fail_loads.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Failing saves still armed for this replica.
+    pub fn armed_saves(&self) -> usize {
+        self.switches.fail_saves.load(Ordering::SeqCst)
+    }
+
+    /// Every fault still armed for this replica.
     pub fn armed(&self) -> usize {
-        self.shared.fail.load(Ordering::SeqCst)
+        self.armed_saves()
+            + self.switches.fail_locks.load(Ordering::SeqCst)
+            + self.switches.fail_loads.load(Ordering::SeqCst)
     }
 
-    /// Whether the latest save attempt failed.
+    /// Whether this replica's latest save attempt failed.
     pub fn last_save_failed(&self) -> bool {
-        self.shared.last_failed.load(Ordering::SeqCst)
+        self.switches.last_failed.load(Ordering::SeqCst)
     }
 
-    /// The number of save attempts so far, failed ones included.
+    /// This replica's successful saves so far.
+    pub fn saves_ok(&self) -> usize {
+        self.switches.saves_ok.load(Ordering::SeqCst)
+    }
+
+    /// Save attempts of every replica so far, failed ones included.
     pub fn save_attempts(&self) -> usize {
-        self.shared.save_attempts.load(Ordering::SeqCst)
+        self.backing.save_attempts.load(Ordering::SeqCst)
+    }
+
+    /// Which replica holds the refresh lock.
+    pub fn holder(&self) -> Option<usize> {
+        self.backing.data().holder
+    }
+
+    /// Saves made without holding the lock.
+    pub fn unlocked_saves(&self) -> usize {
+        self.backing.data().unlocked_saves
+    }
+
+    /// Whether the store holds a token set.
+    pub fn is_present(&self) -> bool {
+        self.backing.data().value.is_some()
     }
 
     /// The refresh token the store holds now.
     pub fn refresh_token(&self) -> Option<String> {
-        self.inner
-            .get()
+        self.backing
+            .data()
+            .value
+            .as_ref()
             .and_then(|t| t.refresh_token().map(str::to_owned))
     }
 
     /// Whether `refresh_token` was saved successfully at some point.
     pub fn ever_saved(&self, refresh_token: &str) -> bool {
-        let saved = self.shared.saved.lock().unwrap_or_else(|e| e.into_inner());
-        saved.iter().any(|s| s == refresh_token)
+        self.backing
+            .data()
+            .saved_refresh
+            .iter()
+            .any(|s| s == refresh_token)
     }
 
-    fn record(&self, tokens: &TokenSet) {
-        if let Some(rt) = tokens.refresh_token() {
-            let mut saved = self.shared.saved.lock().unwrap_or_else(|e| e.into_inner());
-            saved.push(rt.to_owned());
+    /// Whether `access_token` was saved successfully at some point.
+    pub fn ever_saved_access(&self, access_token: &str) -> bool {
+        self.backing
+            .data()
+            .saved_access
+            .iter()
+            .any(|s| s == access_token)
+    }
+
+    /// Deletes the entry under the refresh lock (waiting at most `wait` for it), as a logout or a
+    /// grant removal does. Whether it was deleted.
+    pub async fn remove(&self, wait: Duration) -> bool {
+        let Ok(Ok(permit)) =
+            tokio::time::timeout(wait, Arc::clone(&self.backing.lock).acquire_owned()).await
+        else {
+            return false;
+        };
+        {
+            let mut data = self.backing.data();
+            data.value = None;
+            data.previous = None;
         }
+        drop(permit);
+        true
     }
 
-    /// Consumes one armed failure, if any: whether this save must fail.
-    fn take_failure(&self) -> bool {
-        self.shared.save_attempts.fetch_add(1, Ordering::SeqCst);
-        let fail = self
-            .shared
-            .fail
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        self.shared.last_failed.store(fail, Ordering::SeqCst);
-        fail
+    /// The store loses its latest acknowledged write: it holds the value from before it again.
+    /// `None` if there is nothing to lose (no save since the last removal or revert).
+    pub fn lose_last_write(&self) -> Option<LostWrite> {
+        let mut data = self.backing.data();
+        let (previous, writer) = data.previous.take()?;
+        let reverted = previous
+            .as_ref()
+            .and_then(|t| t.refresh_token().map(str::to_owned));
+        data.value = previous;
+        Some(LostWrite { writer, reverted })
     }
+
+    fn take(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    async fn save_as(&self, tokens: &TokenSet, locked: bool) -> Result<(), BoxError> {
+        self.backing.save_attempts.fetch_add(1, Ordering::SeqCst);
+        let fail = Self::take(&self.switches.fail_saves);
+        self.switches.last_failed.store(fail, Ordering::SeqCst);
+        if fail {
+            return Err("injected save failure (store denies writes)".into());
+        }
+        {
+            let mut data = self.backing.data();
+            if !locked || data.holder != Some(self.replica) {
+                data.unlocked_saves += 1;
+                return Err("a save without the refresh lock".into());
+            }
+            let before = data.value.replace(tokens.clone());
+            data.previous = Some((before, self.replica));
+            record(&mut data, tokens);
+        }
+        self.switches.saves_ok.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn record(data: &mut Data, tokens: &TokenSet) {
+    if let Some(rt) = tokens.refresh_token() {
+        data.saved_refresh.push(rt.to_owned());
+    }
+    data.saved_access.push(tokens.access_token().to_owned());
 }
 
 impl TokenStore for FlakyStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load()
-    }
-
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
-            if self.take_failure() {
-                return Err("injected save failure (disk full)".into());
+            if Self::take(&self.switches.fail_loads) {
+                return Err("injected load failure (store unreachable)".into());
             }
-            self.inner.save(tokens).await?;
-            self.record(tokens);
-            Ok(())
+            Ok(self.backing.data().value.clone())
         })
     }
 
+    /// Only for direct use by a test: the manager saves with [`save_locked`](Self::save_locked).
+    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(self.save_as(tokens, false))
+    }
+
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        let _ = max_hold;
-        Box::pin(async { Ok(StoreLock::none()) })
+        Box::pin(async move {
+            if Self::take(&self.switches.fail_locks) {
+                return Err("injected lock failure (store unreachable)".into());
+            }
+            let wait = self.backing.lock_wait.min(max_hold);
+            let permit: OwnedSemaphorePermit =
+                match tokio::time::timeout(wait, Arc::clone(&self.backing.lock).acquire_owned())
+                    .await
+                {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(closed)) => return Err(closed.into()),
+                    Err(_) => {
+                        return Err(LockTimeout::new(
+                            wait,
+                            format!(
+                                "another replica holds the model store's lock (waited {wait:?})"
+                            ),
+                        )
+                        .into())
+                    }
+                };
+            self.backing.data().holder = Some(self.replica);
+            let backing = Arc::clone(&self.backing);
+            Ok(StoreLock::new(move || async move {
+                backing.data().holder = None;
+                drop(permit);
+            })
+            .with_data(Holder(self.replica)))
+        })
     }
 
     fn save_locked<'a>(
@@ -116,7 +312,9 @@ impl TokenStore for FlakyStore {
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        let _ = lock;
-        self.save(tokens)
+        let locked = lock
+            .data::<Holder>()
+            .is_some_and(|holder| holder.0 == self.replica);
+        Box::pin(self.save_as(tokens, locked))
     }
 }
