@@ -17,23 +17,49 @@ struct Data {
     /// The value before the latest successful save, and the replica that made that save: what a
     /// lost write reverts to. `None` after a removal or a revert.
     previous: Option<(Option<TokenSet>, usize)>,
-    /// Every refresh token ever saved successfully, oldest first (seeded ones included).
-    saved_refresh: Vec<String>,
-    /// Every access token ever saved successfully (seeded ones included).
-    saved_access: Vec<String>,
+    /// Every token set ever saved successfully, oldest first (the seed included), with the clock's
+    /// reading when it was saved.
+    saved: Vec<Saved>,
     /// Which replica holds the refresh lock.
     holder: Option<usize>,
     /// Saves made without holding the lock (a manager bug; the store refuses them).
     unlocked_saves: usize,
 }
 
-#[derive(Debug)]
+/// A token set saved, and when.
+#[derive(Debug, Clone)]
+struct Saved {
+    access_token: String,
+    refresh_token: Option<String>,
+    at: Tick,
+}
+
+/// What a [`Clock`] reads: how many token requests and API requests the fake had recorded (a
+/// request is recorded after it arrived, so one sent after a save always comes after its reading).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tick {
+    pub token_requests: usize,
+    pub api_requests: usize,
+}
+
+/// Reads the fake's request counters when a save lands.
+pub type Clock = Arc<dyn Fn() -> Tick + Send + Sync>;
+
 struct Backing {
     data: Mutex<Data>,
     lock: Arc<Semaphore>,
     /// How long `lock` waits for a lock held elsewhere (at most the manager's `max_hold`).
     lock_wait: Duration,
     save_attempts: AtomicUsize,
+    clock: Mutex<Option<Clock>>,
+}
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backing")
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Backing {
@@ -84,7 +110,7 @@ impl FlakyStore {
     /// if shorter) for a lock held elsewhere.
     pub fn with_lock_wait(tokens: TokenSet, lock_wait: Duration) -> Self {
         let mut data = Data::default();
-        record(&mut data, &tokens);
+        record(&mut data, &tokens, Tick::default());
         data.value = Some(tokens);
         FlakyStore {
             backing: Arc::new(Backing {
@@ -92,10 +118,16 @@ impl FlakyStore {
                 lock: Arc::new(Semaphore::new(1)),
                 lock_wait,
                 save_attempts: AtomicUsize::new(0),
+                clock: Mutex::new(None),
             }),
             switches: Arc::default(),
             replica: 0,
         }
+    }
+
+    /// Stamps every save from now on with `clock`'s reading.
+    pub fn set_clock(&self, clock: Clock) {
+        *self.backing.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
     }
 
     /// Replica `replica`'s handle on the same store, with its own fault switches.
@@ -178,22 +210,24 @@ impl FlakyStore {
             .and_then(|t| t.refresh_token().map(str::to_owned))
     }
 
-    /// Whether `refresh_token` was saved successfully at some point.
-    pub fn ever_saved(&self, refresh_token: &str) -> bool {
+    /// When `refresh_token` was first saved, if it ever was.
+    pub fn saved_refresh_at(&self, refresh_token: &str) -> Option<Tick> {
         self.backing
             .data()
-            .saved_refresh
+            .saved
             .iter()
-            .any(|s| s == refresh_token)
+            .find(|s| s.refresh_token.as_deref() == Some(refresh_token))
+            .map(|s| s.at)
     }
 
-    /// Whether `access_token` was saved successfully at some point.
-    pub fn ever_saved_access(&self, access_token: &str) -> bool {
+    /// When `access_token` was first saved, if it ever was.
+    pub fn saved_access_at(&self, access_token: &str) -> Option<Tick> {
         self.backing
             .data()
-            .saved_access
+            .saved
             .iter()
-            .any(|s| s == access_token)
+            .find(|s| s.access_token == access_token)
+            .map(|s| s.at)
     }
 
     /// Deletes the entry under the refresh lock (waiting at most `wait` for it), as a logout or a
@@ -246,18 +280,25 @@ impl FlakyStore {
             }
             let before = data.value.replace(tokens.clone());
             data.previous = Some((before, self.replica));
-            record(&mut data, tokens);
+            let clock = self
+                .backing
+                .clock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            record(&mut data, tokens, clock.map(|c| c()).unwrap_or_default());
         }
         self.switches.saves_ok.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
 
-fn record(data: &mut Data, tokens: &TokenSet) {
-    if let Some(rt) = tokens.refresh_token() {
-        data.saved_refresh.push(rt.to_owned());
-    }
-    data.saved_access.push(tokens.access_token().to_owned());
+fn record(data: &mut Data, tokens: &TokenSet, at: Tick) {
+    data.saved.push(Saved {
+        access_token: tokens.access_token().to_owned(),
+        refresh_token: tokens.refresh_token().map(str::to_owned),
+        at,
+    });
 }
 
 impl TokenStore for FlakyStore {

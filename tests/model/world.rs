@@ -30,7 +30,7 @@ use nifty_auth::{AuthError, BoxError, NiftyAuth, TokenSet};
 use tokio::time::{sleep, timeout, Instant};
 use tower::{Layer, ServiceExt};
 
-use crate::store::FlakyStore;
+use crate::store::{FlakyStore, Tick};
 
 /// The lifetime of every access token the fake issues (real time).
 pub const LIFETIME: Duration = Duration::from_millis(600);
@@ -279,6 +279,11 @@ impl World {
             .with_refresh_token(fake.issue_refresh_token())
             .with_expires_in(Duration::ZERO);
         let store = FlakyStore::with_lock_wait(seed, LOCK_WAIT);
+        let clock = fake.clone();
+        store.set_clock(Arc::new(move || Tick {
+            token_requests: clock.token_requests().len(),
+            api_requests: clock.api_requests().len(),
+        }));
         let calls = Calls::default();
         let replica = |index: usize| {
             let store = store.view(index);
@@ -710,24 +715,37 @@ impl World {
                  were the store's lost write"
             ));
         }
-        for call in &calls {
-            if let Some(presented) = &call.refresh_token {
-                if !self.store.ever_saved(presented) {
-                    return Err(format!(
-                        "replica {} used a refresh token before it was saved",
-                        call.replica
-                    ));
+        // Saved *before* use: a token used while its save was still being retried counts too.
+        for (index, request) in fake.token_requests().iter().enumerate() {
+            let presented = request
+                .json
+                .as_ref()
+                .filter(|j| j["grant_type"] == "refresh_token")
+                .and_then(|j| j["refresh_token"].as_str());
+            if let Some(presented) = presented {
+                match self.store.saved_refresh_at(presented) {
+                    Some(saved) if saved.token_requests <= index => {}
+                    _ => {
+                        return Err(format!(
+                            "token request {index} presented a refresh token before it was saved"
+                        ))
+                    }
                 }
             }
         }
-        for request in fake.api_requests() {
+        for (index, request) in fake.api_requests().iter().enumerate() {
             let bearer = request
                 .authorization
                 .as_deref()
                 .and_then(|a| a.strip_prefix("Bearer "));
             if let Some(bearer) = bearer {
-                if !self.store.ever_saved_access(bearer) {
-                    return Err("an access token reached the API before it was saved".to_owned());
+                match self.store.saved_access_at(bearer) {
+                    Some(saved) if saved.api_requests <= index => {}
+                    _ => {
+                        return Err(format!(
+                            "API request {index} sent an access token before it was saved"
+                        ))
+                    }
                 }
             }
         }
