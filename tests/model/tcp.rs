@@ -188,3 +188,62 @@ fn a_replica_waiting_for_a_failing_holder_never_refreshes_with_the_token_it_rota
     ];
     run(&ops).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A replica whose saves fail past its three tries keeps the lock and its rotated tokens, and saves
+/// them on its own once the store accepts writes: nobody calls it again, the other replica is
+/// answered within its bound meanwhile, and the run's end checks that the lock was released.
+#[test]
+fn a_holder_whose_saves_fail_past_its_retries_saves_them_on_its_own() {
+    let ops = [
+        Op::FailSaves(R::A, 5),
+        Op::Burst(R::A, 2),
+        Op::Burst(R::B, 2),
+        Op::Expire,
+        Op::Burst(R::B, 2),
+    ];
+    run(&ops).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The grant's entry deleted under both replicas (one had refreshed, one had not): neither makes a
+/// token call nor a save until a re-authorization, after which both serve again.
+#[test]
+fn a_removed_grant_stays_removed_on_both_replicas_until_reauthorized() {
+    let ops = [
+        Op::Burst(R::A, 2),
+        Op::Remove,
+        Op::Expire,
+        Op::Both(6),
+        Op::AccessToken(R::B),
+        Op::SetTokens(R::B),
+        Op::Both(6),
+    ];
+    run(&ops).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The store loses replica A's latest save (it holds the refresh token A's refresh replaced): A,
+/// holding the newer tokens, must not refresh with the older one.
+#[test]
+fn the_replica_whose_save_was_lost_does_not_replay_the_refresh_token_it_replaced() {
+    let ops = [
+        Op::AccessToken(R::A),
+        Op::LoseLastWrite,
+        Op::Expire,
+        Op::AccessToken(R::A),
+        Op::Burst(R::B, 2),
+    ];
+    run(&ops).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Lock and load failures answer typed errors, make no token call, and leave both replicas serving.
+#[test]
+fn lock_and_load_failures_answer_typed_errors_and_leave_both_replicas_serving() {
+    let ops = [
+        Op::FailLock(R::A),
+        Op::FailLoad(R::B),
+        Op::Both(4),
+        Op::Both(4),
+        Op::Expire,
+        Op::Both(4),
+    ];
+    run(&ops).unwrap_or_else(|e| panic!("{e}"));
+}
