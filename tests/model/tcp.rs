@@ -72,8 +72,10 @@ fn config(cases: u32, file: &'static str) -> Config {
         .unwrap_or(cases);
     Config {
         cases,
-        // Each run takes about a second of real time: shrink briefly.
+        // Each run takes about a second of real time (a few when a replica waits out the lock or a
+        // holder's rescue): shrink briefly.
         max_shrink_iters: 64,
+        max_shrink_time: 30_000,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),
         ..Config::default()
     }
