@@ -599,19 +599,40 @@ impl World {
                 }
                 continue;
             }
+            let counted = self.uncounted_calls().is_none();
             if self.fake.token_calls_in_flight() == 0
                 && self.fake.token_calls() == calls
                 && self.store.save_attempts() == saves
+                && counted
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                if let Some(mismatch) = self.uncounted_calls() {
+                    return Err(mismatch);
+                }
                 return Err(format!(
                     "no quiet moment within {CALL_BOUND:?}: {} token calls in flight",
                     self.fake.token_calls_in_flight()
                 ));
             }
         }
+    }
+
+    /// A replica whose stats do not count exactly the token calls its client made, if any.
+    fn uncounted_calls(&self) -> Option<String> {
+        let calls = calls_of(&self.calls);
+        (0..2).find_map(|r| {
+            let stats = self.replicas[r].auth.stats();
+            let counted = stats.token_calls_succeeded
+                + stats.token_calls_failed_transient
+                + stats.token_calls_failed_terminal
+                + stats.token_calls_failed_other;
+            let made = calls.iter().filter(|c| c.replica == r).count() as u64;
+            (counted != made).then(|| {
+                format!("replica {r}'s stats count {counted} token calls; its client made {made}")
+            })
+        })
     }
 
     /// The end of a run: the store accepts writes again (armed save failures are left to be used
@@ -682,6 +703,9 @@ impl World {
         let in_flight = fake.max_token_calls_in_flight();
         if in_flight > 1 {
             return Err(format!("{in_flight} token calls were in flight at once"));
+        }
+        if let Some(mismatch) = self.uncounted_calls() {
+            return Err(mismatch);
         }
         let unlocked = self.store.unlocked_saves();
         if unlocked > 0 {
