@@ -304,3 +304,20 @@ async fn a_reauthorization_whose_save_failed_is_saved_and_used_by_the_next_attem
     assert_eq!(store.refresh_token(), endpoint.live());
     assert_eq!(endpoint.calls(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn debug_shows_the_endpoint_and_the_token_state_but_no_token_or_secret() {
+    let endpoint = Endpoint::new(Duration::from_secs(3600));
+    let (auth, store) = manager(&endpoint, SKEW);
+    let before = format!("{auth:?}");
+    assert!(before.contains("endpoint: Some("), "{before}");
+    assert!(before.contains("has_token: false"), "{before}");
+    let token = auth.access_token().await.expect("token");
+    let after = format!("{auth:?}");
+    assert!(after.contains("has_token: true"), "{after}");
+    assert!(after.contains("generation: 1"), "{after}");
+    let refresh_token = store.refresh_token().expect("stored");
+    for secret in [token.as_str(), refresh_token.as_str(), "secret"] {
+        assert!(!after.contains(secret), "{after}");
+    }
+}
