@@ -1,7 +1,9 @@
 //! Random operation sequences against the real manager over TCP; see [`crate::world`].
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
+use proptest::test_runner::{
+    Config, FailurePersistence, FileFailurePersistence, PersistedSeed, TestCaseError,
+};
 
 use crate::world::{Fault, Op, World, R};
 
@@ -64,6 +66,40 @@ pub fn run(ops: &[Op]) -> Result<(), String> {
     result
 }
 
+/// The kept seeds, replayed but never added to: for mutation runs (`MODEL_SEEDS_READ_ONLY=1`),
+/// where a seed one mutant fails would otherwise be replayed against every later mutant.
+#[derive(Debug, Clone, PartialEq)]
+struct ReadOnly(FileFailurePersistence);
+
+impl FailurePersistence for ReadOnly {
+    fn load_persisted_failures2(&self, source_file: Option<&'static str>) -> Vec<PersistedSeed> {
+        self.0.load_persisted_failures2(source_file)
+    }
+
+    fn save_persisted_failure2(
+        &mut self,
+        _source_file: Option<&'static str>,
+        _seed: PersistedSeed,
+        _shrunken_value: &dyn std::fmt::Debug,
+    ) {
+    }
+
+    fn box_clone(&self) -> Box<dyn FailurePersistence> {
+        Box::new(self.clone())
+    }
+
+    fn eq(&self, other: &dyn FailurePersistence) -> bool {
+        other
+            .as_any()
+            .downcast_ref::<Self>()
+            .is_some_and(|other| other == self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// `cases` runs, or `PROPTEST_CASES` of them (for a longer exploration).
 fn config(cases: u32, file: &'static str) -> Config {
     let cases = std::env::var("PROPTEST_CASES")
@@ -76,7 +112,11 @@ fn config(cases: u32, file: &'static str) -> Config {
         // holder's rescue): shrink briefly.
         max_shrink_iters: 64,
         max_shrink_time: 30_000,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),
+        failure_persistence: Some(if std::env::var_os("MODEL_SEEDS_READ_ONLY").is_some() {
+            Box::new(ReadOnly(FileFailurePersistence::Direct(file)))
+        } else {
+            Box::new(FileFailurePersistence::Direct(file))
+        }),
         ..Config::default()
     }
 }
@@ -246,6 +286,20 @@ fn lock_and_load_failures_answer_typed_errors_and_leave_both_replicas_serving() 
         Op::Both(4),
         Op::Expire,
         Op::Both(4),
+    ];
+    run(&ops).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Found by the model's mutation run (a false alarm of the model, now modelled): a 401 queued for a
+/// request that never reached the API (its refresh's save failed) is taken by the next one, so the
+/// next `Force401` meets two 401s and rightly passes the second on.
+#[test]
+fn a_401_queued_for_a_request_that_never_left_is_taken_by_the_next_one() {
+    let ops = [
+        Op::FailSaves(R::A, 3),
+        Op::Force401(R::A),
+        Op::Force401(R::A),
+        Op::Burst(R::A, 2),
     ];
     run(&ops).unwrap_or_else(|e| panic!("{e}"));
 }

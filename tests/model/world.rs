@@ -183,6 +183,11 @@ struct Model {
     reauth_unsaved: [Option<usize>; 2],
     /// Lost writes whose reverted refresh token was dead.
     lost: Vec<Lost>,
+    /// Mirror of the fake's queue of API statuses: every API request takes one. A `Force401` whose
+    /// request never reached the API (its token could not be had) leaves its 401 for a later one.
+    queued_api_statuses: usize,
+    /// API requests already accounted for.
+    seen_api_requests: usize,
 }
 
 /// A replica: its manager and its handle on the store.
@@ -375,7 +380,7 @@ impl World {
                         return Err(format!(
                             "a caller got {other:?} although nothing was wrong (not latched, no \
                              store fault, no lock held, not removed, a live refresh token stored, \
-                             no endpoint fault queued)"
+                             no endpoint fault or API status queued)"
                         ))
                     }
                 }
@@ -390,6 +395,7 @@ impl World {
     /// Whether replicas `acting` must serve every caller: nothing is wrong for them.
     fn healthy(&self, acting: &[usize]) -> bool {
         self.model.queued.is_empty()
+            && self.model.queued_api_statuses == 0
             && acting.iter().all(|&r| {
                 !self.model.latched[r]
                     && self.replicas[r].store.armed() == 0
@@ -498,6 +504,7 @@ impl World {
             }
             Op::Force401(r) => {
                 self.fake.push_api_status(401);
+                self.model.queued_api_statuses += 1;
                 vec![request(self.svc(r.index()), url).await?]
             }
             Op::SetTokens(r) => {
@@ -672,6 +679,10 @@ impl World {
             }
         }
         self.model.seen_token_requests = requests.len();
+        let api_requests = self.fake.api_requests().len();
+        let taken = api_requests - self.model.seen_api_requests;
+        self.model.queued_api_statuses = self.model.queued_api_statuses.saturating_sub(taken);
+        self.model.seen_api_requests = api_requests;
         {
             let calls = calls_of(&self.calls);
             let mut seen = self.model.seen_calls;
