@@ -303,3 +303,44 @@ fn a_401_queued_for_a_request_that_never_left_is_taken_by_the_next_one() {
     ];
     run(&ops).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A re-authorization lifts the latch for good: once its token expires, the replica refreshes again.
+#[test]
+fn a_reauthorized_replica_refreshes_again_once_its_new_token_expires() {
+    let ops = [
+        Op::Fault(Fault::InvalidGrant),
+        Op::AccessToken(R::A),
+        Op::AccessToken(R::A),
+        Op::SetTokens(R::A),
+        Op::Expire,
+        Op::Burst(R::A, 2),
+        Op::Both(4),
+    ];
+    run(&ops).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A personal access token has nothing to refresh with: a 401 is passed on as it is, after one API
+/// call, and the token endpoint is never called.
+#[tokio::test]
+async fn a_personal_access_token_passes_a_401_on_without_a_retry() {
+    let fake = nifty_auth::testing::FakeNifty::start()
+        .await
+        .expect("start the fake");
+    let auth = nifty_auth::NiftyAuth::personal_token(fake.issue_access_token(None))
+        .allowed_origins([fake.base_url()])
+        .build()
+        .expect("build");
+    fake.push_api_status(401);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let svc = tower::Layer::layer(&auth.layer(), client);
+    let request = http::Request::get(fake.api_url("/projects"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = tower::ServiceExt::oneshot(svc, request)
+        .await
+        .expect("the 401 is an answer, not an error");
+    assert_eq!(response.status(), 401);
+    assert_eq!(fake.api_calls(), 1);
+    assert_eq!(fake.token_calls(), 0);
+}

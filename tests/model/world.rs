@@ -188,6 +188,8 @@ struct Model {
     queued_api_statuses: usize,
     /// API requests already accounted for.
     seen_api_requests: usize,
+    /// A broken rule seen while accounting for token calls.
+    violation: Option<String>,
 }
 
 /// A replica: its manager and its handle on the store.
@@ -687,6 +689,12 @@ impl World {
             let calls = calls_of(&self.calls);
             let mut seen = self.model.seen_calls;
             while let Some(call) = calls.get(seen) {
+                if call.refresh_token.is_some() && self.model.latched[call.replica] {
+                    self.model.violation.get_or_insert(format!(
+                        "replica {} made a refresh token call while latched by invalid_grant",
+                        call.replica
+                    ));
+                }
                 match call.answer {
                     // Still running: look again next time.
                     None if self.fake.token_calls_in_flight() > 0 => break,
@@ -714,6 +722,9 @@ impl World {
         let in_flight = fake.max_token_calls_in_flight();
         if in_flight > 1 {
             return Err(format!("{in_flight} token calls were in flight at once"));
+        }
+        if let Some(violation) = &self.model.violation {
+            return Err(violation.clone());
         }
         if let Some(mismatch) = self.uncounted_calls() {
             return Err(mismatch);
