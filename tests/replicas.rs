@@ -113,8 +113,8 @@ async fn seed_expired(fake: &FakeNifty, path: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_holder_whose_save_failed_saves_on_its_own_and_the_waiting_replica_gets_its_tokens(
-) {
+async fn an_idle_holder_whose_save_failed_saves_on_its_own_and_the_waiting_replica_gets_its_tokens()
+{
     let fake = FakeNifty::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
@@ -131,7 +131,10 @@ async fn an_idle_holder_whose_save_failed_saves_on_its_own_and_the_waiting_repli
     assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(store_a.denied(), 3, "the save is tried three times");
-    assert!(!fake.refresh_token_is_live(&seeded), "the seeded token was rotated");
+    assert!(
+        !fake.refresh_token_is_live(&seeded),
+        "the seeded token was rotated"
+    );
 
     // The store takes writes again. Nobody calls A: its own rescue saves and hands the lock over.
     store_a.deny_writes(false);
@@ -141,12 +144,20 @@ async fn an_idle_holder_whose_save_failed_saves_on_its_own_and_the_waiting_repli
         "B had A's tokens {:?} after the store healed",
         healed.elapsed()
     );
-    assert_eq!(fake.token_calls(), 1, "B adopted A's tokens: no second call");
+    assert_eq!(
+        fake.token_calls(),
+        1,
+        "B adopted A's tokens: no second call"
+    );
     assert_eq!(fake.invalid_grants_served(), 0, "nothing was replayed");
     let stored = FileStore::new(&path).load().await.unwrap().expect("saved");
     assert_eq!(stored.access_token(), token);
     assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
-    assert_eq!(a.access_token().await.unwrap(), token, "A serves what it saved");
+    assert_eq!(
+        a.access_token().await.unwrap(),
+        token,
+        "A serves what it saved"
+    );
     assert_eq!(fake.token_calls(), 1);
 }
 
@@ -187,10 +198,7 @@ async fn a_deleted_token_file_stays_deleted_while_a_server_runs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
     seed_expired(&fake, &path).await;
-    let auth = builder(&fake)
-        .store(FileStore::new(&path))
-        .build()
-        .unwrap();
+    let auth = builder(&fake).store(FileStore::new(&path)).build().unwrap();
     let svc = service(&auth);
     assert_eq!(
         send(&svc, get(fake.api_url("/users/me"))).await.unwrap().0,
@@ -211,11 +219,14 @@ async fn a_deleted_token_file_stays_deleted_while_a_server_runs() {
     }
     assert_eq!(fake.token_calls(), 1, "no token call for a removed grant");
     assert!(!path.exists(), "nothing was saved back");
-    assert!(auth.tokens().is_none(), "the removed grant's token is forgotten");
+    assert!(
+        auth.tokens().is_none(),
+        "the removed grant's token is forgotten"
+    );
 
     // Logging in again brings it back.
-    let tokens = TokenSet::new(fake.issue_access_token(None))
-        .with_refresh_token(fake.issue_refresh_token());
+    let tokens =
+        TokenSet::new(fake.issue_access_token(None)).with_refresh_token(fake.issue_refresh_token());
     FileStore::new(&path).save(&tokens).await.unwrap();
     assert_eq!(
         send(&svc, get(fake.api_url("/projects"))).await.unwrap().0,
@@ -269,7 +280,10 @@ async fn a_grant_removed_by_another_replica_is_never_refreshed_nor_saved_back() 
     assert!(err.is_grant_removed(), "{err:?}");
     assert_eq!(fake.token_calls(), 1, "A made no token call");
     assert_eq!(files(), stored_files - 1, "A saved nothing back");
-    assert!(b.grant(&id).access_token().await.is_err(), "B has nothing to serve");
+    assert!(
+        b.grant(&id).access_token().await.is_err(),
+        "B has nothing to serve"
+    );
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(fake.invalid_grants_served(), 0);
 }

@@ -8,7 +8,7 @@
 //!
 //! The multi-process tests re-run this test binary as workers (`worker_process_entry`, inert unless
 //! `NIFTY_PG_WORKER` is set). `processes.rs`: OS processes; `outage.rs`: PostgreSQL down;
-//! `fence.rs`: fenced saves; `table.rs`: encryption, grant ids, migrations, table names.
+//! `fence.rs`: fenced saves; `storm.rs`: a refresh storm on a small pool; `table.rs`: encryption, grant ids, migrations, table names.
 #![cfg(feature = "postgres")]
 
 #[path = "../common/mod.rs"]
@@ -17,6 +17,7 @@ mod fence;
 mod outage;
 mod processes;
 mod server;
+mod storm;
 mod table;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
