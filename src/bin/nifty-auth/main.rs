@@ -30,6 +30,7 @@ mod failure;
 mod login;
 mod profile;
 mod status;
+mod text;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -136,6 +137,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         None
     };
     let profile = Profile::open(&global)?;
+    profile.check_dir()?;
     if let Some(fake) = &_fake {
         login::login_to_fake(&profile, fake).await?;
         if let Command::Login(_) = command {
@@ -175,6 +177,8 @@ fn report(failure: &Failure, verbose: bool) -> ExitCode {
             source = cause.source();
         }
     }
-    eprintln!("{}", line.replace(['\n', '\r'], " "));
+    // Error texts quote the token endpoint and the browser's callback: one line, nothing a
+    // terminal would act on.
+    eprintln!("{}", text::printable(&line));
     ExitCode::from(failure.code)
 }

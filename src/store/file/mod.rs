@@ -193,6 +193,15 @@ impl FileStore {
         }
     }
 
+    /// Not public API: the `nifty-auth` command line's writer of its client file (the secret
+    /// inside), the one a save uses: a fresh random temporary name created with `O_EXCL`,
+    /// `O_NOFOLLOW` and mode `0600`, `fsync`ed and renamed over `path`.
+    #[cfg(feature = "cli")]
+    #[doc(hidden)]
+    pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+        disk::write_atomically(path, contents)
+    }
+
     fn bound(&self, max_hold: Duration) -> Duration {
         self.lock_timeout.unwrap_or(max_hold)
     }
