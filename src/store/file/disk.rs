@@ -300,19 +300,12 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// How many random names [`create_temporary`] tries before it gives up.
 const TEMPORARY_ATTEMPTS: usize = 4;
 
-/// Creates `<dir>/.<name>.tmp-<128 random bits>`: new, not through a symlink, mode `0600`.
+/// Creates `<dir>/.<name>.tmp-<128 random bits>` with [`create_private`].
 fn create_temporary(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-    }
     let mut attempt = 0;
     loop {
         let tmp = dir.join(format!(".{name}.tmp-{:032x}", random_u128()));
-        match options.open(&tmp) {
+        match create_private(&tmp) {
             Ok(file) => return Ok((tmp, file)),
             // Someone else's file at a name no one could guess: take another.
             Err(e)
@@ -323,6 +316,20 @@ fn create_temporary(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Creates the file `path` for writing: a new file (whatever is at `path`, a file or a symlink,
+/// makes it fail with [`io::ErrorKind::AlreadyExists`] and is left as it is), never through a
+/// symlink, with mode `0600` on Unix from the start.
+pub(super) fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
 }
 
 /// 128 bits from the OS's random source (`fastrand` if that fails: the name's secrecy guards

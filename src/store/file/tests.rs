@@ -207,3 +207,44 @@ async fn a_save_whose_rename_fails_leaves_no_temporary_file() {
     assert_eq!(names(dir.path()), ["tokens.json"]);
     assert_eq!(names(&path), ["keep"]);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_private_file_is_never_created_over_a_planted_file_or_through_a_planted_symlink() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join("planted");
+    fs::write(&planted, "planted").unwrap();
+    fs::set_permissions(&planted, fs::Permissions::from_mode(0o644)).unwrap();
+    let to_planted = dir.path().join("to-planted");
+    symlink(&planted, &to_planted).unwrap();
+    let dangling = dir.path().join("dangling");
+    let pointee = dir.path().join("pointee");
+    symlink(&pointee, &dangling).unwrap();
+
+    for path in [&planted, &to_planted, &dangling] {
+        let err = super::disk::create_private(path).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::AlreadyExists,
+            "{path:?}: {err}"
+        );
+    }
+
+    assert_eq!(fs::read_to_string(&planted).unwrap(), "planted");
+    assert_eq!(
+        fs::metadata(&planted).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(!pointee.exists(), "a file was created through the symlink");
+    let fresh = dir.path().join("fresh");
+    drop(super::disk::create_private(&fresh).unwrap());
+    assert_eq!(
+        fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        names(dir.path()),
+        ["dangling", "fresh", "planted", "to-planted"]
+    );
+}
