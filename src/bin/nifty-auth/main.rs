@@ -20,6 +20,12 @@
 //! file beside it, `STEM.client.json`). The secret is never taken from an argument (every local user
 //! can read arguments with `ps`) and never printed.
 //!
+//! Files are written through the library's `FileStore` writer (a random temporary name created with
+//! `O_EXCL | O_NOFOLLOW` and mode 0600, renamed over the file); directories are created 0700. A
+//! profiles directory that other users can access is refused (exit 5) with the `chmod 700` that
+//! fixes it, never silently changed. Text from the token endpoint is printed without control
+//! characters.
+//!
 //! # Exit codes
 //! 0 success · 1 the API answered an error status (`api`) · 2 usage or configuration error ·
 //! 3 re-authorization required (run `nifty-auth login`) · 4 network error or token endpoint
