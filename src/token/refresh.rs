@@ -13,10 +13,13 @@
 //! a new refresh on their own runtime.
 //!
 //! Inside the task, in order: the refresh gate (serializes with `set_tokens` / `exchange_code`), the
-//! store's lock, unsaved tokens first, a re-read of the store (someone else may have refreshed), the
-//! token call (with backoff), the save (retried), and only then the publication. Rotated tokens whose
-//! save failed stay parked with the store lock still held, and are saved before anything else by the
-//! next attempt. Terminal errors latch until new tokens are supplied.
+//! token-call slot (and a 429's pause) — before any store resource —, the store's lock, unsaved
+//! tokens first, a re-read of the store (someone else may have refreshed; or removed the grant; or
+//! the store lost this manager's last save), the token call (with backoff), the save (retried), and
+//! only then the publication. Rotated tokens whose save failed stay parked with the store lock still
+//! held; a rescue task retries their save on its own (another process may be waiting for that lock)
+//! and every attempt saves them before anything else. Terminal errors latch until new tokens are
+//! supplied.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
