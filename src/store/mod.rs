@@ -86,7 +86,7 @@ pub use postgres::{
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{
     RedisStore, RedisStoreBuilder, DEFAULT_REDIS_COMMAND_TIMEOUT, DEFAULT_REDIS_KEY_PREFIX,
-    DEFAULT_REDIS_LOCK_TTL, DEFAULT_REDIS_TOKEN_TTL,
+    DEFAULT_REDIS_LOCK_TTL, DEFAULT_REDIS_REPLICA_TIMEOUT, DEFAULT_REDIS_TOKEN_TTL,
 };
 pub use wait::LockTimeout;
 

@@ -25,7 +25,11 @@ impl RedisStore {
     }
 
     fn grant_keys(&self, grant: &GrantId) -> Keys {
-        key::grant_keys(&self.inner.base, grant.as_str())
+        key::grant_keys(
+            &self.inner.base,
+            grant.as_str(),
+            self.inner.target.is_cluster(),
+        )
     }
 }
 

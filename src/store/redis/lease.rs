@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::task::JoinHandle;
 
+use super::connection::Connection;
 use super::{millis, redis_error, Keys, RedisStore};
 use crate::store::StoreLock;
 use crate::token::TokenSet;
@@ -23,7 +23,7 @@ const WAIT_SLACK: Duration = Duration::from_secs(1);
 
 /// Deletes the lock only if this owner still holds it (a lock that lapsed and was taken by another
 /// process is not ours to delete).
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -47,17 +47,15 @@ return 0
 });
 
 /// Writes the token set (KEYS[2]) with its TTL only if this owner still holds the lock (KEYS[1]).
-static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(super) const FENCED_SET_SOURCE: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
     redis.call("SET", KEYS[2], ARGV[2], "PX", ARGV[3])
     return 1
 end
 return 0
-"#,
-    )
-});
+"#;
+
+static FENCED_SET: LazyLock<Script> = LazyLock::new(|| Script::new(FENCED_SET_SOURCE));
 
 /// What a [`RedisStore`] attaches to its [`StoreLock`]: the lock's key (which names the grant) and
 /// random token, for the fence.
@@ -97,16 +95,21 @@ impl RedisStore {
         let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
             let mut connection = self.connection().await?;
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(&keys.lock)
-                .arg(&owner)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(inner.lock_ttl))
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| redis_error("SET NX (refresh lock)", e))?;
-            if taken.is_some() {
+            let taken = if inner.replicas > 0 {
+                self.take_lock_acked(&mut connection, keys, &owner).await?
+            } else {
+                redis::cmd("SET")
+                    .arg(&keys.lock)
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(inner.lock_ttl))
+                    .query_async::<Option<String>>(&mut connection)
+                    .await
+                    .map_err(|e| redis_error("SET NX (refresh lock)", e))?
+                    .is_some()
+            };
+            if taken {
                 return Ok(self.hold(&runtime, connection, owner, keys.lock.clone()));
             }
             waiting
@@ -124,7 +127,7 @@ impl RedisStore {
     fn hold(
         &self,
         runtime: &tokio::runtime::Handle,
-        connection: ConnectionManager,
+        connection: Connection,
         owner: String,
         key: String,
     ) -> StoreLock {
@@ -185,15 +188,20 @@ impl RedisStore {
         }
         let value = self.seal(tokens, &keys.tokens)?;
         let mut connection = self.connection().await?;
-        let saved: i64 = FENCED_SET
-            .key(&keys.lock)
-            .key(&keys.tokens)
-            .arg(&lease.owner)
-            .arg(value)
-            .arg(millis(inner.token_ttl))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| redis_error("fenced SET", e))?;
+        let saved: i64 = if inner.replicas > 0 {
+            self.fenced_set_acked(&mut connection, keys, &lease.owner, value)
+                .await?
+        } else {
+            FENCED_SET
+                .key(&keys.lock)
+                .key(&keys.tokens)
+                .arg(&lease.owner)
+                .arg(value)
+                .arg(millis(inner.token_ttl))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| redis_error("fenced SET", e))?
+        };
         if saved != 1 {
             lease.lost.store(true, Ordering::Release);
             return Err(lost(&keys.lock));
@@ -212,7 +220,7 @@ fn lost(lock_key: &str) -> BoxError {
 
 /// The watchdog: extends the lease every third of its TTL until aborted or the lock is lost.
 async fn extend_while_held(
-    mut connection: ConnectionManager,
+    mut connection: Connection,
     key: String,
     owner: String,
     ttl: Duration,
@@ -246,7 +254,7 @@ async fn extend_while_held(
     }
 }
 
-async fn release(mut connection: ConnectionManager, key: String, owner: String) {
+async fn release(mut connection: Connection, key: String, owner: String) {
     let released: Result<i64, _> = RELEASE
         .key(&key)
         .arg(&owner)

@@ -8,19 +8,25 @@ use std::time::Duration;
 
 use chacha20poly1305::aead::KeyInit;
 use chacha20poly1305::XChaCha20Poly1305;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+use self::connection::{Connection, Target};
 use self::key::Keys;
 use super::{BoxFuture, StoreLock, TokenStore};
 use crate::error::AuthError;
 use crate::token::TokenSet;
 use tower::BoxError;
 
+#[cfg(feature = "redis-cluster")]
+mod cluster;
+mod connection;
+mod durable;
 mod grant;
 mod key;
 mod lease;
 mod seal;
+
+pub use durable::DEFAULT_REDIS_REPLICA_TIMEOUT;
 
 /// The default key prefix: keys are `nifty-auth:<client id>:<grant>:tokens` and `…:lock` (the
 /// client id and grant name escaped, see [`RedisStore`]).
@@ -118,27 +124,35 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
-    /// `<prefix>:<escaped client id>`: the start of every key, the grants' included.
+    target: Target,
+    connection: OnceCell<Connection>,
+    /// `<prefix>:<escaped client id>` (`<prefix>:{<escaped client id>` on a cluster): the start of
+    /// every key, the grants' included.
     base: String,
     /// The keys of the builder's grant name: what the single-grant [`TokenStore`] uses.
     keys: Keys,
     token_ttl: Duration,
     lock_ttl: Duration,
     command_timeout: Duration,
+    /// Replicas that must acknowledge each write (0: no `WAIT`), and the `WAIT` timeout.
+    replicas: u32,
+    replica_timeout: Duration,
     cipher: Option<XChaCha20Poly1305>,
 }
 
 /// Configures a [`RedisStore`]; made by [`RedisStore::builder`].
 pub struct RedisStoreBuilder {
     url: String,
+    /// Set by `cluster_builder`: the cluster's seed nodes (`url` is then unused).
+    cluster_nodes: Option<Vec<String>>,
     client_id: String,
     grant: String,
     prefix: String,
     token_ttl: Duration,
     lock_ttl: Duration,
     command_timeout: Duration,
+    replicas: u32,
+    replica_timeout: Duration,
     key: Option<[u8; 32]>,
 }
 
@@ -152,12 +166,15 @@ impl RedisStore {
     ) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: redis_url.into(),
+            cluster_nodes: None,
             client_id: client_id.into(),
             grant: grant.into(),
             prefix: DEFAULT_REDIS_KEY_PREFIX.to_owned(),
             token_ttl: DEFAULT_REDIS_TOKEN_TTL,
             lock_ttl: DEFAULT_REDIS_LOCK_TTL,
             command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
+            replicas: 0,
+            replica_timeout: DEFAULT_REDIS_REPLICA_TIMEOUT,
             key: None,
         }
     }
@@ -173,18 +190,11 @@ impl RedisStore {
         &self.inner.keys.lock
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, BoxError> {
+    async fn connection(&self) -> Result<Connection, BoxError> {
         let inner = &self.inner;
         let connection = inner
             .connection
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(inner.command_timeout))
-                    .set_response_timeout(Some(inner.command_timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                inner.client.get_connection_manager_lazy(config)
-            })
+            .get_or_try_init(|| inner.target.connect(inner.command_timeout))
             .await
             .map_err(|e| redis_error("connect", e))?;
         Ok(connection.clone())
@@ -252,20 +262,22 @@ impl RedisStoreBuilder {
             Duration::from_millis(1),
             MAX_LOCK_TTL,
         )?;
-        // The URL may hold a password: never echo it.
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| AuthError::config(format!("the Redis URL is invalid ({:?})", e.kind())))?;
-        let base = key::base(&self.prefix, &self.client_id);
-        let keys = key::grant_keys(&base, &self.grant);
+        self.check_replicas()?;
+        let target = self.target()?;
+        let tagged = target.is_cluster();
+        let base = key::base(&self.prefix, &self.client_id, tagged);
+        let keys = key::grant_keys(&base, &self.grant, tagged);
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                client,
+                target,
                 connection: OnceCell::new(),
                 base,
                 keys,
                 token_ttl: self.token_ttl,
                 lock_ttl: self.lock_ttl,
                 command_timeout: self.command_timeout,
+                replicas: self.replicas,
+                replica_timeout: self.replica_timeout,
                 cipher: self.key.map(|k| XChaCha20Poly1305::new(&k.into())),
             }),
         })
@@ -295,16 +307,19 @@ impl RedisStore {
             .transpose()
     }
 
-    /// Writes the token set under `keys`, unfenced.
+    /// Writes the token set under `keys`, unfenced (acknowledged by the configured replicas).
     async fn save_at(&self, keys: &Keys, tokens: &TokenSet) -> Result<(), BoxError> {
         let value = self.seal(tokens, &keys.tokens)?;
         let mut connection = self.connection().await?;
-        redis::cmd("SET")
-            .arg(&keys.tokens)
+        let mut set = redis::cmd("SET");
+        set.arg(&keys.tokens)
             .arg(value)
             .arg("PX")
-            .arg(millis(self.inner.token_ttl))
-            .query_async::<()>(&mut connection)
+            .arg(millis(self.inner.token_ttl));
+        if self.inner.replicas > 0 {
+            return self.set_acked(&mut connection, set, &keys.tokens).await;
+        }
+        set.query_async::<()>(&mut connection)
             .await
             .map_err(|e| redis_error("SET", e))?;
         Ok(())
@@ -361,6 +376,8 @@ impl fmt::Debug for RedisStore {
             .field("lock_key", &self.inner.keys.lock)
             .field("token_ttl", &self.inner.token_ttl)
             .field("lock_ttl", &self.inner.lock_ttl)
+            .field("cluster", &self.inner.target.is_cluster())
+            .field("replicas", &self.inner.replicas)
             .field("encrypted", &self.inner.cipher.is_some())
             .finish_non_exhaustive()
     }
@@ -374,6 +391,8 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("prefix", &self.prefix)
             .field("token_ttl", &self.token_ttl)
             .field("lock_ttl", &self.lock_ttl)
+            .field("cluster", &self.cluster_nodes.is_some())
+            .field("replicas", &self.replicas)
             .field("encrypted", &self.key.is_some())
             .finish_non_exhaustive()
     }
