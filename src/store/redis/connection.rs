@@ -14,7 +14,7 @@ pub(super) enum Target {
     Single(redis::Client),
     /// A Redis Cluster, reached through any of its nodes.
     #[cfg(feature = "redis-cluster")]
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// A connection to a [`Target`]; clones share it.
@@ -123,7 +123,7 @@ impl super::RedisStoreBuilder {
             }
             // A URL may hold a password: never echo it.
             return cluster_client(nodes, self.command_timeout)
-                .map(Target::Cluster)
+                .map(|client| Target::Cluster(Box::new(client)))
                 .map_err(|e| {
                     AuthError::config(format!("a Redis cluster URL is invalid ({:?})", e.kind()))
                 });

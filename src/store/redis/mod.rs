@@ -75,8 +75,62 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 ///   the lock — that is how rotating grants die.
 /// - Optional at-rest encryption ([`RedisStoreBuilder::encryption_key`]): XChaCha20-Poly1305 with a
 ///   random nonce per save, the Redis key as associated data.
-/// - The lock and the token set are two keys used in one script: Redis Cluster needs both in one
-///   slot, e.g. a prefix with a hash tag (`{nifty-auth}`).
+/// - The lock and the token set are two keys used in one script: on Redis Cluster both must sit in
+///   one slot. Use [`RedisStore::cluster_builder`] (feature `redis-cluster`), which tags each
+///   grant's keys; see [Redis Cluster](#redis-cluster).
+///
+/// # Redis Cluster
+///
+/// [`RedisStore::cluster_builder`] (feature `redis-cluster`) speaks to a Redis Cluster through
+/// redis-rs's cluster client, which sends each command to the master of its key's slot and follows
+/// `MOVED` / `ASK` and topology changes (a failover, a resharding) by itself.
+///
+/// - Keys are `<prefix>:{<client id>:<grant>}:tokens` and `<prefix>:{<client id>:<grant>}:lock`:
+///   the hash tag (between the braces) is the escaped client id and grant, with `{` and `}` escaped
+///   too (`%7B`, `%7D`). A grant's two keys share a slot (the lock and fenced-save scripts need
+///   that) and different grants spread over all slots, so over all masters. A prefix holding `{`
+///   or `}` is refused: the store makes its own tag.
+/// - Single-server stores ([`RedisStore::builder`]) keep the layout above, without braces: their
+///   keys do not change. A deployment that reached a cluster through one node with a hash-tag
+///   prefix (`{nifty-auth}`, all grants in one slot) moves by copying each grant once, with no
+///   process refreshing: `cluster.save_grant(&id, &old.load_grant(&id).await?.unwrap())`.
+/// - A pipeline's redirect (`MOVED` right after a failover) is answered in-band, where the client
+///   does not follow it: the store then sends one plain command for the key (which the client
+///   follows, learning the new owner) and tries once more; otherwise the call fails and the token
+///   manager retries it.
+/// - Run the cluster with `cluster-require-full-coverage no`, or a shard that is down stops every
+///   shard.
+///
+/// # Replicated Redis
+///
+/// Redis replicates asynchronously. With [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas)
+/// (`n` replicas, a timeout `t`; 1 replica by default on a cluster, none on one server) every save
+/// of a token set and every refresh lock taken is followed by `WAIT n t`, in one pipeline on the
+/// connection that made the write, so the count is of replicas holding *that* write. Fewer than `n`
+/// in time: the save fails (the token manager keeps the rotated tokens unused, with the lock held,
+/// and its rescue retries the save), the lock attempt fails after releasing the lock.
+///
+/// What remains open, exactly:
+/// - `WAIT` counts replicas that *received* the write, not ones that wrote it to disk: a master
+///   and all of its acknowledging replicas lost together (one power cut) lose it.
+/// - Redis promotes the replica with the most data it sees; with `n` smaller than the number of
+///   replicas, a replica that did not acknowledge can still be promoted (Redis Cluster prefers the
+///   one with the largest replication offset, but does not guarantee it). `WAIT` does not make
+///   Redis strongly consistent.
+/// - A save that was not acknowledged in time is still on the master and may reach replicas later:
+///   other processes can read it (harmless: it is the newest token set), and the rescue writes it
+///   again until it is acknowledged.
+/// - The lock's lease keeps running during a failover: a holder whose rotated tokens are waiting
+///   for a save must get them saved (on the promoted replica, acknowledged by *its* replica)
+///   within the lease, or another process takes the lock and refreshes with the older refresh
+///   token. After a master dies its shard has one replica fewer: with `n` = 1 and one replica per
+///   master, saves on that shard fail until the old master returns as a replica. Keep the lease
+///   (default 10 s) well above your failover time plus the time a replacement replica takes to
+///   sync, or run two replicas per master.
+/// - `WAIT` blocks the store's connection to that node for up to `t` when replicas lag (commands of
+///   other grants on that node queue behind it): keep `t` short (default
+///   [`DEFAULT_REDIS_REPLICA_TIMEOUT`], 500 ms) and below the command timeout (enforced).
+/// - The window no lock can close (below) stays.
 ///
 /// # Many grants
 ///
