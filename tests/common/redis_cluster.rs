@@ -50,11 +50,20 @@ fn installed(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A port `p` with `p` and its cluster bus port `p + 10000` both free.
-fn free_port_pair(taken: &[u16]) -> u16 {
+/// Ports handed out to the clusters of this test process (each test starts its own cluster, and
+/// tests run in parallel).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A port `p` with `p` and its cluster bus port `p + 10000` both free, never handed out before in
+/// this process (nor its bus port).
+fn free_port_pair() -> u16 {
     loop {
         let port = 20_000 + fastrand::u16(..30_000);
-        if taken.contains(&port) {
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if handed_out
+            .iter()
+            .any(|&p| p.abs_diff(port) == 0 || p.abs_diff(port) == 10_000)
+        {
             continue;
         }
         if let (Ok(a), Ok(b)) = (
@@ -62,6 +71,7 @@ fn free_port_pair(taken: &[u16]) -> u16 {
             TcpListener::bind(("127.0.0.1", port + 10_000)),
         ) {
             drop((a, b));
+            handed_out.push(port);
             return port;
         }
     }
@@ -98,8 +108,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut ports = Vec::new();
         for _ in 0..6 {
-            let port = free_port_pair(&ports);
-            ports.push(port);
+            ports.push(free_port_pair());
         }
         let nodes = ports
             .iter()
@@ -156,7 +165,7 @@ impl RedisCluster {
         let port = node.port;
         poll(
             &format!("redis-server on port {port}"),
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || TcpStream::connect(("127.0.0.1", port)).ok(),
         );
     }

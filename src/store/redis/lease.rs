@@ -35,7 +35,7 @@ return 0
 });
 
 /// Extends the lease only if this owner still holds it: 1 extended, 0 gone or someone else's.
-static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -65,6 +65,9 @@ pub(super) struct Lease {
     owner: String,
     /// Set when the watchdog or the fence found the lock gone or taken by someone else.
     lost: Arc<AtomicBool>,
+    /// Set while the last save under this lease failed (other than by the fence): its release
+    /// hands the lock over instead of deleting it (see `handover.rs`).
+    unsaved: Arc<AtomicBool>,
 }
 
 /// Aborts the watchdog task when dropped: with the lock's release, or with the lock itself.
@@ -92,6 +95,9 @@ impl RedisStore {
         let wait = max_hold
             .saturating_add(inner.lock_ttl)
             .saturating_add(WAIT_SLACK);
+        if let Some(lock) = self.take_back(keys, &runtime).await? {
+            return Ok(lock);
+        }
         let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
             let mut connection = self.connection().await?;
@@ -124,7 +130,7 @@ impl RedisStore {
     }
 
     /// Starts the watchdog for a lock just taken and wraps both in a [`StoreLock`].
-    fn hold(
+    pub(super) fn hold(
         &self,
         runtime: &tokio::runtime::Handle,
         connection: Connection,
@@ -139,15 +145,22 @@ impl RedisStore {
             self.inner.lock_ttl,
             Arc::clone(&lost),
         )));
+        let unsaved = Arc::new(AtomicBool::new(false));
         let lease = Lease {
             lock_key: key.clone(),
             owner: owner.clone(),
-            lost,
+            lost: Arc::clone(&lost),
+            unsaved: Arc::clone(&unsaved),
         };
+        let store = self.clone();
         // Dropping the release closure unrun (no runtime left) drops the watchdog too: it stops.
         StoreLock::new(move || async move {
             drop(watchdog);
-            release(connection, key, owner).await;
+            if unsaved.load(Ordering::Acquire) && !lost.load(Ordering::Acquire) {
+                store.hand_over(key, owner);
+            } else {
+                release(connection, key, owner).await;
+            }
         })
         .with_data(lease)
     }
@@ -182,15 +195,34 @@ impl RedisStore {
         tokens: &TokenSet,
         lease: &Lease,
     ) -> Result<(), BoxError> {
-        let inner = &self.inner;
         if lease.lost.load(Ordering::Acquire) {
             return Err(lost(&keys.lock));
         }
+        // Unsaved until Redis says it saved.
+        lease.unsaved.store(true, Ordering::Release);
         let value = self.seal(tokens, &keys.tokens)?;
+        let saved = self.fenced_set(keys, lease, value).await?;
+        if saved != 1 {
+            lease.lost.store(true, Ordering::Release);
+            return Err(lost(&keys.lock));
+        }
+        lease.unsaved.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// The fenced `SET` (acknowledged by the replicas if configured): 1 saved, 0 the lock is not
+    /// this lease's.
+    async fn fenced_set(
+        &self,
+        keys: &Keys,
+        lease: &Lease,
+        value: Vec<u8>,
+    ) -> Result<i64, BoxError> {
+        let inner = &self.inner;
         let mut connection = self.connection().await?;
-        let saved: i64 = if inner.replicas > 0 {
+        if inner.replicas > 0 {
             self.fenced_set_acked(&mut connection, keys, &lease.owner, value)
-                .await?
+                .await
         } else {
             FENCED_SET
                 .key(&keys.lock)
@@ -200,13 +232,8 @@ impl RedisStore {
                 .arg(millis(inner.token_ttl))
                 .invoke_async(&mut connection)
                 .await
-                .map_err(|e| redis_error("fenced SET", e))?
-        };
-        if saved != 1 {
-            lease.lost.store(true, Ordering::Release);
-            return Err(lost(&keys.lock));
+                .map_err(|e| redis_error("fenced SET", e))
         }
-        Ok(())
     }
 }
 

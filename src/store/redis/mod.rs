@@ -22,6 +22,7 @@ mod cluster;
 mod connection;
 mod durable;
 mod grant;
+mod handover;
 mod key;
 mod lease;
 mod seal;
@@ -191,6 +192,8 @@ struct Inner {
     /// Replicas that must acknowledge each write (0: no `WAIT`), and the `WAIT` timeout.
     replicas: u32,
     replica_timeout: Duration,
+    /// Locks kept across a failed save, by lock key: their owner tokens (see `handover.rs`).
+    handover: parking_lot::Mutex<std::collections::HashMap<String, String>>,
     cipher: Option<XChaCha20Poly1305>,
 }
 
@@ -332,6 +335,7 @@ impl RedisStoreBuilder {
                 command_timeout: self.command_timeout,
                 replicas: self.replicas,
                 replica_timeout: self.replica_timeout,
+                handover: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 cipher: self.key.map(|k| XChaCha20Poly1305::new(&k.into())),
             }),
         })
