@@ -512,7 +512,8 @@ impl TokenManager {
             span.record("duration_ms", started.elapsed().as_millis() as u64);
             span.record("outcome", if result.is_ok() { "ok" } else { "failed" });
         }
-        let _ = started;
+        self.counters()
+            .refresh_finished(started.elapsed(), result.is_ok());
         result
     }
 
