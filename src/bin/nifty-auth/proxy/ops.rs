@@ -1,0 +1,182 @@
+//! Operations: `/_nifty/healthz`, `/_nifty/readyz`, `/_nifty/metrics` (Prometheus text), the
+//! proxy's own metrics, and the one log line per request.
+//!
+//! The library reports token calls, refreshes and their latency through the `metrics` facade
+//! (feature `metrics`); the proxy installs the Prometheus recorder that collects them with its own:
+//!
+//! - `nifty_proxy_requests_total{status, grant_class}`: requests answered, by status and class of
+//!   grant (`profile`, `grant`, `missing`, `unknown`, `reauthorization_required`, `none`);
+//! - `nifty_proxy_upstream_duration_seconds`: from sending upstream to the API's answer head
+//!   (token waits and the 401 retry included);
+//! - `nifty_proxy_requests_in_flight`, `nifty_proxy_connections`: gauges.
+
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::errors::{self, GrantClass};
+use super::forward::{Outcome, Proxy, GRANT_HEADER};
+use super::upstream::{Mode, ReadyError};
+use crate::failure::Failure;
+
+const REQUESTS: &str = "nifty_proxy_requests_total";
+const UPSTREAM_DURATION: &str = "nifty_proxy_upstream_duration_seconds";
+const IN_FLIGHT: &str = "nifty_proxy_requests_in_flight";
+pub(crate) const CONNECTIONS: &str = "nifty_proxy_connections";
+
+/// Histogram buckets (seconds), from a cached-token answer on loopback to a slow refresh.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The Prometheus recorder's handle.
+pub(crate) struct Metrics {
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    /// Installs the Prometheus recorder as the process's `metrics` recorder.
+    pub(crate) fn install() -> Result<Self, Failure> {
+        let handle = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .and_then(PrometheusBuilder::install_recorder)
+            .map_err(|e| Failure::unavailable("cannot set up the metrics", e))?;
+        nifty_auth::metrics::describe();
+        describe_counter!(REQUESTS, "Requests answered, by status and grant class.");
+        describe_histogram!(
+            UPSTREAM_DURATION,
+            Unit::Seconds,
+            "From sending a request upstream to the API's answer head (token waits included)."
+        );
+        describe_gauge!(IN_FLIGHT, "Requests being handled.");
+        describe_gauge!(CONNECTIONS, "Client connections open.");
+        Ok(Metrics { handle })
+    }
+
+    pub(crate) fn request_started(&self) {
+        gauge!(IN_FLIGHT).increment(1.0);
+    }
+
+    pub(crate) fn request_finished(&self, outcome: &Outcome) {
+        gauge!(IN_FLIGHT).decrement(1.0);
+        let status = outcome.response.status().as_str().to_owned();
+        counter!(REQUESTS, "status" => status, "grant_class" => outcome.class.label()).increment(1);
+        if let Some(took) = outcome.upstream {
+            histogram!(UPSTREAM_DURATION).record(took.as_secs_f64());
+        }
+    }
+
+    fn render(&self, proxy: &Proxy) -> String {
+        if let Mode::Grants { grants, .. } = &proxy.upstream.mode {
+            nifty_auth::metrics::record_grants(grants);
+        }
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// One of the proxy's own pages (`GET` or `HEAD` only).
+pub(crate) async fn page(proxy: &Proxy, page: &str, request: Request<Incoming>) -> Outcome {
+    let own = |response| Outcome {
+        response,
+        class: GrantClass::None,
+        grant: None,
+        upstream: None,
+    };
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return own(errors::json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the proxy's own pages answer GET only",
+            None,
+        ));
+    }
+    match page {
+        "healthz" => own(errors::json(StatusCode::OK, "ok", "alive", None)),
+        "readyz" => {
+            // Asking about one grant may start its refresh: only for key holders.
+            if request.headers().contains_key(GRANT_HEADER) {
+                if let Err(response) = proxy.authenticate(&request) {
+                    return own(response);
+                }
+            }
+            own(ready(proxy, &request).await)
+        }
+        "metrics" => {
+            if let Err(response) = proxy.authenticate(&request) {
+                return own(response);
+            }
+            let mut response = errors::json(StatusCode::OK, "", "", None);
+            *response.body_mut() = http_body_util::Either::Right(http_body_util::Full::new(
+                bytes::Bytes::from(proxy.metrics.render(proxy)),
+            ));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            own(response)
+        }
+        _ => own(errors::json(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the proxy's pages are /_nifty/healthz, /_nifty/readyz and /_nifty/metrics",
+            None,
+        )),
+    }
+}
+
+/// `200` when a token can be had (the profile's, or that of the grant a `Nifty-Grant` header
+/// names; without one, when the grants store answers), `503` with the reason otherwise.
+async fn ready(proxy: &Proxy, request: &Request<Incoming>) -> errors::ProxyResponse {
+    let grant = request
+        .headers()
+        .get(GRANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| nifty_auth::GrantId::new(id.trim()).ok());
+    match proxy.upstream.ready(grant.as_ref()).await {
+        Ok(()) => errors::json(StatusCode::OK, "ok", "a token can be had", grant.as_ref()),
+        Err(ReadyError::Auth(e)) => errors::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            if e.is_reauthorization_required() {
+                "reauthorization_required"
+            } else {
+                "token_unavailable"
+            },
+            &format!("no token can be had: {e}"),
+            grant.as_ref(),
+        ),
+        Err(ReadyError::Store(e)) => errors::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &format!("the grants store does not answer: {e}"),
+            None,
+        ),
+    }
+}
+
+/// Logs `nifty-auth proxy` events on stderr at level INFO (the library's warnings too).
+pub(crate) fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+/// The one log line of a request: method, path (never the query: it may hold data), status,
+/// latency, grant id. Never a header, so never a token or a key.
+pub(crate) fn log_request(method: &Method, path: &str, outcome: &Outcome, took: Duration) {
+    tracing::info!(
+        target: "nifty_auth::proxy",
+        method = %method,
+        path = %path.escape_debug(),
+        status = outcome.response.status().as_u16(),
+        latency_ms = %format_args!("{:.3}", took.as_secs_f64() * 1000.0),
+        grant = outcome.grant.as_ref().map_or("-", |g| g.as_str()),
+        "request"
+    );
+}
