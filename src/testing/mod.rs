@@ -181,6 +181,8 @@ pub struct RecordedApiRequest {
     pub path: String,
     /// The `Authorization` header, if present and visible ASCII.
     pub authorization: Option<String>,
+    /// Every header of the request, as received.
+    pub headers: http::HeaderMap,
     /// The complete request body.
     pub body: Bytes,
     /// The status code the fake answered with.

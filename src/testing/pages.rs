@@ -148,6 +148,7 @@ impl Inner {
             method: parts.method,
             path,
             authorization,
+            headers: parts.headers,
             body,
             status: response.status().as_u16(),
             grant,

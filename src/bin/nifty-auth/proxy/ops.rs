@@ -150,6 +150,13 @@ async fn ready(proxy: &Proxy, request: &Request<Incoming>) -> errors::ProxyRespo
             &format!("no token can be had: {e}"),
             grant.as_ref(),
         ),
+        Err(ReadyError::Refused) => errors::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reauthorization_required",
+            "the token endpoint refused the profile's grant or the client for good (see the log): \
+             run `nifty-auth login` (or fix the client credentials) and restart the proxy",
+            None,
+        ),
         Err(ReadyError::Store(e)) => errors::json(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -176,7 +183,7 @@ pub(crate) fn log_request(method: &Method, path: &str, outcome: &Outcome, took: 
         path = %path.escape_debug(),
         status = outcome.response.status().as_u16(),
         latency_ms = %format_args!("{:.3}", took.as_secs_f64() * 1000.0),
-        grant = outcome.grant.as_ref().map_or("-", |g| g.as_str()),
+        grant = %outcome.grant.as_ref().map_or("-", |g| g.as_str()),
         "request"
     );
 }

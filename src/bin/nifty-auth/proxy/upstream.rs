@@ -81,11 +81,14 @@ impl Upstream {
     /// the store answers.
     pub(crate) async fn ready(&self, grant: Option<&GrantId>) -> Result<(), ReadyError> {
         match (&self.mode, grant) {
-            (Mode::Single(auth), _) => auth
-                .access_token()
-                .await
-                .map(drop)
-                .map_err(ReadyError::Auth),
+            (Mode::Single(auth), _) => {
+                // A refusal for good latches the grant: its cached token may still look valid, but
+                // no new one will come until it is authorized again.
+                if auth.stats().token_calls_failed_terminal > 0 {
+                    return Err(ReadyError::Refused);
+                }
+                auth.access_token().await.map(drop).map_err(ReadyError::Auth)
+            }
             (Mode::Grants { grants, .. }, Some(grant)) => grants
                 .access_token(grant)
                 .await
@@ -116,6 +119,8 @@ impl Upstream {
 #[derive(Debug)]
 pub(crate) enum ReadyError {
     Auth(AuthError),
+    /// The token endpoint refused the grant or the client for good (`invalid_grant`, 401, 403).
+    Refused,
     Store(BoxError),
 }
 
