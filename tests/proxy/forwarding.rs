@@ -193,9 +193,11 @@ async fn sigterm_during_a_slow_request_stops_accepting_and_lets_it_complete() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+    proxy.wait_for_log("nifty-auth proxy: stopped").await;
+    let log = proxy.log();
     assert!(
-        proxy.log().contains("nifty-auth proxy: stopped"),
-        "{}",
-        proxy.log()
+        log.lines().any(|l| l == "nifty-auth proxy: stopped"),
+        "{log}"
     );
+    assert!(!log.contains("still in flight"), "{log}");
 }

@@ -87,7 +87,10 @@ impl Upstream {
                 if auth.stats().token_calls_failed_terminal > 0 {
                     return Err(ReadyError::Refused);
                 }
-                auth.access_token().await.map(drop).map_err(ReadyError::Auth)
+                auth.access_token()
+                    .await
+                    .map(drop)
+                    .map_err(ReadyError::Auth)
             }
             (Mode::Grants { grants, .. }, Some(grant)) => grants
                 .access_token(grant)
