@@ -160,9 +160,10 @@ pub(crate) struct TokenCallTimer {
     started: std::time::Instant,
 }
 
-#[cfg(feature = "metrics")]
 impl Drop for TokenCallTimer {
+    #[inline]
     fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
         crate::metrics::token_call_ended(self.started.elapsed());
     }
 }

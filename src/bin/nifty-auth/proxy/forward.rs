@@ -43,6 +43,9 @@ pub(crate) struct Proxy {
     pub(crate) metrics: Metrics,
 }
 
+/// A request refused before it was forwarded: the answer (boxed: the rare path).
+pub(crate) type Refusal = Box<ProxyResponse>;
+
 /// What the request log and the metrics say about one request.
 pub(crate) struct Outcome {
     pub(crate) response: ProxyResponse,
@@ -78,7 +81,7 @@ impl Proxy {
 
     async fn route(&self, request: Request<Incoming>) -> Outcome {
         if let Err(response) = self.check_destination(&request) {
-            return Outcome::own(response, GrantClass::None);
+            return Outcome::own(*response, GrantClass::None);
         }
         let path = request.uri().path();
         if let Some(page) = path.strip_prefix(OPS_PREFIX) {
@@ -86,20 +89,20 @@ impl Proxy {
             return ops::page(self, &page, request).await;
         }
         if let Err(response) = self.authenticate(&request) {
-            return Outcome::own(response, GrantClass::None);
+            return Outcome::own(*response, GrantClass::None);
         }
         let grant = match &self.upstream.mode {
             Mode::Single(_) => None,
             Mode::Grants { .. } => match grant_of(request.headers()) {
                 Ok(grant) => Some(grant),
-                Err(response) => return Outcome::own(response, GrantClass::Missing),
+                Err(response) => return Outcome::own(*response, GrantClass::Missing),
             },
         };
         self.forward(request, grant).await
     }
 
     /// On TCP, the request must present the proxy key (`Authorization: Bearer <key>`).
-    pub(crate) fn authenticate<B>(&self, request: &Request<B>) -> Result<(), ProxyResponse> {
+    pub(crate) fn authenticate<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
         let Some(key) = &self.key else {
             return Ok(());
         };
@@ -107,13 +110,13 @@ impl Proxy {
         if key.accepts(presented.map(|v| v.as_bytes())) {
             Ok(())
         } else {
-            Err(errors::key_required(presented.is_some()))
+            Err(Box::new(errors::key_required(presented.is_some())))
         }
     }
 
     /// Only origin-form requests for this proxy's own host: no `CONNECT`, no absolute-form
     /// target, no `Host` naming another server.
-    pub(crate) fn check_destination<B>(&self, request: &Request<B>) -> Result<(), ProxyResponse> {
+    pub(crate) fn check_destination<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
         if request.method() == Method::CONNECT {
             let mut response = errors::json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -125,34 +128,34 @@ impl Proxy {
                 header::ALLOW,
                 http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
-            return Err(response);
+            return Err(Box::new(response));
         }
         let uri = request.uri();
         if uri.scheme().is_some() || uri.authority().is_some() || !uri.path().starts_with('/') {
-            return Err(errors::json(
+            return Err(Box::new(errors::json(
                 StatusCode::FORBIDDEN,
                 "destination_not_allowed",
                 "this proxy only reaches Nifty's API: send the path alone (origin-form), not a URL \
                  or another destination",
                 None,
-            ));
+            )));
         }
         let host = request.headers().get(HOST).and_then(|h| h.to_str().ok());
         let allowed = match &self.config.hosts {
             None => true,
             Some(hosts) => host.is_some_and(|host| {
                 let host = host.trim().to_ascii_lowercase();
-                hosts.iter().any(|h| *h == host)
+                hosts.contains(&host)
             }),
         };
         if !allowed {
-            return Err(errors::json(
+            return Err(Box::new(errors::json(
                 StatusCode::FORBIDDEN,
                 "host_not_allowed",
                 "the Host header does not name this proxy: it only reaches Nifty's API (see \
                  --allow-host)",
                 None,
-            ));
+            )));
         }
         Ok(())
     }
@@ -252,23 +255,23 @@ impl Proxy {
 }
 
 /// The grant named by the `Nifty-Grant` header, or the `400` saying what is wrong with it.
-fn grant_of(headers: &HeaderMap) -> Result<GrantId, ProxyResponse> {
+fn grant_of(headers: &HeaderMap) -> Result<GrantId, Refusal> {
     let mut values = headers.get_all(GRANT_HEADER).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(errors::json(
+        return Err(Box::new(errors::json(
             StatusCode::BAD_REQUEST,
             "grant_required",
             "name the grant with exactly one `Nifty-Grant: <id>` header",
             None,
-        ));
+        )));
     };
     let invalid = |why: String| {
-        errors::json(
+        Box::new(errors::json(
             StatusCode::BAD_REQUEST,
             "grant_invalid",
             &format!("the Nifty-Grant header is not a grant id: {why}"),
             None,
-        )
+        ))
     };
     let id = value
         .to_str()

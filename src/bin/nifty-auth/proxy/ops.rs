@@ -102,14 +102,14 @@ pub(crate) async fn page(proxy: &Proxy, page: &str, request: Request<Incoming>) 
             // Asking about one grant may start its refresh: only for key holders.
             if request.headers().contains_key(GRANT_HEADER) {
                 if let Err(response) = proxy.authenticate(&request) {
-                    return own(response);
+                    return own(*response);
                 }
             }
             own(ready(proxy, &request).await)
         }
         "metrics" => {
             if let Err(response) = proxy.authenticate(&request) {
-                return own(response);
+                return own(*response);
             }
             let mut response = errors::json(StatusCode::OK, "", "", None);
             *response.body_mut() = http_body_util::Either::Right(http_body_util::Full::new(
