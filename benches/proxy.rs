@@ -3,13 +3,13 @@
 //! Three processes per target, as in production: this load generator, the proxy (the real
 //! `nifty-auth proxy` binary, or this file re-executed as the floor), and a loopback upstream (this
 //! file re-executed) answering every request at once. For 1, 64 and 512 concurrent keep-alive
-//! connections, each target is driven for the same time, one after the other in the same run:
+//! connections, each target is driven for the same time, alternating, in the same run:
 //! throughput, p50 and p99 latency, and their ratios to the floor. Then the resident memory each
 //! proxy needs per idle client connection (VmRSS before and after opening 1,000, each after one
 //! request).
 //!
 //! `cargo bench --features cli --bench proxy` (`PROXY_BENCH_SECS` sets the seconds per measurement,
-//! default 4).
+//! default 4; `PROXY_BENCH_ROUNDS` the rounds, default 3: the targets alternate, medians reported).
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -274,6 +274,22 @@ struct Measurement {
     p99_us: f64,
 }
 
+impl Measurement {
+    /// The median of each figure over `rounds`.
+    fn median(rounds: &[Measurement]) -> Measurement {
+        let median = |figure: fn(&Measurement) -> f64| {
+            let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Measurement {
+            throughput: median(|m| m.throughput),
+            p50_us: median(|m| m.p50_us),
+            p99_us: median(|m| m.p99_us),
+        }
+    }
+}
+
 /// KiB of resident memory per idle client connection (each after one request).
 async fn idle_cost(process: &Process) -> f64 {
     let before = process.rss_kib();
@@ -294,6 +310,10 @@ fn bench() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4.0);
+    let rounds: usize = std::env::var("PROXY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -312,29 +332,34 @@ fn bench() {
         let proxy = spawn_nifty_proxy(upstream.addr, dir.path());
         let targets = [("floor (bare hyper)", &floor), ("nifty-auth proxy", &proxy)];
 
-        println!("proxy bench: {secs} s per measurement, {} cores", cores());
+        println!(
+            "proxy bench: {rounds} rounds × {secs} s per target and level (the two targets \
+             alternating, medians of the rounds), {} cores",
+            cores()
+        );
         println!(
             "| connections | target | requests/s | p50 | p99 | throughput ÷ floor | p99 ÷ floor |"
         );
         println!("|---|---|---|---|---|---|---|");
         for connections in LEVELS {
-            let mut floor_result: Option<Measurement> = None;
-            for (name, process) in targets {
-                let m = measure(process.addr, connections, secs).await;
-                let (throughput_ratio, p99_ratio) = match &floor_result {
-                    Some(f) => (
-                        format!("{:.2}", m.throughput / f.throughput),
-                        format!("{:.2}", m.p99_us / f.p99_us),
-                    ),
-                    None => ("1".to_owned(), "1".to_owned()),
-                };
-                println!(
-                    "| {connections} | {name} | {:.0} | {:.0} µs | {:.0} µs | {throughput_ratio} | {p99_ratio} |",
-                    m.throughput, m.p50_us, m.p99_us
-                );
-                if floor_result.is_none() {
-                    floor_result = Some(m);
+            let mut results: [Vec<Measurement>; 2] = [Vec::new(), Vec::new()];
+            for round in 0..rounds {
+                // Alternate the order, so neither target always runs on a warmer machine.
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for i in order {
+                    results[i].push(measure(targets[i].1.addr, connections, secs).await);
                 }
+            }
+            let [floor_m, proxy_m] = results.map(|rounds| Measurement::median(&rounds));
+            for ((name, _), m) in targets.iter().zip([&floor_m, &proxy_m]) {
+                println!(
+                    "| {connections} | {name} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.2} |",
+                    m.throughput,
+                    m.p50_us,
+                    m.p99_us,
+                    m.throughput / floor_m.throughput,
+                    m.p99_us / floor_m.p99_us
+                );
             }
         }
         println!();

@@ -182,3 +182,29 @@ async fn a_non_loopback_address_needs_the_explicit_flag() {
     let proxy = Proxy::spawn(command).await;
     assert!(proxy.url.starts_with("http://0.0.0.0:"), "{}", proxy.url);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_can_come_from_a_file_and_a_short_key_is_refused() {
+    let setup = Setup::new().await;
+    setup.logged_in().await;
+    let file = setup.dir.path().join("credential");
+    std::fs::write(&file, format!("{KEY}-from-file\n")).unwrap();
+    let mut command = setup.command(&["proxy", "--listen", "127.0.0.1:0"]);
+    command
+        .env_remove("NIFTY_PROXY_KEY")
+        .env("NIFTY_PROXY_KEY_FILE", &file);
+    let proxy = Proxy::spawn(command).await;
+    let url = format!("{}/api/v1.0/projects", proxy.url);
+    let header = format!("Authorization: Bearer {KEY}-from-file");
+    assert_eq!(curl(&["-H", &header, &url]).await.status, 200);
+    assert_eq!(curl_with_key(&[&url]).await.status, 401);
+
+    let output = setup
+        .command(&["proxy", "--listen", "127.0.0.1:0"])
+        .env("NIFTY_PROXY_KEY", "short")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("too short"));
+}

@@ -18,6 +18,9 @@ use crate::profile::Profile;
 
 /// The environment variable holding the proxy key.
 pub(crate) const KEY_ENV: &str = "NIFTY_PROXY_KEY";
+/// The environment variable naming a file that holds the proxy key (a systemd credential, a
+/// mounted Kubernetes secret); one trailing newline is ignored.
+pub(crate) const KEY_FILE_ENV: &str = "NIFTY_PROXY_KEY_FILE";
 /// The shortest key accepted from the environment.
 const MIN_KEY_BYTES: usize = 16;
 
@@ -39,22 +42,31 @@ impl ProxyKey {
         }
     }
 
-    /// The key from `NIFTY_PROXY_KEY`, or a new one written to `file` (default: beside the
-    /// profile's tokens) with mode 0600; prints where.
+    /// The key from `NIFTY_PROXY_KEY`, or from the file `NIFTY_PROXY_KEY_FILE` names, or a new
+    /// one written to `file` (default: beside the profile's tokens) with mode 0600; prints where.
     pub(crate) fn load_or_generate(
         file: Option<PathBuf>,
         profile: &Profile,
     ) -> Result<Self, Failure> {
         if let Some(key) = std::env::var_os(KEY_ENV).filter(|k| !k.is_empty()) {
-            let key = key.into_encoded_bytes();
-            if key.len() < MIN_KEY_BYTES {
-                return Err(Failure::usage(format!(
-                    "{KEY_ENV} is too short: use at least {MIN_KEY_BYTES} characters (e.g. \
-                     `openssl rand -base64 32`)"
-                )));
-            }
             eprintln!("nifty-auth proxy: clients authenticate with the key in {KEY_ENV}");
-            return Ok(ProxyKey::new(&key));
+            return Self::given(&key.into_encoded_bytes(), KEY_ENV);
+        }
+        if let Some(path) = std::env::var_os(KEY_FILE_ENV).filter(|k| !k.is_empty()) {
+            let path = PathBuf::from(path);
+            let bytes = fs::read(&path).map_err(|e| {
+                Failure::store(
+                    format_args!("cannot read {KEY_FILE_ENV} {}", path.display()),
+                    e,
+                )
+            })?;
+            let key = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+            let key = key.strip_suffix(b"\r").unwrap_or(key);
+            eprintln!(
+                "nifty-auth proxy: clients authenticate with the key in {}",
+                path.display()
+            );
+            return Self::given(key, KEY_FILE_ENV);
         }
         let path = match file {
             Some(path) => path,
@@ -81,6 +93,17 @@ impl ProxyKey {
             path.display()
         );
         Ok(ProxyKey::new(key.as_bytes()))
+    }
+
+    /// A key given by the operator, at least [`MIN_KEY_BYTES`] long.
+    fn given(key: &[u8], source: &str) -> Result<Self, Failure> {
+        if key.len() < MIN_KEY_BYTES {
+            return Err(Failure::usage(format!(
+                "the key in {source} is too short: use at least {MIN_KEY_BYTES} characters (e.g. \
+                 `openssl rand -base64 32`)"
+            )));
+        }
+        Ok(ProxyKey::new(key))
     }
 
     /// Whether the `Authorization` header value presents this key (`Bearer <key>`).
