@@ -105,7 +105,11 @@ type FloorClient = Client<hyper_util::client::legacy::connect::HttpConnector, In
 /// headers dropped; bodies streamed both ways.
 async fn floor(upstream: SocketAddr, request: Request<Incoming>) -> Response<BoxedBody> {
     static CLIENT: std::sync::OnceLock<FloorClient> = std::sync::OnceLock::new();
-    let client = CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http());
+    let client = CLIENT.get_or_init(|| {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        Client::builder(TokioExecutor::new()).build(http)
+    });
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = format!("http://{upstream}{path}").parse().unwrap();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use nifty_auth::{AuthError, BoxError, GrantId, GrantStore, NiftyAuth, NiftyGrants};
@@ -128,20 +129,18 @@ pub(crate) enum ReadyError {
 }
 
 /// The hyper-util client: https (rustls, webpki roots) or http, HTTP/1.1 and HTTP/2.
-fn client() -> Result<
-    Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        ProxyBody,
-    >,
-    Failure,
-> {
+fn client() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>, Failure> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    // Small API requests and answers: send each write at once.
+    http.set_nodelay(true);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
         .map_err(|e| Failure::unavailable("cannot set up TLS", e))?
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .build();
+        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
