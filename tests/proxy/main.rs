@@ -7,6 +7,6 @@ mod harness;
 mod forwarding;
 mod grants;
 mod operations;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 mod replicas;
 mod security;

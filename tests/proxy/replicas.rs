@@ -1,19 +1,28 @@
-//! Two proxy processes on one Redis grants store, 100 grants, a round-robin client: exactly one
-//! token call per grant per expiry, and no `invalid_grant`.
+//! Two proxy processes on one Redis (or PostgreSQL) grants store, 100 grants, a round-robin client:
+//! exactly one token call per grant per expiry, and no `invalid_grant`.
 
 use std::time::{Duration, SystemTime};
 
 use nifty_auth::testing::Grant;
-use nifty_auth::{GrantId, GrantStore as _, TokenSet};
+use nifty_auth::{GrantId, GrantStore, TokenSet};
 
 use crate::harness::*;
 
+#[cfg(feature = "redis")]
 #[path = "../redis/server.rs"]
 #[allow(
     dead_code,
-    reason = "the redis tests' harness, of which this uses a part"
+    reason = "the Redis tests' harness, of which this uses a part"
 )]
 mod redis_server;
+
+#[cfg(feature = "postgres")]
+#[path = "../postgres/server.rs"]
+#[allow(
+    dead_code,
+    reason = "the PostgreSQL tests' harness, of which this uses a part"
+)]
+mod postgres_server;
 
 const GRANTS: usize = 100;
 const REQUESTS_PER_GRANT: usize = 4;
@@ -37,6 +46,7 @@ with ThreadPoolExecutor(max_workers=48) as pool:
     print(json.dumps(list(pool.map(call, range(grants * per_grant)))))
 "#;
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_on_one_redis_make_one_token_call_per_grant_per_expiry() {
     let Some(redis) = redis_server::RedisServer::start() else {
@@ -44,6 +54,23 @@ async fn two_proxies_on_one_redis_make_one_token_call_per_grant_per_expiry() {
     };
     let setup = Setup::new().await;
     let store = redis_server::store(&redis, &setup.fake, "seed");
+    two_proxies_on_one_store(&setup, &store, &redis.url()).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_on_one_postgres_make_one_token_call_per_grant_per_expiry() {
+    let Some(postgres) = postgres_server::PgServer::start() else {
+        return;
+    };
+    let setup = Setup::new().await;
+    let store = postgres.store(CLIENT_ID).await;
+    two_proxies_on_one_store(&setup, &store, &postgres.url()).await;
+}
+
+/// Seeds 100 grants with expired access tokens into `store`, starts two proxies on `url`, and
+/// sends every grant's requests round robin, twice.
+async fn two_proxies_on_one_store(setup: &Setup, store: &dyn GrantStore, url: &str) {
     let mut fake_grants = Vec::new();
     for i in 0..GRANTS {
         let grant = setup.fake.new_grant();
@@ -56,8 +83,8 @@ async fn two_proxies_on_one_redis_make_one_token_call_per_grant_per_expiry() {
         store.save_grant(&id, &tokens).await.unwrap();
         fake_grants.push(grant);
     }
-    let a = setup.proxy(&["--grants-store", &redis.url()]).await;
-    let b = setup.proxy(&["--grants-store", &redis.url()]).await;
+    let a = setup.proxy(&["--grants-store", url]).await;
+    let b = setup.proxy(&["--grants-store", url]).await;
     let proxies = format!("{},{}", a.url, b.url);
     let (grants, per_grant) = (GRANTS.to_string(), REQUESTS_PER_GRANT.to_string());
 
