@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod failures;
 mod forwarding;
 mod grants;
 mod operations;
