@@ -13,7 +13,7 @@ use serde_json::json;
 pub(crate) type ProxyResponse = Response<Either<Incoming, Full<Bytes>>>;
 
 /// How a request was classed for the metrics (never a grant id: bounded label values).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum GrantClass {
     /// Not up to choosing a grant (rejected before, or an operations page).
     None,

@@ -10,14 +10,17 @@
 //!   (token waits and the 401 retry included);
 //! - `nifty_proxy_requests_in_flight`, `nifty_proxy_connections`: gauges.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
 
 use super::errors::{self, GrantClass};
 use super::forward::{Outcome, Proxy, GRANT_HEADER};
@@ -34,18 +37,35 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The Prometheus recorder's handle.
+/// How often the recorder's histograms are folded into their buckets between scrapes (samples
+/// wait in a queue until then: without it, memory would grow with every request).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The Prometheus recorder's handle, and the proxy's own metrics registered once (a request
+/// touches them without a registry lookup).
 pub(crate) struct Metrics {
     handle: PrometheusHandle,
+    in_flight: Gauge,
+    upstream: Histogram,
+    /// `nifty_proxy_requests_total` by status and grant class, registered on first use.
+    requests: RwLock<HashMap<(StatusCode, GrantClass), Counter>>,
 }
 
 impl Metrics {
-    /// Installs the Prometheus recorder as the process's `metrics` recorder.
+    /// Installs the Prometheus recorder as the process's `metrics` recorder, and runs its upkeep.
     pub(crate) fn install() -> Result<Self, Failure> {
         let handle = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
             .and_then(PrometheusBuilder::install_recorder)
             .map_err(|e| Failure::unavailable("cannot set up the metrics", e))?;
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         nifty_auth::metrics::describe();
         describe_counter!(REQUESTS, "Requests answered, by status and grant class.");
         describe_histogram!(
@@ -55,19 +75,33 @@ impl Metrics {
         );
         describe_gauge!(IN_FLIGHT, "Requests being handled.");
         describe_gauge!(CONNECTIONS, "Client connections open.");
-        Ok(Metrics { handle })
+        Ok(Metrics {
+            handle,
+            in_flight: gauge!(IN_FLIGHT),
+            upstream: histogram!(UPSTREAM_DURATION),
+            requests: RwLock::new(HashMap::new()),
+        })
     }
 
     pub(crate) fn request_started(&self) {
-        gauge!(IN_FLIGHT).increment(1.0);
+        self.in_flight.increment(1.0);
     }
 
     pub(crate) fn request_finished(&self, outcome: &Outcome) {
-        gauge!(IN_FLIGHT).decrement(1.0);
-        let status = outcome.response.status().as_str().to_owned();
-        counter!(REQUESTS, "status" => status, "grant_class" => outcome.class.label()).increment(1);
+        self.in_flight.decrement(1.0);
+        let key = (outcome.response.status(), outcome.class);
+        let counted = self.requests.read().get(&key).map(|c| c.increment(1));
+        if counted.is_none() {
+            let counter = counter!(
+                REQUESTS,
+                "status" => key.0.as_str().to_owned(),
+                "grant_class" => key.1.label()
+            );
+            counter.increment(1);
+            self.requests.write().insert(key, counter);
+        }
         if let Some(took) = outcome.upstream {
-            histogram!(UPSTREAM_DURATION).record(took.as_secs_f64());
+            self.upstream.record(took.as_secs_f64());
         }
     }
 
