@@ -63,8 +63,9 @@ pub(crate) struct ProxyArgs {
     /// listening address and `localhost` are always accepted. Repeatable.
     #[arg(long = "allow-host", value_name = "HOST")]
     allow_hosts: Vec<String>,
-    /// Where a generated proxy key is written (mode 0600) when NIFTY_PROXY_KEY is not set
-    /// [default: beside the profile's tokens, `<profile>.proxy-key`].
+    /// Where a generated proxy key is written (mode 0600) when neither NIFTY_PROXY_KEY nor
+    /// NIFTY_PROXY_KEY_FILE gives one [default: beside the profile's tokens,
+    /// `<profile>.proxy-key`]. A new key is generated at each start.
     #[arg(long, value_name = "PATH")]
     key_file: Option<PathBuf>,
     /// At most this many client connections at once; more wait to be accepted.
