@@ -342,9 +342,9 @@ fn bench() {
             cores()
         );
         println!(
-            "| connections | target | requests/s | p50 | p99 | throughput ÷ floor | p99 ÷ floor |"
+            "| connections | target | requests/s | p50 | p99 | throughput ÷ floor | p50 ÷ floor | p99 ÷ floor |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|");
         for connections in LEVELS {
             let mut results: [Vec<Measurement>; 2] = [Vec::new(), Vec::new()];
             for round in 0..rounds {
@@ -357,11 +357,12 @@ fn bench() {
             let [floor_m, proxy_m] = results.map(|rounds| Measurement::median(&rounds));
             for ((name, _), m) in targets.iter().zip([&floor_m, &proxy_m]) {
                 println!(
-                    "| {connections} | {name} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.2} |",
+                    "| {connections} | {name} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:.2} |",
                     m.throughput,
                     m.p50_us,
                     m.p99_us,
                     m.throughput / floor_m.throughput,
+                    m.p50_us / floor_m.p50_us,
                     m.p99_us / floor_m.p99_us
                 );
             }
