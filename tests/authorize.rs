@@ -251,13 +251,11 @@ async fn a_thousand_idle_connections_and_a_100_kib_header_do_not_keep_the_callba
     );
     assert!(!waiting.is_finished());
 
-    let started = std::time::Instant::now();
     let (status, _) = tokio::time::timeout(Duration::from_secs(5), browse(&request.url()))
         .await
         .expect("the callback was kept out");
     assert_eq!(status, StatusCode::OK);
     assert!(waiting.await.unwrap().unwrap().starts_with("code-"));
-    assert!(started.elapsed() < Duration::from_secs(5));
     drop(idle);
 }
 
