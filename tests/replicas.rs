@@ -224,14 +224,24 @@ async fn a_deleted_token_file_stays_deleted_while_a_server_runs() {
         "the removed grant's token is forgotten"
     );
 
-    // Logging in again brings it back.
+    // Logging in again (another process writes the file) brings it back: the latched grant's
+    // callers fail fast, and have the store re-read at most once a second, until they find it.
     let tokens =
         TokenSet::new(fake.issue_access_token(None)).with_refresh_token(fake.issue_refresh_token());
     FileStore::new(&path).save(&tokens).await.unwrap();
-    assert_eq!(
-        send(&svc, get(fake.api_url("/projects"))).await.unwrap().0,
-        StatusCode::OK
-    );
+    let mut removed_answers = 0;
+    let status = loop {
+        match send(&svc, get(fake.api_url("/projects"))).await {
+            Ok((status, _)) => break status,
+            Err(err) => {
+                assert!(auth_error(&err).is_grant_removed(), "{err:?}");
+                removed_answers += 1;
+                assert!(removed_answers < 1_000, "the new tokens were never picked up");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.token_calls(), 1, "the new tokens were adopted");
     assert_eq!(fake.invalid_grants_served(), 0);
 }
@@ -364,8 +374,10 @@ async fn a_refresh_storm_over_a_file_directory_keeps_a_lock_file_open_only_per_r
     assert!(fake.max_token_calls_in_flight() <= MAX_CALLS);
     let most_open = most_open.load(Ordering::SeqCst);
     eprintln!("at most {most_open} lock files open at once");
+    // + 2: listing /proc/self/fd is not atomic, so one refresh's lock file closing and the next
+    // one's opening may both be seen in one listing.
     assert!(
-        most_open <= MAX_CALLS,
+        most_open <= MAX_CALLS + 2,
         "{most_open} lock files open at once: only a refresh holding a token-call slot may hold one"
     );
     assert_eq!(fake.invalid_grants_served(), 0);

@@ -103,6 +103,54 @@ pub(crate) enum Unauthorized {
     GiveUp,
 }
 
+/// A latched terminal error. Tokens supplied here lift it; so do tokens found in the store, for the
+/// errors a re-authorization cures: the store is re-read at most every [`LATCH_RECHECK`] (by a
+/// caller, never in the background), so a grant re-authorized through another process (or by
+/// `nifty-auth login`) is picked up without a token call while it is still dead.
+pub(crate) struct Latched {
+    pub(crate) error: AuthError,
+    pub(crate) refused: Refused,
+    /// No store re-read before this.
+    recheck_at: Instant,
+}
+
+/// What a latch was refused with: what stored tokens must differ from to lift it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The endpoint refused this refresh token (its fingerprint): stored tokens with another one
+    /// are a re-authorization.
+    RefreshToken(u64),
+    /// The grant was removed: any stored tokens are a re-authorization.
+    Removed,
+    /// The client itself was refused (401 `invalid_client`, 403): no stored token cures that.
+    Client,
+}
+
+impl Latched {
+    pub(crate) fn new(error: AuthError, refused: Refused) -> Self {
+        Latched {
+            error,
+            refused,
+            recheck_at: instant_after(Instant::now(), LATCH_RECHECK),
+        }
+    }
+
+    /// Whether `stored` (what the store holds now) lifts this latch.
+    fn lifted_by(&self, stored: Option<&TokenSet>) -> bool {
+        let Some(stored) = stored else { return false };
+        match self.refused {
+            Refused::RefreshToken(refused) => {
+                stored.refresh_token().map(fingerprint) != Some(refused)
+            }
+            Refused::Removed => true,
+            Refused::Client => false,
+        }
+    }
+}
+
+/// How often a latched grant's callers may have the store re-read (see [`Latched`]).
+const LATCH_RECHECK: Duration = Duration::from_secs(1);
+
 /// Tokens whose save failed: saved before anything else, under `lock` if it is still held.
 struct Pending {
     tokens: TokenSet,
@@ -127,9 +175,9 @@ struct State {
     /// A fingerprint of the refresh token this manager's last refresh replaced (0: none). A store
     /// that holds it again has lost a save: the tokens in memory are newer.
     replaced: u64,
-    /// A terminal error (invalid_grant, 401, 403 from the endpoint): no token call until new tokens.
-    /// (Rare, so boxed: an idle grant of many keeps its state small.)
-    terminal: Option<Box<AuthError>>,
+    /// A terminal error (invalid_grant, 401, 403 from the endpoint; a removed grant): no token call
+    /// until new tokens. (Rare, so boxed: an idle grant of many keeps its state small.)
+    terminal: Option<Box<Latched>>,
     /// Tokens obtained (a rotation, a re-authorization) whose save failed.
     pending: Option<Box<Pending>>,
     /// No background refresh before this instant (after a failed one; rare, so boxed).
@@ -190,7 +238,7 @@ impl std::fmt::Debug for TokenManager {
             .field("cache", &self.cache)
             .field("endpoint", &self.policy.endpoint)
             .field("refreshing", &state.in_flight.is_some())
-            .field("terminal", &state.terminal)
+            .field("terminal", &state.terminal.as_ref().map(|l| &l.error))
             .field("unsaved_tokens", &state.pending.is_some())
             .finish_non_exhaustive()
     }
@@ -270,7 +318,9 @@ impl TokenManager {
     pub(crate) fn new(parts: ManagerParts) -> Self {
         // A grant known to need re-authorization (e.g. before it was evicted) starts latched.
         let terminal = match (&parts.grant, &parts.policy.latches) {
-            (Some(grant), Some(latches)) => latches.error_for(grant),
+            (Some(grant), Some(latches)) => latches
+                .error_for(grant)
+                .map(|(error, refused)| Latched::new(error, refused)),
             _ => None,
         };
         TokenManager {
@@ -310,10 +360,14 @@ impl TokenManager {
     }
 
     /// Latches a terminal error and reports it.
-    fn latch(&self, error: &AuthError) {
-        self.state.lock().terminal = Some(Box::new(error.clone()));
+    fn latch(&self, error: &AuthError, refused: Refused) {
+        self.state.lock().terminal = Some(Box::new(Latched::new(error.clone(), refused)));
+        // A removed grant was removed on purpose (by another process): not one to re-authorize.
+        if refused == Refused::Removed {
+            return;
+        }
         if let (Some(grant), Some(latches)) = (&self.grant, &self.policy.latches) {
-            latches.latched(grant, error);
+            latches.latched(grant, error, refused);
         }
     }
 
@@ -335,7 +389,10 @@ impl TokenManager {
                 // Dropping the parked tokens releases a lock kept with them.
                 state.pending = None;
                 state.retired = true;
-                state.terminal = Some(Box::new(AuthError::GrantRemoved));
+                state.terminal = Some(Box::new(Latched::new(
+                    AuthError::GrantRemoved,
+                    Refused::Removed,
+                )));
             }
             manager.cache.clear();
             Ok(manager.cache.load())
@@ -467,9 +524,16 @@ impl TokenManager {
                 launch: None,
             });
         }
-        if let Some(error) = &state.terminal {
-            if state.pending.is_none() {
-                return Err(AuthError::clone(error));
+        let (pending, retired) = (state.pending.is_some(), state.retired);
+        if let Some(latched) = state.terminal.as_deref_mut() {
+            // Unsaved tokens are saved whatever the latch; otherwise a caller may have the store
+            // re-read now and then (a re-authorization elsewhere lifts the latch), else fails fast.
+            let now = Instant::now();
+            if !pending {
+                if retired || latched.refused == Refused::Client || now < latched.recheck_at {
+                    return Err(latched.error.clone());
+                }
+                latched.recheck_at = instant_after(now, LATCH_RECHECK);
             }
         }
         let ((id, flight), launch) = self.reserve(state, want)?;
@@ -605,15 +669,18 @@ impl TokenManager {
         };
         let result = self.refresh_locked(current, pending.clone(), &lock).await;
         if was_kept && result.is_err() && self.state.lock().pending.is_some() {
-            // The kept lock may have lapsed (a fenced store refuses every save under it): give it
-            // up and try once more under a new lock.
-            lock.release().await;
-            let lock = self.lock_store_or_rescue().await?;
-            let result = self.refresh_locked(current, pending, &lock).await;
-            self.settle(lock, false).await;
-            return result;
+            // The kept lock may have lapsed (a fenced store refuses every save under it). Try for a
+            // new one *while still holding it*: if it is still ours, the try fails at once and
+            // nothing changes hands — releasing it first would let another process in, to refresh
+            // with the refresh token the parked tokens replaced.
+            if let Ok(fresh) = self.try_lock_store().await {
+                lock.release().await;
+                let result = self.refresh_locked(current, pending, &fresh).await;
+                self.settle(fresh).await;
+                return result;
+            }
         }
-        self.settle(lock, was_kept).await;
+        self.settle(lock).await;
         result
     }
 
@@ -643,7 +710,25 @@ impl TokenManager {
         // 2. The store may hold newer tokens (another instance or process refreshed) — or none: the
         //    grant was removed — or older ones: the store lost this manager's last save.
         if refresh_token.is_none() {
-            match self.store_load().await.map_err(AuthError::store)? {
+            let stored = self.store_load().await.map_err(AuthError::store)?;
+            // A latched grant: only tokens stored by a re-authorization elsewhere lift the latch.
+            let latch = {
+                let mut state = self.state.lock();
+                match state.terminal.as_deref() {
+                    Some(latched) if !latched.lifted_by(stored.as_ref()) => {
+                        Some(latched.error.clone())
+                    }
+                    Some(_) => {
+                        self.lift(&mut state);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            if let Some(error) = latch {
+                return Err(error);
+            }
+            match stored {
                 None if self.state.lock().stored => return Err(self.removed()),
                 None => {}
                 Some(stored) => {
@@ -703,7 +788,12 @@ impl TokenManager {
             Ok(tokens) => tokens,
             Err(error) => {
                 if error.is_terminal() {
-                    self.latch(&error);
+                    let refused = if error.is_reauthorization_required() {
+                        Refused::RefreshToken(fingerprint(&refresh_token))
+                    } else {
+                        Refused::Client
+                    };
+                    self.latch(&error, refused);
                 }
                 return Err(error);
             }
@@ -724,6 +814,7 @@ impl TokenManager {
     fn removed(&self) -> AuthError {
         trace::warning!("the grant's stored tokens are gone: it was removed");
         self.cache.clear();
+        self.latch(&AuthError::GrantRemoved, Refused::Removed);
         AuthError::GrantRemoved
     }
 
@@ -779,11 +870,11 @@ impl TokenManager {
     /// After an attempt: while tokens wait unsaved, keep the store lock with them, so no other process
     /// refreshes with the refresh token they replaced, and make sure a rescue task retries the save
     /// (nobody else may call this process soon); otherwise release the lock.
-    async fn settle(self: &Arc<Self>, lock: StoreLock, was_kept: bool) {
+    async fn settle(self: &Arc<Self>, lock: StoreLock) {
         let release = {
             let mut state = self.state.lock();
             match state.pending.as_mut() {
-                Some(pending) if !was_kept && pending.lock.is_none() => {
+                Some(pending) if pending.lock.is_none() => {
                     pending.lock = Some(lock);
                     None
                 }
@@ -900,7 +991,6 @@ impl TokenManager {
             }));
             kept
         };
-        let was_kept = kept.is_some();
         let lock = match kept {
             Some(lock) => lock,
             None => self.lock_store_or_rescue().await?,
@@ -909,13 +999,22 @@ impl TokenManager {
             Ok(saved) => self.cache.publish(saved),
             Err(error) => Err(error),
         };
-        self.settle(lock, was_kept).await;
+        self.settle(lock).await;
         result
     }
 
     /// Takes the store's refresh lock, waiting at most as long as a refresh can take.
     async fn lock_store(&self) -> Result<StoreLock, AuthError> {
-        let max_hold = self.max_refresh_time();
+        self.lock_store_within(self.max_refresh_time()).await
+    }
+
+    /// Tries for the store's refresh lock without waiting for another holder (beyond the slack a
+    /// store adds to every wait).
+    async fn try_lock_store(&self) -> Result<StoreLock, AuthError> {
+        self.lock_store_within(Duration::ZERO).await
+    }
+
+    async fn lock_store_within(&self, max_hold: Duration) -> Result<StoreLock, AuthError> {
         match (&self.store, &self.grant) {
             (StoreRef::Grant(store), Some(grant)) => store.lock_grant(grant, max_hold).await,
             (StoreRef::Token(store), _) => store.lock(max_hold).await,
