@@ -72,7 +72,7 @@ pub use memory::MemoryStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{
     PostgresStore, PostgresStoreBuilder, DEFAULT_POSTGRES_ACQUIRE_TIMEOUT, DEFAULT_POSTGRES_GRANT,
-    DEFAULT_POSTGRES_MAX_CONNECTIONS, DEFAULT_POSTGRES_TABLE,
+    DEFAULT_POSTGRES_MAX_CONNECTIONS, DEFAULT_POSTGRES_QUERY_TIMEOUT, DEFAULT_POSTGRES_TABLE,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -18,6 +18,7 @@ mod outage;
 mod processes;
 mod server;
 mod table;
+mod unlock;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
