@@ -13,9 +13,11 @@
 //! tasks do not show in the test's runtime metrics.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -218,4 +220,52 @@ async fn write_from<W: AsyncWriteExt + Unpin>(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+// Helpers of the partition tests.
+
+/// Far beyond every bound under test: only turns a hang into a failure.
+const HANG: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, failing the test if it hangs.
+pub async fn no_hang<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for {HANG:?}: it is not bounded"))
+}
+
+/// The tasks alive on the test's runtime (the proxy's run on its own).
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Polls `value` until it equals `want` (up to 10 s) and returns its last value: tasks and
+/// connections end a moment after the call that gave them up.
+pub async fn eventually<T: PartialEq + Copy>(want: T, mut value: impl FnMut() -> T) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = value();
+        if now == want || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The first success of `call` (tried up to 100 times): right after healing, held bytes are
+/// delivered first, and a call with a very short bound may time out behind them.
+pub async fn recovered<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut call: impl FnMut() -> Fut,
+) -> T {
+    for attempt in 1.. {
+        match call().await {
+            Ok(value) => return value,
+            Err(e) if attempt < 100 => eprintln!("after healing, {what}, try {attempt}: {e}"),
+            Err(e) => panic!("{what} still fails after healing: {e}"),
+        }
+    }
+    unreachable!()
 }

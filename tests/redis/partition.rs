@@ -3,60 +3,15 @@
 //! fails with a store error and no token call, the next refresh after healing makes one, and
 //! nothing leaks — tasks, connections, or a lock taken by an attempt that timed out.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{AuthError, RedisStore, TokenSet, TokenStore};
 
-use crate::blackhole::Blackhole;
+use crate::blackhole::{alive_tasks, eventually, no_hang, recovered, Blackhole};
 use crate::common::*;
 use crate::server::*;
-
-/// Far beyond every bound under test: only turns a hang into a failure.
-const HANG: Duration = Duration::from_secs(60);
-
-async fn no_hang<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(HANG, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung for {HANG:?}: it is not bounded"))
-}
-
-fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
-/// Polls `value` until it equals `want` (up to 10 s) and returns its last value: tasks and
-/// connections end a moment after the call that gave them up.
-async fn settle<T: PartialEq + Copy>(want: T, mut value: impl FnMut() -> T) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = value();
-        if now == want || tokio::time::Instant::now() >= deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The first success of `call` (tried up to 100 times): right after healing, the backlog of held
-/// commands drains before new ones are answered.
-async fn recovered<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E>>>(
-    what: &str,
-    mut call: impl FnMut() -> Fut,
-) -> T {
-    for attempt in 1.. {
-        match call().await {
-            Ok(value) => return value,
-            Err(e) if attempt < 100 => eprintln!("after healing, {what}, try {attempt}: {e}"),
-            Err(e) => panic!("{what} still fails after healing: {e}"),
-        }
-    }
-    unreachable!()
-}
 
 fn proxied_store(
     proxy: &Blackhole,
@@ -172,7 +127,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
     let tasks_at_rest = alive_tasks();
     let lock = store.lock(Duration::from_secs(1)).await.unwrap();
     lock.release().await;
-    assert_eq!(settle(tasks_at_rest, alive_tasks).await, tasks_at_rest);
+    assert_eq!(eventually(tasks_at_rest, alive_tasks).await, tasks_at_rest);
     assert_eq!(proxy.client_connections(), 1);
 
     proxy.blackhole();
@@ -204,13 +159,13 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
     // Still blackholed: every connection a call gave up on is closed (a connection that did not
     // answer is replaced, never reused), and every task the calls started has ended.
     assert_eq!(
-        settle(0, || proxy.client_connections()).await,
+        eventually(0, || proxy.client_connections()).await,
         0,
         "connections held open ({} accepted)",
         proxy.accepted()
     );
     assert_eq!(
-        settle(tasks_without_store, alive_tasks).await,
+        eventually(tasks_without_store, alive_tasks).await,
         tasks_without_store
     );
     let accepted = proxy.accepted();
@@ -222,7 +177,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
     assert_eq!(loaded, Some(tokens));
     // Every held connection has been delivered and closed, and Redis has run what each carried
     // (lock attempts included) and dropped it: only the store's connection is left.
-    assert_eq!(settle(1, || proxy.connections()).await, 1);
+    assert_eq!(eventually(1, || proxy.connections()).await, 1);
     let mut clients = 0;
     for _ in 0..500 {
         // The store's connection and the one asking.
@@ -241,7 +196,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
     assert_eq!(lock_left, 0, "a timed-out lock attempt left the lock taken");
     let lock = recovered("a lock", || store.lock(Duration::from_secs(1))).await;
     lock.release().await;
-    assert_eq!(settle(tasks_at_rest, alive_tasks).await, tasks_at_rest);
+    assert_eq!(eventually(tasks_at_rest, alive_tasks).await, tasks_at_rest);
     assert_eq!(proxy.client_connections(), 1);
     assert_eq!(proxy.connections(), 1);
     eprintln!(

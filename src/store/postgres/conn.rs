@@ -83,7 +83,7 @@ impl Conn {
         let was_tainted = *tainted;
         // Tainted while the statement runs: a caller that gives up mid-statement closes it.
         *tainted = true;
-        match tokio::time::timeout(*query_timeout, statement(&mut **connection)).await {
+        match tokio::time::timeout(*query_timeout, statement(connection)).await {
             Ok(Ok(value)) => {
                 *tainted = was_tainted;
                 Ok(value)
