@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{AuthError, GrantId, GrantStore, PostgresStore, TokenSet};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::blackhole::{alive_tasks, eventually, no_hang, recovered, Blackhole};
@@ -18,14 +19,17 @@ use crate::server::{advisory_locks, settle, PgServer};
 /// The application name the proxied store's sessions carry, to count them in `pg_stat_activity`.
 const APP: &str = "nifty_partition";
 
+fn proxied_url(proxy: &Blackhole) -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?application_name={APP}",
+        proxy.port()
+    )
+}
+
 /// A store whose every connection goes through `proxy`, with `timeout` as both its acquire and
 /// its query timeout.
 fn proxied_store(proxy: &Blackhole, client_id: &str, timeout: Duration) -> PostgresStore {
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/postgres?application_name={APP}",
-        proxy.port()
-    );
-    PostgresStore::connect_builder(&url, client_id)
+    PostgresStore::connect_builder(&proxied_url(proxy), client_id)
         .acquire_timeout(timeout)
         .query_timeout(timeout)
         .build()
@@ -124,10 +128,24 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
     let proxy = Blackhole::start(pg.addr());
     let admin = pg.pool().await;
     pg.store("client").await; // creates the table
-    let store = proxied_store(&proxy, "client", Duration::from_millis(30));
+                              // The app's own pool, 8 connections, without sqlx's ping before handing one out: so that the
+                              // calls that get an idle connection send their statement into the partition (with the ping,
+                              // the ping fails the acquire first; the test above goes that way).
+    let timeout = Duration::from_millis(30);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .min_connections(0)
+        .test_before_acquire(false)
+        .acquire_timeout(timeout)
+        .connect_lazy(&proxied_url(&proxy))
+        .unwrap();
+    let store = PostgresStore::builder(pool, "client")
+        .acquire_timeout(timeout)
+        .query_timeout(timeout)
+        .build()
+        .unwrap();
     let id = GrantId::new("leaks").unwrap();
     let tokens = TokenSet::new("at-0123456789").with_refresh_token("rt-0123456789");
-    // Connected and idle (30 ms bounds: the very first connection may take longer).
     recovered("a first save", || {
         GrantStore::save_grant(&store, &id, &tokens)
     })
@@ -137,11 +155,20 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
     })
     .await;
     lock.release().await;
+    // Eight connections, idle (30 ms bounds: connecting may take longer; tried until it works).
+    for _ in 0..100 {
+        if store.pool().size() == 8 {
+            break;
+        }
+        let loads = (0..8).map(|_| GrantStore::load_grant(&store, &id));
+        futures_util::future::join_all(loads).await;
+    }
+    assert_eq!(store.pool().size(), 8);
     // sqlx checks a connection going back to the pool (a ping, in a task of its own): wait until
     // every connection is back, idle, before the partition starts.
-    let size = store.pool().size() as usize;
-    assert_eq!(eventually(size, || store.pool().num_idle()).await, size);
+    assert_eq!(eventually(8, || store.pool().num_idle()).await, 8);
     let tasks_at_rest = alive_tasks();
+    assert_eq!(proxy.client_connections(), 8);
 
     proxy.blackhole();
     let mut timed_out = 0;
@@ -171,8 +198,9 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
         }
     }
     assert_eq!(timed_out, 1_000);
-    // Still blackholed: every connection a call gave up on is closed, none went back to the pool
-    // (the pool is empty), and no task is left waiting on one.
+    // Still blackholed: every connection a call gave up on (the 8 that sent a statement, and every
+    // connect attempt) is closed, none went back to the pool (it is empty), and no task is left
+    // waiting on one.
     assert_eq!(
         eventually(0, || proxy.client_connections()).await,
         0,
