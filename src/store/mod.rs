@@ -111,6 +111,14 @@ pub trait TokenStore: Send + Sync + 'static {
     /// fence writes in [`save_locked`](Self::save_locked). After the wait, the refresh re-reads the
     /// store and usually finds the other holder's tokens.
     ///
+    /// A lock must never outlive its holder's intent: when releasing it fails, make sure it goes
+    /// anyway, and bound every call to the backing service (a network partition must not hold a
+    /// refresh until TCP gives up). The built-in stores: `PostgresStore` closes a connection whose
+    /// unlock failed or timed out rather than return it to its pool (ending the session releases
+    /// the lock); a `RedisStore` lease whose release failed expires by itself within its TTL;
+    /// [`FileStore`] releases its lock file's `flock` by closing the file, which the OS does even
+    /// for a process that dies.
+    ///
     /// The default takes no lock: inside one process the token manager already runs one refresh at
     /// a time.
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {

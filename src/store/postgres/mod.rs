@@ -68,12 +68,14 @@ const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 ///   a connection checked out of the pool and held by the [`StoreLock`] for the whole refresh.
 ///   Processes that find it taken poll it (10 ms doubling to 250 ms, with jitter) for at most the
 ///   refresh's worst-case time plus a second (or [`PostgresStoreBuilder::lock_wait`]). Releasing
-///   (or dropping) the `StoreLock` runs `pg_advisory_unlock` and returns the connection; a
-///   connection whose unlock could not run is closed instead of returned, so a lock never stays
-///   behind in the pool. A process that dies loses its session, and PostgreSQL releases its
-///   advisory locks at once: another process takes over as soon as it next polls. (A host that
-///   vanishes without closing its TCP connection is noticed by the server's TCP keepalives:
-///   tune `tcp_keepalives_idle` if that must be quick.)
+///   (or dropping) the `StoreLock` runs `pg_advisory_unlock` and returns the connection to the
+///   pool. **A lock never outlives its holder's intent:** a connection whose unlock failed (an
+///   error, a role that may not run it, a cancelled statement), timed out or could not be sent is
+///   closed instead, never returned to the pool — ending the session is the one sure way to
+///   release a session-level lock, so a lock never stays behind in the pool. A process that dies
+///   loses its session, and PostgreSQL releases its advisory locks at once: another process takes
+///   over as soon as it next polls. (A host that vanishes without closing its TCP connection is
+///   noticed by the server's TCP keepalives: tune `tcp_keepalives_idle` if that must be quick.)
 /// - **The lock key** is the first 64 bits of SHA-256 over (client id, grant id), length-prefixed.
 ///   Two different grants share a key with probability about n²/2⁶⁵ for n grants (one in 37
 ///   million for a million grants); if they do, their refreshes take turns — a short wait, never a
@@ -89,6 +91,17 @@ const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 /// - **PostgreSQL down**: requests keep using a still-valid cached access token (the hot path never
 ///   touches PostgreSQL); a refresh that is needed fails with [`AuthError::Store`] and never runs
 ///   without the lock. When the server is back, the pool reconnects and refreshes resume.
+/// - **Every call is bounded**, even when the server vanishes without closing its connections (a
+///   network partition, a frozen host): getting a connection waits at most
+///   [`acquire_timeout`](PostgresStoreBuilder::acquire_timeout) (connecting included, on your pool
+///   too), and each statement — a load, a save, a lock attempt, an unlock — at most
+///   [`query_timeout`](PostgresStoreBuilder::query_timeout) (defaults: 3 s each). A statement that
+///   times out fails the call, and its connection is closed, never returned to the pool: its
+///   session may be mid-statement, or hold the lock an unanswered lock attempt took; the server
+///   ends it (and releases its locks) when it sees the close. A save whose answer never came may
+///   still have been applied: the fence below refuses any save made under a lock taken before it.
+///   One limit is sqlx's: a connection returned to the pool is checked with a ping in a task of its
+///   own, and a partition that starts at that moment holds that task until it heals.
 /// - **Encryption at rest** ([`PostgresStoreBuilder::encryption_key`]): the same scheme as
 ///   `RedisStore`, XChaCha20-Poly1305 with a random nonce per save and the row's key (client id and
 ///   grant id) as associated data, so a ciphertext copied into another grant's row fails to open.
