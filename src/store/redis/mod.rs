@@ -219,8 +219,9 @@ impl RedisStore {
     }
 
     /// Forgets `link` (if it is still the current one) so that the next call makes a new
-    /// connection: a connection on which a command went unanswered is out of step (its late
-    /// answers would be taken for later commands'), and is closed once its last user drops it.
+    /// connection: a connection on which a command went unanswered is out of step with its server
+    /// (after a partition heals, later commands on it were seen to keep timing out behind the
+    /// backlog), so it is never reused; it closes once its last user drops it.
     fn replace(&self, link: &Link) {
         let mut current = self.inner.link.lock();
         if current.as_ref().is_some_and(|c| c.id == link.id) {
