@@ -1,14 +1,22 @@
 //! Where tokens live between runs: the [`TokenStore`] trait, [`MemoryStore`] and [`FileStore`].
 //!
-//! The token manager calls the store at three moments, always from its one refresh task:
+//! The token manager calls the store from its refresh task (one per grant at a time), after the
+//! refresh has its token-call slot:
 //!
 //! 1. [`lock`](TokenStore::lock) before a refresh (a no-op by default; a shared store such as
-//!    `RedisStore` takes a cross-process lock here),
-//! 2. [`load`](TokenStore::load) right after, because someone else may have refreshed already,
-//! 3. [`save`](TokenStore::save) with the new tokens *before* any request uses them. A refresh whose
-//!    save fails returns [`AuthError::Store`](crate::AuthError::Store) and the new tokens stay unused
-//!    in memory until a later attempt saves them: a rotated refresh token is never lost and never used
-//!    unsaved.
+//!    `RedisStore` takes a cross-process lock here). A lock held elsewhere past the bound is a
+//!    [`LockTimeout`], which callers see as
+//!    [`AuthError::RefreshLockHeld`](crate::AuthError::RefreshLockHeld),
+//! 2. [`load`](TokenStore::load) right after, because someone else may have refreshed already — or
+//!    removed the grant: an entry gone after the manager had seen it is
+//!    [`AuthError::GrantRemoved`](crate::AuthError::GrantRemoved), never refreshed nor saved back,
+//! 3. [`save_locked`](TokenStore::save_locked) with the new tokens *before* any request uses them. A
+//!    refresh whose save fails returns [`AuthError::Store`](crate::AuthError::Store); the new tokens
+//!    stay unused in memory, with the lock still held, and a rescue task of the manager retries the
+//!    save until it lands: a rotated refresh token is never lost and never used unsaved.
+//!
+//! `remove` (a grant store's [`remove_grant`](GrantStore::remove_grant)) runs in the caller's task,
+//! under the grant's lock.
 //!
 //! # Writing your own store
 //!

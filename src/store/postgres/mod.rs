@@ -110,9 +110,12 @@ const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 ///
 /// Each refresh in flight holds one connection from taking the lock until its tokens are saved (a
 /// token call: milliseconds to seconds); waiting for a lock held elsewhere holds none between polls.
-/// So the pool needs **at least one connection more than the refreshes you want to run at once**
-/// (for a [`NiftyGrants`](crate::NiftyGrants), `max_concurrent_token_calls` + 1), plus what the
-/// app's own queries use if the pool is shared. A connection that holds a lock is checked out, so
+/// A refresh takes its token-call slot (`max_concurrent_token_calls` of a
+/// [`NiftyGrants`](crate::NiftyGrants), after any 429 pause) *before* its lock, so refreshes queued
+/// behind the slots hold no connection. The rule: **`max_concurrent_token_calls` + 1 connections**
+/// (the one extra for loads outside a refresh), plus what the app's own queries use if the pool is
+/// shared — a storm of 1,000 expired grants with 2 token calls at once on a pool of 3 completes with
+/// no store error (the test suite's `storm` test). A connection that holds a lock is checked out, so
 /// the app's queries cannot take it mid-refresh; but refreshes that cannot get a connection within
 /// the pool's acquire timeout fail with [`AuthError::Store`] (and are tried again later). If the
 /// app's own queries keep its pool busy, give the store a small pool of its own
