@@ -58,7 +58,7 @@ async fn a_blackholed_postgres_fails_a_needed_refresh_in_bound_with_no_token_cal
         .await
         .unwrap();
     pg.store(fake.client_id()).await; // creates the table
-    let timeout = Duration::from_millis(300);
+    let timeout = Duration::from_secs(1);
     let auth = builder(&fake)
         .store(proxied_store(&proxy, fake.client_id(), timeout))
         .refresh_token(fake.issue_refresh_token())
@@ -250,7 +250,7 @@ async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_leaves_no
     let proxy = Blackhole::start(pg.addr());
     let admin = pg.pool().await;
     pg.store("client").await; // creates the table
-    let timeout = Duration::from_millis(300);
+    let timeout = Duration::from_secs(1);
     let store = proxied_store(&proxy, "client", timeout);
     let id = GrantId::new("held").unwrap();
     let old = TokenSet::new("at-old-0123456789").with_refresh_token("rt-old-0123456789");
