@@ -236,7 +236,10 @@ async fn a_deleted_token_file_stays_deleted_while_a_server_runs() {
             Err(err) => {
                 assert!(auth_error(&err).is_grant_removed(), "{err:?}");
                 removed_answers += 1;
-                assert!(removed_answers < 1_000, "the new tokens were never picked up");
+                assert!(
+                    removed_answers < 1_000,
+                    "the new tokens were never picked up"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -88,7 +88,7 @@ pub use redis::{
     RedisStore, RedisStoreBuilder, DEFAULT_REDIS_COMMAND_TIMEOUT, DEFAULT_REDIS_CONNECT_TIMEOUT,
     DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REDIS_LOCK_TTL, DEFAULT_REDIS_TOKEN_TTL,
 };
-pub use wait::LockTimeout;
+pub use wait::{LockLost, LockTimeout};
 
 /// A boxed, `Send` future: what [`TokenStore`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

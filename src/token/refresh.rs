@@ -41,7 +41,7 @@ use crate::endpoint::{Endpoint, Grant};
 use crate::error::AuthError;
 use crate::grants::{GrantId, Latches};
 use crate::stats::Counters;
-use crate::store::{GrantStore, LockTimeout, StoreLock, TokenStore};
+use crate::store::{GrantStore, LockLost, LockTimeout, StoreLock, TokenStore};
 use crate::trace;
 use tower::BoxError;
 
@@ -673,12 +673,25 @@ impl TokenManager {
             // new one *while still holding it*: if it is still ours, the try fails at once and
             // nothing changes hands — releasing it first would let another process in, to refresh
             // with the refresh token the parked tokens replaced.
-            if let Ok(fresh) = self.try_lock_store().await {
-                lock.release().await;
-                let result = self.refresh_locked(current, pending, &fresh).await;
-                self.settle(fresh).await;
-                return result;
-            }
+            // A fenced store that said the lock no longer protects the save (`LockLost`) gets it
+            // given up for a new one even if the try fails (its session may still hold it).
+            let fresh = match self.try_lock_store().await {
+                Ok(fresh) => {
+                    lock.release().await;
+                    fresh
+                }
+                Err(_) if result.as_ref().is_err_and(lock_lost) => {
+                    lock.release().await;
+                    self.lock_store_or_rescue().await?
+                }
+                Err(_) => {
+                    self.settle(lock).await;
+                    return result;
+                }
+            };
+            let result = self.refresh_locked(current, pending, &fresh).await;
+            self.settle(fresh).await;
+            return result;
         }
         self.settle(lock).await;
         result
@@ -1110,6 +1123,14 @@ impl Joined {
             launch.go();
         }
         self
+    }
+}
+
+/// Whether a save failed because a fenced store refused the lock it was made under.
+fn lock_lost(error: &AuthError) -> bool {
+    match error {
+        AuthError::Store { source } => source.downcast_ref::<LockLost>().is_some(),
+        _ => false,
     }
 }
 

@@ -190,7 +190,7 @@ impl PostgresStore {
                 *fence.version.lock() = Some(version);
                 Ok(())
             }
-            None => Err(io::Error::other(format!(
+            None => Err(crate::store::LockLost::new(format!(
                 "fenced save refused: the row of grant {grant} changed since this refresh lock was \
                  taken (it was at version {}); not overwriting a newer token set",
                 expected.map_or_else(|| "none: no row".to_owned(), |v| v.to_string())

@@ -250,7 +250,7 @@ impl RedisStore {
 }
 
 fn lost(lock_key: &str) -> BoxError {
-    io::Error::other(format!(
+    crate::store::LockLost::new(format!(
         "the refresh lock {lock_key} was lost (its lease lapsed or another process holds it); not \
          overwriting a possibly newer token set"
     ))
