@@ -123,18 +123,23 @@ impl Pressure {
     }
 
     /// Waits for a 429's backoff to pass, then for a free call slot.
-    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    pub(crate) async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.paused().await;
+        match &self.limit {
+            // The semaphore is never closed.
+            Some(limit) => limit.acquire().await.ok(),
+            None => None,
+        }
+    }
+
+    /// Waits for a 429's backoff to pass.
+    async fn paused(&self) {
         loop {
             let not_before = *self.not_before.lock();
             match not_before {
                 Some(at) if tokio::time::Instant::now() < at => tokio::time::sleep_until(at).await,
                 _ => break,
             }
-        }
-        match &self.limit {
-            // The semaphore is never closed.
-            Some(limit) => limit.acquire().await.ok(),
-            None => None,
         }
     }
 
@@ -174,6 +179,7 @@ impl Endpoint {
     }
 
     /// Runs one grant: up to `backoff.attempts` calls, retrying transport errors, timeouts, 5xx and 429.
+    /// Each attempt waits for its turn (a 429's pause, then a call slot).
     ///
     /// Returns the token set and the number of attempts made.
     pub(crate) fn request<'a>(
@@ -182,7 +188,23 @@ impl Endpoint {
         previous_refresh_token: Option<&'a str>,
         counters: &'a Counters,
     ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
-        Box::pin(self.request_inner(grant, previous_refresh_token, counters))
+        Box::pin(self.request_inner(grant, previous_refresh_token, counters, false))
+    }
+
+    /// [`request`](Self::request) for a caller that already holds a call slot (from
+    /// [`Pressure::turn`], taken before its store lock): each attempt waits only for a 429's pause.
+    pub(crate) fn request_holding_turn<'a>(
+        &'a self,
+        grant: &'a Grant<'a>,
+        previous_refresh_token: Option<&'a str>,
+        counters: &'a Counters,
+    ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
+        Box::pin(self.request_inner(grant, previous_refresh_token, counters, true))
+    }
+
+    /// The pressure on this endpoint (shared by every grant that calls it).
+    pub(crate) fn pressure(&self) -> &Pressure {
+        &self.pressure
     }
 
     async fn request_inner(
@@ -190,11 +212,17 @@ impl Endpoint {
         grant: &Grant<'_>,
         previous_refresh_token: Option<&str>,
         counters: &Counters,
+        holding_turn: bool,
     ) -> (Result<TokenSet, AuthError>, u32) {
         let body = Bytes::from(grant.body().to_string());
         let mut attempt = 1;
         loop {
-            let turn = self.pressure.turn().await;
+            let turn = if holding_turn {
+                self.pressure.paused().await;
+                None
+            } else {
+                self.pressure.turn().await
+            };
             let call = counters.token_call_started();
             let outcome = self
                 .attempt(grant, body.clone(), previous_refresh_token)

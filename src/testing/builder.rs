@@ -116,6 +116,7 @@ impl FakeNiftyBuilder {
             client_id: self.client_id,
             client_secret: self.client_secret,
             state: Mutex::new(State::new(model, self.token_delay)),
+            token_hold: tokio::sync::watch::Sender::new(false),
         });
         let server = server::spawn(listener, Arc::clone(&inner));
         Ok(FakeNifty {

@@ -82,6 +82,29 @@ mod pages;
 mod server;
 
 pub use builder::FakeNiftyBuilder;
+
+/// Token answers held back by [`FakeNifty::hold_token_answers`] until this is released or dropped.
+#[must_use = "dropping the hold releases it at once"]
+pub struct TokenHold {
+    inner: Arc<Inner>,
+}
+
+impl TokenHold {
+    /// Lets the held token requests (and every later one) be answered.
+    pub fn release(self) {}
+}
+
+impl Drop for TokenHold {
+    fn drop(&mut self) {
+        self.inner.token_hold.send_replace(false);
+    }
+}
+
+impl fmt::Debug for TokenHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHold")
+    }
+}
 pub use grant::{FakeGrant, GrantKey};
 pub use hold::ApiHold;
 
@@ -420,6 +443,27 @@ impl FakeNifty {
     /// [`FakeGrant::revoke_access_tokens`].
     pub fn revoke_access_tokens(&self) {
         self.inner.state.lock().model.revoke_access_tokens(None);
+    }
+
+    /// Holds back every token answer until the returned [`TokenHold`] is released (or dropped):
+    /// token requests arrive and are counted (in flight), but none is answered. A test can then
+    /// bring about what must happen *while* a refresh is running — N requests rejected with the
+    /// old token, say — waiting for that event instead of hoping the refresh is slow enough.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let fake = nifty_auth::testing::FakeNifty::start().await.unwrap();
+    /// let hold = fake.hold_token_answers();
+    /// // ... start a refresh, wait for what must happen meanwhile ...
+    /// hold.release();
+    /// # }
+    /// ```
+    pub fn hold_token_answers(&self) -> TokenHold {
+        self.inner.token_hold.send_replace(true);
+        TokenHold {
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// The number of HTTP requests that reached `/oauth/token`, faulted ones included.

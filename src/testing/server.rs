@@ -42,6 +42,8 @@ pub(super) struct Inner {
     pub(super) client_id: String,
     pub(super) client_secret: String,
     pub(super) state: Mutex<State>,
+    /// `true` while a [`TokenHold`](super::TokenHold) keeps token answers back.
+    pub(super) token_hold: tokio::sync::watch::Sender<bool>,
 }
 
 /// The fake's mutable state: the grant model, the knobs, the counters and the records.
@@ -250,6 +252,8 @@ impl Inner {
             });
             (st.token_faults.pop_front(), st.token_delay, grant)
         };
+        // Counted as in flight, answered once no hold is left.
+        let _ = self.token_hold.subscribe().wait_for(|held| !held).await;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

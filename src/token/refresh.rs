@@ -13,10 +13,13 @@
 //! a new refresh on their own runtime.
 //!
 //! Inside the task, in order: the refresh gate (serializes with `set_tokens` / `exchange_code`), the
-//! store's lock, unsaved tokens first, a re-read of the store (someone else may have refreshed), the
-//! token call (with backoff), the save (retried), and only then the publication. Rotated tokens whose
-//! save failed stay parked with the store lock still held, and are saved before anything else by the
-//! next attempt. Terminal errors latch until new tokens are supplied.
+//! token-call slot (and a 429's pause) — before any store resource —, the store's lock, unsaved
+//! tokens first, a re-read of the store (someone else may have refreshed; or removed the grant; or
+//! the store lost this manager's last save), the token call (with backoff), the save (retried), and
+//! only then the publication. Rotated tokens whose save failed stay parked with the store lock still
+//! held; a rescue task retries their save on its own (another process may be waiting for that lock)
+//! and every attempt saves them before anything else. Terminal errors latch until new tokens are
+//! supplied.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -38,7 +41,7 @@ use crate::endpoint::{Endpoint, Grant};
 use crate::error::AuthError;
 use crate::grants::{GrantId, Latches};
 use crate::stats::Counters;
-use crate::store::{GrantStore, LockTimeout, StoreLock, TokenStore};
+use crate::store::{GrantStore, LockLost, LockTimeout, StoreLock, TokenStore};
 use crate::trace;
 use tower::BoxError;
 
@@ -49,6 +52,12 @@ pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<Current>, A
 const SAVE_ATTEMPTS: u32 = 3;
 /// The delay after the first failed save; it quadruples.
 const SAVE_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// The rescue task's first pause before retrying a failed save; it doubles up to
+/// [`RESCUE_MAX_DELAY`] (each pause half fixed, half random).
+const RESCUE_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest pause between the rescue task's tries: a replica waiting for the kept lock gets the
+/// saved tokens within about this long (plus its own lock poll) of the store accepting writes again.
+const RESCUE_MAX_DELAY: Duration = Duration::from_secs(1);
 /// How many times a caller replaces a flight whose task was cancelled (its runtime shut down) before
 /// it gives up: the caller's own runtime may be shutting down too.
 const MAX_CANCELLED_FLIGHTS: usize = 3;
@@ -65,7 +74,7 @@ type Flight = Shared<Pin<Box<dyn Future<Output = Landing> + Send>>>;
 
 /// The in-flight slot: the running refresh, and an id so a stale flight is cleared only once.
 struct InFlight {
-    id: u64,
+    id: u32,
     flight: Flight,
 }
 
@@ -78,6 +87,9 @@ pub(crate) enum Want {
     NewerThan(u64),
     /// Refresh ahead of expiry, unless the current token is fresh again.
     Background,
+    /// Save tokens whose save failed (the rescue task); a token call only if the saved tokens
+    /// cannot be used.
+    Save,
 }
 
 /// What to do about a 401 for a token generation.
@@ -91,20 +103,81 @@ pub(crate) enum Unauthorized {
     GiveUp,
 }
 
+/// A latched terminal error. Tokens supplied here lift it; so do tokens found in the store, for the
+/// errors a re-authorization cures: the store is re-read at most every [`LATCH_RECHECK`] (by a
+/// caller, never in the background), so a grant re-authorized through another process (or by
+/// `nifty-auth login`) is picked up without a token call while it is still dead.
+pub(crate) struct Latched {
+    pub(crate) error: AuthError,
+    pub(crate) refused: Refused,
+    /// No store re-read before this.
+    recheck_at: Instant,
+}
+
+/// What a latch was refused with: what stored tokens must differ from to lift it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The endpoint refused this refresh token (its fingerprint): stored tokens with another one
+    /// are a re-authorization.
+    RefreshToken(u64),
+    /// The grant was removed: any stored tokens are a re-authorization.
+    Removed,
+    /// The client itself was refused (401 `invalid_client`, 403): no stored token cures that.
+    Client,
+}
+
+impl Latched {
+    pub(crate) fn new(error: AuthError, refused: Refused) -> Self {
+        Latched {
+            error,
+            refused,
+            recheck_at: instant_after(Instant::now(), LATCH_RECHECK),
+        }
+    }
+
+    /// Whether `stored` (what the store holds now) lifts this latch.
+    fn lifted_by(&self, stored: Option<&TokenSet>) -> bool {
+        let Some(stored) = stored else { return false };
+        match self.refused {
+            Refused::RefreshToken(refused) => {
+                stored.refresh_token().map(fingerprint) != Some(refused)
+            }
+            Refused::Removed => true,
+            Refused::Client => false,
+        }
+    }
+}
+
+/// How often a latched grant's callers may have the store re-read (see [`Latched`]).
+const LATCH_RECHECK: Duration = Duration::from_secs(1);
+
 /// Tokens whose save failed: saved before anything else, under `lock` if it is still held.
 struct Pending {
     tokens: TokenSet,
     lock: Option<StoreLock>,
+    /// From a re-authorization (`set_tokens`, `exchange_code`): saved whether or not the grant is
+    /// still stored. Rotated tokens of a grant removed meanwhile are dropped instead.
+    reauthorized: bool,
 }
 
 #[derive(Default)]
 struct State {
     /// The running refresh (boxed: an idle grant keeps its state small).
     in_flight: Option<Box<InFlight>>,
-    flights: u64,
-    /// A terminal error (invalid_grant, 401, 403 from the endpoint): no token call until new tokens.
-    /// (Rare, so boxed: an idle grant of many keeps its state small.)
-    terminal: Option<Box<AuthError>>,
+    flights: u32,
+    /// This manager has seen its grant in the store (loaded or saved it): from then on a store found
+    /// empty means the grant was removed, never "start from the bootstrap refresh token".
+    stored: bool,
+    /// A rescue task is retrying the save of parked tokens.
+    rescuing: bool,
+    /// The grant was removed here ([`TokenManager::retire`]): nothing brings this manager back.
+    retired: bool,
+    /// A fingerprint of the refresh token this manager's last refresh replaced (0: none). A store
+    /// that holds it again has lost a save: the tokens in memory are newer.
+    replaced: u64,
+    /// A terminal error (invalid_grant, 401, 403 from the endpoint; a removed grant): no token call
+    /// until new tokens. (Rare, so boxed: an idle grant of many keeps its state small.)
+    terminal: Option<Box<Latched>>,
     /// Tokens obtained (a rotation, a re-authorization) whose save failed.
     pending: Option<Box<Pending>>,
     /// No background refresh before this instant (after a failed one; rare, so boxed).
@@ -165,7 +238,7 @@ impl std::fmt::Debug for TokenManager {
             .field("cache", &self.cache)
             .field("endpoint", &self.policy.endpoint)
             .field("refreshing", &state.in_flight.is_some())
-            .field("terminal", &state.terminal)
+            .field("terminal", &state.terminal.as_ref().map(|l| &l.error))
             .field("unsaved_tokens", &state.pending.is_some())
             .finish_non_exhaustive()
     }
@@ -174,7 +247,7 @@ impl std::fmt::Debug for TokenManager {
 /// A reserved flight, to be launched once the state lock is released.
 struct Launch {
     manager: Arc<TokenManager>,
-    id: u64,
+    id: u32,
     want: Want,
     done: oneshot::Sender<Landing>,
 }
@@ -213,10 +286,26 @@ impl Launch {
     }
 }
 
+/// The rescue task of a manager with unsaved tokens; marks it ended however it ends (a runtime that
+/// shuts down drops it), so the next failed save starts another.
+struct Rescue(Arc<TokenManager>);
+
+impl Rescue {
+    async fn run(self) {
+        self.0.rescue().await;
+    }
+}
+
+impl Drop for Rescue {
+    fn drop(&mut self) {
+        self.0.state.lock().rescuing = false;
+    }
+}
+
 /// Clears the in-flight slot when its task ends, however it ends, if the slot still holds that task.
 struct SlotGuard {
     manager: Arc<TokenManager>,
-    id: u64,
+    id: u32,
 }
 
 impl Drop for SlotGuard {
@@ -229,7 +318,9 @@ impl TokenManager {
     pub(crate) fn new(parts: ManagerParts) -> Self {
         // A grant known to need re-authorization (e.g. before it was evicted) starts latched.
         let terminal = match (&parts.grant, &parts.policy.latches) {
-            (Some(grant), Some(latches)) => latches.error_for(grant),
+            (Some(grant), Some(latches)) => latches
+                .error_for(grant)
+                .map(|(error, refused)| Latched::new(error, refused)),
             _ => None,
         };
         TokenManager {
@@ -269,10 +360,14 @@ impl TokenManager {
     }
 
     /// Latches a terminal error and reports it.
-    fn latch(&self, error: &AuthError) {
-        self.state.lock().terminal = Some(Box::new(error.clone()));
+    fn latch(&self, error: &AuthError, refused: Refused) {
+        self.state.lock().terminal = Some(Box::new(Latched::new(error.clone(), refused)));
+        // A removed grant was removed on purpose (by another process): not one to re-authorize.
+        if refused == Refused::Removed {
+            return;
+        }
         if let (Some(grant), Some(latches)) = (&self.grant, &self.policy.latches) {
-            latches.latched(grant, error);
+            latches.latched(grant, error, refused);
         }
     }
 
@@ -291,10 +386,13 @@ impl TokenManager {
         self.spawn_exclusive(|manager| async move {
             {
                 let mut state = manager.state.lock();
+                // Dropping the parked tokens releases a lock kept with them.
                 state.pending = None;
-                state.terminal = Some(Box::new(AuthError::ReauthorizationRequired {
-                    reason: "the grant was removed: authorize it again".to_owned(),
-                }));
+                state.retired = true;
+                state.terminal = Some(Box::new(Latched::new(
+                    AuthError::GrantRemoved,
+                    Refused::Removed,
+                )));
             }
             manager.cache.clear();
             Ok(manager.cache.load())
@@ -426,9 +524,16 @@ impl TokenManager {
                 launch: None,
             });
         }
-        if let Some(error) = &state.terminal {
-            if state.pending.is_none() {
-                return Err(AuthError::clone(error));
+        let (pending, retired) = (state.pending.is_some(), state.retired);
+        if let Some(latched) = state.terminal.as_deref_mut() {
+            // Unsaved tokens are saved whatever the latch; otherwise a caller may have the store
+            // re-read now and then (a re-authorization elsewhere lifts the latch), else fails fast.
+            let now = Instant::now();
+            if !pending {
+                if retired || latched.refused == Refused::Client || now < latched.recheck_at {
+                    return Err(latched.error.clone());
+                }
+                latched.recheck_at = instant_after(now, LATCH_RECHECK);
             }
         }
         let ((id, flight), launch) = self.reserve(state, want)?;
@@ -457,7 +562,7 @@ impl TokenManager {
         self: &Arc<Self>,
         state: &mut State,
         want: Want,
-    ) -> Result<((u64, Flight), Launch), AuthError> {
+    ) -> Result<((u32, Flight), Launch), AuthError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(AuthError::config(
                 "no tokio runtime: nifty-auth refreshes tokens in a tokio task",
@@ -483,7 +588,7 @@ impl TokenManager {
         Ok(((id, flight), launch))
     }
 
-    fn clear_flight(&self, id: u64) {
+    fn clear_flight(&self, id: u32) {
         let mut state = self.state.lock();
         if state.in_flight.as_ref().is_some_and(|f| f.id == id) {
             state.in_flight = None;
@@ -525,6 +630,12 @@ impl TokenManager {
         if satisfies(&current, want) && self.state.lock().pending.is_none() {
             return Ok(current);
         }
+        // The token-call slot (and a 429's pause) before any store resource: a refresh queued behind
+        // the endpoint's concurrency limit holds no store lock, pool connection or lock file.
+        let _turn = match &self.policy.endpoint {
+            Some(endpoint) => endpoint.pressure().turn().await,
+            None => None,
+        };
         let result = self.refresh_once(&current).await;
         match &result {
             Ok(current) => trace::debug!(generation = current.generation, "token refreshed"),
@@ -550,55 +661,117 @@ impl TokenManager {
     }
 
     /// One refresh under the store's lock (a lock kept from an earlier failed save is reused).
-    async fn refresh_once(&self, current: &Current) -> Result<Arc<Current>, AuthError> {
+    async fn refresh_once(self: &Arc<Self>, current: &Current) -> Result<Arc<Current>, AuthError> {
         let (pending, kept) = self.take_pending_lock();
         let was_kept = kept.is_some();
         let lock = match kept {
             Some(lock) => lock,
-            None => self.lock_store().await?,
+            None => self.lock_store_or_rescue().await?,
         };
         let result = self.refresh_locked(current, pending.clone(), &lock).await;
         if was_kept && result.is_err() && self.state.lock().pending.is_some() {
-            // The kept lock may have lapsed (a fenced store refuses every save under it): give it
-            // up and try once more under a new lock.
-            lock.release().await;
-            let lock = self.lock_store().await?;
-            let result = self.refresh_locked(current, pending, &lock).await;
-            self.settle(lock, false).await;
+            // The kept lock may have lapsed (a fenced store refuses every save under it). Try for a
+            // new one *while still holding it*: if it is still ours, the try fails at once and
+            // nothing changes hands — releasing it first would let another process in, to refresh
+            // with the refresh token the parked tokens replaced.
+            // A fenced store that said the lock no longer protects the save (`LockLost`) gets it
+            // given up for a new one even if the try fails (its session may still hold it).
+            let fresh = match self.try_lock_store().await {
+                Ok(fresh) => {
+                    lock.release().await;
+                    fresh
+                }
+                Err(_) if result.as_ref().is_err_and(lock_lost) => {
+                    lock.release().await;
+                    self.lock_store_or_rescue().await?
+                }
+                Err(_) => {
+                    self.settle(lock).await;
+                    return result;
+                }
+            };
+            let result = self.refresh_locked(current, pending, &fresh).await;
+            self.settle(fresh).await;
             return result;
         }
-        self.settle(lock, was_kept).await;
+        self.settle(lock).await;
         result
     }
 
     async fn refresh_locked(
         &self,
         current: &Current,
-        pending: Option<TokenSet>,
+        pending: Option<(TokenSet, bool)>,
         lock: &StoreLock,
     ) -> Result<Arc<Current>, AuthError> {
         // 1. Tokens whose save failed: save them first, never call again while holding an unsaved
-        //    rotated refresh token.
+        //    rotated refresh token — unless the grant was removed meanwhile (then they go with it).
         let mut refresh_token = None;
-        if let Some(pending) = pending {
-            let saved = self.save_parked(pending, lock).await?;
+        if let Some((pending, reauthorized)) = pending {
+            let seen = self.state.lock().stored;
+            if !reauthorized && seen && self.store_load().await.map_err(AuthError::store)?.is_none()
+            {
+                self.state.lock().pending = None;
+                return Err(self.removed());
+            }
+            let saved = self.save_parked(pending, reauthorized, lock).await?;
             if self.cache.adoptable(&saved) {
                 return self.cache.publish(saved);
             }
             refresh_token = saved.refresh_token().map(str::to_owned);
         }
 
-        // 2. The store may hold newer tokens (another instance or process refreshed).
+        // 2. The store may hold newer tokens (another instance or process refreshed) — or none: the
+        //    grant was removed — or older ones: the store lost this manager's last save.
         if refresh_token.is_none() {
             let stored = self.store_load().await.map_err(AuthError::store)?;
-            if let Some(stored) = stored {
-                let newer = current.access_token() != Some(stored.access_token());
-                if newer && self.cache.adoptable(&stored) {
-                    trace::record!("outcome", "adopted_from_store");
-                    trace::debug!("adopting tokens from the store");
-                    return self.cache.publish(stored);
+            // A latched grant: only tokens stored by a re-authorization elsewhere lift the latch.
+            let latch = {
+                let mut state = self.state.lock();
+                match state.terminal.as_deref() {
+                    Some(latched) if !latched.lifted_by(stored.as_ref()) => {
+                        Some(latched.error.clone())
+                    }
+                    Some(_) => {
+                        self.lift(&mut state);
+                        None
+                    }
+                    None => None,
                 }
-                refresh_token = stored.refresh_token().map(str::to_owned);
+            };
+            if let Some(error) = latch {
+                return Err(error);
+            }
+            match stored {
+                None if self.state.lock().stored => return Err(self.removed()),
+                None => {}
+                Some(stored) => {
+                    self.state.lock().stored = true;
+                    let ours = current.tokens.as_ref().filter(|ours| {
+                        ours.refresh_token() != stored.refresh_token()
+                            && stored
+                                .refresh_token()
+                                .is_some_and(|rt| fingerprint(rt) == self.state.lock().replaced)
+                    });
+                    if let Some(ours) = ours {
+                        // Never refresh with (nor adopt) a set this manager already replaced: put
+                        // the newer set back first.
+                        trace::warning!(
+                            "the store holds tokens this process already replaced (it lost a save): \
+                             saving the newer tokens back"
+                        );
+                        let saved = self.save_parked(ours.clone(), false, lock).await?;
+                        refresh_token = saved.refresh_token().map(str::to_owned);
+                    } else {
+                        let newer = current.access_token() != Some(stored.access_token());
+                        if newer && self.cache.adoptable(&stored) {
+                            trace::record!("outcome", "adopted_from_store");
+                            trace::debug!("adopting tokens from the store");
+                            return self.cache.publish(stored);
+                        }
+                        refresh_token = stored.refresh_token().map(str::to_owned);
+                    }
+                }
             }
         }
         let refresh_token = refresh_token
@@ -616,45 +789,72 @@ impl TokenManager {
                         .to_owned(),
             })?;
 
-        // 3. The token call.
+        // 3. The token call (the call slot is already held: see `refresh_gated`).
         let endpoint = self.endpoint()?;
         let grant = Grant::RefreshToken {
             refresh_token: &refresh_token,
         };
         let (result, attempts) = endpoint
-            .request(&grant, Some(&refresh_token), self.counters())
+            .request_holding_turn(&grant, Some(&refresh_token), self.counters())
             .await;
         trace::record!("attempts", attempts);
         let tokens = match result {
             Ok(tokens) => tokens,
             Err(error) => {
                 if error.is_terminal() {
-                    self.latch(&error);
+                    let refused = if error.is_reauthorization_required() {
+                        Refused::RefreshToken(fingerprint(&refresh_token))
+                    } else {
+                        Refused::Client
+                    };
+                    self.latch(&error, refused);
                 }
                 return Err(error);
             }
         };
+        if tokens.refresh_token() != Some(refresh_token.as_str()) {
+            self.state.lock().replaced = fingerprint(&refresh_token);
+        }
 
         // 4. Save before anyone uses the new access token; 5. publish.
-        let saved = self.save_parked(tokens, lock).await?;
+        let saved = self.save_parked(tokens, false, lock).await?;
         self.cache.publish(saved)
+    }
+
+    /// The grant's store entry is gone after this manager had seen it: the grant was removed (here
+    /// through another handle, in another process, or its token file deleted). Its token is
+    /// forgotten; every later refresh re-reads the store (a re-authorization elsewhere brings it
+    /// back) and makes no token call while the entry is absent.
+    fn removed(&self) -> AuthError {
+        trace::warning!("the grant's stored tokens are gone: it was removed");
+        self.cache.clear();
+        self.latch(&AuthError::GrantRemoved, Refused::Removed);
+        AuthError::GrantRemoved
     }
 
     /// Parks `tokens` as unsaved, then saves them under `lock`, retrying a failed save while the lock
     /// is held. On success they are no longer parked; on failure they stay parked for the next
     /// attempt, and [`settle`](Self::settle) keeps the lock with them.
-    async fn save_parked(&self, tokens: TokenSet, lock: &StoreLock) -> Result<TokenSet, AuthError> {
+    async fn save_parked(
+        &self,
+        tokens: TokenSet,
+        reauthorized: bool,
+        lock: &StoreLock,
+    ) -> Result<TokenSet, AuthError> {
         // Parked first, so even a store that panics cannot lose a rotated refresh token.
         self.state.lock().pending = Some(Box::new(Pending {
             tokens: tokens.clone(),
             lock: None,
+            reauthorized,
         }));
         let mut delay = SAVE_RETRY_DELAY;
         let mut attempt = 1;
         loop {
             match self.store_save_locked(&tokens, lock).await {
                 Ok(()) => {
-                    self.state.lock().pending = None;
+                    let mut state = self.state.lock();
+                    state.pending = None;
+                    state.stored = true;
                     return Ok(tokens);
                 }
                 Err(error) if attempt >= SAVE_ATTEMPTS => return Err(AuthError::store(error)),
@@ -668,23 +868,27 @@ impl TokenManager {
         }
     }
 
-    /// The pending tokens (if any) and the lock kept with them, taken out for this attempt. The tokens
-    /// stay parked until they are saved.
-    fn take_pending_lock(&self) -> (Option<TokenSet>, Option<StoreLock>) {
+    /// The pending tokens (if any, with whether they come from a re-authorization) and the lock
+    /// kept with them, taken out for this attempt. The tokens stay parked until they are saved.
+    fn take_pending_lock(&self) -> (Option<(TokenSet, bool)>, Option<StoreLock>) {
         let mut state = self.state.lock();
         match state.pending.as_mut() {
-            Some(pending) => (Some(pending.tokens.clone()), pending.lock.take()),
+            Some(pending) => (
+                Some((pending.tokens.clone(), pending.reauthorized)),
+                pending.lock.take(),
+            ),
             None => (None, None),
         }
     }
 
     /// After an attempt: while tokens wait unsaved, keep the store lock with them, so no other process
-    /// refreshes with the refresh token they replaced; otherwise release it.
-    async fn settle(&self, lock: StoreLock, was_kept: bool) {
+    /// refreshes with the refresh token they replaced, and make sure a rescue task retries the save
+    /// (nobody else may call this process soon); otherwise release the lock.
+    async fn settle(self: &Arc<Self>, lock: StoreLock) {
         let release = {
             let mut state = self.state.lock();
             match state.pending.as_mut() {
-                Some(pending) if !was_kept && pending.lock.is_none() => {
+                Some(pending) if pending.lock.is_none() => {
                     pending.lock = Some(lock);
                     None
                 }
@@ -693,6 +897,59 @@ impl TokenManager {
         };
         if let Some(lock) = release {
             lock.release().await;
+        }
+        self.rescue_if_parked();
+    }
+
+    /// [`lock_store`](Self::lock_store); if it fails while tokens wait unsaved, the rescue task
+    /// retries.
+    async fn lock_store_or_rescue(self: &Arc<Self>) -> Result<StoreLock, AuthError> {
+        let lock = self.lock_store().await;
+        if lock.is_err() {
+            self.rescue_if_parked();
+        }
+        lock
+    }
+
+    /// Starts the rescue task if tokens wait unsaved and none runs.
+    fn rescue_if_parked(self: &Arc<Self>) {
+        {
+            let mut state = self.state.lock();
+            if state.pending.is_none() || state.rescuing {
+                return;
+            }
+            state.rescuing = true;
+        }
+        let rescue = Rescue(Arc::clone(self));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(rescue.run());
+        } // else `rescue` drops here: the next attempt starts one
+    }
+
+    /// Retries the save of parked tokens on its own, with capped, jittered backoff, until they are
+    /// saved (or dropped: the grant was removed), so a replica waiting for the lock kept with them
+    /// gets them soon after the store accepts writes again, whether or not anyone calls this one.
+    /// Each try is a flight like any refresh (single flight with this process's callers).
+    async fn rescue(self: &Arc<Self>) {
+        let mut delay = RESCUE_FIRST_DELAY;
+        loop {
+            let half = delay / 2;
+            tokio::time::sleep(half + half.mul_f64(fastrand::f64())).await;
+            delay = delay.saturating_mul(2).min(RESCUE_MAX_DELAY);
+            let joined = {
+                let mut state = self.state.lock();
+                if state.pending.is_none() {
+                    // Under the same lock that parks tokens: a save failing after this starts a new
+                    // rescue. (The guard's later reset may let two run at once: harmless, each try
+                    // is a single flight.)
+                    state.rescuing = false;
+                    return;
+                }
+                self.join(&mut state, Want::Save)
+            };
+            if let Ok(joined) = joined {
+                let _ = self.land(joined.launch()).await;
+            }
         }
     }
 
@@ -731,11 +988,11 @@ impl TokenManager {
 
     /// Installs tokens from a re-authorization: they supersede everything, so the latch is lifted
     /// *before* the save — a failed save leaves them parked, and the next attempt saves and uses them.
-    async fn install(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
+    async fn install(self: &Arc<Self>, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
         let kept = {
             let mut state = self.state.lock();
-            if let Some(error) = state.terminal.as_deref().filter(|e| removed(e)) {
-                return Err(error.clone());
+            if state.retired {
+                return Err(AuthError::GrantRemoved);
             }
             self.lift(&mut state);
             state.background_not_before = None;
@@ -744,25 +1001,34 @@ impl TokenManager {
             state.pending = Some(Box::new(Pending {
                 tokens: tokens.clone(),
                 lock: None,
+                reauthorized: true,
             }));
             kept
         };
-        let was_kept = kept.is_some();
         let lock = match kept {
             Some(lock) => lock,
-            None => self.lock_store().await?,
+            None => self.lock_store_or_rescue().await?,
         };
-        let result = match self.save_parked(tokens, &lock).await {
+        let result = match self.save_parked(tokens, true, &lock).await {
             Ok(saved) => self.cache.publish(saved),
             Err(error) => Err(error),
         };
-        self.settle(lock, was_kept).await;
+        self.settle(lock).await;
         result
     }
 
     /// Takes the store's refresh lock, waiting at most as long as a refresh can take.
     async fn lock_store(&self) -> Result<StoreLock, AuthError> {
-        let max_hold = self.max_refresh_time();
+        self.lock_store_within(self.max_refresh_time()).await
+    }
+
+    /// Tries for the store's refresh lock without waiting for another holder (beyond the slack a
+    /// store adds to every wait).
+    async fn try_lock_store(&self) -> Result<StoreLock, AuthError> {
+        self.lock_store_within(Duration::ZERO).await
+    }
+
+    async fn lock_store_within(&self, max_hold: Duration) -> Result<StoreLock, AuthError> {
         match (&self.store, &self.grant) {
             (StoreRef::Grant(store), Some(grant)) => store.lock_grant(grant, max_hold).await,
             (StoreRef::Token(store), _) => store.lock(max_hold).await,
@@ -845,7 +1111,7 @@ impl TokenManager {
 
 /// A flight joined (or reserved) by a caller.
 struct Joined {
-    id: u64,
+    id: u32,
     flight: Flight,
     /// `Some` when this caller reserved the flight and must launch it.
     launch: Option<Launch>,
@@ -861,9 +1127,20 @@ impl Joined {
     }
 }
 
-/// Whether `error` is the latch of a removed grant (which nothing lifts).
-fn removed(error: &AuthError) -> bool {
-    matches!(error, AuthError::ReauthorizationRequired { reason } if reason.starts_with("the grant was removed"))
+/// Whether a save failed because a fenced store refused the lock it was made under.
+fn lock_lost(error: &AuthError) -> bool {
+    match error {
+        AuthError::Store { source } => source.downcast_ref::<LockLost>().is_some(),
+        _ => false,
+    }
+}
+
+/// A short fingerprint of a refresh token (never 0, which means "none").
+fn fingerprint(refresh_token: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    refresh_token.hash(&mut hasher);
+    hasher.finish().max(1)
 }
 
 /// A grant store without a grant: a construction bug, reported rather than panicking.
@@ -883,5 +1160,6 @@ fn satisfies(current: &Current, want: Want) -> bool {
         Want::Usable => current.usable(),
         Want::NewerThan(generation) => current.generation > generation && current.usable(),
         Want::Background => current.fresh(),
+        Want::Save => current.usable(),
     }
 }

@@ -144,6 +144,9 @@ async fn twenty_concurrent_401s_of_one_grant_make_one_refresh_of_that_grant_and_
 
     let (rejected, rejected_grant) = &seeded[0];
     rejected_grant.revoke_access_tokens();
+    // The refresh is held until all 20 callers were rejected with the old token (an event, not a
+    // hope that the refresh is slower than 20 requests).
+    let hold = fake.hold_token_answers();
     let mut tasks = JoinSet::new();
     for (id, grant) in &seeded {
         let callers = if id == rejected { 20 } else { 5 };
@@ -154,6 +157,10 @@ async fn twenty_concurrent_401s_of_one_grant_make_one_refresh_of_that_grant_and_
             );
         }
     }
+    while rejected_grant.unauthorized_served() < 20 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    hold.release();
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }

@@ -10,9 +10,14 @@ use nifty_auth::RedisStore;
 use redis::aio::MultiplexedConnection;
 
 /// A redis-server child process on a free loopback port; killed on drop.
+///
+/// It persists every write (append-only file, fsync always, in its own temporary directory), as a
+/// token store in production must: a server killed and launched again still holds the grants. (A
+/// grant whose entry is gone is a removed grant, never restored from a process's memory.)
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -22,7 +27,11 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
         if !server.launch() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -38,7 +47,16 @@ impl RedisServer {
     pub fn launch(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -62,6 +80,10 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 }
 

@@ -21,6 +21,12 @@
 //! file beside it, `STEM.client.json`). The secret is never taken from an argument (every local user
 //! can read arguments with `ps`) and never printed.
 //!
+//! Files are written through the library's `FileStore` writer (a random temporary name created with
+//! `O_EXCL | O_NOFOLLOW` and mode 0600, renamed over the file); directories are created 0700. A
+//! profiles directory that other users can access is refused (exit 5) with the `chmod 700` that
+//! fixes it, never silently changed. Text from the token endpoint is printed without control
+//! characters.
+//!
 //! # Exit codes
 //! 0 success · 1 the API answered an error status (`api`) · 2 usage or configuration error ·
 //! 3 re-authorization required (run `nifty-auth login`) · 4 network error or token endpoint
@@ -32,6 +38,7 @@ mod login;
 mod profile;
 mod proxy;
 mod status;
+mod text;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -143,6 +150,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         None
     };
     let profile = Profile::open(&global)?;
+    profile.check_dir()?;
     if let Some(fake) = &_fake {
         login::login_to_fake(&profile, fake).await?;
         if let Command::Login(_) = command {
@@ -183,6 +191,8 @@ fn report(failure: &Failure, verbose: bool) -> ExitCode {
             source = cause.source();
         }
     }
-    eprintln!("{}", line.replace(['\n', '\r'], " "));
+    // Error texts quote the token endpoint and the browser's callback: one line, nothing a
+    // terminal would act on.
+    eprintln!("{}", text::printable(&line));
     ExitCode::from(failure.code)
 }

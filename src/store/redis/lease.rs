@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::task::JoinHandle;
 
-use super::{millis, redis_error, Keys, RedisStore};
+use super::{millis, Keys, RedisStore};
 use crate::store::StoreLock;
 use crate::token::TokenSet;
 use tower::BoxError;
@@ -96,16 +96,32 @@ impl RedisStore {
             .saturating_add(WAIT_SLACK);
         let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
-            let mut connection = self.connection().await?;
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(&keys.lock)
-                .arg(&owner)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(inner.lock_ttl))
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| redis_error("SET NX (refresh lock)", e))?;
+            let link = self.link()?;
+            let owner_ref = &owner;
+            let attempt = self
+                .bounded_on(
+                    &link,
+                    "SET NX (refresh lock)",
+                    |mut connection| async move {
+                        let taken: Option<String> = redis::cmd("SET")
+                            .arg(&keys.lock)
+                            .arg(owner_ref)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(millis(inner.lock_ttl))
+                            .query_async(&mut connection)
+                            .await?;
+                        Ok((taken, connection))
+                    },
+                )
+                .await;
+            let (taken, connection) = match attempt {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.forget_attempt(&runtime, link.manager, &keys.lock, &owner);
+                    return Err(e);
+                }
+            };
             if taken.is_some() {
                 return Ok(self.hold(&runtime, connection, owner, keys.lock.clone()));
             }
@@ -118,6 +134,24 @@ impl RedisStore {
                 })
                 .await?;
         }
+    }
+
+    /// A lock attempt failed without an answer: its `SET` may still reach Redis (when a partition
+    /// heals) and take the lock for nobody. Sends a compare-and-delete for its token, bounded by the
+    /// command timeout, in a task of its own so the caller's error is not delayed; on the same
+    /// connection, so it runs right after that `SET`. At worst the lease lapses within one lock TTL.
+    fn forget_attempt(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        connection: ConnectionManager,
+        key: &str,
+        owner: &str,
+    ) {
+        let limit = self.inner.command_timeout;
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(limit, release(connection, key, owner)).await;
+        });
     }
 
     /// Starts the watchdog for a lock just taken and wraps both in a [`StoreLock`].
@@ -141,10 +175,21 @@ impl RedisStore {
             owner: owner.clone(),
             lost,
         };
+        let limit = self
+            .inner
+            .connect_timeout
+            .saturating_add(self.inner.command_timeout);
         // Dropping the release closure unrun (no runtime left) drops the watchdog too: it stops.
         StoreLock::new(move || async move {
             drop(watchdog);
-            release(connection, key, owner).await;
+            if tokio::time::timeout(limit, release(connection, key, owner))
+                .await
+                .is_err()
+            {
+                crate::trace::warning!(
+                    "could not release the Redis refresh lock in time; its lease lapses by itself"
+                );
+            }
         })
         .with_data(lease)
     }
@@ -184,16 +229,18 @@ impl RedisStore {
             return Err(lost(&keys.lock));
         }
         let value = self.seal(tokens, &keys.tokens)?;
-        let mut connection = self.connection().await?;
-        let saved: i64 = FENCED_SET
-            .key(&keys.lock)
-            .key(&keys.tokens)
-            .arg(&lease.owner)
-            .arg(value)
-            .arg(millis(inner.token_ttl))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| redis_error("fenced SET", e))?;
+        let saved: i64 = self
+            .bounded("fenced SET", |mut connection| async move {
+                FENCED_SET
+                    .key(&keys.lock)
+                    .key(&keys.tokens)
+                    .arg(&lease.owner)
+                    .arg(value)
+                    .arg(millis(inner.token_ttl))
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
         if saved != 1 {
             lease.lost.store(true, Ordering::Release);
             return Err(lost(&keys.lock));
@@ -203,7 +250,7 @@ impl RedisStore {
 }
 
 fn lost(lock_key: &str) -> BoxError {
-    io::Error::other(format!(
+    crate::store::LockLost::new(format!(
         "the refresh lock {lock_key} was lost (its lease lapsed or another process holds it); not \
          overwriting a possibly newer token set"
     ))
@@ -253,7 +300,7 @@ async fn release(mut connection: ConnectionManager, key: String, owner: String) 
         .invoke_async(&mut connection)
         .await;
     if let Err(e) = released {
-        // The lease lapses by itself within one lock TTL.
+        // Not retried: the lease lapses by itself within one lock TTL.
         crate::trace::warning!(error = %e, "could not release the Redis refresh lock");
         let _ = e;
     }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use chacha20poly1305::aead::KeyInit;
 use chacha20poly1305::XChaCha20Poly1305;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use self::key::Keys;
 use super::{BoxFuture, StoreLock, TokenStore};
@@ -28,15 +29,18 @@ pub const DEFAULT_REDIS_KEY_PREFIX: &str = "nifty-auth";
 /// The default time to live of the stored token set, renewed at every save. It must outlast the
 /// refresh token's useful life (Nifty does not document it); raise it if your grants idle longer.
 pub const DEFAULT_REDIS_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
-/// The default response and connect timeout of one Redis command.
+/// The default response timeout of one Redis command: how long the store waits for its answer.
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default connect timeout: how long one attempt to connect to Redis (TCP, then the
+/// handshake) may take.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default lease of the refresh lock: its holder's watchdog extends it every third of it; a
 /// holder that died is taken over within one lease.
 pub const DEFAULT_REDIS_LOCK_TTL: Duration = Duration::from_secs(10);
 
 /// The shortest lock lease [`RedisStoreBuilder::build`] accepts.
 const MIN_LOCK_TTL: Duration = Duration::from_millis(100);
-/// The longest lock lease and command timeout [`RedisStoreBuilder::build`] accepts.
+/// The longest lock lease, command and connect timeout [`RedisStoreBuilder::build`] accepts.
 const MAX_LOCK_TTL: Duration = Duration::from_secs(60 * 60);
 /// The longest token set TTL [`RedisStoreBuilder::build`] accepts (Redis rejects far larger ones).
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
@@ -67,6 +71,17 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 /// - Redis down: requests keep using a still-valid cached access token (the hot path never talks to
 ///   Redis); a refresh that is needed fails with [`AuthError::Store`]. It never refreshes without
 ///   the lock — that is how rotating grants die.
+/// - **Every call is bounded**, even when Redis vanishes without closing its connections (a
+///   network partition, a frozen host): connecting waits at most
+///   [`connect_timeout`](RedisStoreBuilder::connect_timeout) (one attempt per call; the next call
+///   tries again), each command at most [`command_timeout`](RedisStoreBuilder::command_timeout), so
+///   one load, save or lock attempt fails within their sum (defaults: 2 s + 2 s) and the refresh
+///   with it, as [`AuthError::Store`].
+/// - **A lock never outlives its holder's intent.** A release that fails (Redis unreachable) is
+///   not retried: the lease expires by itself within one lock TTL. A lock attempt whose answer never
+///   came may have taken the lock when its `SET` finally lands: the store then sends a
+///   compare-and-delete for that attempt's token (best effort, on the same connection, so it runs
+///   right after the `SET`), and at worst that lease too lapses within one lock TTL.
 /// - Optional at-rest encryption ([`RedisStoreBuilder::encryption_key`]): XChaCha20-Poly1305 with a
 ///   random nonce per save, the Redis key as associated data.
 /// - The lock and the token set are two keys used in one script: Redis Cluster needs both in one
@@ -119,7 +134,9 @@ pub struct RedisStore {
 
 struct Inner {
     client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    /// The connection calls use; replaced after a command on it timed out.
+    link: parking_lot::Mutex<Option<Link>>,
+    links: AtomicU64,
     /// `<prefix>:<escaped client id>`: the start of every key, the grants' included.
     base: String,
     /// The keys of the builder's grant name: what the single-grant [`TokenStore`] uses.
@@ -127,6 +144,7 @@ struct Inner {
     token_ttl: Duration,
     lock_ttl: Duration,
     command_timeout: Duration,
+    connect_timeout: Duration,
     cipher: Option<XChaCha20Poly1305>,
 }
 
@@ -139,6 +157,7 @@ pub struct RedisStoreBuilder {
     token_ttl: Duration,
     lock_ttl: Duration,
     command_timeout: Duration,
+    connect_timeout: Duration,
     key: Option<[u8; 32]>,
 }
 
@@ -158,6 +177,7 @@ impl RedisStore {
             token_ttl: DEFAULT_REDIS_TOKEN_TTL,
             lock_ttl: DEFAULT_REDIS_LOCK_TTL,
             command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT,
             key: None,
         }
     }
@@ -173,22 +193,94 @@ impl RedisStore {
         &self.inner.keys.lock
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, BoxError> {
+    /// The connection to use (made lazily: no I/O here; it connects on its first command).
+    fn link(&self) -> Result<Link, BoxError> {
         let inner = &self.inner;
-        let connection = inner
-            .connection
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(inner.command_timeout))
-                    .set_response_timeout(Some(inner.command_timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                inner.client.get_connection_manager_lazy(config)
-            })
-            .await
+        let mut link = inner.link.lock();
+        if let Some(link) = link.as_ref() {
+            return Ok(link.clone());
+        }
+        // One connect attempt per call: a call never waits through retries, and the next call
+        // tries again.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(inner.connect_timeout))
+            .set_response_timeout(Some(inner.command_timeout))
+            .set_number_of_retries(0);
+        let manager = inner
+            .client
+            .get_connection_manager_lazy(config)
             .map_err(|e| redis_error("connect", e))?;
-        Ok(connection.clone())
+        let made = Link {
+            id: inner.links.fetch_add(1, Ordering::Relaxed),
+            manager,
+        };
+        *link = Some(made.clone());
+        Ok(made)
     }
+
+    /// Forgets `link` (if it is still the current one) so that the next call makes a new
+    /// connection: a connection on which a command went unanswered is out of step with its server
+    /// (after a partition heals, later commands on it were seen to keep timing out behind the
+    /// backlog), so it is never reused; it closes once its last user drops it.
+    fn replace(&self, link: &Link) {
+        let mut current = self.inner.link.lock();
+        if current.as_ref().is_some_and(|c| c.id == link.id) {
+            *current = None;
+        }
+    }
+
+    /// Runs one store call on a connection for at most the connect timeout plus the command
+    /// timeout, whatever the client library does inside; a call that timed out replaces the
+    /// connection.
+    pub(super) async fn bounded<T, F, Fut>(&self, what: &str, call: F) -> Result<T, BoxError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let link = self.link()?;
+        self.bounded_on(&link, what, call).await
+    }
+
+    /// [`bounded`](Self::bounded) on a given connection.
+    pub(super) async fn bounded_on<T, F, Fut>(
+        &self,
+        link: &Link,
+        what: &str,
+        call: F,
+    ) -> Result<T, BoxError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let limit = self
+            .inner
+            .connect_timeout
+            .saturating_add(self.inner.command_timeout);
+        match tokio::time::timeout(limit, call(link.manager.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_timeout() {
+                    self.replace(link);
+                }
+                Err(redis_error(what, e))
+            }
+            Err(_) => {
+                self.replace(link);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("redis {what} timed out after {limit:?}"),
+                )
+                .into())
+            }
+        }
+    }
+}
+
+/// A connection of the store, numbered so that a timed-out call replaces only the one it used.
+#[derive(Clone)]
+pub(super) struct Link {
+    id: u64,
+    pub(super) manager: ConnectionManager,
 }
 
 impl RedisStoreBuilder {
@@ -214,10 +306,19 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The connect and response timeout of each Redis command. Defaults to
-    /// [`DEFAULT_REDIS_COMMAND_TIMEOUT`]; more than zero and at most one hour.
+    /// How long the store waits for the answer to each Redis command (a load, a save, a lock
+    /// attempt, a release, a lease extension). A command that times out fails the store call.
+    /// Defaults to [`DEFAULT_REDIS_COMMAND_TIMEOUT`]; more than zero and at most one hour.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
+        self
+    }
+
+    /// How long one attempt to connect to Redis (TCP and the handshake) may take; a store call
+    /// makes at most one. Defaults to [`DEFAULT_REDIS_CONNECT_TIMEOUT`]; more than zero and at most
+    /// one hour.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -252,6 +353,12 @@ impl RedisStoreBuilder {
             Duration::from_millis(1),
             MAX_LOCK_TTL,
         )?;
+        in_range(
+            "connect_timeout",
+            self.connect_timeout,
+            Duration::from_millis(1),
+            MAX_LOCK_TTL,
+        )?;
         // The URL may hold a password: never echo it.
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| AuthError::config(format!("the Redis URL is invalid ({:?})", e.kind())))?;
@@ -260,12 +367,14 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 client,
-                connection: OnceCell::new(),
+                link: parking_lot::Mutex::new(None),
+                links: AtomicU64::new(0),
                 base,
                 keys,
                 token_ttl: self.token_ttl,
                 lock_ttl: self.lock_ttl,
                 command_timeout: self.command_timeout,
+                connect_timeout: self.connect_timeout,
                 cipher: self.key.map(|k| XChaCha20Poly1305::new(&k.into())),
             }),
         })
@@ -284,12 +393,14 @@ fn in_range(name: &str, value: Duration, min: Duration, max: Duration) -> Result
 impl RedisStore {
     /// Reads the token set under `keys`.
     async fn load_at(&self, keys: &Keys) -> Result<Option<TokenSet>, BoxError> {
-        let mut connection = self.connection().await?;
-        let stored: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&keys.tokens)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| redis_error("GET", e))?;
+        let stored: Option<Vec<u8>> = self
+            .bounded("GET", |mut connection| async move {
+                redis::cmd("GET")
+                    .arg(&keys.tokens)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
         stored
             .map(|stored| self.unseal(stored, &keys.tokens))
             .transpose()
@@ -298,16 +409,16 @@ impl RedisStore {
     /// Writes the token set under `keys`, unfenced.
     async fn save_at(&self, keys: &Keys, tokens: &TokenSet) -> Result<(), BoxError> {
         let value = self.seal(tokens, &keys.tokens)?;
-        let mut connection = self.connection().await?;
-        redis::cmd("SET")
-            .arg(&keys.tokens)
-            .arg(value)
-            .arg("PX")
-            .arg(millis(self.inner.token_ttl))
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(|e| redis_error("SET", e))?;
-        Ok(())
+        self.bounded("SET", |mut connection| async move {
+            redis::cmd("SET")
+                .arg(&keys.tokens)
+                .arg(value)
+                .arg("PX")
+                .arg(millis(self.inner.token_ttl))
+                .query_async::<()>(&mut connection)
+                .await
+        })
+        .await
     }
 }
 
@@ -361,6 +472,8 @@ impl fmt::Debug for RedisStore {
             .field("lock_key", &self.inner.keys.lock)
             .field("token_ttl", &self.inner.token_ttl)
             .field("lock_ttl", &self.inner.lock_ttl)
+            .field("command_timeout", &self.inner.command_timeout)
+            .field("connect_timeout", &self.inner.connect_timeout)
             .field("encrypted", &self.inner.cipher.is_some())
             .finish_non_exhaustive()
     }
@@ -374,6 +487,8 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("prefix", &self.prefix)
             .field("token_ttl", &self.token_ttl)
             .field("lock_ttl", &self.lock_ttl)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .field("encrypted", &self.key.is_some())
             .finish_non_exhaustive()
     }
