@@ -120,6 +120,22 @@ async fn a_grant_needing_reauthorization_is_answered_401_naming_it() {
     assert_eq!(answer.status, 200, "other grants are not affected");
     assert_eq!(setup.fake.api_calls(), 1);
 
+    let readyz = format!("{}/_nifty/readyz", proxy.url);
+    assert_eq!(curl(&[&readyz]).await.status, 200, "the store answers");
+    let one = curl(&["-H", "Nifty-Grant: alive", &readyz]).await;
+    assert_eq!(one.status, 401, "asking about one grant needs the key");
+    let alive_ready = curl_with_key(&["-H", "Nifty-Grant: alive", &readyz]).await;
+    assert_eq!(alive_ready.status, 200, "{}", alive_ready.text());
+    let dead_ready = curl_with_key(&["-H", "Nifty-Grant: dead", &readyz]).await;
+    assert_eq!(dead_ready.status, 503);
+    assert_eq!(dead_ready.json()["error"], "reauthorization_required");
+    assert_eq!(dead_ready.json()["grant"], "dead");
+    assert_eq!(
+        setup.fake.invalid_grants_served(),
+        1,
+        "readyz made no token call"
+    );
+
     let page = curl_with_key(&[&format!("{}/_nifty/metrics", proxy.url)]).await;
     let text = page.text();
     assert!(
