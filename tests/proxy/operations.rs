@@ -135,3 +135,40 @@ async fn the_metrics_page_counts_requests_token_calls_and_upstream_latency() {
     assert!(!log.contains("q1w2e3"), "the query was logged");
     assert!(!log.contains(KEY));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_before_its_answer_is_logged_499_and_leaves_no_request_in_flight() {
+    let setup = Setup::new().await;
+    setup.logged_in().await;
+    let proxy = setup.proxy(&[]).await;
+    let mut hold = setup.fake.hold_next_api_answer();
+    let mut stream = tokio::net::TcpStream::connect(proxy.authority())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /api/v1.0/projects HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n\r\n",
+        proxy.authority()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    hold.arrived().await;
+
+    drop(stream);
+    proxy.wait_for_log("status=499").await;
+    hold.release();
+
+    let page = curl_with_key(&[&format!("{}/_nifty/metrics", proxy.url)]).await;
+    let samples = parse_metrics(&page.text());
+    assert_eq!(
+        samples["nifty_proxy_requests_in_flight"], 1.0,
+        "only the metrics request"
+    );
+    assert_eq!(
+        samples[r#"nifty_proxy_requests_total{status="499",grant_class="none"}"#],
+        1.0
+    );
+    assert!(proxy
+        .log()
+        .contains("method=GET path=/api/v1.0/projects status=499"));
+}

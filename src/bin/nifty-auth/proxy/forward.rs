@@ -69,13 +69,9 @@ impl Outcome {
 impl Proxy {
     /// Handles one request; logs it and counts it.
     pub(crate) async fn handle(&self, request: Request<Incoming>) -> ProxyResponse {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        self.metrics.request_started();
+        let record = self.metrics.start(&request);
         let outcome = self.route(request).await;
-        self.metrics.request_finished(&outcome);
-        ops::log_request(&method, &path, &outcome, started.elapsed());
+        record.finish(&outcome);
         outcome.response
     }
 

@@ -11,7 +11,7 @@
 //! - `nifty_proxy_requests_in_flight`, `nifty_proxy_connections`: gauges.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -20,6 +20,7 @@ use metrics::{
     Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use nifty_auth::GrantId;
 use parking_lot::RwLock;
 
 use super::errors::{self, GrantClass};
@@ -83,13 +84,21 @@ impl Metrics {
         })
     }
 
-    pub(crate) fn request_started(&self) {
+    /// A request starts: in flight until its record is finished or dropped.
+    pub(crate) fn start<B>(&self, request: &Request<B>) -> RequestRecord<'_> {
         self.in_flight.increment(1.0);
+        RequestRecord {
+            metrics: self,
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            started: Instant::now(),
+            done: false,
+        }
     }
 
-    pub(crate) fn request_finished(&self, outcome: &Outcome) {
+    fn count(&self, status: StatusCode, class: GrantClass, upstream: Option<Duration>) {
         self.in_flight.decrement(1.0);
-        let key = (outcome.response.status(), outcome.class);
+        let key = (status, class);
         let counted = self.requests.read().get(&key).map(|c| c.increment(1));
         if counted.is_none() {
             let counter = counter!(
@@ -100,7 +109,7 @@ impl Metrics {
             counter.increment(1);
             self.requests.write().insert(key, counter);
         }
-        if let Some(took) = outcome.upstream {
+        if let Some(took) = upstream {
             self.upstream.record(took.as_secs_f64());
         }
     }
@@ -171,7 +180,7 @@ async fn ready(proxy: &Proxy, request: &Request<Incoming>) -> errors::ProxyRespo
         .headers()
         .get(GRANT_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|id| nifty_auth::GrantId::new(id.trim()).ok());
+        .and_then(|id| GrantId::new(id.trim()).ok());
     match proxy.upstream.ready(grant.as_ref()).await {
         Ok(()) => errors::json(StatusCode::OK, "ok", "a token can be had", grant.as_ref()),
         Err(ReadyError::Auth(e)) => errors::json(
@@ -208,16 +217,50 @@ pub(crate) fn init_logging() {
         .try_init();
 }
 
-/// The one log line of a request: method, path (never the query: it may hold data), status,
-/// latency, grant id. Never a header, so never a token or a key.
-pub(crate) fn log_request(method: &Method, path: &str, outcome: &Outcome, took: Duration) {
-    tracing::info!(
-        target: "nifty_auth::proxy",
-        method = %method,
-        path = %path.escape_debug(),
-        status = outcome.response.status().as_u16(),
-        latency_ms = %format_args!("{:.3}", took.as_secs_f64() * 1000.0),
-        grant = %outcome.grant.as_ref().map_or("-", |g| g.as_str()),
-        "request"
-    );
+/// One request, from its start: counted in flight; logged and counted when it ends, also when the
+/// client goes away before its answer (then with status 499, as nginx logs it).
+pub(crate) struct RequestRecord<'a> {
+    metrics: &'a Metrics,
+    method: Method,
+    path: String,
+    started: Instant,
+    done: bool,
+}
+
+/// The status of a request whose client went away before its answer.
+const CLIENT_CLOSED: u16 = 499;
+
+impl RequestRecord<'_> {
+    /// The request is answered with `outcome`.
+    pub(crate) fn finish(mut self, outcome: &Outcome) {
+        self.done = true;
+        let status = outcome.response.status();
+        self.metrics.count(status, outcome.class, outcome.upstream);
+        self.log(status.as_u16(), outcome.grant.as_ref());
+    }
+
+    /// The one log line of a request: method, path (never the query: it may hold data), status,
+    /// latency to the answer's head, grant id. Never a header, so never a token or a key.
+    fn log(&self, status: u16, grant: Option<&GrantId>) {
+        tracing::info!(
+            target: "nifty_auth::proxy",
+            method = %self.method,
+            path = %self.path.escape_debug(),
+            status,
+            latency_ms = %format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+            grant = %grant.map_or("-", GrantId::as_str),
+            "request"
+        );
+    }
+}
+
+impl Drop for RequestRecord<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Ok(status) = StatusCode::from_u16(CLIENT_CLOSED) {
+                self.metrics.count(status, GrantClass::None, None);
+            }
+            self.log(CLIENT_CLOSED, None);
+        }
+    }
 }
