@@ -315,8 +315,8 @@ fn open_lock_files(dir: &Path) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_of_1000_expired_grants_over_a_file_directory_keeps_a_lock_file_open_only_per_running_token_call()
-{
+async fn a_storm_of_1000_expired_grants_over_a_file_directory_keeps_a_lock_file_open_only_per_running_token_call(
+) {
     const GRANTS: usize = 1000;
     const MAX_CALLS: usize = 2;
     let fake = FakeNifty::builder()

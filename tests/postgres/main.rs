@@ -20,6 +20,8 @@ mod common;
 mod fence;
 mod outage;
 mod partition;
+#[path = "../common/partition.rs"]
+mod partition_scenario;
 mod processes;
 mod server;
 mod storm;

@@ -18,6 +18,8 @@ mod grants;
 mod keys;
 mod lease;
 mod partition;
+#[path = "../common/partition.rs"]
+mod partition_scenario;
 mod server;
 
 use std::io::{BufRead, BufReader};

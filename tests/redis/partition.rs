@@ -3,11 +3,10 @@
 //! fails with a store error and no token call, the next refresh after healing makes one, and
 //! nothing leaks — tasks, connections, or a lock taken by an attempt that timed out.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{AuthError, RedisStore, TokenSet, TokenStore};
+use nifty_auth::{RedisStore, TokenSet, TokenStore};
 
 use crate::blackhole::{alive_tasks, eventually, no_hang, recovered, Blackhole};
 use crate::common::*;
@@ -44,58 +43,10 @@ async fn a_blackholed_redis_fails_a_needed_refresh_in_bound_with_no_token_call_a
         .refresh_token(fake.issue_refresh_token())
         .build()
         .unwrap();
-    let svc = service(&auth);
-    let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(fake.token_calls(), 1);
-
-    proxy.blackhole();
-    for _ in 0..20 {
-        let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "a valid cached token needs no Redis"
-        );
-    }
-    assert_eq!(fake.api_calls(), 21);
-
-    // A refresh is needed now; Redis does not answer, so it must fail, bounded, and not refresh.
-    fake.revoke_access_tokens();
-    let started = Instant::now();
-    let err = no_hang("a refresh through a blackholed Redis", async {
-        send(&svc, get(fake.api_url("/projects")))
-            .await
-            .unwrap_err()
-    })
+    crate::partition_scenario::a_needed_refresh_fails_in_bound_and_heals(
+        &proxy, &fake, &auth, timeout, "Redis",
+    )
     .await;
-    let waited = started.elapsed();
-    let auth_err = auth_error(&err);
-    assert!(matches!(auth_err, AuthError::Store { .. }), "{auth_err:?}");
-    let chain = format!(
-        "{auth_err}: {}",
-        std::error::Error::source(auth_err).unwrap()
-    );
-    assert!(chain.contains("timed out"), "{chain}");
-    assert!(
-        waited >= timeout,
-        "failed after {waited:?}, before any timeout"
-    );
-    assert_eq!(fake.token_calls(), 1, "no refresh without the lock");
-    assert_eq!(fake.api_calls(), 22);
-
-    proxy.heal();
-    let (status, _) = no_hang("the first refresh after healing", async {
-        send(&svc, get(fake.api_url("/projects"))).await.unwrap()
-    })
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        fake.token_calls(),
-        2,
-        "exactly one token call after healing"
-    );
-    assert_eq!(fake.invalid_grants_served(), 0);
 }
 
 /// `connected_clients` of Redis's `INFO clients`.
