@@ -104,3 +104,31 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connection_limit_a_client_waits_until_a_connection_closes() {
+    let setup = Setup::new().await;
+    setup.logged_in().await;
+    let proxy = setup.proxy(&["--max-connections", "1"]).await;
+    let url = format!("{}/api/v1.0/projects", proxy.url);
+    let mut first_hold = setup.fake.hold_next_api_answer();
+    let mut second_hold = setup.fake.hold_next_api_answer();
+
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { curl_with_key(&[&url]).await }
+    });
+    first_hold.arrived().await;
+    proxy.wait_for_log("connection limit reached").await;
+    let second = tokio::spawn(async move { curl_with_key(&[&url]).await });
+
+    first_hold.release();
+    let first = tokio::time::timeout(WAIT, first).await.unwrap().unwrap();
+    assert_eq!(first.status, 200);
+    // The second client is accepted only once the first connection closed (curl exited).
+    second_hold.arrived().await;
+    second_hold.release();
+    let second = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(setup.fake.api_calls(), 2);
+}

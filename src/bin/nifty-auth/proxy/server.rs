@@ -199,9 +199,19 @@ pub(crate) async fn serve(
     eprintln!("nifty-auth proxy: listening on {listener}");
     loop {
         // Take a connection slot before accepting: over the limit, clients wait in the backlog.
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => permit,
-            () = &mut shutdown => break,
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(_) => {
+                tracing::warn!(
+                    target: "nifty_auth::proxy",
+                    max_connections = limits.max_connections,
+                    "connection limit reached: new connections wait until one closes"
+                );
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => permit,
+                    () = &mut shutdown => break,
+                }
+            }
         };
         let Ok(permit) = permit else { break };
         let accepted = tokio::select! {
