@@ -385,3 +385,53 @@ async fn a_storm_of_1000_expired_grants_over_a_file_directory_keeps_a_lock_file_
     );
     assert_eq!(fake.invalid_grants_served(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_latched_by_invalid_grant_picks_up_a_reauthorization_made_through_another() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let dead = fake.new_grant();
+    let tokens = TokenSet::new("expired-access-token")
+        .with_refresh_token(dead.issue_refresh_token())
+        .with_expires_in(Duration::ZERO);
+    FileStore::new(&path).save(&tokens).await.unwrap();
+    dead.revoke();
+    let (a, b) = (
+        replica(&fake, Replica::new(&path)),
+        replica(&fake, Replica::new(&path)),
+    );
+
+    // A finds the grant dead: latched, and it stays so while the store holds the refused token.
+    let err = a.access_token().await.expect_err("invalid_grant");
+    assert!(err.is_reauthorization_required(), "{err:?}");
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(fake.invalid_grants_served(), 1);
+
+    // The user re-authorizes through B (another process of the app).
+    let redirect = "http://127.0.0.1/callback";
+    let code = fake.new_grant().issue_code(redirect);
+    let reauthorized = b.exchange_code(code, redirect).await.unwrap();
+    assert_eq!(fake.token_calls(), 2);
+
+    // A's callers fail fast until one of them has the store re-read, then A uses B's tokens.
+    let mut latched_answers = 0;
+    let token = loop {
+        match a.access_token().await {
+            Ok(token) => break token,
+            Err(err) => {
+                assert!(err.is_reauthorization_required(), "{err:?}");
+                latched_answers += 1;
+                assert!(latched_answers < 1_000, "A never saw the re-authorization");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(token, reauthorized.access_token());
+    assert_eq!(fake.token_calls(), 2, "A adopted B's tokens: no token call");
+    assert_eq!(
+        fake.invalid_grants_served(),
+        1,
+        "the dead token was not sent again"
+    );
+}
