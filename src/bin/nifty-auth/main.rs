@@ -8,6 +8,7 @@
 //! nifty-auth status --json
 //! nifty-auth logout
 //! nifty-auth --fake api GET /projects               # a demo against an embedded fake Nifty
+//! nifty-auth proxy --listen 127.0.0.1:8787          # any language: the API with the token attached
 //! ```
 //!
 //! # Profiles
@@ -35,6 +36,7 @@ mod api;
 mod failure;
 mod login;
 mod profile;
+mod proxy;
 mod status;
 mod text;
 
@@ -108,15 +110,20 @@ enum Command {
     Logout,
     /// Call Nifty's API with the profile's token: `nifty-auth api GET /projects`.
     Api(api::ApiArgs),
+    /// Serve Nifty's API on a local address with the token attached, for any language or tool:
+    /// `curl -H "Authorization: Bearer $KEY" http://127.0.0.1:8787/api/v1.0/projects`.
+    Proxy(proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.global.verbose;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The proxy serves many connections at once: one worker thread per core.
+    let mut builder = match cli.command {
+        Command::Proxy(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             return report(
@@ -163,6 +170,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status { json } => status::status(&profile, json).await,
         Command::Logout => profile.logout(),
         Command::Api(args) => api::api(&profile, &args).await,
+        Command::Proxy(args) => proxy::proxy(&profile, &args, _fake.as_ref()).await,
     }
 }
 

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tower::BoxError;
+
+use super::redis_error;
 
 /// Where a store's commands go.
 pub(super) enum Target {
@@ -19,29 +22,44 @@ pub(super) enum Target {
 
 /// A connection to a [`Target`]; clones share it.
 #[derive(Clone)]
-pub(super) enum Connection {
+pub(crate) enum Connection {
     Single(ConnectionManager),
     #[cfg(feature = "redis-cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl Target {
-    /// Connects (a single server's manager connects lazily; the cluster client reads the slot map
-    /// from a node first).
-    pub(super) async fn connect(&self, command_timeout: Duration) -> RedisResult<Connection> {
+    /// Connects, one attempt: a single server's manager connects lazily (on its first command,
+    /// within `connect_timeout`); the cluster client reads the slot map from a node first, within
+    /// `connect_timeout`.
+    pub(super) async fn connect(
+        &self,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Connection, BoxError> {
         match self {
             Target::Single(client) => {
                 let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(command_timeout))
+                    .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(command_timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
+                    .set_number_of_retries(0);
                 client
                     .get_connection_manager_lazy(config)
                     .map(Connection::Single)
+                    .map_err(|e| redis_error("connect", e))
             }
             #[cfg(feature = "redis-cluster")]
-            Target::Cluster(client) => client.get_async_connection().await.map(Connection::Cluster),
+            Target::Cluster(client) => {
+                match tokio::time::timeout(connect_timeout, client.get_async_connection()).await {
+                    Ok(Ok(connection)) => Ok(Connection::Cluster(connection)),
+                    Ok(Err(e)) => Err(redis_error("connect to the cluster", e)),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("redis connect to the cluster timed out after {connect_timeout:?}"),
+                    )
+                    .into()),
+                }
+            }
         }
     }
 
@@ -55,16 +73,18 @@ impl Target {
     }
 }
 
-/// The cluster client for `nodes`: every attempt bounded by `command_timeout`, and every command
+/// The cluster client for `nodes`: every connect bounded by `connect_timeout`, every answer by
+/// `command_timeout`, and every command
 /// with its retries (a failover, a `MOVED`, a node reconnecting) bounded by it too, so a store call
 /// never waits through the client's default sixteen retries.
 #[cfg(feature = "redis-cluster")]
 pub(super) fn cluster_client(
     nodes: &[String],
+    connect_timeout: Duration,
     command_timeout: Duration,
-) -> RedisResult<redis::cluster::ClusterClient> {
+) -> redis::RedisResult<redis::cluster::ClusterClient> {
     redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
-        .connection_timeout(command_timeout)
+        .connection_timeout(connect_timeout)
         .response_timeout(command_timeout)
         .overall_response_timeout(Some(command_timeout))
         .retries(4)
@@ -122,7 +142,7 @@ impl super::RedisStoreBuilder {
                 ));
             }
             // A URL may hold a password: never echo it.
-            return cluster_client(nodes, self.command_timeout)
+            return cluster_client(nodes, self.connect_timeout, self.command_timeout)
                 .map(|client| Target::Cluster(Box::new(client)))
                 .map_err(|e| {
                     AuthError::config(format!("a Redis cluster URL is invalid ({:?})", e.kind()))

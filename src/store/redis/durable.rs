@@ -6,12 +6,11 @@
 use std::io;
 use std::time::Duration;
 
-use redis::{Cmd, FromRedisValue};
+use redis::{Cmd, FromRedisValue, RedisResult};
 use tower::BoxError;
 
 use super::connection::Connection;
-use super::lease::{FENCED_SET_SOURCE, RELEASE};
-use super::{millis, redis_error, Keys, RedisStore, RedisStoreBuilder};
+use super::{millis, RedisStore, RedisStoreBuilder};
 use crate::error::AuthError;
 
 /// The default bound of the `WAIT` after each write when replicas must acknowledge it (see
@@ -28,8 +27,9 @@ impl RedisStoreBuilder {
     /// Redis replicates asynchronously: a master that dies right after acknowledging a save may
     /// leave a promoted replica without it, and the next refresh would replay the refresh token
     /// that save replaced (`invalid_grant`). With `replicas` > 0 a save that fewer replicas
-    /// acknowledge within `timeout` fails; the token manager then keeps the rotated tokens, unused
-    /// and with the refresh lock held, and its rescue retries the save until it is acknowledged.
+    /// acknowledge within `timeout` fails (not as a lost lock); the token manager then keeps the
+    /// rotated tokens, unused and with the refresh lock held, and its rescue retries the save until
+    /// it is acknowledged. A lock taken but not acknowledged is released and the attempt fails.
     /// See [Replicated Redis](RedisStore#replicated-redis) for what this closes and what it cannot.
     ///
     /// Defaults: 0 (no `WAIT`) for [`RedisStore::builder`]; 1 replica for a cluster store.
@@ -70,13 +70,12 @@ impl RedisStore {
     /// during a resharding) is answered in-band, where the cluster client does not see it: the
     /// store then sends one plain command for `key` (which the client routes, following and
     /// learning the redirect) and tries the pipeline once more.
-    async fn write_then_wait<T: FromRedisValue>(
+    pub(super) async fn write_then_wait<T: FromRedisValue>(
         &self,
         connection: &mut Connection,
         write: &Cmd,
         key: &str,
-        what: &str,
-    ) -> Result<(T, u32), BoxError> {
+    ) -> RedisResult<(T, u32)> {
         let inner = &self.inner;
         let mut pipe = redis::pipe();
         pipe.add_command(write.clone())
@@ -88,96 +87,29 @@ impl RedisStore {
             match pipe.query_async::<(T, u32)>(connection).await {
                 Err(e) if e.is_cluster_error() && tries == 0 => {
                     tries += 1;
-                    let _: Result<i64, _> =
-                        redis::cmd("EXISTS").arg(key).query_async(connection).await;
+                    let _: RedisResult<i64> = redis::cmd("EXISTS")
+                        .arg(key)
+                        .query_async(connection)
+                        .await;
                 }
-                answer => return answer.map_err(|e| redis_error(what, e)),
+                answer => return answer,
             }
         }
     }
 
-    fn not_acknowledged(&self, acked: u32, what: &str) -> BoxError {
-        io::Error::new(
+    /// An error unless at least the configured number of replicas acknowledged a write (`acked`).
+    pub(super) fn check_acked(&self, acked: u32, what: &str) -> Result<(), BoxError> {
+        let inner = &self.inner;
+        if acked >= inner.replicas {
+            return Ok(());
+        }
+        Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "redis {what}: {acked} of the {} replicas required acknowledged it within {:?}",
-                self.inner.replicas, self.inner.replica_timeout
+                inner.replicas, inner.replica_timeout
             ),
         )
-        .into()
-    }
-
-    /// An unfenced `SET` of a token set (built by the caller), acknowledged by the replicas.
-    pub(super) async fn set_acked(
-        &self,
-        connection: &mut Connection,
-        set: Cmd,
-        key: &str,
-    ) -> Result<(), BoxError> {
-        let ((), acked) = self.write_then_wait(connection, &set, key, "SET").await?;
-        if acked < self.inner.replicas {
-            return Err(self.not_acknowledged(acked, "SET of the token set"));
-        }
-        Ok(())
-    }
-
-    /// The fenced save (see `lease.rs`), acknowledged by the replicas: 1 saved, 0 the lock is not
-    /// ours (nothing written, so nothing to wait for).
-    pub(super) async fn fenced_set_acked(
-        &self,
-        connection: &mut Connection,
-        keys: &Keys,
-        owner: &str,
-        value: Vec<u8>,
-    ) -> Result<i64, BoxError> {
-        let mut script = redis::cmd("EVAL");
-        script
-            .arg(FENCED_SET_SOURCE)
-            .arg(2)
-            .arg(&keys.lock)
-            .arg(&keys.tokens)
-            .arg(owner)
-            .arg(value)
-            .arg(millis(self.inner.token_ttl));
-        let (saved, acked): (i64, u32) = self
-            .write_then_wait(connection, &script, &keys.tokens, "fenced SET")
-            .await?;
-        if saved == 1 && acked < self.inner.replicas {
-            return Err(self.not_acknowledged(acked, "fenced SET of the token set"));
-        }
-        Ok(saved)
-    }
-
-    /// Tries to take the refresh lock, acknowledged by the replicas: a lock only the master knows
-    /// would vanish with it in a failover, and a second process would refresh while this one does.
-    /// A lock taken but not acknowledged in time is released (compare-and-delete) and the attempt
-    /// fails; at worst its lease lapses within one lock TTL.
-    pub(super) async fn take_lock_acked(
-        &self,
-        connection: &mut Connection,
-        keys: &Keys,
-        owner: &str,
-    ) -> Result<bool, BoxError> {
-        let mut set = redis::cmd("SET");
-        set.arg(&keys.lock)
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(self.inner.lock_ttl));
-        let (taken, acked): (Option<String>, u32) = self
-            .write_then_wait(connection, &set, &keys.lock, "SET NX (refresh lock)")
-            .await?;
-        if taken.is_none() {
-            return Ok(false);
-        }
-        if acked < self.inner.replicas {
-            let _: Result<i64, _> = RELEASE
-                .key(&keys.lock)
-                .arg(owner)
-                .invoke_async(connection)
-                .await;
-            return Err(self.not_acknowledged(acked, "SET NX of the refresh lock"));
-        }
-        Ok(true)
+        .into())
     }
 }

@@ -11,7 +11,7 @@ use redis::Script;
 use tokio::task::JoinHandle;
 
 use super::connection::Connection;
-use super::{millis, redis_error, Keys, RedisStore};
+use super::{millis, Keys, RedisStore};
 use crate::store::StoreLock;
 use crate::token::TokenSet;
 use tower::BoxError;
@@ -23,7 +23,7 @@ const WAIT_SLACK: Duration = Duration::from_secs(1);
 
 /// Deletes the lock only if this owner still holds it (a lock that lapsed and was taken by another
 /// process is not ours to delete).
-pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -35,7 +35,7 @@ return 0
 });
 
 /// Extends the lease only if this owner still holds it: 1 extended, 0 gone or someone else's.
-pub(super) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -47,7 +47,7 @@ return 0
 });
 
 /// Writes the token set (KEYS[2]) with its TTL only if this owner still holds the lock (KEYS[1]).
-pub(super) const FENCED_SET_SOURCE: &str = r#"
+const FENCED_SET_SOURCE: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
     redis.call("SET", KEYS[2], ARGV[2], "PX", ARGV[3])
     return 1
@@ -65,9 +65,6 @@ pub(super) struct Lease {
     owner: String,
     /// Set when the watchdog or the fence found the lock gone or taken by someone else.
     lost: Arc<AtomicBool>,
-    /// Set while the last save under this lease failed (other than by the fence): its release
-    /// hands the lock over instead of deleting it (see `handover.rs`).
-    unsaved: Arc<AtomicBool>,
 }
 
 /// Aborts the watchdog task when dropped: with the lock's release, or with the lock itself.
@@ -95,27 +92,45 @@ impl RedisStore {
         let wait = max_hold
             .saturating_add(inner.lock_ttl)
             .saturating_add(WAIT_SLACK);
-        if let Some(lock) = self.take_back(keys, &runtime).await? {
-            return Ok(lock);
-        }
         let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
-            let mut connection = self.connection().await?;
-            let taken = if inner.replicas > 0 {
-                self.take_lock_acked(&mut connection, keys, &owner).await?
-            } else {
-                redis::cmd("SET")
-                    .arg(&keys.lock)
-                    .arg(&owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(inner.lock_ttl))
-                    .query_async::<Option<String>>(&mut connection)
-                    .await
-                    .map_err(|e| redis_error("SET NX (refresh lock)", e))?
-                    .is_some()
+            let link = self.link().await?;
+            let owner_ref = &owner;
+            let attempt = self
+                .bounded_on(
+                    &link,
+                    "SET NX (refresh lock)",
+                    |mut connection| async move {
+                        let mut set = redis::cmd("SET");
+                        set.arg(&keys.lock)
+                            .arg(owner_ref)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(millis(inner.lock_ttl));
+                        let (taken, acked): (Option<String>, u32) = if inner.replicas > 0 {
+                            self.write_then_wait(&mut connection, &set, &keys.lock)
+                                .await?
+                        } else {
+                            (set.query_async(&mut connection).await?, 0)
+                        };
+                        Ok((taken, acked, connection))
+                    },
+                )
+                .await;
+            let (taken, acked, connection) = match attempt {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.forget_attempt(&runtime, link.manager, &keys.lock, &owner);
+                    return Err(e);
+                }
             };
-            if taken {
+            if taken.is_some() {
+                // A lock only the master knows would vanish with it in a failover, and a second
+                // process would refresh while this one does: not acknowledged, it is given back.
+                if let Err(e) = self.check_acked(acked, "SET NX of the refresh lock") {
+                    self.forget_attempt(&runtime, connection, &keys.lock, &owner);
+                    return Err(e);
+                }
                 return Ok(self.hold(&runtime, connection, owner, keys.lock.clone()));
             }
             waiting
@@ -129,8 +144,26 @@ impl RedisStore {
         }
     }
 
+    /// A lock attempt failed without an answer: its `SET` may still reach Redis (when a partition
+    /// heals) and take the lock for nobody. Sends a compare-and-delete for its token, bounded by the
+    /// command timeout, in a task of its own so the caller's error is not delayed; on the same
+    /// connection, so it runs right after that `SET`. At worst the lease lapses within one lock TTL.
+    fn forget_attempt(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        connection: Connection,
+        key: &str,
+        owner: &str,
+    ) {
+        let limit = self.inner.command_timeout;
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(limit, release(connection, key, owner)).await;
+        });
+    }
+
     /// Starts the watchdog for a lock just taken and wraps both in a [`StoreLock`].
-    pub(super) fn hold(
+    fn hold(
         &self,
         runtime: &tokio::runtime::Handle,
         connection: Connection,
@@ -145,21 +178,25 @@ impl RedisStore {
             self.inner.lock_ttl,
             Arc::clone(&lost),
         )));
-        let unsaved = Arc::new(AtomicBool::new(false));
         let lease = Lease {
             lock_key: key.clone(),
             owner: owner.clone(),
-            lost: Arc::clone(&lost),
-            unsaved: Arc::clone(&unsaved),
+            lost,
         };
-        let store = self.clone();
+        let limit = self
+            .inner
+            .connect_timeout
+            .saturating_add(self.inner.command_timeout);
         // Dropping the release closure unrun (no runtime left) drops the watchdog too: it stops.
         StoreLock::new(move || async move {
             drop(watchdog);
-            if unsaved.load(Ordering::Acquire) && !lost.load(Ordering::Acquire) {
-                store.hand_over(key, owner);
-            } else {
-                release(connection, key, owner).await;
+            if tokio::time::timeout(limit, release(connection, key, owner))
+                .await
+                .is_err()
+            {
+                crate::trace::warning!(
+                    "could not release the Redis refresh lock in time; its lease lapses by itself"
+                );
             }
         })
         .with_data(lease)
@@ -195,50 +232,49 @@ impl RedisStore {
         tokens: &TokenSet,
         lease: &Lease,
     ) -> Result<(), BoxError> {
+        let inner = &self.inner;
         if lease.lost.load(Ordering::Acquire) {
             return Err(lost(&keys.lock));
         }
-        // Unsaved until Redis says it saved.
-        lease.unsaved.store(true, Ordering::Release);
         let value = self.seal(tokens, &keys.tokens)?;
-        let saved = self.fenced_set(keys, lease, value).await?;
+        let (saved, acked): (i64, u32) = self
+            .bounded("fenced SET", |mut connection| async move {
+                if inner.replicas == 0 {
+                    return FENCED_SET
+                        .key(&keys.lock)
+                        .key(&keys.tokens)
+                        .arg(&lease.owner)
+                        .arg(value)
+                        .arg(millis(inner.token_ttl))
+                        .invoke_async(&mut connection)
+                        .await
+                        .map(|saved| (saved, 0));
+                }
+                let mut script = redis::cmd("EVAL");
+                script
+                    .arg(FENCED_SET_SOURCE)
+                    .arg(2)
+                    .arg(&keys.lock)
+                    .arg(&keys.tokens)
+                    .arg(&lease.owner)
+                    .arg(value)
+                    .arg(millis(inner.token_ttl));
+                self.write_then_wait(&mut connection, &script, &keys.tokens)
+                    .await
+            })
+            .await?;
         if saved != 1 {
             lease.lost.store(true, Ordering::Release);
             return Err(lost(&keys.lock));
         }
-        lease.unsaved.store(false, Ordering::Release);
-        Ok(())
-    }
-
-    /// The fenced `SET` (acknowledged by the replicas if configured): 1 saved, 0 the lock is not
-    /// this lease's.
-    async fn fenced_set(
-        &self,
-        keys: &Keys,
-        lease: &Lease,
-        value: Vec<u8>,
-    ) -> Result<i64, BoxError> {
-        let inner = &self.inner;
-        let mut connection = self.connection().await?;
-        if inner.replicas > 0 {
-            self.fenced_set_acked(&mut connection, keys, &lease.owner, value)
-                .await
-        } else {
-            FENCED_SET
-                .key(&keys.lock)
-                .key(&keys.tokens)
-                .arg(&lease.owner)
-                .arg(value)
-                .arg(millis(inner.token_ttl))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| redis_error("fenced SET", e))
-        }
+        // Saved on the master but not acknowledged: an ordinary store error (the lock is still
+        // ours), so the manager keeps the tokens and the lock, and retries.
+        self.check_acked(acked, "fenced SET of the token set")
     }
 }
 
 fn lost(lock_key: &str) -> BoxError {
-    io::Error::other(format!(
+    crate::store::LockLost::new(format!(
         "the refresh lock {lock_key} was lost (its lease lapsed or another process holds it); not \
          overwriting a possibly newer token set"
     ))
@@ -288,7 +324,7 @@ async fn release(mut connection: Connection, key: String, owner: String) {
         .invoke_async(&mut connection)
         .await;
     if let Err(e) = released {
-        // The lease lapses by itself within one lock TTL.
+        // Not retried: the lease lapses by itself within one lock TTL.
         crate::trace::warning!(error = %e, "could not release the Redis refresh lock");
         let _ = e;
     }

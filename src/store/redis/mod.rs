@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chacha20poly1305::aead::KeyInit;
 use chacha20poly1305::XChaCha20Poly1305;
-use tokio::sync::OnceCell;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use self::connection::{Connection, Target};
 use self::key::Keys;
@@ -22,7 +23,6 @@ mod cluster;
 mod connection;
 mod durable;
 mod grant;
-mod handover;
 mod key;
 mod lease;
 mod seal;
@@ -35,15 +35,18 @@ pub const DEFAULT_REDIS_KEY_PREFIX: &str = "nifty-auth";
 /// The default time to live of the stored token set, renewed at every save. It must outlast the
 /// refresh token's useful life (Nifty does not document it); raise it if your grants idle longer.
 pub const DEFAULT_REDIS_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
-/// The default response and connect timeout of one Redis command.
+/// The default response timeout of one Redis command: how long the store waits for its answer.
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default connect timeout: how long one attempt to connect to Redis (TCP, then the
+/// handshake) may take.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default lease of the refresh lock: its holder's watchdog extends it every third of it; a
 /// holder that died is taken over within one lease.
 pub const DEFAULT_REDIS_LOCK_TTL: Duration = Duration::from_secs(10);
 
 /// The shortest lock lease [`RedisStoreBuilder::build`] accepts.
 const MIN_LOCK_TTL: Duration = Duration::from_millis(100);
-/// The longest lock lease and command timeout [`RedisStoreBuilder::build`] accepts.
+/// The longest lock lease, command and connect timeout [`RedisStoreBuilder::build`] accepts.
 const MAX_LOCK_TTL: Duration = Duration::from_secs(60 * 60);
 /// The longest token set TTL [`RedisStoreBuilder::build`] accepts (Redis rejects far larger ones).
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
@@ -74,6 +77,17 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 /// - Redis down: requests keep using a still-valid cached access token (the hot path never talks to
 ///   Redis); a refresh that is needed fails with [`AuthError::Store`]. It never refreshes without
 ///   the lock — that is how rotating grants die.
+/// - **Every call is bounded**, even when Redis vanishes without closing its connections (a
+///   network partition, a frozen host): connecting waits at most
+///   [`connect_timeout`](RedisStoreBuilder::connect_timeout) (one attempt per call; the next call
+///   tries again), each command at most [`command_timeout`](RedisStoreBuilder::command_timeout), so
+///   one load, save or lock attempt fails within their sum (defaults: 2 s + 2 s) and the refresh
+///   with it, as [`AuthError::Store`].
+/// - **A lock never outlives its holder's intent.** A release that fails (Redis unreachable) is
+///   not retried: the lease expires by itself within one lock TTL. A lock attempt whose answer never
+///   came may have taken the lock when its `SET` finally lands: the store then sends a
+///   compare-and-delete for that attempt's token (best effort, on the same connection, so it runs
+///   right after the `SET`), and at worst that lease too lapses within one lock TTL.
 /// - Optional at-rest encryption ([`RedisStoreBuilder::encryption_key`]): XChaCha20-Poly1305 with a
 ///   random nonce per save, the Redis key as associated data.
 /// - The lock and the token set are two keys used in one script: on Redis Cluster both must sit in
@@ -180,7 +194,9 @@ pub struct RedisStore {
 
 struct Inner {
     target: Target,
-    connection: OnceCell<Connection>,
+    /// The connection calls use; replaced after a command on it timed out.
+    link: parking_lot::Mutex<Option<Link>>,
+    links: AtomicU64,
     /// `<prefix>:<escaped client id>` (`<prefix>:{<escaped client id>` on a cluster): the start of
     /// every key, the grants' included.
     base: String,
@@ -189,11 +205,10 @@ struct Inner {
     token_ttl: Duration,
     lock_ttl: Duration,
     command_timeout: Duration,
+    connect_timeout: Duration,
     /// Replicas that must acknowledge each write (0: no `WAIT`), and the `WAIT` timeout.
     replicas: u32,
     replica_timeout: Duration,
-    /// Locks kept across a failed save, by lock key: their owner tokens (see `handover.rs`).
-    handover: parking_lot::Mutex<std::collections::HashMap<String, String>>,
     cipher: Option<XChaCha20Poly1305>,
 }
 
@@ -208,6 +223,7 @@ pub struct RedisStoreBuilder {
     token_ttl: Duration,
     lock_ttl: Duration,
     command_timeout: Duration,
+    connect_timeout: Duration,
     replicas: u32,
     replica_timeout: Duration,
     key: Option<[u8; 32]>,
@@ -230,6 +246,7 @@ impl RedisStore {
             token_ttl: DEFAULT_REDIS_TOKEN_TTL,
             lock_ttl: DEFAULT_REDIS_LOCK_TTL,
             command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT,
             replicas: 0,
             replica_timeout: DEFAULT_REDIS_REPLICA_TIMEOUT,
             key: None,
@@ -247,15 +264,91 @@ impl RedisStore {
         &self.inner.keys.lock
     }
 
-    async fn connection(&self) -> Result<Connection, BoxError> {
+    /// The connection to use (one server's is made lazily, with no I/O here: it connects on its
+    /// first command; a cluster's reads the slot map first, within the connect timeout).
+    async fn link(&self) -> Result<Link, BoxError> {
         let inner = &self.inner;
-        let connection = inner
-            .connection
-            .get_or_try_init(|| inner.target.connect(inner.command_timeout))
-            .await
-            .map_err(|e| redis_error("connect", e))?;
-        Ok(connection.clone())
+        if let Some(link) = inner.link.lock().as_ref() {
+            return Ok(link.clone());
+        }
+        // One connect attempt per call: a call never waits through retries, and the next call
+        // tries again.
+        let manager = inner
+            .target
+            .connect(inner.connect_timeout, inner.command_timeout)
+            .await?;
+        let made = Link {
+            id: inner.links.fetch_add(1, Ordering::Relaxed),
+            manager,
+        };
+        let mut link = inner.link.lock();
+        // Another call may have made one meanwhile: use the first.
+        Ok(link.get_or_insert(made).clone())
     }
+
+    /// Forgets `link` (if it is still the current one) so that the next call makes a new
+    /// connection: a connection on which a command went unanswered is out of step with its server
+    /// (after a partition heals, later commands on it were seen to keep timing out behind the
+    /// backlog), so it is never reused; it closes once its last user drops it.
+    fn replace(&self, link: &Link) {
+        let mut current = self.inner.link.lock();
+        if current.as_ref().is_some_and(|c| c.id == link.id) {
+            *current = None;
+        }
+    }
+
+    /// Runs one store call on a connection for at most the connect timeout plus the command
+    /// timeout, whatever the client library does inside; a call that timed out replaces the
+    /// connection.
+    pub(super) async fn bounded<T, F, Fut>(&self, what: &str, call: F) -> Result<T, BoxError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let link = self.link().await?;
+        self.bounded_on(&link, what, call).await
+    }
+
+    /// [`bounded`](Self::bounded) on a given connection.
+    pub(super) async fn bounded_on<T, F, Fut>(
+        &self,
+        link: &Link,
+        what: &str,
+        call: F,
+    ) -> Result<T, BoxError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let limit = self
+            .inner
+            .connect_timeout
+            .saturating_add(self.inner.command_timeout);
+        match tokio::time::timeout(limit, call(link.manager.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_timeout() {
+                    self.replace(link);
+                }
+                Err(redis_error(what, e))
+            }
+            Err(_) => {
+                self.replace(link);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("redis {what} timed out after {limit:?}"),
+                )
+                .into())
+            }
+        }
+    }
+}
+
+/// A connection of the store, numbered so that a timed-out call replaces only the one it used.
+#[derive(Clone)]
+pub(super) struct Link {
+    id: u64,
+    pub(super) manager: Connection,
 }
 
 impl RedisStoreBuilder {
@@ -281,10 +374,19 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The connect and response timeout of each Redis command. Defaults to
-    /// [`DEFAULT_REDIS_COMMAND_TIMEOUT`]; more than zero and at most one hour.
+    /// How long the store waits for the answer to each Redis command (a load, a save, a lock
+    /// attempt, a release, a lease extension). A command that times out fails the store call.
+    /// Defaults to [`DEFAULT_REDIS_COMMAND_TIMEOUT`]; more than zero and at most one hour.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
+        self
+    }
+
+    /// How long one attempt to connect to Redis (TCP and the handshake) may take; a store call
+    /// makes at most one. Defaults to [`DEFAULT_REDIS_CONNECT_TIMEOUT`]; more than zero and at most
+    /// one hour.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -319,6 +421,12 @@ impl RedisStoreBuilder {
             Duration::from_millis(1),
             MAX_LOCK_TTL,
         )?;
+        in_range(
+            "connect_timeout",
+            self.connect_timeout,
+            Duration::from_millis(1),
+            MAX_LOCK_TTL,
+        )?;
         self.check_replicas()?;
         let target = self.target()?;
         let tagged = target.is_cluster();
@@ -327,15 +435,16 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 target,
-                connection: OnceCell::new(),
+                link: parking_lot::Mutex::new(None),
+                links: AtomicU64::new(0),
                 base,
                 keys,
                 token_ttl: self.token_ttl,
                 lock_ttl: self.lock_ttl,
                 command_timeout: self.command_timeout,
+                connect_timeout: self.connect_timeout,
                 replicas: self.replicas,
                 replica_timeout: self.replica_timeout,
-                handover: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 cipher: self.key.map(|k| XChaCha20Poly1305::new(&k.into())),
             }),
         })
@@ -354,12 +463,14 @@ fn in_range(name: &str, value: Duration, min: Duration, max: Duration) -> Result
 impl RedisStore {
     /// Reads the token set under `keys`.
     async fn load_at(&self, keys: &Keys) -> Result<Option<TokenSet>, BoxError> {
-        let mut connection = self.connection().await?;
-        let stored: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&keys.tokens)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| redis_error("GET", e))?;
+        let stored: Option<Vec<u8>> = self
+            .bounded("GET", |mut connection| async move {
+                redis::cmd("GET")
+                    .arg(&keys.tokens)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
         stored
             .map(|stored| self.unseal(stored, &keys.tokens))
             .transpose()
@@ -368,19 +479,24 @@ impl RedisStore {
     /// Writes the token set under `keys`, unfenced (acknowledged by the configured replicas).
     async fn save_at(&self, keys: &Keys, tokens: &TokenSet) -> Result<(), BoxError> {
         let value = self.seal(tokens, &keys.tokens)?;
-        let mut connection = self.connection().await?;
         let mut set = redis::cmd("SET");
         set.arg(&keys.tokens)
             .arg(value)
             .arg("PX")
             .arg(millis(self.inner.token_ttl));
-        if self.inner.replicas > 0 {
-            return self.set_acked(&mut connection, set, &keys.tokens).await;
-        }
-        set.query_async::<()>(&mut connection)
-            .await
-            .map_err(|e| redis_error("SET", e))?;
-        Ok(())
+        let replicas = self.inner.replicas;
+        let acked = self
+            .bounded("SET", |mut connection| async move {
+                if replicas == 0 {
+                    return set.query_async::<()>(&mut connection).await.map(|()| 0);
+                }
+                let ((), acked) = self
+                    .write_then_wait::<()>(&mut connection, &set, &keys.tokens)
+                    .await?;
+                Ok(acked)
+            })
+            .await?;
+        self.check_acked(acked, "SET of the token set")
     }
 }
 
@@ -434,6 +550,8 @@ impl fmt::Debug for RedisStore {
             .field("lock_key", &self.inner.keys.lock)
             .field("token_ttl", &self.inner.token_ttl)
             .field("lock_ttl", &self.inner.lock_ttl)
+            .field("command_timeout", &self.inner.command_timeout)
+            .field("connect_timeout", &self.inner.connect_timeout)
             .field("cluster", &self.inner.target.is_cluster())
             .field("replicas", &self.inner.replicas)
             .field("encrypted", &self.inner.cipher.is_some())
@@ -449,6 +567,8 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("prefix", &self.prefix)
             .field("token_ttl", &self.token_ttl)
             .field("lock_ttl", &self.lock_ttl)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .field("cluster", &self.cluster_nodes.is_some())
             .field("replicas", &self.replicas)
             .field("encrypted", &self.key.is_some())
