@@ -11,8 +11,8 @@
 //! PostgreSQL's server binaries (skipped with a message outside CI when missing).
 #![cfg(all(feature = "redis-cluster", feature = "postgres"))]
 
-#[path = "common/chaos_proxy.rs"]
-mod chaos_proxy;
+#[path = "common/blackhole.rs"]
+mod blackhole;
 #[path = "postgres/server.rs"]
 #[allow(dead_code, reason = "the soak uses the server and its store")]
 mod pg_server;
@@ -73,7 +73,7 @@ enum Target {
     Cluster(redis_cluster::RedisCluster),
     Postgres {
         server: pg_server::PgServer,
-        proxy: chaos_proxy::ChaosProxy,
+        proxy: blackhole::Blackhole,
     },
 }
 
@@ -552,9 +552,9 @@ async fn soak(target: &mut Target, seed: u64) {
                         tokio::task::block_in_place(|| cluster.wait_ok());
                     }
                     Target::Postgres { proxy, .. } => {
-                        proxy.set_blackhole(true);
+                        proxy.blackhole();
                         tokio::time::sleep(cut).await;
-                        proxy.set_blackhole(false);
+                        proxy.heal();
                     }
                 }
                 chaos.store_cutoffs += 1;
@@ -756,7 +756,7 @@ async fn soak_postgres() {
         .unwrap()
         .to_owned();
     let upstream = format!("127.0.0.1:{port}").parse().unwrap();
-    let proxy = chaos_proxy::ChaosProxy::start(upstream).await;
+    let proxy = blackhole::Blackhole::start(upstream);
     let seed = soak_seed();
     println!("soak seed {seed} (SOAK_SEED={seed} replays it)");
     soak(&mut Target::Postgres { server, proxy }, seed).await;

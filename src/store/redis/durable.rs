@@ -87,10 +87,8 @@ impl RedisStore {
             match pipe.query_async::<(T, u32)>(connection).await {
                 Err(e) if e.is_cluster_error() && tries == 0 => {
                     tries += 1;
-                    let _: RedisResult<i64> = redis::cmd("EXISTS")
-                        .arg(key)
-                        .query_async(connection)
-                        .await;
+                    let _: RedisResult<i64> =
+                        redis::cmd("EXISTS").arg(key).query_async(connection).await;
                 }
                 answer => return answer,
             }
