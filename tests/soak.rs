@@ -96,9 +96,12 @@ impl Target {
     }
 }
 
+/// The cluster store: each save and lock acknowledged by a replica; a lease well above a failover
+/// on this loaded machine (several seconds), as the store's docs require.
 fn cluster_store(location: &str, client_id: &str) -> RedisStore {
     RedisStore::cluster_builder(location.split(','), client_id, "default")
         .command_timeout(Duration::from_secs(2))
+        .lock_ttl(Duration::from_secs(30))
         .wait_for_replicas(1, Duration::from_millis(500))
         .build()
         .unwrap()
