@@ -89,8 +89,10 @@ pub enum AuthError {
         /// The timeout that elapsed.
         after: Duration,
     },
-    /// The token store failed to load or save. A refresh whose new tokens could not be saved fails
-    /// with this error; its tokens are kept in memory (unused) and saved by the next attempt.
+    /// The token store failed to load or save (or did not answer within its operation timeout). A
+    /// refresh whose new tokens could not be saved fails with this error; its tokens are kept in
+    /// memory (unused, the store's lock still held) and saved by the manager's own retries or the
+    /// next attempt, whichever comes first.
     Store {
         /// The store's error.
         source: SharedCause,

@@ -69,7 +69,9 @@
 //!   refresh lock (an advisory lock), fenced saves and optional encryption.
 //! - `reqwest`: `NiftyAuthMiddleware` for reqwest-middleware, sharing the token cache with the layer.
 //! - `testing`: `testing::FakeNifty`, a real loopback Nifty token endpoint and API for your tests.
-//! - `cli`: the `nifty-auth` command line (`login`, `token`, `status`, `logout`, `api`).
+//! - `metrics`: token calls, refreshes and 401 retries reported through the `metrics` facade
+//!   (`metrics` module), for the exporter your program installs.
+//! - `cli`: the `nifty-auth` command line (`login`, `token`, `status`, `logout`, `api`, `proxy`).
 //!
 //! # Many grants
 //!
@@ -122,6 +124,9 @@ mod endpoint;
 mod error;
 mod grants;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod middleware;

@@ -2,8 +2,11 @@
 //!
 //! The per-request counter is striped over cache-line-padded slots, so threads sending requests in
 //! parallel do not contend on one cache line; everything else is counted on the refresh path only.
+//! With the `metrics` feature, the refresh-path counts also go to the `metrics` facade
+//! (see [`crate::metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use crate::error::AuthError;
 use crate::stripe::{self, STRIPES};
@@ -72,25 +75,54 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn token_call(&self, result: Result<(), &AuthError>) {
-        let counter = match result {
-            Ok(()) => &self.token_calls_succeeded,
-            Err(e) if e.is_transient() => &self.token_calls_failed_transient,
-            Err(e) if e.is_terminal() => &self.token_calls_failed_terminal,
-            Err(_) => &self.token_calls_failed_other,
+        let (counter, outcome) = match result {
+            Ok(()) => (&self.token_calls_succeeded, "succeeded"),
+            Err(e) if e.is_transient() => (&self.token_calls_failed_transient, "failed_transient"),
+            Err(e) if e.is_terminal() => (&self.token_calls_failed_terminal, "failed_terminal"),
+            Err(_) => (&self.token_calls_failed_other, "failed_other"),
         };
         counter.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::metrics::token_call(outcome);
+        let _ = outcome;
+    }
+
+    /// A token call starts: in flight until the returned guard is dropped (its duration is then
+    /// recorded). Without the `metrics` feature the guard is empty and this does nothing.
+    #[inline]
+    pub(crate) fn token_call_started(&self) -> TokenCallTimer {
+        #[cfg(feature = "metrics")]
+        crate::metrics::token_call_started();
+        TokenCallTimer {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
     }
 
     pub(crate) fn refresh_started(&self) {
         self.refreshes.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::metrics::refresh_started();
+    }
+
+    /// A refresh task ended after `duration` (only reported to the `metrics` facade).
+    #[inline]
+    pub(crate) fn refresh_finished(&self, duration: Duration, ok: bool) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::refresh_finished(duration, ok);
+        let _ = (duration, ok);
     }
 
     pub(crate) fn refresh_coalesced(&self) {
         self.refreshes_coalesced.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::metrics::refresh_coalesced();
     }
 
     pub(crate) fn unauthorized_retry(&self) {
         self.unauthorized_retries.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::metrics::unauthorized_retry();
     }
 
     #[inline]
@@ -118,6 +150,21 @@ impl Counters {
             requests_authorized,
             requests_without_retry: requests_authorized.saturating_sub(unauthorized_retries),
         }
+    }
+}
+
+/// A running token call, from [`Counters::token_call_started`]: dropping it ends the call.
+#[derive(Debug)]
+pub(crate) struct TokenCallTimer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl Drop for TokenCallTimer {
+    #[inline]
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::token_call_ended(self.started.elapsed());
     }
 }
 

@@ -98,9 +98,7 @@ async fn a_callback_with_a_wrong_or_missing_state_is_refused_and_the_right_one_s
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(page.contains("state"), "{page}");
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!waiting.is_finished(), "a stray callback ended the wait");
-
+    // The wait is still on: it ends with the right callback's code, not a stray one's (nor an error).
     let (status, _) = browse(&request.url()).await;
     assert_eq!(status, StatusCode::OK);
     let code = waiting.await.unwrap().unwrap();
@@ -141,9 +139,8 @@ async fn other_paths_get_404_and_the_wait_goes_on() {
 
     let (status, _) = browse(&favicon).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!waiting.is_finished());
 
+    // The wait went on: it ends with the real callback's code, not an error for the 404.
     let (status, _) = browse(&request.url()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(waiting.await.unwrap().unwrap().starts_with("code-"));
@@ -254,13 +251,11 @@ async fn a_thousand_idle_connections_and_a_100_kib_header_do_not_keep_the_callba
     );
     assert!(!waiting.is_finished());
 
-    let started = std::time::Instant::now();
     let (status, _) = tokio::time::timeout(Duration::from_secs(5), browse(&request.url()))
         .await
         .expect("the callback was kept out");
     assert_eq!(status, StatusCode::OK);
     assert!(waiting.await.unwrap().unwrap().starts_with("code-"));
-    assert!(started.elapsed() < Duration::from_secs(5));
     drop(idle);
 }
 

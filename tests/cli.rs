@@ -76,10 +76,29 @@ impl Setup {
     /// Runs `login --no-browser --port 0`; `stray` is called with the redirect URI before the
     /// browser follows the authorize URL.
     async fn login_with(&self, stray: Option<&str>) -> Output {
-        let mut child = self
-            .command(&["login", "--no-browser", "--port", "0"])
-            .spawn()
-            .unwrap();
+        self.login_planting(stray, |_| {}).await
+    }
+
+    /// [`login_with`](Self::login_with), calling `plant` with the login process's id once it
+    /// waits for the browser (before it writes any file).
+    async fn login_planting(&self, stray: Option<&str>, plant: impl FnOnce(u32)) -> Output {
+        let command = self.command(&["login", "--no-browser", "--port", "0"]);
+        self.login_command_with(command, stray, plant).await
+    }
+
+    /// [`login_planting`](Self::login_planting) of this `login` command.
+    async fn login_command_planting(&self, command: Command, plant: impl FnOnce(u32)) -> Output {
+        self.login_command_with(command, None, plant).await
+    }
+
+    async fn login_command_with(
+        &self,
+        mut command: Command,
+        stray: Option<&str>,
+        plant: impl FnOnce(u32),
+    ) -> Output {
+        let mut child = command.spawn().unwrap();
+        let pid = child.id().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let url = loop {
             let line = tokio::time::timeout(WAIT, lines.next_line()).await;
@@ -96,6 +115,7 @@ impl Setup {
             let (status, _) = get(&format!("{redirect_uri}?{query}")).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
         }
+        plant(pid);
         let (status, page) = browse(&url).await;
         assert_eq!(status, StatusCode::OK, "{page}");
         let mut rest = String::new();
@@ -405,4 +425,270 @@ async fn token_before_any_login_exits_3_and_usage_errors_exit_2() {
     assert_eq!(bad_profile.status.code(), Some(2));
     assert_eq!(bad_flag.status.code(), Some(2));
     assert_eq!(setup.fake.token_calls(), 0);
+}
+
+// Files and what reaches the terminal.
+
+/// The profile directory, created here with mode `mode` (exactly, whatever the umask).
+#[cfg(unix)]
+fn make_profile_dir(setup: &Setup, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = setup.profile_dir();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
+#[cfg(unix)]
+fn plant_file(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, "planted").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The characters a terminal may act on: controls (but the line breaks between lines) and the
+/// bidirectional overrides and isolates that reorder what is shown.
+fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_writes_its_files_0600_at_fresh_names_and_never_opens_a_file_planted_at_a_temp_name()
+{
+    let setup = Setup::new().await;
+    let dir = make_profile_dir(&setup, 0o700);
+    let mut planted = Vec::new();
+
+    let output = setup
+        .login_planting(None, |pid| {
+            // The names the writers used to take (`.NAME.tmp-PID`), for both files.
+            for name in ["default.client.json", "default.json"] {
+                let path = dir.join(format!(".{name}.tmp-{pid}"));
+                plant_file(&path);
+                planted.push(path);
+            }
+        })
+        .await;
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let client_file = dir.join("default.client.json");
+    assert!(std::fs::symlink_metadata(&client_file)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert_eq!(mode(&client_file), 0o600);
+    assert_eq!(mode(&setup.tokens_file()), 0o600);
+    let client: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&client_file).unwrap()).unwrap();
+    assert_eq!(client["client_secret"], SECRET);
+    assert_eq!(planted.len(), 2);
+    for path in &planted {
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            "planted",
+            "{path:?}"
+        );
+        assert_eq!(mode(path), 0o644, "{path:?}");
+    }
+    // Nothing else is left behind: no temporary file of a write.
+    let mut expected: Vec<String> = planted
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    expected.extend(["default.client.json", "default.json", "default.json.lock"].map(String::from));
+    expected.sort();
+    assert_eq!(names(&dir), expected);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_replaces_symlinks_at_its_files_and_never_writes_through_one() {
+    use std::os::unix::fs::symlink;
+    let setup = Setup::new().await;
+    let dir = make_profile_dir(&setup, 0o700);
+    let outside = setup.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let victim = outside.join("victim");
+    plant_file(&victim);
+    // Symlinks at the files themselves, pointing at files that do not exist yet.
+    symlink(
+        outside.join("stolen-client.json"),
+        dir.join("default.client.json"),
+    )
+    .unwrap();
+    symlink(outside.join("stolen-tokens.json"), setup.tokens_file()).unwrap();
+    let mut links = Vec::new();
+
+    let output = setup
+        .login_planting(None, |pid| {
+            for name in ["default.client.json", "default.json"] {
+                let link = dir.join(format!(".{name}.tmp-{pid}"));
+                symlink(&victim, &link).unwrap();
+                links.push(link);
+            }
+        })
+        .await;
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "planted");
+    assert_eq!(mode(&victim), 0o644);
+    assert_eq!(
+        names(&outside),
+        ["victim"],
+        "a file was created through a symlink"
+    );
+    for file in [dir.join("default.client.json"), setup.tokens_file()] {
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        assert!(meta.file_type().is_file(), "{file:?} is still a symlink");
+        assert_eq!(mode(&file), 0o600, "{file:?}");
+    }
+    assert_eq!(links.len(), 2);
+    for link in &links {
+        assert_eq!(std::fs::read_link(link).unwrap(), victim, "{link:?}");
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_login_creates_are_0700_with_their_missing_parents() {
+    let setup = Setup::new().await;
+    let parent = setup.dir.path().join("a");
+    let store = parent.join("b").join("tokens.json");
+    let store_text = store.to_str().unwrap();
+
+    let profile = setup.login().await;
+    let mut command = setup.command(&["login", "--no-browser", "--port", "0"]);
+    command.env("NIFTY_AUTH_STORE", store_text);
+    let elsewhere = setup.login_command_planting(command, |_| {}).await;
+
+    assert!(profile.status.success(), "{}", stderr(&profile));
+    assert!(elsewhere.status.success(), "{}", stderr(&elsewhere));
+    assert_eq!(mode(&setup.profile_dir()), 0o700);
+    assert_eq!(mode(&parent), 0o700);
+    assert_eq!(mode(&parent.join("b")), 0o700);
+    assert_eq!(mode(&store), 0o600);
+    assert_eq!(mode(&parent.join("b").join("tokens.client.json")), 0o600);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_directory_open_to_other_users_is_refused_with_the_chmod_fix_and_left_as_is() {
+    let setup = Setup::new().await;
+    let dir = make_profile_dir(&setup, 0o755);
+    let shown = dir.display().to_string();
+
+    let mut outputs = Vec::new();
+    for args in [
+        &["status"][..],
+        &["token"],
+        &["login", "--no-browser", "--port", "0", "--timeout", "1"],
+        &["logout"],
+    ] {
+        outputs.push(setup.run(args).await);
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710)).unwrap();
+    }
+    let group_only = setup.run(&["status"]).await;
+
+    for output in &outputs {
+        assert_eq!(output.status.code(), Some(5), "{}", stderr(output));
+        assert_eq!(
+            stderr(output),
+            format!(
+                "nifty-auth: the profile directory {shown} is open to other users (mode 0755): \
+                 run `chmod 700 {shown}` and try again\n"
+            )
+        );
+        assert_eq!(stdout(output), "");
+    }
+    assert_eq!(group_only.status.code(), Some(5), "{}", stderr(&group_only));
+    assert!(
+        stderr(&group_only).contains("(mode 0710)"),
+        "{}",
+        stderr(&group_only)
+    );
+    assert_eq!(mode(&dir), 0o710, "the directory's mode was changed");
+    assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+    assert_eq!(setup.fake.authorize_calls(), 0);
+    assert_eq!(setup.fake.token_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_and_error_text_from_the_token_endpoint_reach_the_terminal_without_control_characters(
+) {
+    let setup = Setup::new().await;
+    let scope = "project\u{1b}[31m task\r\u{202e}x";
+    let answer = serde_json::json!({
+        "access_token": "at-planted-answer",
+        "token_type": "bearer",
+        "expires_in": 3600,
+        "refresh_token": "rt-planted-answer",
+        "scope": scope,
+    });
+    setup
+        .fake
+        .push_token_fault(TokenFault::status(201, answer.to_string()));
+
+    let login = setup.login().await;
+    let status = setup.run(&["status"]).await;
+    let status_json = setup.run(&["status", "--json"]).await;
+    setup.expire_saved_token();
+    let description = "revoked\u{1b}]0;owned\u{7} \u{1b}[2J\u{202e}exe.txt\u{2066}";
+    setup.fake.push_token_fault(TokenFault::status(
+        400,
+        serde_json::json!({"error": "invalid_grant", "error_description": description}).to_string(),
+    ));
+    let token = setup.run(&["token", "--verbose"]).await;
+
+    assert!(login.status.success(), "{}", stderr(&login));
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert_eq!(token.status.code(), Some(3), "{}", stderr(&token));
+    let shown = "project[31m task x";
+    assert!(
+        stderr(&login).contains(&format!("scope: {shown},")),
+        "{}",
+        stderr(&login)
+    );
+    assert!(
+        stdout(&status).contains(&format!("\nscope:            {shown}\n")),
+        "{}",
+        stdout(&status)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&status_json.stdout).unwrap();
+    assert_eq!(json["scope"], shown);
+    assert!(stderr(&token).contains("revoked"), "{}", stderr(&token));
+    for output in [&login, &status, &status_json, &token] {
+        assert_eq!(
+            terminal_controls(&stdout(output)),
+            [char::MIN; 0],
+            "{}",
+            stdout(output)
+        );
+        assert_eq!(
+            terminal_controls(&stderr(output)),
+            [char::MIN; 0],
+            "{}",
+            stderr(output)
+        );
+    }
+    assert_eq!(setup.fake.token_calls(), 2);
 }

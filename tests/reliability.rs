@@ -272,13 +272,13 @@ async fn a_cold_start_does_not_hold_a_concurrency_permit_the_token_call_needs() 
     let auth = builder(&fake)
         .refresh_token(fake.issue_refresh_token())
         .http_client(limited.clone())
-        .token_timeout(Duration::from_secs(5))
+        .token_timeout(Duration::from_secs(120))
         .build()
         .unwrap();
     let mut svc = ServiceBuilder::new().layer(auth.layer()).service(limited);
 
-    let started = std::time::Instant::now();
-    let response = tokio::time::timeout(Duration::from_secs(3), async {
+    // A stall lasts until the token call times out (120 s): the guard trips long before.
+    let response = tokio::time::timeout(Duration::from_secs(60), async {
         let ready = svc.ready().await.unwrap();
         ready.call(get(fake.api_url("/users/me"))).await
     })
@@ -286,11 +286,6 @@ async fn a_cold_start_does_not_hold_a_concurrency_permit_the_token_call_needs() 
     .expect("stalled: the request held the permit the token call needed")
     .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(fake.token_calls(), 1);
     // The same service, kept alive, keeps working.
     let response = svc

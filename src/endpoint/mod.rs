@@ -223,9 +223,11 @@ impl Endpoint {
             } else {
                 self.pressure.turn().await
             };
+            let call = counters.token_call_started();
             let outcome = self
                 .attempt(grant, body.clone(), previous_refresh_token)
                 .await;
+            drop(call);
             drop(turn);
             let failure = match outcome {
                 Ok(tokens) => {

@@ -7,6 +7,7 @@ use parking_lot::Mutex;
 
 use super::id::{BuildGrantIdHasher, GrantId};
 use crate::error::AuthError;
+use crate::token::refresh::Refused;
 
 /// What [`NiftyGrantsBuilder::on_reauthorization_required`](super::NiftyGrantsBuilder::on_reauthorization_required)
 /// takes.
@@ -16,7 +17,7 @@ pub(crate) type Callback = Arc<dyn Fn(&GrantId, &AuthError) + Send + Sync>;
 /// even when their manager is evicted, so a reloaded grant starts latched and makes no token call.
 #[derive(Default)]
 pub(crate) struct Latches {
-    set: Mutex<HashMap<GrantId, AuthError, BuildGrantIdHasher>>,
+    set: Mutex<HashMap<GrantId, (AuthError, Refused), BuildGrantIdHasher>>,
     callback: Option<Callback>,
 }
 
@@ -28,11 +29,11 @@ impl Latches {
         }
     }
 
-    pub(crate) fn latched(&self, grant: &GrantId, error: &AuthError) {
+    pub(crate) fn latched(&self, grant: &GrantId, error: &AuthError, refused: Refused) {
         let first = self
             .set
             .lock()
-            .insert(grant.clone(), error.clone())
+            .insert(grant.clone(), (error.clone(), refused))
             .is_none();
         crate::trace::warning!(grant = grant.as_str(), error = %error, "grant needs re-authorization");
         if first {
@@ -46,7 +47,7 @@ impl Latches {
         self.set.lock().remove(grant);
     }
 
-    pub(crate) fn error_for(&self, grant: &GrantId) -> Option<AuthError> {
+    pub(crate) fn error_for(&self, grant: &GrantId) -> Option<(AuthError, Refused)> {
         self.set.lock().get(grant).cloned()
     }
 

@@ -186,7 +186,11 @@ impl NiftyGrants {
 
     /// Forgets `grant` and deletes it from the store: waits for its running refresh, drops its
     /// tokens from memory, deletes its entry from the store (under its lock), and lifts its latch.
-    /// Requests for it fail with [`AuthError::ReauthorizationRequired`] until it is authorized again.
+    /// Requests for it fail with [`AuthError::GrantRemoved`] (whose
+    /// [`is_reauthorization_required`](AuthError::is_reauthorization_required) is `true`) until it is
+    /// authorized again — in this process and, once their cached token is due for a refresh, in every
+    /// other process sharing the store: a refresh that finds the entry gone never refreshes nor saves
+    /// it back.
     ///
     /// # Errors
     /// [`AuthError::Store`] if the store cannot delete it (the grant is forgotten in memory anyway).

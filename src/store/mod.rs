@@ -1,14 +1,22 @@
 //! Where tokens live between runs: the [`TokenStore`] trait, [`MemoryStore`] and [`FileStore`].
 //!
-//! The token manager calls the store at three moments, always from its one refresh task:
+//! The token manager calls the store from its refresh task (one per grant at a time), after the
+//! refresh has its token-call slot:
 //!
 //! 1. [`lock`](TokenStore::lock) before a refresh (a no-op by default; a shared store such as
-//!    `RedisStore` takes a cross-process lock here),
-//! 2. [`load`](TokenStore::load) right after, because someone else may have refreshed already,
-//! 3. [`save`](TokenStore::save) with the new tokens *before* any request uses them. A refresh whose
-//!    save fails returns [`AuthError::Store`](crate::AuthError::Store) and the new tokens stay unused
-//!    in memory until a later attempt saves them: a rotated refresh token is never lost and never used
-//!    unsaved.
+//!    `RedisStore` takes a cross-process lock here). A lock held elsewhere past the bound is a
+//!    [`LockTimeout`], which callers see as
+//!    [`AuthError::RefreshLockHeld`](crate::AuthError::RefreshLockHeld),
+//! 2. [`load`](TokenStore::load) right after, because someone else may have refreshed already — or
+//!    removed the grant: an entry gone after the manager had seen it is
+//!    [`AuthError::GrantRemoved`](crate::AuthError::GrantRemoved), never refreshed nor saved back,
+//! 3. [`save_locked`](TokenStore::save_locked) with the new tokens *before* any request uses them. A
+//!    refresh whose save fails returns [`AuthError::Store`](crate::AuthError::Store); the new tokens
+//!    stay unused in memory, with the lock still held, and a rescue task of the manager retries the
+//!    save until it lands: a rotated refresh token is never lost and never used unsaved.
+//!
+//! `remove` (a grant store's [`remove_grant`](GrantStore::remove_grant)) runs in the caller's task,
+//! under the grant's lock.
 //!
 //! # Writing your own store
 //!
@@ -72,15 +80,16 @@ pub use memory::MemoryStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{
     PostgresStore, PostgresStoreBuilder, DEFAULT_POSTGRES_ACQUIRE_TIMEOUT, DEFAULT_POSTGRES_GRANT,
-    DEFAULT_POSTGRES_MAX_CONNECTIONS, DEFAULT_POSTGRES_TABLE,
+    DEFAULT_POSTGRES_MAX_CONNECTIONS, DEFAULT_POSTGRES_QUERY_TIMEOUT, DEFAULT_POSTGRES_TABLE,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{
-    RedisStore, RedisStoreBuilder, DEFAULT_REDIS_COMMAND_TIMEOUT, DEFAULT_REDIS_KEY_PREFIX,
-    DEFAULT_REDIS_LOCK_TTL, DEFAULT_REDIS_TOKEN_TTL,
+    RedisStore, RedisStoreBuilder, DEFAULT_REDIS_COMMAND_TIMEOUT, DEFAULT_REDIS_CONNECT_TIMEOUT,
+    DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REDIS_LOCK_TTL, DEFAULT_REDIS_REPLICA_TIMEOUT,
+    DEFAULT_REDIS_TOKEN_TTL,
 };
-pub use wait::LockTimeout;
+pub use wait::{LockLost, LockTimeout};
 
 /// A boxed, `Send` future: what [`TokenStore`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -110,6 +119,14 @@ pub trait TokenStore: Send + Sync + 'static {
     /// keep it alive for as long as the `StoreLock` lives (as `RedisStore` does with a watchdog) and
     /// fence writes in [`save_locked`](Self::save_locked). After the wait, the refresh re-reads the
     /// store and usually finds the other holder's tokens.
+    ///
+    /// A lock must never outlive its holder's intent: when releasing it fails, make sure it goes
+    /// anyway, and bound every call to the backing service (a network partition must not hold a
+    /// refresh until TCP gives up). The built-in stores: `PostgresStore` closes a connection whose
+    /// unlock failed or timed out rather than return it to its pool (ending the session releases
+    /// the lock); a `RedisStore` lease whose release failed expires by itself within its TTL;
+    /// [`FileStore`] releases its lock file's `flock` by closing the file, which the OS does even
+    /// for a process that dies.
     ///
     /// The default takes no lock: inside one process the token manager already runs one refresh at
     /// a time.

@@ -85,3 +85,32 @@ impl fmt::Display for LockTimeout {
 }
 
 impl error::Error for LockTimeout {}
+
+/// A save refused because the lock it was made under no longer protects it: a fenced store's
+/// [`save_locked`](super::TokenStore::save_locked) found the lease lapsed, another holder, or the
+/// entry changed since the lock was taken.
+///
+/// Return it (boxed) from your own store's fenced save: the token manager then gives that lock up
+/// and saves its tokens under a new one. Any other save error keeps the lock held (the store may just
+/// be failing), so no other process refreshes with the refresh token the unsaved tokens replaced.
+#[derive(Debug, Clone)]
+pub struct LockLost {
+    reason: String,
+}
+
+impl LockLost {
+    /// A refusal saying why (no secret).
+    pub fn new(reason: impl Into<String>) -> Self {
+        LockLost {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for LockLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl error::Error for LockLost {}

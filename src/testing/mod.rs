@@ -76,6 +76,7 @@ use serde_json::Value;
 
 mod builder;
 mod grant;
+mod hold;
 mod model;
 mod pages;
 mod server;
@@ -105,6 +106,7 @@ impl fmt::Debug for TokenHold {
     }
 }
 pub use grant::{FakeGrant, GrantKey};
+pub use hold::ApiHold;
 
 use server::{Inner, ServerGuard, API_PREFIX, AUTHORIZE_PATH, TOKEN_PATH};
 
@@ -202,6 +204,8 @@ pub struct RecordedApiRequest {
     pub path: String,
     /// The `Authorization` header, if present and visible ASCII.
     pub authorization: Option<String>,
+    /// Every header of the request, as received.
+    pub headers: http::HeaderMap,
     /// The complete request body.
     pub body: Bytes,
     /// The status code the fake answered with.
@@ -394,6 +398,23 @@ impl FakeNifty {
             Err(_) => panic!("FakeNifty: invalid API status {status}"),
         };
         self.inner.state.lock().api_statuses.push_back(status);
+    }
+
+    /// Queues a body: the next API request (after any queued statuses) is answered `200` with these
+    /// bytes (`Content-Type: application/octet-stream`) whatever its token. It is still counted and
+    /// recorded.
+    pub fn push_api_body(&self, body: impl Into<Bytes>) {
+        self.inner.state.lock().api_bodies.push_back(body.into());
+    }
+
+    /// Holds the answer to the next API request that has no hold yet: the request is read (its body
+    /// too) and then waits, unanswered, until the returned [`ApiHold`] is released or dropped.
+    /// [`ApiHold::arrived`] says when the request got there, so a test knows a request is in flight
+    /// without sleeping.
+    pub fn hold_next_api_answer(&self) -> ApiHold {
+        let (held, hold) = hold::pair();
+        self.inner.state.lock().api_holds.push_back(held);
+        hold
     }
 
     /// The authorize page: `base_url() + "/authorize"`. A `GET` with `response_type=code`, this

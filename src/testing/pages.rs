@@ -80,6 +80,10 @@ impl Inner {
             .await
             .map(|collected| collected.to_bytes())
             .unwrap_or_default();
+        let held = self.state.lock().api_holds.pop_front();
+        if let Some(held) = held {
+            held.wait().await;
+        }
         let token = authorization.as_deref().and_then(|value| {
             let (scheme, token) = value.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -91,6 +95,13 @@ impl Inner {
         let mut response = if let Some(status) = st.api_statuses.pop_front() {
             let message = status.canonical_reason().unwrap_or("fake status");
             json_response(status, &json!({ "message": message }))
+        } else if let Some(body) = st.api_bodies.pop_front() {
+            let mut response = Response::new(Full::new(body));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response
         } else {
             if let Some(overdue) = token.and_then(|token| st.model.access_token_overdue(token)) {
                 st.counts.expired_received += 1;
@@ -137,6 +148,7 @@ impl Inner {
             method: parts.method,
             path,
             authorization,
+            headers: parts.headers,
             body,
             status: response.status().as_u16(),
             grant,

@@ -52,6 +52,10 @@ pub(super) struct State {
     pub(super) token_delay: Duration,
     pub(super) token_faults: VecDeque<TokenFault>,
     pub(super) api_statuses: VecDeque<StatusCode>,
+    /// Queued API answers with a body of their own (after the queued statuses).
+    pub(super) api_bodies: VecDeque<Bytes>,
+    /// Holds for the next API requests (see `FakeNifty::hold_next_api_answer`).
+    pub(super) api_holds: VecDeque<super::hold::Held>,
     pub(super) deny_next_authorization: bool,
     pub(super) counts: Counts,
     pub(super) token_requests: Vec<RecordedTokenRequest>,
@@ -81,6 +85,8 @@ impl State {
             token_delay,
             token_faults: VecDeque::new(),
             api_statuses: VecDeque::new(),
+            api_bodies: VecDeque::new(),
+            api_holds: VecDeque::new(),
             deny_next_authorization: false,
             counts: Counts::default(),
             token_requests: Vec::new(),

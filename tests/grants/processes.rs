@@ -19,7 +19,11 @@ mod redis_server;
 
 const GRANTS: usize = 50;
 const ROUNDS: u64 = 3;
-const PERIOD_MS: u64 = 1_500;
+/// Rounds start this far apart; tokens live [`LIFETIME`]: a round's refresh may come up to
+/// `PERIOD_MS - LIFETIME` late (two processes contending for 50 grants' locks on a loaded machine)
+/// and its requests may take up to `LIFETIME`, and each grant still expires exactly once a round.
+const PERIOD_MS: u64 = 2_500;
+const LIFETIME: Duration = Duration::from_millis(1_200);
 /// Concurrent requests per grant per round in each process.
 const CALLERS: usize = 2;
 
@@ -45,7 +49,7 @@ async fn two_processes_share(kind: &str, location: &str, store: impl GrantStore)
     let fake = FakeNifty::builder()
         .rotation(true)
         .replay_revokes_grant(true)
-        .token_lifetime(Some(Duration::from_secs(1)))
+        .token_lifetime(Some(LIFETIME))
         .start()
         .await
         .unwrap();

@@ -8,16 +8,25 @@
 //!
 //! The multi-process tests re-run this test binary as workers (`worker_process_entry`, inert unless
 //! `NIFTY_PG_WORKER` is set). `processes.rs`: OS processes; `outage.rs`: PostgreSQL down;
-//! `fence.rs`: fenced saves; `table.rs`: encryption, grant ids, migrations, table names.
+//! `partition.rs`: PostgreSQL behind a proxy that blackholes; `unlock.rs`: an unlock that fails;
+//! `fence.rs`: fenced saves; `storm.rs`: a refresh storm on a small pool; `table.rs`: encryption,
+//! grant ids, migrations, table names.
 #![cfg(feature = "postgres")]
 
+#[path = "../common/blackhole.rs"]
+mod blackhole;
 #[path = "../common/mod.rs"]
 mod common;
 mod fence;
 mod outage;
+mod partition;
+#[path = "../common/partition.rs"]
+mod partition_scenario;
 mod processes;
 mod server;
+mod storm;
 mod table;
+mod unlock;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

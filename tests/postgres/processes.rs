@@ -37,12 +37,14 @@ async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_gra
     let fake = FakeNifty::builder()
         .rotation(true)
         .replay_revokes_grant(true)
-        .token_lifetime(Some(Duration::from_secs(1)))
+        .token_lifetime(Some(Duration::from_millis(1_200)))
         .start()
         .await
         .unwrap();
     let store = pg.store(fake.client_id()).await;
-    let (grants, rounds, period_ms) = (20usize, 5u64, 1_500u64);
+    // Rounds 2.5 s apart, tokens living 1.2 s: a round's refresh may come 1.3 s late (four
+    // processes contending on a loaded machine) and each grant still expires once a round.
+    let (grants, rounds, period_ms) = (20usize, 5u64, 2_500u64);
     // Each grant starts with a refresh token and an access token that is already expired.
     let fake_grants: Vec<_> = (0..grants).map(|_| fake.new_grant()).collect();
     for (i, fake_grant) in fake_grants.iter().enumerate() {

@@ -159,6 +159,10 @@ impl PgServer {
         }
     }
 
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -187,5 +191,63 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl PgServer {
+    /// The URL of `user` on database `db` (trust authentication: no password).
+    pub fn url_as(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A login role `name` (no superuser) owning a database of the same name, in which it may not
+    /// run `pg_advisory_unlock(bigint)`: every unlock of that role fails on a live session. Returns
+    /// the role's URL.
+    pub async fn role_that_cannot_unlock(&self, name: &str) -> String {
+        let admin = self.pool().await;
+        for sql in [
+            format!("CREATE ROLE {name} LOGIN"),
+            format!("CREATE DATABASE {name} OWNER {name}"),
+        ] {
+            sqlx::query(&sql).execute(&admin).await.unwrap();
+        }
+        admin.close().await;
+        // Functions are per database: revoke in the role's own.
+        let db = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url_as("postgres", name))
+            .await
+            .unwrap();
+        sqlx::query("REVOKE EXECUTE ON FUNCTION pg_advisory_unlock(bigint) FROM PUBLIC")
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        self.url_as(name, name)
+    }
+}
+
+/// The advisory locks held in the whole cluster (every database, every session).
+pub async fn advisory_locks(admin: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 10 s) until `count` returns `want`, and returns its last value: sessions end, and
+/// their locks go, a moment after their client closed them.
+pub async fn settle<F, Fut>(want: i64, mut count: F) -> i64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = count().await;
+        if now == want || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

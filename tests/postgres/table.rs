@@ -212,3 +212,28 @@ async fn migrate_twice_is_fine_a_schema_qualified_table_works_and_a_bad_name_is_
     let err = PostgresStore::connect("postgres://u:hunter2@[bad", "client").unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
+
+#[tokio::test]
+async fn zero_or_huge_postgres_timeouts_are_configuration_errors() {
+    let url = "postgres://u@127.0.0.1:1/db";
+    let builder = || PostgresStore::connect_builder(url, "client");
+    let refused = [
+        builder().query_timeout(Duration::ZERO).build(),
+        builder().query_timeout(Duration::MAX).build(),
+        builder().acquire_timeout(Duration::ZERO).build(),
+        builder().acquire_timeout(Duration::from_secs(3601)).build(),
+        builder().lock_wait(Duration::ZERO).build(),
+    ];
+    for result in refused {
+        let err = result.unwrap_err();
+        assert!(matches!(err, AuthError::Configuration { .. }), "{err:?}");
+        assert!(err.to_string().contains("must be between"), "{err}");
+    }
+    let store = builder()
+        .query_timeout(Duration::from_millis(1))
+        .acquire_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let shown = format!("{store:?}");
+    assert!(shown.contains("query_timeout: 1ms"), "{shown}");
+}

@@ -75,6 +75,8 @@ fn huge_or_zero_redis_durations_are_configuration_errors_not_panics() {
     let refused = [
         builder().command_timeout(Duration::MAX).build(),
         builder().command_timeout(Duration::ZERO).build(),
+        builder().connect_timeout(Duration::MAX).build(),
+        builder().connect_timeout(Duration::ZERO).build(),
         builder().lock_ttl(Duration::MAX).build(),
         builder().lock_ttl(Duration::from_millis(10)).build(),
         builder().token_ttl(Duration::MAX).build(),
@@ -87,6 +89,7 @@ fn huge_or_zero_redis_durations_are_configuration_errors_not_panics() {
     }
     builder()
         .command_timeout(Duration::from_secs(3600))
+        .connect_timeout(Duration::from_millis(1))
         .lock_ttl(Duration::from_millis(100))
         .token_ttl(Duration::from_secs(100 * 365 * 24 * 60 * 60))
         .build()

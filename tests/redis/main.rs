@@ -6,14 +6,20 @@
 //! with a message when it is missing; under CI (`CI` set) a missing server fails them.
 //!
 //! `lease.rs`: the lock's lease, its watchdog and the fenced save; `grants.rs`: a key and a lock
-//! per grant (`GrantStore`); `keys.rs`: key escaping and configuration bounds.
+//! per grant (`GrantStore`); `keys.rs`: key escaping and configuration bounds; `partition.rs`:
+//! Redis behind a proxy that blackholes (every store call bounded, nothing leaks).
 #![cfg(feature = "redis")]
 
+#[path = "../common/blackhole.rs"]
+mod blackhole;
 #[path = "../common/mod.rs"]
 mod common;
 mod grants;
 mod keys;
 mod lease;
+mod partition;
+#[path = "../common/partition.rs"]
+mod partition_scenario;
 mod server;
 
 use std::io::{BufRead, BufReader};

@@ -73,6 +73,11 @@ impl Failure {
         Self::new(STORE, format!("{message}: {source}")).with_source(source)
     }
 
+    /// A store error without a cause: the profile's files are refused as they are.
+    pub(crate) fn store_refused(message: impl Into<String>) -> Self {
+        Self::new(STORE, message)
+    }
+
     /// Classifies an [`AuthError`] (whose messages never hold a token or secret).
     pub(crate) fn auth(error: AuthError, profile: &Profile) -> Self {
         let login = profile.login_command();

@@ -10,6 +10,7 @@ use nifty_auth::{Credentials, NiftyAuth};
 
 use crate::failure::Failure;
 use crate::profile::{origin, ClientConfig, Profile};
+use crate::text::printable;
 use crate::Global;
 
 /// The default `--port`: register `http://127.0.0.1:8765/callback` as a redirect URI in Nifty.
@@ -114,7 +115,7 @@ pub(crate) async fn login(
     eprintln!(
         "Logged in (profile `{}`, scope: {}{expiry}). Tokens saved to {} (mode 0600).",
         profile.name,
-        tokens.scope().unwrap_or("-"),
+        printable(tokens.scope().unwrap_or("-")),
         profile.tokens_path.display()
     );
     Ok(())

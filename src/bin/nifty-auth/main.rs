@@ -8,6 +8,7 @@
 //! nifty-auth status --json
 //! nifty-auth logout
 //! nifty-auth --fake api GET /projects               # a demo against an embedded fake Nifty
+//! nifty-auth proxy --listen 127.0.0.1:8787          # any language: the API with the token attached
 //! ```
 //!
 //! # Profiles
@@ -20,6 +21,12 @@
 //! file beside it, `STEM.client.json`). The secret is never taken from an argument (every local user
 //! can read arguments with `ps`) and never printed.
 //!
+//! Files are written through the library's `FileStore` writer (a random temporary name created with
+//! `O_EXCL | O_NOFOLLOW` and mode 0600, renamed over the file); directories are created 0700. A
+//! profiles directory that other users can access is refused (exit 5) with the `chmod 700` that
+//! fixes it, never silently changed. Text from the token endpoint is printed without control
+//! characters.
+//!
 //! # Exit codes
 //! 0 success · 1 the API answered an error status (`api`) · 2 usage or configuration error ·
 //! 3 re-authorization required (run `nifty-auth login`) · 4 network error or token endpoint
@@ -29,7 +36,9 @@ mod api;
 mod failure;
 mod login;
 mod profile;
+mod proxy;
 mod status;
+mod text;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -101,15 +110,20 @@ enum Command {
     Logout,
     /// Call Nifty's API with the profile's token: `nifty-auth api GET /projects`.
     Api(api::ApiArgs),
+    /// Serve Nifty's API on a local address with the token attached, for any language or tool:
+    /// `curl -H "Authorization: Bearer $KEY" http://127.0.0.1:8787/api/v1.0/projects`.
+    Proxy(proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.global.verbose;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The proxy serves many connections at once: one worker thread per core.
+    let mut builder = match cli.command {
+        Command::Proxy(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             return report(
@@ -136,6 +150,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         None
     };
     let profile = Profile::open(&global)?;
+    profile.check_dir()?;
     if let Some(fake) = &_fake {
         login::login_to_fake(&profile, fake).await?;
         if let Command::Login(_) = command {
@@ -155,6 +170,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status { json } => status::status(&profile, json).await,
         Command::Logout => profile.logout(),
         Command::Api(args) => api::api(&profile, &args).await,
+        Command::Proxy(args) => proxy::proxy(&profile, &args, _fake.as_ref()).await,
     }
 }
 
@@ -175,6 +191,8 @@ fn report(failure: &Failure, verbose: bool) -> ExitCode {
             source = cause.source();
         }
     }
-    eprintln!("{}", line.replace(['\n', '\r'], " "));
+    // Error texts quote the token endpoint and the browser's callback: one line, nothing a
+    // terminal would act on.
+    eprintln!("{}", text::printable(&line));
     ExitCode::from(failure.code)
 }

@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nifty_auth::store::BoxFuture;
@@ -140,8 +140,37 @@ impl Profile {
         })
     }
 
-    /// Creates the profile's directory: mode 0700 for the profiles directory (also when it exists),
-    /// missing parents of a `--store` path created with 0700.
+    /// Refuses a profiles directory that other users may enter, list or write (any group or
+    /// other permission bit): its files would be theirs to replace (a client file naming their own
+    /// token URL would receive the secret and the refresh token). Nothing is changed: the error
+    /// names the `chmod` that fixes it. A missing directory is fine (it is created 0700); a
+    /// `--store` path's directory is the user's choice and is not checked.
+    pub(crate) fn check_dir(&self) -> Result<(), Failure> {
+        #[cfg(unix)]
+        if let Some(dir) = &self.own_dir {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = match fs::metadata(dir) {
+                Ok(meta) => meta.permissions().mode() & 0o777,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => {
+                    return Err(Failure::store(
+                        format_args!("cannot read {}", dir.display()),
+                        e,
+                    ))
+                }
+            };
+            if mode & 0o077 != 0 {
+                return Err(Failure::store_refused(format!(
+                    "the profile directory {dir} is open to other users (mode {mode:04o}): run \
+                     `chmod 700 {dir}` and try again",
+                    dir = dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the profile's directory and its missing parents, mode 0700.
     pub(crate) fn ensure_dir(&self) -> Result<(), Failure> {
         let dir = match self.tokens_path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -151,15 +180,9 @@ impl Profile {
         builder.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        let created = builder.create(dir).and_then(|()| {
-            #[cfg(unix)]
-            if self.own_dir.is_some() {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-            }
-            Ok(())
-        });
-        created.map_err(|e| Failure::store(format_args!("cannot create {}", dir.display()), e))
+        builder
+            .create(dir)
+            .map_err(|e| Failure::store(format_args!("cannot create {}", dir.display()), e))
     }
 
     /// Saves the client configuration atomically, mode 0600.
@@ -167,7 +190,7 @@ impl Profile {
         self.ensure_dir()?;
         let json = serde_json::to_vec_pretty(config)
             .map_err(|e| Failure::store("cannot encode the client file", e))?;
-        write_private(&self.client_path, &json).map_err(|e| {
+        FileStore::write_private_file(&self.client_path, &json).map_err(|e| {
             Failure::store(
                 format_args!("cannot write {}", self.client_path.display()),
                 e,
@@ -301,27 +324,6 @@ fn pick(option: &Option<String>, saved: Option<&String>, default: &str) -> Strin
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// Writes `path` atomically (a temporary file renamed over it), created with mode 0600.
-fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "client".into(), |n| n.to_string_lossy());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let result = options.open(&tmp).and_then(|mut file| {
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The profile's `FileStore`, showing loaded tokens [`MIN_VALIDITY`] closer to their expiry, so

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::failure::Failure;
 use crate::profile::{unix_seconds, Profile, MIN_VALIDITY};
+use crate::text::printable;
 
 pub(crate) async fn status(profile: &Profile, as_json: bool) -> Result<(), Failure> {
     let saved = profile.load_client()?;
@@ -31,7 +32,11 @@ pub(crate) async fn status(profile: &Profile, as_json: bool) -> Result<(), Failu
         .ok()
         .filter(|v| !v.is_empty())
         .or_else(|| saved.as_ref().map(|c| c.client_id.clone()));
-    let scope = tokens.as_ref().and_then(|t| t.scope().map(str::to_owned));
+    // The token endpoint's text; a scope token is printable ASCII (RFC 6749 section 3.3), so
+    // nothing of a valid scope is lost.
+    let scope = tokens
+        .as_ref()
+        .and_then(|t| t.scope().map(|s| printable(s).into_owned()));
 
     if as_json {
         let value = json!({

@@ -77,7 +77,13 @@ pub(super) async fn load(target: Arc<Target>) -> Result<Option<TokenSet>, BoxErr
 pub(super) async fn save(target: Arc<Target>, json: Vec<u8>) -> Result<(), BoxError> {
     blocking("token file write", move || {
         target.ensure_dir()?;
-        Ok(write_atomically(&target.path, &json)?)
+        write_atomically(&target.path, &json).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot write token file {}: {e}", target.path.display()),
+            )
+            .into()
+        })
     })
     .await
 }
@@ -186,13 +192,22 @@ fn open_lock_file(lock_path: &Path) -> io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        // A symlink planted at the lock file's name is refused, never followed.
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
     options.open(lock_path).map_err(|e| {
+        #[cfg(unix)]
+        let hint = if e.raw_os_error() == Some(libc::ELOOP) {
+            " (it is a symlink; the lock file must be a regular file: delete the symlink)"
+        } else {
+            ""
+        };
+        #[cfg(not(unix))]
+        let hint = "";
         io::Error::new(
             e.kind(),
             format!(
-                "cannot open the token file's lock {}: {e}",
+                "cannot open the token file's lock {}: {e}{hint}",
                 lock_path.display()
             ),
         )
@@ -250,32 +265,23 @@ fn read_tokens(path: &Path) -> Result<Option<TokenSet>, BoxError> {
     })
 }
 
-fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+/// Writes `contents` to `path` so that no other user ever sees them and a crash leaves the old
+/// file or the new one, never a torn one: a temporary file at a random name in the same directory,
+/// created new (`O_CREAT | O_EXCL`: a file or symlink planted at that name makes it fail, never
+/// receives the bytes) without following a symlink (`O_NOFOLLOW`) and with mode `0600` from its
+/// first byte on Unix, is written, `fsync`ed and renamed over `path` (a symlink at `path` is
+/// replaced, not followed), then the directory is `fsync`ed. The temporary file is removed on any
+/// failure.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "token file path has no file name",
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{:016x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        fastrand::u64(..)
-    ));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
+    let (tmp, mut file) = create_temporary(&dir, &name.to_string_lossy())?;
     let result = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
@@ -288,10 +294,50 @@ fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(|e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot write token file {}: {e}", path.display()),
-        )
-    })
+    result
+}
+
+/// How many random names [`create_temporary`] tries before it gives up.
+const TEMPORARY_ATTEMPTS: usize = 4;
+
+/// Creates `<dir>/.<name>.tmp-<128 random bits>` with [`create_private`].
+fn create_temporary(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    let mut attempt = 0;
+    loop {
+        let tmp = dir.join(format!(".{name}.tmp-{:032x}", random_u128()));
+        match create_private(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            // Someone else's file at a name no one could guess: take another.
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < TEMPORARY_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Creates the file `path` for writing: a new file (whatever is at `path`, a file or a symlink,
+/// makes it fail with [`io::ErrorKind::AlreadyExists`] and is left as it is), never through a
+/// symlink, with mode `0600` on Unix from the start.
+pub(super) fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
+/// 128 bits from the OS's random source (`fastrand` if that fails: the name's secrecy guards
+/// nothing, `O_EXCL` and `O_NOFOLLOW` do; it only keeps names from colliding).
+fn random_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u128::from_le_bytes(bytes),
+        Err(_) => fastrand::u128(..),
+    }
 }

@@ -22,8 +22,12 @@ mod tests;
 ///
 /// A save writes a temporary file in the same directory, `fsync`s it, renames it over the target and
 /// `fsync`s the directory: a crash at any moment leaves either the old file or the new one, never a
-/// torn one. On Unix the file is created with mode `0600` (readable by its owner only), because it
-/// holds bearer credentials. File I/O runs on tokio's blocking pool.
+/// torn one. On Unix the file is created with mode `0600` (readable by its owner only) from its
+/// first byte, because it holds bearer credentials. The temporary file has a random name (128 bits
+/// from the OS) and is created new without following a symlink (`O_EXCL | O_NOFOLLOW`), so a file
+/// or symlink planted in the directory never receives the tokens; a symlink at the token file itself
+/// is replaced by the rename, never written through; a symlink at the lock file is refused. A
+/// failed save removes its temporary file. File I/O runs on tokio's blocking pool.
 ///
 /// A missing file loads as "no tokens"; a file that is not a valid token set, or is larger than
 /// [`MAX_TOKEN_FILE_BYTES`](Self::MAX_TOKEN_FILE_BYTES), is an error (it is never silently replaced by
@@ -191,6 +195,15 @@ impl FileStore {
             )
             .into()),
         }
+    }
+
+    /// Not public API: the `nifty-auth` command line's writer of its client file (the secret
+    /// inside), the one a save uses: a fresh random temporary name created with `O_EXCL`,
+    /// `O_NOFOLLOW` and mode `0600`, `fsync`ed and renamed over `path`.
+    #[cfg(feature = "cli")]
+    #[doc(hidden)]
+    pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+        disk::write_atomically(path, contents)
     }
 
     fn bound(&self, max_hold: Duration) -> Duration {

@@ -134,3 +134,117 @@ async fn failed_save_keeps_the_old_file() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot write token file"), "{err}");
 }
+
+#[cfg(unix)]
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn save_replaces_a_symlink_at_the_token_file_and_never_writes_through_it() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "victim").unwrap();
+    let path = dir.path().join("tokens.json");
+    symlink(&victim, &path).unwrap();
+
+    FileStore::new(&path)
+        .save(&TokenSet::new("at").with_refresh_token("rt"))
+        .await
+        .unwrap();
+
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "victim");
+    let meta = fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_file(), "the symlink is still there");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(names(dir.path()), ["tokens.json", "victim"]);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_symlink_at_the_lock_file_is_refused_and_nothing_is_created_where_it_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("tokens.json"));
+    let pointee = dir.path().join("elsewhere");
+    std::os::unix::fs::symlink(&pointee, store.lock_path()).unwrap();
+
+    let err = store.lock(Duration::ZERO).await.unwrap_err();
+
+    let message = err.to_string();
+    assert!(
+        message.contains(&store.lock_path().display().to_string()) && message.contains("symlink"),
+        "{message}"
+    );
+    assert!(
+        !pointee.exists(),
+        "the lock file was created through the symlink"
+    );
+    assert_eq!(names(dir.path()), ["tokens.json.lock"]);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_save_whose_rename_fails_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A non-empty directory where the token file should be: the rename over it fails.
+    let path = dir.path().join("tokens.json");
+    fs::create_dir(&path).unwrap();
+    fs::write(path.join("keep"), "").unwrap();
+
+    let err = FileStore::new(&path)
+        .save(&TokenSet::new("at").with_refresh_token("rt"))
+        .await
+        .unwrap_err();
+
+    assert!(err.to_string().contains("cannot write token file"), "{err}");
+    assert_eq!(names(dir.path()), ["tokens.json"]);
+    assert_eq!(names(&path), ["keep"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_private_file_is_never_created_over_a_planted_file_or_through_a_planted_symlink() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join("planted");
+    fs::write(&planted, "planted").unwrap();
+    fs::set_permissions(&planted, fs::Permissions::from_mode(0o644)).unwrap();
+    let to_planted = dir.path().join("to-planted");
+    symlink(&planted, &to_planted).unwrap();
+    let dangling = dir.path().join("dangling");
+    let pointee = dir.path().join("pointee");
+    symlink(&pointee, &dangling).unwrap();
+
+    for path in [&planted, &to_planted, &dangling] {
+        let err = super::disk::create_private(path).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::AlreadyExists,
+            "{path:?}: {err}"
+        );
+    }
+
+    assert_eq!(fs::read_to_string(&planted).unwrap(), "planted");
+    assert_eq!(
+        fs::metadata(&planted).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(!pointee.exists(), "a file was created through the symlink");
+    let fresh = dir.path().join("fresh");
+    drop(super::disk::create_private(&fresh).unwrap());
+    assert_eq!(
+        fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        names(dir.path()),
+        ["dangling", "fresh", "planted", "to-planted"]
+    );
+}

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
 
-use super::{pg_error, PostgresStore};
+use super::conn::Conn;
+use super::PostgresStore;
 use crate::grants::GrantId;
 use crate::store::StoreLock;
 use crate::token::TokenSet;
@@ -24,38 +23,10 @@ const WAIT_SLACK: Duration = Duration::from_secs(1);
 /// The transaction-level advisory lock `migrate` serializes `CREATE TABLE` with.
 pub(super) const MIGRATE_KEY: i64 = 0x6e69_6674_795f_6d67; // "nifty_mg"
 
-/// A connection that may hold an advisory lock. Dropped while it may still hold one (its unlock
-/// did not run or failed), it is closed instead of returned to the pool: the server then drops the
-/// session and its locks.
-pub(super) struct LockConnection {
-    connection: Option<PoolConnection<Postgres>>,
-    /// Whether the session may hold the lock.
-    locked: bool,
-}
-
-impl LockConnection {
-    pub(super) fn connection(&mut self) -> Result<&mut PgConnection, BoxError> {
-        match self.connection.as_mut() {
-            Some(connection) => Ok(&mut **connection),
-            None => Err(io::Error::other("the refresh lock was already released").into()),
-        }
-    }
-}
-
-impl Drop for LockConnection {
-    fn drop(&mut self) {
-        if self.locked {
-            if let Some(connection) = self.connection.as_mut() {
-                connection.close_on_drop();
-            }
-        }
-    }
-}
-
 /// One held lock's connection, shared by the [`StoreLock`] (its release and its [`Fence`]) and, by
 /// a weak reference, the store's `held` map (so that `load` inside the refresh uses it).
 pub(super) struct Session {
-    pub(super) connection: tokio::sync::Mutex<LockConnection>,
+    pub(super) connection: tokio::sync::Mutex<Conn>,
 }
 
 /// What a [`PostgresStore`] attaches to its [`StoreLock`]: what the fenced save needs.
@@ -82,31 +53,30 @@ impl PostgresStore {
             .unwrap_or_else(|| max_hold.saturating_add(WAIT_SLACK));
         let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
-            let connection = inner
-                .pool
-                .acquire()
-                .await
-                .map_err(|e| pg_error("connect", e))?;
-            // Marked locked before asking: a future dropped mid-query closes the connection.
-            let mut session = LockConnection {
-                connection: Some(connection),
-                locked: true,
-            };
-            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(key)
-                .fetch_one(session.connection()?)
-                .await
-                .map_err(|e| pg_error("pg_try_advisory_lock", e))?;
+            let mut session = self.checkout().await?;
+            // Tainted before asking: an attempt whose answer never comes may have taken the lock,
+            // so its connection is closed (the server then releases the lock), never pooled.
+            session.taint();
+            let taken = session
+                .run("pg_try_advisory_lock", |c| {
+                    sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                        .bind(key)
+                        .fetch_one(c)
+                })
+                .await?;
             if taken {
-                let version: Option<i64> = sqlx::query_scalar(&inner.table.version)
-                    .bind(&inner.client_id)
-                    .bind(grant.as_str())
-                    .fetch_optional(session.connection()?)
-                    .await
-                    .map_err(|e| pg_error("SELECT version", e))?;
+                let version = session
+                    .run("SELECT version", |c| {
+                        sqlx::query_scalar::<_, i64>(&inner.table.version)
+                            .bind(&inner.client_id)
+                            .bind(grant.as_str())
+                            .fetch_optional(c)
+                    })
+                    .await?;
                 return Ok(self.hold(grant, key, session, version));
             }
-            session.locked = false;
+            // Not taken: the session holds nothing and goes back to the pool.
+            session.untaint();
             drop(session);
             waiting
                 .pause(|wait| {
@@ -119,13 +89,7 @@ impl PostgresStore {
         }
     }
 
-    fn hold(
-        &self,
-        grant: &GrantId,
-        key: i64,
-        connection: LockConnection,
-        version: Option<i64>,
-    ) -> StoreLock {
+    fn hold(&self, grant: &GrantId, key: i64, connection: Conn, version: Option<i64>) -> StoreLock {
         let session = Arc::new(Session {
             connection: tokio::sync::Mutex::new(connection),
         });
@@ -196,33 +160,37 @@ impl PostgresStore {
         let value = self.seal(grant, tokens)?;
         let expected = *fence.version.lock();
         let mut session = fence.session.connection.lock().await;
-        let connection = session.connection()?;
-        let saved: Option<i64> = match expected {
+        let saved = match expected {
             Some(version) => {
-                sqlx::query_scalar(&inner.table.update_fenced)
-                    .bind(&inner.client_id)
-                    .bind(grant.as_str())
-                    .bind(value)
-                    .bind(version)
-                    .fetch_optional(connection)
-                    .await
+                session
+                    .run("fenced save", |c| {
+                        sqlx::query_scalar::<_, i64>(&inner.table.update_fenced)
+                            .bind(&inner.client_id)
+                            .bind(grant.as_str())
+                            .bind(value)
+                            .bind(version)
+                            .fetch_optional(c)
+                    })
+                    .await?
             }
             None => {
-                sqlx::query_scalar(&inner.table.insert_fenced)
-                    .bind(&inner.client_id)
-                    .bind(grant.as_str())
-                    .bind(value)
-                    .fetch_optional(connection)
-                    .await
+                session
+                    .run("fenced save", |c| {
+                        sqlx::query_scalar::<_, i64>(&inner.table.insert_fenced)
+                            .bind(&inner.client_id)
+                            .bind(grant.as_str())
+                            .bind(value)
+                            .fetch_optional(c)
+                    })
+                    .await?
             }
-        }
-        .map_err(|e| pg_error("fenced save", e))?;
+        };
         match saved {
             Some(version) => {
                 *fence.version.lock() = Some(version);
                 Ok(())
             }
-            None => Err(io::Error::other(format!(
+            None => Err(crate::store::LockLost::new(format!(
                 "fenced save refused: the row of grant {grant} changed since this refresh lock was \
                  taken (it was at version {}); not overwriting a newer token set",
                 expected.map_or_else(|| "none: no row".to_owned(), |v| v.to_string())
@@ -232,26 +200,30 @@ impl PostgresStore {
     }
 }
 
-/// Unlocks and returns the connection to the pool; a connection whose unlock fails is closed.
+/// Unlocks and returns the connection to the pool. A connection whose unlock failed or timed out
+/// (or was never sent: the session broke earlier) is closed instead: the session may still hold the
+/// lock, and ending it is the one sure way to release it.
 async fn release(session: &Session, key: i64) {
     let mut session = session.connection.lock().await;
-    let Ok(connection) = session.connection() else {
-        return;
-    };
-    let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .fetch_one(connection)
+    let unlocked = session
+        .run("pg_advisory_unlock", |c| {
+            sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .fetch_one(c)
+        })
         .await;
     match unlocked {
         // `false`: the session did not hold it (it was reset); it holds nothing either way.
-        Ok(_) => session.locked = false,
+        Ok(_) => session.untaint(),
         Err(e) => {
-            // Closed on drop: the server releases the lock with the session.
-            crate::trace::warning!(error = %e, "could not release the PostgreSQL refresh lock");
+            crate::trace::warning!(
+                error = %e,
+                "could not release the PostgreSQL refresh lock; closing its connection"
+            );
             let _ = e;
         }
     }
-    session.connection.take();
+    session.finish();
 }
 
 /// The advisory lock key of (client id, grant id): the first 64 bits of SHA-256 over both,

@@ -16,9 +16,11 @@ use crate::grants::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
 
+mod conn;
 mod lock;
 mod table;
 
+use conn::Conn;
 use lock::Session;
 use table::Table;
 
@@ -28,11 +30,15 @@ pub const DEFAULT_POSTGRES_TABLE: &str = "nifty_auth_tokens";
 pub const DEFAULT_POSTGRES_GRANT: &str = "default";
 /// The size of the pool [`PostgresStore::connect`] makes.
 pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 8;
-/// How long [`PostgresStore::connect`]'s pool waits for a connection (and to connect) before a
-/// store call fails.
+/// How long a store call waits for a connection from the pool (connecting included) before it
+/// fails; see [`PostgresStoreBuilder::acquire_timeout`].
 pub const DEFAULT_POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the store waits for the answer to one statement (a load, a save, a lock attempt, an
+/// unlock) before the store call fails and the connection is closed; see
+/// [`PostgresStoreBuilder::query_timeout`].
+pub const DEFAULT_POSTGRES_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The longest lock wait [`PostgresStoreBuilder::lock_wait`] accepts.
+/// The longest lock wait and timeout the builder accepts.
 const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 
 /// A [`GrantStore`] (a row per grant) and [`TokenStore`] (one row) in PostgreSQL, shared by every
@@ -62,12 +68,14 @@ const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 ///   a connection checked out of the pool and held by the [`StoreLock`] for the whole refresh.
 ///   Processes that find it taken poll it (10 ms doubling to 250 ms, with jitter) for at most the
 ///   refresh's worst-case time plus a second (or [`PostgresStoreBuilder::lock_wait`]). Releasing
-///   (or dropping) the `StoreLock` runs `pg_advisory_unlock` and returns the connection; a
-///   connection whose unlock could not run is closed instead of returned, so a lock never stays
-///   behind in the pool. A process that dies loses its session, and PostgreSQL releases its
-///   advisory locks at once: another process takes over as soon as it next polls. (A host that
-///   vanishes without closing its TCP connection is noticed by the server's TCP keepalives:
-///   tune `tcp_keepalives_idle` if that must be quick.)
+///   (or dropping) the `StoreLock` runs `pg_advisory_unlock` and returns the connection to the
+///   pool. **A lock never outlives its holder's intent:** a connection whose unlock failed (an
+///   error, a role that may not run it, a cancelled statement), timed out or could not be sent is
+///   closed instead, never returned to the pool — ending the session is the one sure way to
+///   release a session-level lock, so a lock never stays behind in the pool. A process that dies
+///   loses its session, and PostgreSQL releases its advisory locks at once: another process takes
+///   over as soon as it next polls. (A host that vanishes without closing its TCP connection is
+///   noticed by the server's TCP keepalives: tune `tcp_keepalives_idle` if that must be quick.)
 /// - **The lock key** is the first 64 bits of SHA-256 over (client id, grant id), length-prefixed.
 ///   Two different grants share a key with probability about n²/2⁶⁵ for n grants (one in 37
 ///   million for a million grants); if they do, their refreshes take turns — a short wait, never a
@@ -83,6 +91,17 @@ const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 /// - **PostgreSQL down**: requests keep using a still-valid cached access token (the hot path never
 ///   touches PostgreSQL); a refresh that is needed fails with [`AuthError::Store`] and never runs
 ///   without the lock. When the server is back, the pool reconnects and refreshes resume.
+/// - **Every call is bounded**, even when the server vanishes without closing its connections (a
+///   network partition, a frozen host): getting a connection waits at most
+///   [`acquire_timeout`](PostgresStoreBuilder::acquire_timeout) (connecting included, on your pool
+///   too), and each statement — a load, a save, a lock attempt, an unlock — at most
+///   [`query_timeout`](PostgresStoreBuilder::query_timeout) (defaults: 3 s each). A statement that
+///   times out fails the call, and its connection is closed, never returned to the pool: its
+///   session may be mid-statement, or hold the lock an unanswered lock attempt took; the server
+///   ends it (and releases its locks) when it sees the close. A save whose answer never came may
+///   still have been applied: the fence below refuses any save made under a lock taken before it.
+///   One limit is sqlx's: a connection returned to the pool is checked with a ping in a task of its
+///   own, and a partition that starts at that moment holds that task until it heals.
 /// - **Encryption at rest** ([`PostgresStoreBuilder::encryption_key`]): the same scheme as
 ///   `RedisStore`, XChaCha20-Poly1305 with a random nonce per save and the row's key (client id and
 ///   grant id) as associated data, so a ciphertext copied into another grant's row fails to open.
@@ -91,9 +110,12 @@ const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 ///
 /// Each refresh in flight holds one connection from taking the lock until its tokens are saved (a
 /// token call: milliseconds to seconds); waiting for a lock held elsewhere holds none between polls.
-/// So the pool needs **at least one connection more than the refreshes you want to run at once**
-/// (for a [`NiftyGrants`](crate::NiftyGrants), `max_concurrent_token_calls` + 1), plus what the
-/// app's own queries use if the pool is shared. A connection that holds a lock is checked out, so
+/// A refresh takes its token-call slot (`max_concurrent_token_calls` of a
+/// [`NiftyGrants`](crate::NiftyGrants), after any 429 pause) *before* its lock, so refreshes queued
+/// behind the slots hold no connection. The rule: **`max_concurrent_token_calls` + 1 connections**
+/// (the one extra for loads outside a refresh), plus what the app's own queries use if the pool is
+/// shared — a storm of 1,000 expired grants with 2 token calls at once on a pool of 3 completes with
+/// no store error (the test suite's `storm` test). A connection that holds a lock is checked out, so
 /// the app's queries cannot take it mid-refresh; but refreshes that cannot get a connection within
 /// the pool's acquire timeout fail with [`AuthError::Store`] (and are tried again later). If the
 /// app's own queries keep its pool busy, give the store a small pool of its own
@@ -132,6 +154,8 @@ struct Inner {
     table: Table,
     cipher: Option<XChaCha20Poly1305>,
     lock_wait: Option<Duration>,
+    acquire_timeout: Duration,
+    query_timeout: Duration,
     /// The lock connections this process holds, so that `load` inside a refresh uses them.
     held: parking_lot::Mutex<HashMap<GrantId, Weak<Session>>>,
 }
@@ -152,6 +176,7 @@ pub struct PostgresStoreBuilder {
     lock_wait: Option<Duration>,
     max_connections: u32,
     acquire_timeout: Duration,
+    query_timeout: Duration,
 }
 
 impl PostgresStore {
@@ -198,23 +223,32 @@ impl PostgresStore {
     }
 
     async fn create_table(&self) -> Result<(), BoxError> {
-        let mut tx = self
-            .inner
-            .pool
-            .begin()
-            .await
-            .map_err(|e| pg_error("BEGIN", e))?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(lock::MIGRATE_KEY)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| pg_error("migrate lock", e))?;
-        sqlx::query(&self.inner.table.create)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| pg_error("CREATE TABLE", e))?;
-        tx.commit().await.map_err(|e| pg_error("COMMIT", e))?;
+        let inner = &self.inner;
+        let mut conn = self.checkout().await?;
+        // In a transaction until COMMIT: a failure on the way closes the session (rolling back).
+        conn.taint();
+        conn.run("BEGIN", |c| sqlx::query("BEGIN").execute(c))
+            .await?;
+        conn.run("migrate lock", |c| {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock::MIGRATE_KEY)
+                .execute(c)
+        })
+        .await?;
+        conn.run("CREATE TABLE", |c| {
+            sqlx::query(&inner.table.create).execute(c)
+        })
+        .await?;
+        conn.run("COMMIT", |c| sqlx::query("COMMIT").execute(c))
+            .await?;
+        conn.untaint();
         Ok(())
+    }
+
+    /// A connection for one store call, with the store's acquire and query timeouts.
+    async fn checkout(&self) -> Result<Conn, BoxError> {
+        let inner = &self.inner;
+        Conn::checkout(&inner.pool, inner.acquire_timeout, inner.query_timeout).await
     }
 
     /// The table, as configured.
@@ -271,33 +305,41 @@ impl PostgresStore {
             // Inside a refresh: the lock's connection (a lost session fails the re-read).
             Some(session) => {
                 let mut session = session.connection.lock().await;
-                query.fetch_optional(session.connection()?).await
+                session.run("SELECT", |c| query.fetch_optional(c)).await?
             }
-            None => query.fetch_optional(&inner.pool).await,
-        }
-        .map_err(|e| pg_error("SELECT", e))?;
+            None => {
+                let mut conn = self.checkout().await?;
+                conn.run("SELECT", |c| query.fetch_optional(c)).await?
+            }
+        };
         stored.map(|stored| self.unseal(grant, &stored)).transpose()
     }
 
     async fn save_row(&self, grant: &GrantId, tokens: &TokenSet) -> Result<(), BoxError> {
+        let inner = &self.inner;
         let value = self.seal(grant, tokens)?;
-        sqlx::query(&self.inner.table.upsert)
-            .bind(&self.inner.client_id)
-            .bind(grant.as_str())
-            .bind(value)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|e| pg_error("INSERT", e))?;
+        let mut conn = self.checkout().await?;
+        conn.run("INSERT", |c| {
+            sqlx::query(&inner.table.upsert)
+                .bind(&inner.client_id)
+                .bind(grant.as_str())
+                .bind(value)
+                .execute(c)
+        })
+        .await?;
         Ok(())
     }
 
     async fn delete_row(&self, grant: &GrantId) -> Result<(), BoxError> {
-        sqlx::query(&self.inner.table.delete)
-            .bind(&self.inner.client_id)
-            .bind(grant.as_str())
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|e| pg_error("DELETE", e))?;
+        let inner = &self.inner;
+        let mut conn = self.checkout().await?;
+        conn.run("DELETE", |c| {
+            sqlx::query(&inner.table.delete)
+                .bind(&inner.client_id)
+                .bind(grant.as_str())
+                .execute(c)
+        })
+        .await?;
         Ok(())
     }
 
@@ -326,6 +368,7 @@ impl PostgresStoreBuilder {
             lock_wait: None,
             max_connections: DEFAULT_POSTGRES_MAX_CONNECTIONS,
             acquire_timeout: DEFAULT_POSTGRES_ACQUIRE_TIMEOUT,
+            query_timeout: DEFAULT_POSTGRES_QUERY_TIMEOUT,
         }
     }
 
@@ -368,10 +411,29 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// How long the store's own pool waits for a connection, connecting included (only with
-    /// [`PostgresStore::connect_builder`]). Defaults to [`DEFAULT_POSTGRES_ACQUIRE_TIMEOUT`].
+    /// How long a store call waits for a connection from the pool, connecting included. Defaults
+    /// to [`DEFAULT_POSTGRES_ACQUIRE_TIMEOUT`]; between 1 ms and one hour.
+    ///
+    /// It bounds every pool: with [`PostgresStore::connect_builder`] it is also the store's own
+    /// pool's acquire timeout; on the app's pool ([`PostgresStore::builder`]) the store gives up
+    /// after it even if the pool's own timeout is longer (sqlx's default is 30 s).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// How long the store waits for the answer to each statement it sends: a load, a save, a lock
+    /// attempt, an unlock, the steps of [`migrate`](PostgresStore::migrate). Defaults to
+    /// [`DEFAULT_POSTGRES_QUERY_TIMEOUT`]; between 1 ms and one hour.
+    ///
+    /// A statement that times out (a server that went away without closing its connections: a
+    /// network partition, a frozen host) fails the store call — the token manager reports it as
+    /// [`AuthError::Store`] — and its connection is closed, never returned to the pool: its session
+    /// may be mid-statement, or may hold the lock that an unanswered lock attempt took. When the
+    /// server sees the connection close it ends the session and releases its advisory locks. This
+    /// is a bound kept by the client; PostgreSQL's own `statement_timeout` setting is not changed.
+    pub fn query_timeout(mut self, timeout: Duration) -> Self {
+        self.query_timeout = timeout;
         self
     }
 
@@ -390,19 +452,17 @@ impl PostgresStoreBuilder {
         let table = Table::new(&self.table)?;
         let grant = GrantId::new(self.grant)?;
         if let Some(wait) = self.lock_wait {
-            if wait.is_zero() || wait > MAX_LOCK_WAIT {
-                return Err(AuthError::config(format!(
-                    "PostgresStore lock_wait must be between 1ms and {MAX_LOCK_WAIT:?} (got {wait:?})"
-                )));
-            }
+            in_range("lock_wait", wait)?;
         }
+        in_range("acquire_timeout", self.acquire_timeout)?;
+        in_range("query_timeout", self.query_timeout)?;
         let pool = match self.source {
             Source::Pool(pool) => pool,
             Source::Url(options) => {
                 let options = (*options).map_err(AuthError::config)?;
-                if self.max_connections == 0 || self.acquire_timeout.is_zero() {
+                if self.max_connections == 0 {
                     return Err(AuthError::config(
-                        "PostgresStore needs at least one connection and an acquire timeout",
+                        "PostgresStore needs at least one connection",
                     ));
                 }
                 PgPoolOptions::new()
@@ -420,10 +480,23 @@ impl PostgresStoreBuilder {
                 table,
                 cipher: self.key.map(seal::cipher),
                 lock_wait: self.lock_wait,
+                acquire_timeout: self.acquire_timeout,
+                query_timeout: self.query_timeout,
                 held: parking_lot::Mutex::new(HashMap::new()),
             }),
         })
     }
+}
+
+/// A duration setting between 1 ms and one hour.
+fn in_range(name: &str, value: Duration) -> Result<(), AuthError> {
+    let min = Duration::from_millis(1);
+    if value < min || value > MAX_LOCK_WAIT {
+        return Err(AuthError::config(format!(
+            "PostgresStore {name} must be between {min:?} and {MAX_LOCK_WAIT:?} (got {value:?})"
+        )));
+    }
+    Ok(())
 }
 
 impl GrantStore for PostgresStore {
@@ -500,6 +573,8 @@ impl fmt::Debug for PostgresStore {
             .field("client_id", &self.inner.client_id)
             .field("grant", &self.inner.grant)
             .field("lock_wait", &self.inner.lock_wait)
+            .field("acquire_timeout", &self.inner.acquire_timeout)
+            .field("query_timeout", &self.inner.query_timeout)
             .field("encrypted", &self.inner.cipher.is_some())
             .finish_non_exhaustive()
     }
@@ -512,6 +587,8 @@ impl fmt::Debug for PostgresStoreBuilder {
             .field("table", &self.table)
             .field("grant", &self.grant)
             .field("lock_wait", &self.lock_wait)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("query_timeout", &self.query_timeout)
             .field("encrypted", &self.key.is_some())
             .finish_non_exhaustive()
     }

@@ -4,7 +4,7 @@ use std::future::ready;
 use std::time::Duration;
 
 use super::key::{self, Keys};
-use super::{redis_error, RedisStore};
+use super::RedisStore;
 use crate::grants::GrantId;
 use crate::store::{BoxFuture, GrantStore, StoreLock};
 use crate::token::TokenSet;
@@ -25,7 +25,11 @@ impl RedisStore {
     }
 
     fn grant_keys(&self, grant: &GrantId) -> Keys {
-        key::grant_keys(&self.inner.base, grant.as_str())
+        key::grant_keys(
+            &self.inner.base,
+            grant.as_str(),
+            self.inner.target.is_cluster(),
+        )
     }
 }
 
@@ -51,13 +55,13 @@ impl GrantStore for RedisStore {
     fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
             let keys = self.grant_keys(grant);
-            let mut connection = self.connection().await?;
-            redis::cmd("DEL")
-                .arg(&keys.tokens)
-                .query_async::<()>(&mut connection)
-                .await
-                .map_err(|e| redis_error("DEL", e))?;
-            Ok(())
+            self.bounded("DEL", |mut connection| async move {
+                redis::cmd("DEL")
+                    .arg(&keys.tokens)
+                    .query_async::<()>(&mut connection)
+                    .await
+            })
+            .await
         })
     }
 

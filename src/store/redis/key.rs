@@ -10,6 +10,12 @@
 //! pairs share a key — `a:b` + `c` and `a` + `b:c` do not collide. Ids made of printable ASCII
 //! other than `%` and `:` (letters, digits, `-`, `_`, `.`, …) are unchanged, so keys made before
 //! the escaping existed stay the same. The prefix is the operator's own and is used as given.
+//!
+//! On a Redis Cluster the keys are *tagged*: `<prefix>:{<client id>:<grant>}:tokens` and `…:lock`.
+//! Redis hashes only the text between the first `{` and the next `}` to pick a key's slot, so a
+//! grant's two keys (which the lock and fenced-save scripts use together) share a slot, and
+//! different grants spread over all slots. In tagged keys `{` and `}` are escaped too (`%7B`,
+//! `%7D`), so no client id or grant id can end the tag early or open another one.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -23,14 +29,23 @@ pub(super) struct Keys {
     pub(super) lock: String,
 }
 
-/// The part every key of one app shares: `<prefix>:<escaped client id>`.
-pub(super) fn base(prefix: &str, client_id: &str) -> String {
-    format!("{prefix}:{}", escape(client_id))
+/// The part every key of one app shares: `<prefix>:<escaped client id>`, or
+/// `<prefix>:{<escaped client id>` when `tagged` (a cluster).
+pub(super) fn base(prefix: &str, client_id: &str, tagged: bool) -> String {
+    if tagged {
+        format!("{prefix}:{{{}", escape_tagged(client_id))
+    } else {
+        format!("{prefix}:{}", escape(client_id))
+    }
 }
 
-/// The keys of `grant` under `base` (see [`base`]).
-pub(super) fn grant_keys(base: &str, grant: &str) -> Keys {
-    let base = format!("{base}:{}", escape(grant));
+/// The keys of `grant` under `base` (see [`base`]; `tagged` as given there).
+pub(super) fn grant_keys(base: &str, grant: &str, tagged: bool) -> Keys {
+    let base = if tagged {
+        format!("{base}:{}}}", escape_tagged(grant))
+    } else {
+        format!("{base}:{}", escape(grant))
+    };
     Keys {
         tokens: format!("{base}:tokens"),
         lock: format!("{base}:lock"),
@@ -39,8 +54,23 @@ pub(super) fn grant_keys(base: &str, grant: &str) -> Keys {
 
 #[cfg(test)]
 fn keys(prefix: &str, client_id: &str, grant: &str) -> (String, String) {
-    let Keys { tokens, lock } = grant_keys(&base(prefix, client_id), grant);
+    let Keys { tokens, lock } = grant_keys(&base(prefix, client_id, false), grant, false);
     (tokens, lock)
+}
+
+#[cfg(test)]
+fn tagged_keys(prefix: &str, client_id: &str, grant: &str) -> (String, String) {
+    let Keys { tokens, lock } = grant_keys(&base(prefix, client_id, true), grant, true);
+    (tokens, lock)
+}
+
+/// [`escape`], and `{` and `}` too: a part of a hash tag.
+fn escape_tagged(part: &str) -> Cow<'_, str> {
+    let escaped = escape(part);
+    if !escaped.contains(['{', '}']) {
+        return escaped;
+    }
+    Cow::Owned(escaped.replace('{', "%7B").replace('}', "%7D"))
 }
 
 /// Percent-escapes `part` (see the module docs); borrows it when nothing needs escaping.
@@ -87,6 +117,24 @@ mod tests {
         assert_eq!(escape("%3A"), "%253A");
         assert_eq!(escape("a b\n"), "a%20b%0A");
         assert_eq!(escape("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn tagged_keys_put_client_and_grant_in_one_hash_tag() {
+        assert_eq!(
+            tagged_keys("nifty-auth", "id", "main"),
+            (
+                "nifty-auth:{id:main}:tokens".to_owned(),
+                "nifty-auth:{id:main}:lock".to_owned()
+            )
+        );
+        // Braces cannot end the tag early or open another one; `%` escapes stay one-to-one.
+        assert_eq!(
+            tagged_keys("p", "a}b", "{c}").0,
+            "p:{a%7Db:%7Bc%7D}:tokens".to_owned()
+        );
+        assert_ne!(tagged_keys("p", "a}", "b"), tagged_keys("p", "a%7D", "b"));
+        assert_ne!(tagged_keys("p", "a:b", "c"), tagged_keys("p", "a", "b:c"));
     }
 
     #[test]

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::task::JoinHandle;
 
-use super::{millis, redis_error, Keys, RedisStore};
+use super::connection::Connection;
+use super::{millis, Keys, RedisStore};
 use crate::store::StoreLock;
 use crate::token::TokenSet;
 use tower::BoxError;
@@ -47,17 +47,15 @@ return 0
 });
 
 /// Writes the token set (KEYS[2]) with its TTL only if this owner still holds the lock (KEYS[1]).
-static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+const FENCED_SET_SOURCE: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
     redis.call("SET", KEYS[2], ARGV[2], "PX", ARGV[3])
     return 1
 end
 return 0
-"#,
-    )
-});
+"#;
+
+static FENCED_SET: LazyLock<Script> = LazyLock::new(|| Script::new(FENCED_SET_SOURCE));
 
 /// What a [`RedisStore`] attaches to its [`StoreLock`]: the lock's key (which names the grant) and
 /// random token, for the fence.
@@ -96,17 +94,43 @@ impl RedisStore {
             .saturating_add(WAIT_SLACK);
         let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
-            let mut connection = self.connection().await?;
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(&keys.lock)
-                .arg(&owner)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(inner.lock_ttl))
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| redis_error("SET NX (refresh lock)", e))?;
+            let link = self.link().await?;
+            let owner_ref = &owner;
+            let attempt = self
+                .bounded_on(
+                    &link,
+                    "SET NX (refresh lock)",
+                    |mut connection| async move {
+                        let mut set = redis::cmd("SET");
+                        set.arg(&keys.lock)
+                            .arg(owner_ref)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(millis(inner.lock_ttl));
+                        let (taken, acked): (Option<String>, u32) = if inner.replicas > 0 {
+                            self.write_then_wait(&mut connection, &set, &keys.lock)
+                                .await?
+                        } else {
+                            (set.query_async(&mut connection).await?, 0)
+                        };
+                        Ok((taken, acked, connection))
+                    },
+                )
+                .await;
+            let (taken, acked, connection) = match attempt {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.forget_attempt(&runtime, link.manager, &keys.lock, &owner);
+                    return Err(e);
+                }
+            };
             if taken.is_some() {
+                // A lock only the master knows would vanish with it in a failover, and a second
+                // process would refresh while this one does: not acknowledged, it is given back.
+                if let Err(e) = self.check_acked(acked, "SET NX of the refresh lock") {
+                    self.forget_attempt(&runtime, connection, &keys.lock, &owner);
+                    return Err(e);
+                }
                 return Ok(self.hold(&runtime, connection, owner, keys.lock.clone()));
             }
             waiting
@@ -120,11 +144,29 @@ impl RedisStore {
         }
     }
 
+    /// A lock attempt failed without an answer: its `SET` may still reach Redis (when a partition
+    /// heals) and take the lock for nobody. Sends a compare-and-delete for its token, bounded by the
+    /// command timeout, in a task of its own so the caller's error is not delayed; on the same
+    /// connection, so it runs right after that `SET`. At worst the lease lapses within one lock TTL.
+    fn forget_attempt(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        connection: Connection,
+        key: &str,
+        owner: &str,
+    ) {
+        let limit = self.inner.command_timeout;
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(limit, release(connection, key, owner)).await;
+        });
+    }
+
     /// Starts the watchdog for a lock just taken and wraps both in a [`StoreLock`].
     fn hold(
         &self,
         runtime: &tokio::runtime::Handle,
-        connection: ConnectionManager,
+        connection: Connection,
         owner: String,
         key: String,
     ) -> StoreLock {
@@ -141,10 +183,21 @@ impl RedisStore {
             owner: owner.clone(),
             lost,
         };
+        let limit = self
+            .inner
+            .connect_timeout
+            .saturating_add(self.inner.command_timeout);
         // Dropping the release closure unrun (no runtime left) drops the watchdog too: it stops.
         StoreLock::new(move || async move {
             drop(watchdog);
-            release(connection, key, owner).await;
+            if tokio::time::timeout(limit, release(connection, key, owner))
+                .await
+                .is_err()
+            {
+                crate::trace::warning!(
+                    "could not release the Redis refresh lock in time; its lease lapses by itself"
+                );
+            }
         })
         .with_data(lease)
     }
@@ -184,26 +237,44 @@ impl RedisStore {
             return Err(lost(&keys.lock));
         }
         let value = self.seal(tokens, &keys.tokens)?;
-        let mut connection = self.connection().await?;
-        let saved: i64 = FENCED_SET
-            .key(&keys.lock)
-            .key(&keys.tokens)
-            .arg(&lease.owner)
-            .arg(value)
-            .arg(millis(inner.token_ttl))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| redis_error("fenced SET", e))?;
+        let (saved, acked): (i64, u32) = self
+            .bounded("fenced SET", |mut connection| async move {
+                if inner.replicas == 0 {
+                    return FENCED_SET
+                        .key(&keys.lock)
+                        .key(&keys.tokens)
+                        .arg(&lease.owner)
+                        .arg(value)
+                        .arg(millis(inner.token_ttl))
+                        .invoke_async(&mut connection)
+                        .await
+                        .map(|saved| (saved, 0));
+                }
+                let mut script = redis::cmd("EVAL");
+                script
+                    .arg(FENCED_SET_SOURCE)
+                    .arg(2)
+                    .arg(&keys.lock)
+                    .arg(&keys.tokens)
+                    .arg(&lease.owner)
+                    .arg(value)
+                    .arg(millis(inner.token_ttl));
+                self.write_then_wait(&mut connection, &script, &keys.tokens)
+                    .await
+            })
+            .await?;
         if saved != 1 {
             lease.lost.store(true, Ordering::Release);
             return Err(lost(&keys.lock));
         }
-        Ok(())
+        // Saved on the master but not acknowledged: an ordinary store error (the lock is still
+        // ours), so the manager keeps the tokens and the lock, and retries.
+        self.check_acked(acked, "fenced SET of the token set")
     }
 }
 
 fn lost(lock_key: &str) -> BoxError {
-    io::Error::other(format!(
+    crate::store::LockLost::new(format!(
         "the refresh lock {lock_key} was lost (its lease lapsed or another process holds it); not \
          overwriting a possibly newer token set"
     ))
@@ -212,7 +283,7 @@ fn lost(lock_key: &str) -> BoxError {
 
 /// The watchdog: extends the lease every third of its TTL until aborted or the lock is lost.
 async fn extend_while_held(
-    mut connection: ConnectionManager,
+    mut connection: Connection,
     key: String,
     owner: String,
     ttl: Duration,
@@ -246,14 +317,14 @@ async fn extend_while_held(
     }
 }
 
-async fn release(mut connection: ConnectionManager, key: String, owner: String) {
+async fn release(mut connection: Connection, key: String, owner: String) {
     let released: Result<i64, _> = RELEASE
         .key(&key)
         .arg(&owner)
         .invoke_async(&mut connection)
         .await;
     if let Err(e) = released {
-        // The lease lapses by itself within one lock TTL.
+        // Not retried: the lease lapses by itself within one lock TTL.
         crate::trace::warning!(error = %e, "could not release the Redis refresh lock");
         let _ = e;
     }

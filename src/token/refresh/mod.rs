@@ -1,0 +1,228 @@
+//! Single flight: at most one token call per grant at a time, run in its own task.
+//!
+//! Every path that needs a new token — a request with no usable token, a request in the skew window
+//! (background), a 401, [`NiftyAuth::access_token`](crate::NiftyAuth::access_token) — goes through
+//! [`TokenManager::token`] (or [`TokenManager::after_unauthorized`]). The first caller reserves the
+//! in-flight slot and spawns the refresh task; everyone else awaits the slot's [`Shared`] handle. The
+//! task is spawned, so dropping every waiter never cancels it: its tokens are saved and published
+//! regardless.
+//!
+//! The slot can never stay occupied: the guard that clears it is created *before* the spawn and moved
+//! into the task, so it is dropped — and the slot cleared — however the task ends, including a task
+//! that never ran because its runtime shut down. Waiters of such a task see it as cancelled and start
+//! a new refresh on their own runtime.
+//!
+//! Inside the task, in order: the refresh gate (serializes with `set_tokens` / `exchange_code`), the
+//! token-call slot (and a 429's pause) — before any store resource —, the store's lock, unsaved
+//! tokens first, a re-read of the store (someone else may have refreshed; or removed the grant; or
+//! the store lost this manager's last save), the token call (with backoff), the save (retried), and
+//! only then the publication. Rotated tokens whose save failed stay parked with the store lock still
+//! held; a rescue task retries their save on its own (another process may be waiting for that lock)
+//! and every attempt saves them before anything else. Terminal errors latch until new tokens are
+//! supplied.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{FutureExt, Shared};
+use http::HeaderValue;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::cache::{Current, Read, TokenCache};
+use super::TokenSet;
+use crate::clock::instant_after;
+use crate::endpoint::{Endpoint, Grant};
+use crate::error::AuthError;
+use crate::grants::{GrantId, Latches};
+use crate::stats::Counters;
+use crate::store::{GrantStore, LockLost, LockTimeout, StoreLock, TokenStore};
+use crate::trace;
+use tower::BoxError;
+
+mod flight;
+mod latch;
+mod persist;
+mod rescue;
+mod store;
+
+use flight::InFlight;
+use latch::LATCH_RECHECK;
+pub(crate) use latch::{Latched, Refused};
+use persist::Pending;
+use store::fingerprint;
+pub(crate) use store::StoreRef;
+
+/// A token on its way: what waiters await.
+pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<Current>, AuthError>> + Send>>;
+
+/// Why a token is wanted; decides whether the current one will do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// Any token that may still be sent.
+    Usable,
+    /// A token newer than this generation (the one a 401 rejected), or a refresh.
+    NewerThan(u64),
+    /// Refresh ahead of expiry, unless the current token is fresh again.
+    Background,
+    /// Save tokens whose save failed (the rescue task); a token call only if the saved tokens
+    /// cannot be used.
+    Save,
+}
+
+/// What to do about a 401 for a token generation.
+pub(crate) enum Unauthorized {
+    /// A newer token is already current: retry with it.
+    Newer(HeaderValue, u64),
+    /// Retry with the token this refresh brings.
+    Wait(TokenFuture),
+    /// The token was just obtained and was already rejected once: a refresh would not help; return
+    /// the 401 as it is (until the cooldown passes).
+    GiveUp,
+}
+
+#[derive(Default)]
+struct State {
+    /// The running refresh (boxed: an idle grant keeps its state small).
+    in_flight: Option<Box<InFlight>>,
+    flights: u32,
+    /// This manager has seen its grant in the store (loaded or saved it): from then on a store found
+    /// empty means the grant was removed, never "start from the bootstrap refresh token".
+    stored: bool,
+    /// A rescue task is retrying the save of parked tokens.
+    rescuing: bool,
+    /// The grant was removed here ([`TokenManager::retire`]): nothing brings this manager back.
+    retired: bool,
+    /// A fingerprint of the refresh token this manager's last refresh replaced (0: none). A store
+    /// that holds it again has lost a save: the tokens in memory are newer.
+    replaced: u64,
+    /// A terminal error (invalid_grant, 401, 403 from the endpoint; a removed grant): no token call
+    /// until new tokens. (Rare, so boxed: an idle grant of many keeps its state small.)
+    terminal: Option<Box<Latched>>,
+    /// Tokens obtained (a rotation, a re-authorization) whose save failed.
+    pending: Option<Box<Pending>>,
+    /// No background refresh before this instant (after a failed one; rare, so boxed).
+    background_not_before: Option<Box<Instant>>,
+    /// The last generation a retry after a 401 found rejected too (0: none; generations start at 1).
+    rejected: u64,
+}
+
+/// The token manager of one grant: the current token, the store, the endpoint and the single-flight
+/// state. What does not differ between the grants of a `NiftyGrants` lives in the shared [`Policy`],
+/// so an idle grant costs little memory.
+pub(crate) struct TokenManager {
+    pub(crate) cache: TokenCache,
+    policy: Arc<Policy>,
+    store: StoreRef,
+    /// Which grant of a `NiftyGrants` this is.
+    pub(crate) grant: Option<GrantId>,
+    state: Mutex<State>,
+    /// Serializes everything that changes the tokens: refreshes, `set_tokens`, `exchange_code`.
+    gate: tokio::sync::Mutex<()>,
+    /// When a request last used this grant (the registry's insertion tick; for eviction).
+    pub(crate) last_used: AtomicU64,
+}
+
+/// What every grant of one `NiftyAuth` / `NiftyGrants` shares.
+pub(crate) struct Policy {
+    /// `None` for a personal access token: nothing to refresh with. With its concurrency limit and
+    /// 429 backoff.
+    pub(crate) endpoint: Option<Endpoint>,
+    /// A refresh token to start from when the store holds none (`Builder::refresh_token`).
+    pub(crate) bootstrap_refresh_token: Option<String>,
+    /// A token rejected twice within this long of being obtained is not refreshed again for a 401.
+    pub(crate) unauthorized_cooldown: Duration,
+    /// Where the grants' latches are reported (`NiftyGrants`).
+    pub(crate) latches: Option<Latches>,
+    pub(crate) counters: Counters,
+}
+
+/// What a [`TokenManager`] is made of.
+pub(crate) struct ManagerParts {
+    pub(crate) cache: TokenCache,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) store: StoreRef,
+    pub(crate) grant: Option<GrantId>,
+}
+
+impl std::fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("TokenManager")
+            .field("cache", &self.cache)
+            .field("endpoint", &self.policy.endpoint)
+            .field("refreshing", &state.in_flight.is_some())
+            .field("terminal", &state.terminal.as_ref().map(|l| &l.error))
+            .field("unsaved_tokens", &state.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenManager {
+    pub(crate) fn new(parts: ManagerParts) -> Self {
+        // A grant known to need re-authorization (e.g. before it was evicted) starts latched.
+        let terminal = match (&parts.grant, &parts.policy.latches) {
+            (Some(grant), Some(latches)) => latches
+                .error_for(grant)
+                .map(|(error, refused)| Latched::new(error, refused)),
+            _ => None,
+        };
+        TokenManager {
+            cache: parts.cache,
+            policy: parts.policy,
+            store: parts.store,
+            grant: parts.grant,
+            state: Mutex::new(State {
+                terminal: terminal.map(Box::new),
+                ..State::default()
+            }),
+            gate: tokio::sync::Mutex::new(()),
+            last_used: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters (shared by every grant of a `NiftyGrants`).
+    #[inline]
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.policy.counters
+    }
+
+    /// Whether this manager can get new tokens (`false` for a personal access token).
+    pub(crate) fn can_refresh(&self) -> bool {
+        self.policy.endpoint.is_some()
+    }
+
+    /// The token endpoint client, if any (for `Debug`).
+    pub(crate) fn endpoint_client(&self) -> Option<&Endpoint> {
+        self.policy.endpoint.as_ref()
+    }
+
+    /// Whether a refresh is running or tokens wait unsaved: such a grant is never evicted.
+    pub(crate) fn busy(&self) -> bool {
+        let state = self.state.lock();
+        state.in_flight.is_some() || state.pending.is_some()
+    }
+
+    fn endpoint(&self) -> Result<&Endpoint, AuthError> {
+        self.policy.endpoint.as_ref().ok_or_else(|| AuthError::ReauthorizationRequired {
+            reason: "a personal access token cannot be refreshed: create a new one in Nifty and pass it \
+                     to set_tokens"
+                .to_owned(),
+        })
+    }
+}
+
+/// Whether `current` already gives the caller what it wants.
+fn satisfies(current: &Current, want: Want) -> bool {
+    match want {
+        Want::Usable => current.usable(),
+        Want::NewerThan(generation) => current.generation > generation && current.usable(),
+        Want::Background => current.fresh(),
+        Want::Save => current.usable(),
+    }
+}

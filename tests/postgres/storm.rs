@@ -1,0 +1,71 @@
+//! A refresh storm on a small pool: the token-call slot comes before the store's lock (and so
+//! before its pool connection), so a pool of `max_concurrent_token_calls + 1` connections serves a
+//! storm of any size without a connection timeout.
+
+use std::time::Duration;
+
+use nifty_auth::testing::FakeNifty;
+use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
+use tokio::task::JoinSet;
+
+use crate::server::PgServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_1000_expired_grants_on_a_pool_of_max_calls_plus_one_has_no_store_error() {
+    const GRANTS: usize = 1000;
+    const MAX_CALLS: usize = 2;
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let fake = FakeNifty::builder()
+        .token_delay(Duration::from_millis(1))
+        .start()
+        .await
+        .unwrap();
+    let store = PostgresStore::connect_builder(&pg.url(), fake.client_id())
+        .max_connections(MAX_CALLS as u32 + 1)
+        .acquire_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut ids = Vec::with_capacity(GRANTS);
+    for i in 0..GRANTS {
+        let id = GrantId::new(format!("workspace-{i}")).unwrap();
+        let tokens = TokenSet::new(format!("expired-{i}"))
+            .with_refresh_token(fake.new_grant().issue_refresh_token())
+            .with_expires_in(Duration::ZERO);
+        store.save_grant(&id, &tokens).await.unwrap();
+        ids.push(id);
+    }
+    let grants = NiftyGrants::builder(fake.credentials())
+        .token_url(fake.token_url().as_str())
+        .allowed_origins([fake.base_url()])
+        .store(store.clone())
+        .max_concurrent_token_calls(MAX_CALLS)
+        .build()
+        .unwrap();
+
+    let mut storm = JoinSet::new();
+    for id in &ids {
+        let handle = grants.grant(id);
+        storm.spawn(async move { handle.access_token().await });
+    }
+    let mut store_errors = 0;
+    let mut other_errors = Vec::new();
+    while let Some(done) = storm.join_next().await {
+        match done.unwrap() {
+            Ok(_) => {}
+            Err(nifty_auth::AuthError::Store { .. }) => store_errors += 1,
+            Err(other) => other_errors.push(other),
+        }
+    }
+    assert_eq!(store_errors, 0, "no refresh waited for a pool connection");
+    assert!(other_errors.is_empty(), "{other_errors:?}");
+    assert_eq!(fake.token_calls(), GRANTS, "one token call per grant");
+    assert!(fake.max_token_calls_in_flight() <= MAX_CALLS);
+    assert_eq!(fake.invalid_grants_served(), 0);
+    for id in &ids {
+        let stored = store.load_grant(id).await.unwrap().expect("stored");
+        assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
+    }
+}

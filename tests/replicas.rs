@@ -1,0 +1,437 @@
+//! Bad days across replicas: two managers (two `NiftyAuth` / `NiftyGrants` of one app, as two
+//! processes would have) on one real store with a real cross-process lock (`FileStore`'s lock
+//! file). A replica whose save failed hands its rotated tokens over on its own; a grant removed by
+//! one replica stays removed for the other; a refresh storm holds store resources only for the
+//! refreshes the token-call cap lets run.
+
+mod common;
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use nifty_auth::store::{BoxFuture, StoreLock};
+use nifty_auth::testing::FakeNifty;
+use nifty_auth::{AuthError, BoxError, FileStore, GrantId, NiftyAuth, TokenSet, TokenStore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// What a save fails with while writes are denied.
+#[derive(Debug)]
+struct WritesDenied;
+
+impl fmt::Display for WritesDenied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the store denies writes")
+    }
+}
+
+impl std::error::Error for WritesDenied {}
+
+/// One replica's view of a shared `FileStore`: the real file and the real lock file, with a switch
+/// that makes this replica's saves fail (its path to the store is down for writes).
+#[derive(Clone)]
+struct Replica {
+    store: FileStore,
+    deny_writes: Arc<AtomicBool>,
+    denied: Arc<AtomicUsize>,
+}
+
+impl Replica {
+    fn new(path: &Path) -> Self {
+        Replica {
+            store: FileStore::new(path),
+            deny_writes: Arc::default(),
+            denied: Arc::default(),
+        }
+    }
+
+    fn deny_writes(&self, deny: bool) {
+        self.deny_writes.store(deny, Ordering::SeqCst);
+    }
+
+    fn denied(&self) -> usize {
+        self.denied.load(Ordering::SeqCst)
+    }
+
+    fn refuse(&self) -> Option<BoxFuture<'static, Result<(), BoxError>>> {
+        if !self.deny_writes.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.denied.fetch_add(1, Ordering::SeqCst);
+        Some(Box::pin(async { Err(Box::new(WritesDenied) as BoxError) }))
+    }
+}
+
+impl TokenStore for Replica {
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        self.store.load()
+    }
+
+    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.refuse().unwrap_or_else(|| self.store.save(tokens))
+    }
+
+    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        self.store.lock(max_hold)
+    }
+
+    fn save_locked<'a>(
+        &'a self,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.refuse()
+            .unwrap_or_else(|| self.store.save_locked(tokens, lock))
+    }
+}
+
+/// A replica of the app on `store`: one token call attempt of at most 500 ms, so a refresh lock
+/// held elsewhere is waited for at most the longest refresh (500 ms + the store margin).
+fn replica(fake: &FakeNifty, store: Replica) -> NiftyAuth {
+    builder(fake)
+        .token_timeout(Duration::from_millis(500))
+        .token_attempts(1)
+        .store(store)
+        .build()
+        .expect("build")
+}
+
+/// Stores tokens whose access token has expired and whose refresh token is live at `fake`.
+async fn seed_expired(fake: &FakeNifty, path: &Path) -> String {
+    let refresh_token = fake.issue_refresh_token();
+    let tokens = TokenSet::new("expired-access-token")
+        .with_refresh_token(refresh_token.clone())
+        .with_expires_in(Duration::ZERO);
+    FileStore::new(path).save(&tokens).await.expect("seed");
+    refresh_token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_holder_whose_save_failed_saves_on_its_own_and_the_waiting_replica_gets_its_tokens()
+{
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let seeded = seed_expired(&fake, &path).await;
+    let (store_a, store_b) = (Replica::new(&path), Replica::new(&path));
+    let (a, b) = (
+        replica(&fake, store_a.clone()),
+        replica(&fake, store_b.clone()),
+    );
+
+    // A refreshes; every save fails: it keeps the rotated tokens and the store's lock.
+    store_a.deny_writes(true);
+    let err = a.access_token().await.expect_err("the save failed");
+    assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(store_a.denied(), 3, "the save is tried three times");
+    assert!(
+        !fake.refresh_token_is_live(&seeded),
+        "the seeded token was rotated"
+    );
+
+    // The store takes writes again. Nobody calls A: its own rescue saves and hands the lock over.
+    store_a.deny_writes(false);
+    let healed = Instant::now();
+    let token = b.access_token().await.expect("B gets A's rotated tokens");
+    eprintln!(
+        "B had A's tokens {:?} after the store healed",
+        healed.elapsed()
+    );
+    assert_eq!(
+        fake.token_calls(),
+        1,
+        "B adopted A's tokens: no second call"
+    );
+    assert_eq!(fake.invalid_grants_served(), 0, "nothing was replayed");
+    let stored = FileStore::new(&path).load().await.unwrap().expect("saved");
+    assert_eq!(stored.access_token(), token);
+    assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
+    assert_eq!(
+        a.access_token().await.unwrap(),
+        token,
+        "A serves what it saved"
+    );
+    assert_eq!(fake.token_calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waiting_past_its_bound_gets_refresh_lock_held_and_makes_no_token_call() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    seed_expired(&fake, &path).await;
+    let (store_a, store_b) = (Replica::new(&path), Replica::new(&path));
+    let (a, b) = (replica(&fake, store_a.clone()), replica(&fake, store_b));
+
+    store_a.deny_writes(true);
+    a.access_token().await.expect_err("the save failed");
+    assert_eq!(fake.token_calls(), 1);
+
+    // A's store stays down for writes: A keeps the lock (and its rescue keeps trying); B's wait is
+    // bounded and ends in a typed, transient error that says why.
+    let err = b.access_token().await.expect_err("the lock is held");
+    assert!(err.is_refresh_lock_held(), "{err:?}");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("refresh lock"), "{err}");
+    assert_eq!(fake.token_calls(), 1, "B made no token call");
+    assert_eq!(fake.invalid_grants_served(), 0);
+    assert!(store_a.denied() > 3, "A's rescue kept trying");
+
+    // And when the store heals, A's tokens reach it.
+    store_a.deny_writes(false);
+    let token = b.access_token().await.expect("after healing");
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(fake.invalid_grants_served(), 0);
+    assert_eq!(a.access_token().await.unwrap(), token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_token_file_stays_deleted_while_a_server_runs() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    seed_expired(&fake, &path).await;
+    let auth = builder(&fake).store(FileStore::new(&path)).build().unwrap();
+    let svc = service(&auth);
+    assert_eq!(
+        send(&svc, get(fake.api_url("/users/me"))).await.unwrap().0,
+        StatusCode::OK
+    );
+    assert_eq!(fake.token_calls(), 1);
+
+    // `nifty-auth logout` deletes the file under the running server; then its token is rejected.
+    fs::remove_file(&path).unwrap();
+    fake.revoke_access_tokens();
+    for _ in 0..3 {
+        let err = send(&svc, get(fake.api_url("/projects")))
+            .await
+            .expect_err("removed");
+        let err = auth_error(&err);
+        assert!(err.is_grant_removed(), "{err:?}");
+        assert!(err.is_reauthorization_required(), "{err:?}");
+    }
+    assert_eq!(fake.token_calls(), 1, "no token call for a removed grant");
+    assert!(!path.exists(), "nothing was saved back");
+    assert!(
+        auth.tokens().is_none(),
+        "the removed grant's token is forgotten"
+    );
+
+    // Logging in again (another process writes the file) brings it back: the latched grant's
+    // callers fail fast, and have the store re-read at most once a second, until they find it.
+    let tokens =
+        TokenSet::new(fake.issue_access_token(None)).with_refresh_token(fake.issue_refresh_token());
+    FileStore::new(&path).save(&tokens).await.unwrap();
+    let mut removed_answers = 0;
+    let status = loop {
+        match send(&svc, get(fake.api_url("/projects"))).await {
+            Ok((status, _)) => break status,
+            Err(err) => {
+                assert!(auth_error(&err).is_grant_removed(), "{err:?}");
+                removed_answers += 1;
+                assert!(
+                    removed_answers < 1_000,
+                    "the new tokens were never picked up"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fake.token_calls(), 1, "the new tokens were adopted");
+    assert_eq!(fake.invalid_grants_served(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_removed_by_another_replica_is_never_refreshed_nor_saved_back() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let grants = || {
+        nifty_auth::NiftyGrants::builder(fake.credentials())
+            .token_url(fake.token_url().as_str())
+            .allowed_origins([fake.base_url()])
+            .store(FileStore::directory(dir.path()))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (grants(), grants());
+    let id = GrantId::new("customer-7").unwrap();
+    let grant = fake.new_grant();
+    let tokens = TokenSet::new("expired")
+        .with_refresh_token(grant.issue_refresh_token())
+        .with_expires_in(Duration::ZERO);
+    b.set_tokens(&id, tokens).await.unwrap();
+    let token = a.grant(&id).access_token().await.unwrap();
+    assert_eq!(b.grant(&id).access_token().await.unwrap(), token);
+    assert_eq!(fake.token_calls(), 1);
+    let files = || fs::read_dir(dir.path()).unwrap().count();
+    let stored_files = files();
+
+    // B removes it (the customer disconnected the app); A still has it cached.
+    b.remove(&id).await.unwrap();
+    assert!(files() < stored_files, "the grant's file is gone");
+    grant.revoke_access_tokens();
+    let layer_a = a.layer();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer_a)
+        .service(http_client());
+    let mut request = get(fake.api_url("/projects"));
+    request.extensions_mut().insert(id.clone());
+    let err = tower::ServiceExt::oneshot(svc, request)
+        .await
+        .expect_err("removed");
+    let err = auth_error(&err);
+    assert!(err.is_grant_removed(), "{err:?}");
+    let err = a.grant(&id).access_token().await.expect_err("removed");
+    assert!(err.is_grant_removed(), "{err:?}");
+    assert_eq!(fake.token_calls(), 1, "A made no token call");
+    assert_eq!(files(), stored_files - 1, "A saved nothing back");
+    assert!(
+        b.grant(&id).access_token().await.is_err(),
+        "B has nothing to serve"
+    );
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(fake.invalid_grants_served(), 0);
+}
+
+/// The lock files this process has open in `dir`.
+fn open_lock_files(dir: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .map(|fds| {
+            fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+                .filter(|target| {
+                    target.starts_with(dir) && target.extension().is_some_and(|e| e == "lock")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_1000_expired_grants_over_a_file_directory_keeps_a_lock_file_open_only_per_running_token_call(
+) {
+    const GRANTS: usize = 1000;
+    const MAX_CALLS: usize = 2;
+    let fake = FakeNifty::builder()
+        .token_delay(Duration::from_millis(2))
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::directory(dir.path());
+    let mut ids = Vec::with_capacity(GRANTS);
+    for i in 0..GRANTS {
+        let id = GrantId::new(format!("workspace-{i}")).unwrap();
+        let tokens = TokenSet::new(format!("expired-{i}"))
+            .with_refresh_token(fake.new_grant().issue_refresh_token())
+            .with_expires_in(Duration::ZERO);
+        nifty_auth::store::GrantStore::save_grant(&store, &id, &tokens)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let grants = nifty_auth::NiftyGrants::builder(fake.credentials())
+        .token_url(fake.token_url().as_str())
+        .allowed_origins([fake.base_url()])
+        .store(store)
+        .max_concurrent_token_calls(MAX_CALLS)
+        .build()
+        .unwrap();
+
+    let storming = Arc::new(AtomicBool::new(true));
+    let most_open = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (storming, most_open, dir) = (
+            Arc::clone(&storming),
+            Arc::clone(&most_open),
+            dir.path().to_owned(),
+        );
+        std::thread::spawn(move || {
+            while storming.load(Ordering::SeqCst) {
+                most_open.fetch_max(open_lock_files(&dir), Ordering::SeqCst);
+                std::thread::yield_now();
+            }
+        })
+    };
+    let mut storm = JoinSet::new();
+    for id in &ids {
+        let handle = grants.grant(id);
+        storm.spawn(async move { handle.access_token().await });
+    }
+    let mut failed = 0;
+    while let Some(done) = storm.join_next().await {
+        failed += usize::from(done.unwrap().is_err());
+    }
+    storming.store(false, Ordering::SeqCst);
+    sampler.join().unwrap();
+
+    assert_eq!(failed, 0);
+    assert_eq!(fake.token_calls(), GRANTS);
+    assert!(fake.max_token_calls_in_flight() <= MAX_CALLS);
+    let most_open = most_open.load(Ordering::SeqCst);
+    eprintln!("at most {most_open} lock files open at once");
+    // + 2: listing /proc/self/fd is not atomic, so one refresh's lock file closing and the next
+    // one's opening may both be seen in one listing.
+    assert!(
+        most_open <= MAX_CALLS + 2,
+        "{most_open} lock files open at once: only a refresh holding a token-call slot may hold one"
+    );
+    assert_eq!(fake.invalid_grants_served(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_latched_by_invalid_grant_picks_up_a_reauthorization_made_through_another() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let dead = fake.new_grant();
+    let tokens = TokenSet::new("expired-access-token")
+        .with_refresh_token(dead.issue_refresh_token())
+        .with_expires_in(Duration::ZERO);
+    FileStore::new(&path).save(&tokens).await.unwrap();
+    dead.revoke();
+    let (a, b) = (
+        replica(&fake, Replica::new(&path)),
+        replica(&fake, Replica::new(&path)),
+    );
+
+    // A finds the grant dead: latched, and it stays so while the store holds the refused token.
+    let err = a.access_token().await.expect_err("invalid_grant");
+    assert!(err.is_reauthorization_required(), "{err:?}");
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(fake.invalid_grants_served(), 1);
+
+    // The user re-authorizes through B (another process of the app).
+    let redirect = "http://127.0.0.1/callback";
+    let code = fake.new_grant().issue_code(redirect);
+    let reauthorized = b.exchange_code(code, redirect).await.unwrap();
+    assert_eq!(fake.token_calls(), 2);
+
+    // A's callers fail fast until one of them has the store re-read, then A uses B's tokens.
+    let mut latched_answers = 0;
+    let token = loop {
+        match a.access_token().await {
+            Ok(token) => break token,
+            Err(err) => {
+                assert!(err.is_reauthorization_required(), "{err:?}");
+                latched_answers += 1;
+                assert!(latched_answers < 1_000, "A never saw the re-authorization");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(token, reauthorized.access_token());
+    assert_eq!(fake.token_calls(), 2, "A adopted B's tokens: no token call");
+    assert_eq!(
+        fake.invalid_grants_served(),
+        1,
+        "the dead token was not sent again"
+    );
+}
