@@ -247,7 +247,8 @@ fn a_holder_whose_saves_fail_past_its_retries_saves_them_on_its_own() {
 }
 
 /// The grant's entry deleted under both replicas (one had refreshed, one had not): neither makes a
-/// token call nor a save until a re-authorization, after which both serve again.
+/// token call nor a save until a re-authorization, after which both serve again (the one that saw
+/// the removal within a second or so: it re-reads the store at most once a second).
 #[test]
 fn a_removed_grant_stays_removed_on_both_replicas_until_reauthorized() {
     let ops = [
@@ -257,6 +258,9 @@ fn a_removed_grant_stays_removed_on_both_replicas_until_reauthorized() {
         Op::Both(6),
         Op::AccessToken(R::B),
         Op::SetTokens(R::B),
+        Op::Burst(R::B, 2),
+        Op::Expire,
+        Op::Expire,
         Op::Both(6),
     ];
     run(&ops).unwrap_or_else(|e| panic!("{e}"));

@@ -190,7 +190,19 @@ struct Model {
     seen_api_requests: usize,
     /// A broken rule seen while accounting for token calls.
     violation: Option<String>,
+    /// The refresh token each replica's refresh got `invalid_grant` for, while it is latched: it
+    /// must not present it again (it may refresh with a different one the store holds).
+    refused: [Option<String>; 2],
+    /// A replica answered `GrantRemoved` and has not served since.
+    removal_seen: [bool; 2],
+    /// When the latest re-authorization landed: a replica that saw the grant removed re-reads the
+    /// store at most once a second, so it must serve again [`REREAD`] after that.
+    reauthorized_at: Option<Instant>,
 }
+
+/// How soon a replica that saw its grant removed must notice a re-authorization made elsewhere
+/// (the manager re-reads the store at most once a second), with a margin.
+const REREAD: Duration = Duration::from_millis(1500);
 
 /// A replica: its manager and its handle on the store.
 struct Replica {
@@ -371,6 +383,20 @@ impl World {
             };
             if installed {
                 self.model.latched[r] = false;
+                self.model.refused[r] = None;
+                self.model.removal_seen[r] = false;
+                self.model.reauthorized_at = Some(Instant::now());
+            }
+        }
+        for (i, answer) in answers.iter().enumerate() {
+            let r = match op {
+                Op::Both(_) => i % 2,
+                _ => acting[0],
+            };
+            match answer {
+                Answer::Auth(AuthError::GrantRemoved) => self.model.removal_seen[r] = true,
+                Answer::Status(200) => self.model.removal_seen[r] = false,
+                _ => {}
             }
         }
         if healthy {
@@ -400,6 +426,11 @@ impl World {
             && self.model.queued_api_statuses == 0
             && acting.iter().all(|&r| {
                 !self.model.latched[r]
+                    && (!self.model.removal_seen[r]
+                        || self
+                            .model
+                            .reauthorized_at
+                            .is_some_and(|at| at.elapsed() > REREAD))
                     && self.replicas[r].store.armed() == 0
                     && self.model.reauth_unsaved[r].is_none()
             })
@@ -689,17 +720,25 @@ impl World {
             let calls = calls_of(&self.calls);
             let mut seen = self.model.seen_calls;
             while let Some(call) = calls.get(seen) {
-                if call.refresh_token.is_some() && self.model.latched[call.replica] {
+                let r = call.replica;
+                if call.refresh_token.is_some()
+                    && self.model.latched[r]
+                    && call.refresh_token == self.model.refused[r]
+                {
                     self.model.violation.get_or_insert(format!(
-                        "replica {} made a refresh token call while latched by invalid_grant",
-                        call.replica
+                        "replica {r} presented the refresh token it got invalid_grant for again"
                     ));
                 }
                 match call.answer {
                     // Still running: look again next time.
                     None if self.fake.token_calls_in_flight() > 0 => break,
                     Some((400, true)) if call.refresh_token.is_some() => {
-                        self.model.latched[call.replica] = true;
+                        self.model.latched[r] = true;
+                        self.model.refused[r] = call.refresh_token.clone();
+                    }
+                    Some((200, _)) if call.refresh_token.is_some() => {
+                        self.model.latched[r] = false;
+                        self.model.refused[r] = None;
                     }
                     _ => {}
                 }
