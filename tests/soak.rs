@@ -230,17 +230,7 @@ fn worker_process_entry() {
         return;
     };
     assert_eq!(mode, "soak");
-    if std::env::var_os("NIFTY_WORKER_TRACE").is_some() {
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = workers::worker_runtime(tracing::Level::WARN);
     runtime.block_on(async {
         let client_id = workers::env("NIFTY_CLIENT_ID");
         let store = AnyStore::open(

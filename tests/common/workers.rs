@@ -124,6 +124,22 @@ pub fn worker_mode() -> Option<String> {
     std::env::var("NIFTY_WORKER").ok()
 }
 
+/// The worker side: the runtime a worker runs on (two worker threads), with a `tracing` log to
+/// stderr at `level` when the parent set `NIFTY_WORKER_TRACE`.
+pub fn worker_runtime(level: tracing::Level) -> tokio::runtime::Runtime {
+    if std::env::var_os("NIFTY_WORKER_TRACE").is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The worker side: an environment variable the parent set.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))

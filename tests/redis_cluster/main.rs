@@ -155,17 +155,7 @@ fn worker_process_entry() {
         return;
     };
     assert_eq!(mode, "grants");
-    if std::env::var_os("NIFTY_WORKER_TRACE").is_some() {
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = workers::worker_runtime(tracing::Level::DEBUG);
     runtime.block_on(async {
         let nodes: Vec<String> = workers::env("NIFTY_CLUSTER_NODES")
             .split(',')
