@@ -201,6 +201,15 @@ impl FlakyStore {
         self.backing.data().value.is_some()
     }
 
+    /// The access token the store holds now.
+    pub fn access_token(&self) -> Option<String> {
+        self.backing
+            .data()
+            .value
+            .as_ref()
+            .map(|t| t.access_token().to_owned())
+    }
+
     /// The refresh token the store holds now.
     pub fn refresh_token(&self) -> Option<String> {
         self.backing

@@ -176,6 +176,10 @@ struct Model {
     /// The fake revoked every access token while a manager held unsaved tokens: it may adopt those
     /// (it cannot know they were revoked) and pass the one 401 of its single retry on.
     revoked_unsaved: bool,
+    /// The fake revoked every access token while a replica was behind the store (its current token
+    /// older than the stored one): after a 401 it adopts the stored token — revoked too, which it
+    /// cannot know — and passes the one 401 of its single retry on.
+    revoked_behind: bool,
     /// The grant's entry was removed and no re-authorization followed.
     removed: Option<Removal>,
     /// A replica's re-authorization answered an error after installing its tokens: they wait
@@ -403,7 +407,8 @@ impl World {
             for answer in &answers {
                 match answer {
                     Answer::Status(200) => {}
-                    Answer::Status(401) if self.model.revoked_unsaved => {}
+                    Answer::Status(401)
+                        if self.model.revoked_unsaved || self.model.revoked_behind => {}
                     other => {
                         return Err(format!(
                             "a caller got {other:?} although nothing was wrong (not latched, no \
@@ -416,6 +421,9 @@ impl World {
         }
         if self.pending().is_none() {
             self.model.revoked_unsaved = false;
+        }
+        if !self.a_replica_is_behind_the_store() {
+            self.model.revoked_behind = false;
         }
         self.check_invariants()
     }
@@ -443,6 +451,17 @@ impl World {
     }
 
     /// The replica holding the lock with tokens it could not save, if any.
+    /// Whether a replica's current access token differs from the one the store holds.
+    fn a_replica_is_behind_the_store(&self) -> bool {
+        let stored = self.store.access_token();
+        self.replicas.iter().any(|replica| {
+            replica
+                .auth
+                .tokens()
+                .is_some_and(|t| Some(t.access_token()) != stored.as_deref())
+        })
+    }
+
     fn pending(&self) -> Option<usize> {
         self.store
             .holder()
@@ -488,6 +507,7 @@ impl World {
             }
             Op::Revoke => {
                 self.model.revoked_unsaved |= self.pending().is_some();
+                self.model.revoked_behind |= self.a_replica_is_behind_the_store();
                 self.fake.revoke_access_tokens();
                 vec![]
             }
