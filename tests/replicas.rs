@@ -435,3 +435,82 @@ async fn a_replica_latched_by_invalid_grant_picks_up_a_reauthorization_made_thro
         "the dead token was not sent again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_tokens_parked_when_the_token_file_is_deleted_are_dropped_not_saved_back() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    seed_expired(&fake, &path).await;
+    let store_a = Replica::new(&path);
+    let a = replica(&fake, store_a.clone());
+
+    // A refreshes and cannot save: it keeps the rotated tokens and the lock; its rescue retries.
+    store_a.deny_writes(true);
+    a.access_token().await.expect_err("the save failed");
+    assert_eq!(fake.token_calls(), 1);
+
+    // The grant is deleted meanwhile (`nifty-auth logout`, an operator), then the store heals.
+    fs::remove_file(&path).unwrap();
+    store_a.deny_writes(false);
+
+    // A's rescue finds the grant gone: it drops the rotated tokens and gives the lock up (the event
+    // waited for: another holder gets the lock).
+    let lock = FileStore::new(&path)
+        .lock(Duration::from_secs(30))
+        .await
+        .expect("A gives the lock up");
+    assert!(!path.exists(), "the removed grant's tokens were saved back");
+    lock.release().await;
+    let err = a.access_token().await.expect_err("removed");
+    assert!(err.is_grant_removed(), "{err:?}");
+    assert!(!path.exists());
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(fake.invalid_grants_served(), 0);
+}
+
+/// A rescue task dies with its runtime (an app that shuts one runtime down and goes on in another):
+/// the next failed save must start a new one, or the kept lock is a hostage again.
+#[test]
+fn a_rescue_ended_by_its_runtime_shutting_down_is_started_again_by_the_next_failed_save() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = main.block_on(FakeNifty::start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    main.block_on(seed_expired(&fake, &path));
+    let (store_a, store_b) = (Replica::new(&path), Replica::new(&path));
+    let (a, b) = (
+        replica(&fake, store_a.clone()),
+        replica(&fake, store_b.clone()),
+    );
+
+    // In a runtime of its own, A refreshes and cannot save; its rescue task is spawned there, and
+    // that runtime shuts down (the task is dropped unrun).
+    store_a.deny_writes(true);
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first
+        .block_on(a.access_token())
+        .expect_err("the save failed");
+    assert_eq!(store_a.denied(), 3);
+    drop(first);
+
+    main.block_on(async {
+        // Back on the app's runtime the save fails again: that must start a new rescue.
+        a.access_token().await.expect_err("the save failed again");
+        assert_eq!(store_a.denied(), 6);
+        // Nobody calls A again: its rescue saves once the store heals, and B gets A's tokens.
+        store_a.deny_writes(false);
+        let token = b.access_token().await.expect("B gets A's rotated tokens");
+        assert_eq!(fake.token_calls(), 1, "B adopted A's tokens");
+        assert_eq!(fake.invalid_grants_served(), 0);
+        let stored = FileStore::new(&path).load().await.unwrap().expect("saved");
+        assert_eq!(stored.access_token(), token);
+    });
+}
