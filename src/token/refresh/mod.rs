@@ -213,3 +213,6 @@ fn satisfies(current: &Current, want: Want) -> bool {
         Want::Save => current.usable(),
     }
 }
+
+#[cfg(test)]
+mod tests;
