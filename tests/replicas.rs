@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use nifty_auth::store::{BoxFuture, StoreLock};
+use nifty_auth::store::{BoxFuture, LockLost, StoreLock};
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{AuthError, BoxError, FileStore, GrantId, NiftyAuth, TokenSet, TokenStore};
 use tokio::task::JoinSet;
@@ -513,4 +513,109 @@ fn a_rescue_ended_by_its_runtime_shutting_down_is_started_again_by_the_next_fail
         let stored = FileStore::new(&path).load().await.unwrap().expect("saved");
         assert_eq!(stored.access_token(), token);
     });
+}
+
+/// A fenced view of a shared `FileStore`: every lock it hands out is numbered, and the locks taken
+/// so far can be declared lost (a lease that lapsed while its holder was cut off): a save under one
+/// is refused with `store::LockLost`, as a fenced Redis or PostgreSQL store refuses it.
+#[derive(Clone)]
+struct Fenced {
+    store: FileStore,
+    taken: Arc<AtomicUsize>,
+    lost_below: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+}
+
+/// The number of a lock [`Fenced`] handed out.
+struct LockNumber(usize);
+
+impl Fenced {
+    fn new(path: &Path) -> Self {
+        Fenced {
+            store: FileStore::new(path),
+            taken: Arc::default(),
+            lost_below: Arc::default(),
+            refused: Arc::default(),
+        }
+    }
+
+    /// Every lock taken from now on (until the next call) is lost from the start.
+    fn lose_locks(&self, count: usize) {
+        let taken = self.taken.load(Ordering::SeqCst);
+        self.lost_below.store(taken + count, Ordering::SeqCst);
+    }
+}
+
+impl TokenStore for Fenced {
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        self.store.load()
+    }
+
+    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.store.save(tokens)
+    }
+
+    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        Box::pin(async move {
+            let file_lock = self.store.lock(max_hold).await?;
+            let number = self.taken.fetch_add(1, Ordering::SeqCst);
+            Ok(StoreLock::new(move || file_lock.release()).with_data(LockNumber(number)))
+        })
+    }
+
+    fn save_locked<'a>(
+        &'a self,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        let number = lock.data::<LockNumber>().map(|n| n.0);
+        if number.is_none_or(|n| n < self.lost_below.load(Ordering::SeqCst)) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Box::pin(async {
+                Err(Box::new(LockLost::new("the lease lapsed")) as BoxError)
+            });
+        }
+        self.store.save(tokens)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_tokens_whose_lock_the_fence_says_is_lost_are_saved_under_a_new_lock() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    seed_expired(&fake, &path).await;
+    let fenced = Fenced::new(&path);
+    let a = builder(&fake)
+        .token_timeout(Duration::from_millis(500))
+        .token_attempts(1)
+        .store(fenced.clone())
+        .build()
+        .unwrap();
+    let b = replica(&fake, Replica::new(&path));
+
+    // A's lock is lost from the start: every save under it is refused by the fence. A keeps the
+    // rotated tokens, and — the fence having said so — gives that lock up for a new one instead of
+    // retrying under it for ever (its own lock file stays held until then: nobody else gets in).
+    fenced.lose_locks(1);
+    let err = a
+        .access_token()
+        .await
+        .expect_err("the fence refused the save");
+    assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
+    assert_eq!(fake.token_calls(), 1);
+
+    // Nobody calls A again: its rescue saves under a new lock, and B gets A's tokens.
+    let token = b.access_token().await.expect("B gets A's rotated tokens");
+    assert_eq!(fake.token_calls(), 1, "B adopted A's tokens");
+    assert_eq!(fake.invalid_grants_served(), 0);
+    let stored = FileStore::new(&path).load().await.unwrap().expect("saved");
+    assert_eq!(stored.access_token(), token);
+    assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
+    assert_eq!(
+        fenced.refused.load(Ordering::SeqCst),
+        6,
+        "three saves in the call, three in the rescue's first try, none after the new lock"
+    );
+    assert_eq!(fenced.taken.load(Ordering::SeqCst), 2, "one new lock");
 }
