@@ -40,6 +40,7 @@ struct Replica {
     store: FileStore,
     deny_writes: Arc<AtomicBool>,
     denied: Arc<AtomicUsize>,
+    loads: Arc<AtomicUsize>,
 }
 
 impl Replica {
@@ -48,6 +49,7 @@ impl Replica {
             store: FileStore::new(path),
             deny_writes: Arc::default(),
             denied: Arc::default(),
+            loads: Arc::default(),
         }
     }
 
@@ -70,6 +72,7 @@ impl Replica {
 
 impl TokenStore for Replica {
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         self.store.load()
     }
 
@@ -397,8 +400,9 @@ async fn a_replica_latched_by_invalid_grant_picks_up_a_reauthorization_made_thro
         .with_expires_in(Duration::ZERO);
     FileStore::new(&path).save(&tokens).await.unwrap();
     dead.revoke();
+    let store_a = Replica::new(&path);
     let (a, b) = (
-        replica(&fake, Replica::new(&path)),
+        replica(&fake, store_a.clone()),
         replica(&fake, Replica::new(&path)),
     );
 
@@ -407,6 +411,20 @@ async fn a_replica_latched_by_invalid_grant_picks_up_a_reauthorization_made_thro
     assert!(err.is_reauthorization_required(), "{err:?}");
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(fake.invalid_grants_served(), 1);
+    // Its callers fail fast: the store is re-read at most once a second, not once a call.
+    let loads = store_a.loads.load(Ordering::SeqCst);
+    let latched_at = Instant::now();
+    for _ in 0..50 {
+        let err = a.access_token().await.expect_err("latched");
+        assert!(err.is_reauthorization_required(), "{err:?}");
+    }
+    let rereads = store_a.loads.load(Ordering::SeqCst) - loads;
+    let seconds = latched_at.elapsed().as_secs() as usize;
+    assert!(
+        rereads <= seconds + 1,
+        "{rereads} store reads by 50 latched calls in {seconds} s"
+    );
+    assert_eq!(fake.token_calls(), 1);
 
     // The user re-authorizes through B (another process of the app).
     let redirect = "http://127.0.0.1/callback";
