@@ -31,12 +31,24 @@ pub fn grant_id(i: usize) -> GrantId {
     GrantId::new(format!("tenant-{i}")).unwrap()
 }
 
-/// A grants store on `nodes`: each save and lock acknowledged by one replica within 3 s (300 ms
-/// was seen to run out on a loaded 2-core machine; a frozen replica fails it all the same).
+/// The tests' own grants store on `nodes` (set-up, checks, the manager of the replica test): each
+/// save and lock acknowledged by one replica within 3 s (300 ms was seen to run out on a loaded
+/// 2-core machine; a frozen replica fails it all the same).
 pub fn cluster_store(nodes: &[String], client_id: &str) -> RedisStore {
     RedisStore::cluster_builder(nodes.iter().cloned(), client_id, "default")
         .command_timeout(Duration::from_secs(4))
         .wait_for_replicas(1, Duration::from_secs(3))
+        .build()
+        .unwrap()
+}
+
+/// The store of a worker process: each save and lock acknowledged by one replica within 300 ms,
+/// every command bounded by 1 s — short, so the failover's stall shows as typed store errors and
+/// the lease's watchdog retries quickly.
+pub fn worker_store(nodes: &[String], client_id: &str) -> RedisStore {
+    RedisStore::cluster_builder(nodes.iter().cloned(), client_id, "default")
+        .command_timeout(Duration::from_secs(1))
+        .wait_for_replicas(1, Duration::from_millis(300))
         .build()
         .unwrap()
 }
@@ -174,7 +186,7 @@ fn worker_process_entry() {
             .map(str::to_owned)
             .collect();
         let client_id = workers::env("NIFTY_CLIENT_ID");
-        let store = cluster_store(&nodes, &client_id);
+        let store = worker_store(&nodes, &client_id);
         let count: usize = workers::env("NIFTY_GRANTS").parse().unwrap();
         let grants = NiftyGrants::builder(Credentials::new(
             client_id,

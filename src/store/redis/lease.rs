@@ -281,7 +281,15 @@ fn lost(lock_key: &str) -> BoxError {
     .into()
 }
 
-/// The watchdog: extends the lease every third of its TTL until aborted or the lock is lost.
+/// After an extension failed, the watchdog tries again this soon, doubling up to
+/// [`EXTEND_RETRY_MAX`] (never beyond its period).
+const EXTEND_RETRY_MIN: Duration = Duration::from_millis(100);
+const EXTEND_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The watchdog: extends the lease every third of its TTL until aborted or the lock is lost. An
+/// extension that fails (a failover, a node briefly unreachable) is tried again within a second,
+/// not a period later: a store that answers again before the lease lapses gets it extended in time,
+/// so no other process takes a lock whose holder is alive (and may hold rotated tokens unsaved).
 async fn extend_while_held(
     mut connection: Connection,
     key: String,
@@ -290,8 +298,9 @@ async fn extend_while_held(
     lost: Arc<AtomicBool>,
 ) {
     let period = (ttl / 3).max(Duration::from_millis(1));
+    let mut pause = period;
     loop {
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(pause).await;
         let extended: Result<i64, _> = EXTEND
             .key(&key)
             .arg(&owner)
@@ -299,7 +308,7 @@ async fn extend_while_held(
             .invoke_async(&mut connection)
             .await;
         match extended {
-            Ok(1) => {}
+            Ok(1) => pause = period,
             Ok(_) => {
                 lost.store(true, Ordering::Release);
                 crate::trace::warning!(
@@ -308,10 +317,11 @@ async fn extend_while_held(
                 );
                 return;
             }
-            // Try again next period; if the lease lapses meanwhile, the fenced save refuses.
+            // Try again soon; if the lease lapses meanwhile, the fenced save refuses.
             Err(e) => {
                 crate::trace::warning!(error = %e, "could not extend the Redis refresh lock");
                 let _ = e;
+                pause = retry_pause(pause, period);
             }
         }
     }
@@ -338,4 +348,34 @@ fn owner_id() -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{hex}", std::process::id())
+}
+
+/// The watchdog's pause after a failed extension, given the pause before it.
+fn retry_pause(previous: Duration, period: Duration) -> Duration {
+    let next = if previous >= period {
+        EXTEND_RETRY_MIN
+    } else {
+        previous.saturating_mul(2).min(EXTEND_RETRY_MAX)
+    };
+    next.min(period)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_extension_is_tried_again_within_a_second_never_later_than_a_period() {
+        let period = Duration::from_millis(3_333);
+        let pauses: Vec<u64> =
+            std::iter::successors(Some(period), |&p| Some(retry_pause(p, period)))
+                .skip(1)
+                .take(6)
+                .map(|p| p.as_millis() as u64)
+                .collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1_000, 1_000]);
+        let short = Duration::from_millis(150);
+        assert_eq!(retry_pause(short, short), Duration::from_millis(100));
+        assert_eq!(retry_pause(Duration::from_millis(100), short), short);
+    }
 }
