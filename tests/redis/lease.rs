@@ -261,8 +261,8 @@ async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process(
         .build()
         .unwrap();
 
-    // A refreshes; its save fails (the manager may retry it at once, holding the lock).
-    let _ = a.access_token().await;
+    // A refreshes; its first save fails and is retried at once, the lock held throughout.
+    let first = a.access_token().await.expect("the retried save succeeds");
     assert_eq!(fake.token_calls_for(Grant::RefreshToken), 1);
     // B needs a token meanwhile: it must not read the old refresh token and replay it.
     let b_task = {
@@ -274,6 +274,7 @@ async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process(
     let a_token = a.access_token().await.unwrap();
     let b_token = b_task.await.unwrap().unwrap();
 
+    assert_eq!(a_token, first);
     assert_eq!(a_token, b_token);
     assert_eq!(fake.invalid_grants_served(), 0);
     assert_eq!(fake.token_calls_for(Grant::RefreshToken), 1, "one rotation");
