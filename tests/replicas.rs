@@ -542,7 +542,18 @@ struct Fenced {
     taken: Arc<AtomicUsize>,
     lost_below: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
+    /// The next saves write, then report a failure (their answer was lost).
+    answers_lost: Arc<AtomicUsize>,
+    /// While set, the store is unreachable for this replica: no lock, no load.
+    closed: Arc<AtomicBool>,
+    /// The store becomes unreachable right after the last lost answer.
+    close_after_lost_answers: Arc<AtomicBool>,
+    /// The file locks behind the locks handed out, so that a lapse can free them.
+    file_locks: Arc<std::sync::Mutex<Vec<FileLock>>>,
 }
+
+/// A file lock behind a lock [`Fenced`] handed out, until released (by its holder or a lapse).
+type FileLock = Arc<tokio::sync::Mutex<Option<StoreLock>>>;
 
 /// The number of a lock [`Fenced`] handed out.
 struct LockNumber(usize);
@@ -554,6 +565,22 @@ impl Fenced {
             taken: Arc::default(),
             lost_below: Arc::default(),
             refused: Arc::default(),
+            answers_lost: Arc::default(),
+            closed: Arc::default(),
+            close_after_lost_answers: Arc::default(),
+            file_locks: Arc::default(),
+        }
+    }
+
+    /// Every lock handed out so far lapses (as a lease does while its holder is cut off): its file
+    /// lock is freed for others, and saves under it are refused.
+    async fn lapse(&self) {
+        self.lose_locks(0);
+        let held: Vec<_> = self.file_locks.lock().unwrap().drain(..).collect();
+        for file_lock in held {
+            if let Some(file_lock) = file_lock.lock().await.take() {
+                file_lock.release().await;
+            }
         }
     }
 
@@ -566,6 +593,9 @@ impl Fenced {
 
 impl TokenStore for Fenced {
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Box::pin(async { Err("the store is unreachable".into()) });
+        }
         self.store.load()
     }
 
@@ -575,9 +605,20 @@ impl TokenStore for Fenced {
 
     fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
         Box::pin(async move {
-            let file_lock = self.store.lock(max_hold).await?;
+            if self.closed.load(Ordering::SeqCst) {
+                return Err("the store is unreachable".into());
+            }
+            let file_lock = Arc::new(tokio::sync::Mutex::new(Some(
+                self.store.lock(max_hold).await?,
+            )));
+            self.file_locks.lock().unwrap().push(Arc::clone(&file_lock));
             let number = self.taken.fetch_add(1, Ordering::SeqCst);
-            Ok(StoreLock::new(move || file_lock.release()).with_data(LockNumber(number)))
+            let release = move || async move {
+                if let Some(file_lock) = file_lock.lock().await.take() {
+                    file_lock.release().await;
+                }
+            };
+            Ok(StoreLock::new(release).with_data(LockNumber(number)))
         })
     }
 
@@ -593,7 +634,26 @@ impl TokenStore for Fenced {
                 Err(Box::new(LockLost::new("the lease lapsed")) as BoxError)
             });
         }
+        if Replica::take(&self.answers_lost) {
+            if self.answers_lost.load(Ordering::SeqCst) == 0
+                && self.close_after_lost_answers.load(Ordering::SeqCst)
+            {
+                self.closed.store(true, Ordering::SeqCst);
+            }
+            return Box::pin(async move {
+                self.store.save(tokens).await?;
+                Err("the answer to the save was lost".into())
+            });
+        }
         self.store.save(tokens)
+    }
+}
+
+impl Replica {
+    fn take(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 }
 
@@ -636,4 +696,66 @@ async fn parked_tokens_whose_lock_the_fence_says_is_lost_are_saved_under_a_new_l
         "three saves in the call, three in the rescue's first try, none after the new lock"
     );
     assert_eq!(fenced.taken.load(Ordering::SeqCst), 2, "one new lock");
+}
+
+/// The lost update: A's save landed although A saw it fail, A's lease lapsed, and B refreshed from
+/// the tokens A saved. A's parked tokens are older than the store's now: saving them over B's would
+/// put a refresh token B already used back in the store (and the next refresh replays it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_tokens_older_than_what_another_replica_saved_meanwhile_are_dropped_not_saved_over_it(
+) {
+    // Tokens too short-lived to adopt: every replica that needs one refreshes.
+    let fake = FakeNifty::builder()
+        .rotation(true)
+        .replay_revokes_grant(true)
+        .token_lifetime(Some(Duration::from_millis(50)))
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    seed_expired(&fake, &path).await;
+    let fenced = Fenced::new(&path);
+    let a = builder(&fake)
+        .token_timeout(Duration::from_millis(500))
+        .token_attempts(1)
+        .store(fenced.clone())
+        .build()
+        .unwrap();
+    let b = replica(&fake, Replica::new(&path));
+
+    // A refreshes; its saves land but their answers are lost: A parks its tokens, keeps the lock.
+    // Right after the last lost answer A is cut off from the store (its rescue can do nothing).
+    fenced.answers_lost.store(3, Ordering::SeqCst);
+    fenced
+        .close_after_lost_answers
+        .store(true, Ordering::SeqCst);
+    a.access_token().await.expect_err("A saw its saves fail");
+    assert_eq!(fake.token_calls(), 1);
+    let saved_by_a = FileStore::new(&path).load().await.unwrap().unwrap();
+
+    // A's lease lapses. B refreshes from what A saved, and saves newer tokens.
+    fenced.lapse().await;
+    b.access_token()
+        .await
+        .expect("B refreshes from A's saved tokens");
+    assert_eq!(fake.token_calls(), 2);
+    let saved_by_b = FileStore::new(&path).load().await.unwrap().unwrap();
+    assert_ne!(saved_by_b.refresh_token(), saved_by_a.refresh_token());
+
+    // A is back. Its parked tokens are not saved over B's: A goes on from the store's.
+    fenced.closed.store(false, Ordering::SeqCst);
+    a.access_token().await.expect("A refreshes from B's tokens");
+    assert_eq!(
+        fake.invalid_grants_served(),
+        0,
+        "no refresh token was replayed"
+    );
+    assert_eq!(fake.refresh_token_replays(), 0);
+    let stored = FileStore::new(&path).load().await.unwrap().unwrap();
+    assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
+    // A's fourth call: from B's tokens A refreshed under its lapsed lease, the fence refused the
+    // save three times (0.5 s: past the 50 ms lifetime), and under a new lock A saved those
+    // tokens and, as they had expired meanwhile, refreshed once more.
+    assert_eq!(fake.token_calls(), 4);
 }

@@ -98,9 +98,11 @@ struct State {
     rescuing: bool,
     /// The grant was removed here ([`TokenManager::retire`]): nothing brings this manager back.
     retired: bool,
-    /// A fingerprint of the refresh token this manager's last refresh replaced (0: none). A store
-    /// that holds it again has lost a save: the tokens in memory are newer.
-    replaced: u64,
+    /// Fingerprints of the refresh tokens this manager's last refreshes replaced, newest first (0:
+    /// none). A store that holds one of them again has lost a save: the tokens in memory are
+    /// newer. A store holding a refresh token that is neither one of these nor the parked one has
+    /// moved on past the parked tokens (another replica refreshed from them, or a re-authorization).
+    replaced: [u64; REPLACED_KEPT],
     /// A terminal error (invalid_grant, 401, 403 from the endpoint; a removed grant): no token call
     /// until new tokens. (Rare, so boxed: an idle grant of many keeps its state small.)
     terminal: Option<Box<Latched>>,
@@ -110,6 +112,22 @@ struct State {
     background_not_before: Option<Box<Instant>>,
     /// The last generation a retry after a 401 found rejected too (0: none; generations start at 1).
     rejected: u64,
+}
+
+/// How many replaced refresh tokens a manager remembers (see `State::replaced`).
+const REPLACED_KEPT: usize = 4;
+
+impl State {
+    /// Whether `refresh_token` is one this manager's refreshes replaced.
+    fn replaced(&self, refresh_token: &str) -> bool {
+        self.replaced.contains(&fingerprint(refresh_token))
+    }
+
+    /// Remembers that a refresh replaced `refresh_token`.
+    fn remember_replaced(&mut self, refresh_token: &str) {
+        self.replaced.rotate_right(1);
+        self.replaced[0] = fingerprint(refresh_token);
+    }
 }
 
 /// The token manager of one grant: the current token, the store, the endpoint and the single-flight

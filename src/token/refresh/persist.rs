@@ -26,6 +26,16 @@ fn lock_lost(error: &AuthError) -> bool {
     }
 }
 
+/// Whether the store has moved on past `pending` (rotated tokens parked by this manager): it holds
+/// a refresh token that is neither the parked one nor one this manager's refreshes replaced.
+pub(super) fn moved_on(state: &State, stored: &TokenSet, pending: &TokenSet) -> bool {
+    match stored.refresh_token() {
+        Some(rt) => Some(rt) != pending.refresh_token() && !state.replaced(rt),
+        // Tokens without a refresh token: a re-authorization (rotated tokens always carry one).
+        None => pending.refresh_token().is_some(),
+    }
+}
+
 impl TokenManager {
     /// One refresh under the store's lock (a lock kept from an earlier failed save is reused).
     pub(super) async fn refresh_once(
@@ -60,6 +70,10 @@ impl TokenManager {
                     return result;
                 }
             };
+            // The tokens parked *now*: the first attempt may have saved the ones it started with
+            // and parked newer ones from a token call since (saving the old ones again would
+            // drop the newer ones, the only live refresh token).
+            let (pending, _) = self.take_pending_lock();
             let result = self.refresh_locked(current, pending, &fresh).await;
             self.settle(fresh).await;
             return result;
@@ -76,19 +90,38 @@ impl TokenManager {
     ) -> Result<Arc<Current>, AuthError> {
         // 1. Tokens whose save failed: save them first, never call again while holding an unsaved
         //    rotated refresh token — unless the grant was removed meanwhile (then they go with it).
+        //    Nor over newer tokens: a save whose answer was lost may have landed, and another
+        //    replica (in once this lock had lapsed) refreshed from it; a re-authorization wins.
         let mut refresh_token = None;
         if let Some((pending, reauthorized)) = pending {
-            let seen = self.state.lock().stored;
-            if !reauthorized && seen && self.store_load().await.map_err(AuthError::store)?.is_none()
-            {
+            let superseded = if reauthorized {
+                false
+            } else {
+                let stored = self.store_load().await.map_err(AuthError::store)?;
+                let mut state = self.state.lock();
+                match stored {
+                    None if state.stored => {
+                        state.pending = None;
+                        drop(state);
+                        return Err(self.removed());
+                    }
+                    None => false,
+                    Some(stored) => moved_on(&state, &stored, &pending),
+                }
+            };
+            if superseded {
+                trace::warning!(
+                    "the store holds newer tokens than the unsaved ones (another process refreshed \
+                     from them, or a re-authorization): using the store's"
+                );
                 self.state.lock().pending = None;
-                return Err(self.removed());
+            } else {
+                let saved = self.save_parked(pending, reauthorized, lock).await?;
+                if self.cache.adoptable(&saved) {
+                    return self.cache.publish(saved);
+                }
+                refresh_token = saved.refresh_token().map(str::to_owned);
             }
-            let saved = self.save_parked(pending, reauthorized, lock).await?;
-            if self.cache.adoptable(&saved) {
-                return self.cache.publish(saved);
-            }
-            refresh_token = saved.refresh_token().map(str::to_owned);
         }
 
         // 2. The store may hold newer tokens (another instance or process refreshed) — or none: the
@@ -121,7 +154,7 @@ impl TokenManager {
                         ours.refresh_token() != stored.refresh_token()
                             && stored
                                 .refresh_token()
-                                .is_some_and(|rt| fingerprint(rt) == self.state.lock().replaced)
+                                .is_some_and(|rt| self.state.lock().replaced(rt))
                     });
                     if let Some(ours) = ours {
                         // Never refresh with (nor adopt) a set this manager already replaced: put
@@ -183,7 +216,7 @@ impl TokenManager {
             }
         };
         if tokens.refresh_token() != Some(refresh_token.as_str()) {
-            self.state.lock().replaced = fingerprint(&refresh_token);
+            self.state.lock().remember_replaced(&refresh_token);
         }
 
         // 4. Save before anyone uses the new access token; 5. publish.

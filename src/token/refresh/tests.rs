@@ -109,3 +109,48 @@ fn fingerprints_tell_refresh_tokens_apart_and_are_never_zero() {
     );
     assert_ne!(fingerprint(""), 0);
 }
+
+#[test]
+fn the_store_has_moved_on_past_parked_tokens_only_with_a_refresh_token_this_manager_never_had() {
+    let mut state = State::default();
+    for replaced in ["refresh-token-0", "refresh-token-1"] {
+        state.remember_replaced(replaced);
+    }
+    let parked = stored(Some("refresh-token-2"));
+    // The store lost our saves (holds what we replaced): ours are newer.
+    assert!(!persist::moved_on(
+        &state,
+        &stored(Some("refresh-token-1")),
+        &parked
+    ));
+    assert!(!persist::moved_on(
+        &state,
+        &stored(Some("refresh-token-0")),
+        &parked
+    ));
+    // The store holds the parked tokens' own refresh token: nothing newer there.
+    assert!(!persist::moved_on(
+        &state,
+        &stored(Some("refresh-token-2")),
+        &parked
+    ));
+    // Someone refreshed from our saved tokens, or re-authorized: the store's are newer.
+    assert!(persist::moved_on(
+        &state,
+        &stored(Some("refresh-token-3")),
+        &parked
+    ));
+    assert!(persist::moved_on(&state, &stored(None), &parked));
+}
+
+#[test]
+fn a_manager_remembers_its_last_four_replaced_refresh_tokens() {
+    let mut state = State::default();
+    for i in 0..6 {
+        state.remember_replaced(&format!("refresh-token-{i}"));
+    }
+    let remembered: Vec<bool> = (0..6)
+        .map(|i| state.replaced(&format!("refresh-token-{i}")))
+        .collect();
+    assert_eq!(remembered, [false, false, true, true, true, true]);
+}
