@@ -213,8 +213,14 @@ async fn remove_forgets_the_grant_and_deletes_it_from_the_store() {
     grants.access_token(gone).await.unwrap();
     grants.access_token(kept).await.unwrap();
     assert_eq!(grants.cached_grants(), 2);
+    // A handle taken before the removal (a request in flight, a `NiftyAuth` kept by the app).
+    let handle = grants.grant(gone);
+    handle.access_token().await.unwrap();
 
     grants.remove(gone).await.unwrap();
+    let err = handle.access_token().await.unwrap_err();
+    assert!(err.is_grant_removed(), "the old handle still served it: {err:?}");
+    assert!(handle.tokens().is_none(), "its token is forgotten");
     assert_eq!(GrantStore::load_grant(&store, gone).await.unwrap(), None);
     assert_eq!(grants.cached_grants(), 1);
     let calls = fake.token_calls();
