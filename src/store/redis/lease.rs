@@ -1,14 +1,13 @@
 //! The refresh lock as a lease: taken with `SET NX PX <lock ttl>`, kept alive by a watchdog task
 //! while the [`StoreLock`] lives, released with a compare-and-delete, checked by the fenced save.
 
+use crate::store::lease::{holder_id, watch, Lost};
 use crate::store::wait::LockWait;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use tokio::task::JoinHandle;
 
 use super::connection::Connection;
 use super::{millis, Keys, RedisStore};
@@ -64,16 +63,7 @@ pub(super) struct Lease {
     lock_key: String,
     owner: String,
     /// Set when the watchdog or the fence found the lock gone or taken by someone else.
-    lost: Arc<AtomicBool>,
-}
-
-/// Aborts the watchdog task when dropped: with the lock's release, or with the lock itself.
-struct Watchdog(JoinHandle<()>);
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    lost: Lost,
 }
 
 impl RedisStore {
@@ -87,7 +77,7 @@ impl RedisStore {
         let inner = &self.inner;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| io::Error::other("RedisStore needs a tokio runtime for its lock"))?;
-        let owner = owner_id();
+        let owner = holder_id();
         // A live holder keeps its lease for up to `max_hold`; a dead one's lapses within one TTL.
         let wait = max_hold
             .saturating_add(inner.lock_ttl)
@@ -170,14 +160,23 @@ impl RedisStore {
         owner: String,
         key: String,
     ) -> StoreLock {
-        let lost = Arc::new(AtomicBool::new(false));
-        let watchdog = Watchdog(runtime.spawn(extend_while_held(
-            connection.clone(),
-            key.clone(),
-            owner.clone(),
-            self.inner.lock_ttl,
-            Arc::clone(&lost),
-        )));
+        let lost = Lost::default();
+        let ttl = self.inner.lock_ttl;
+        let (renewing, renew_key, renew_owner) = (connection.clone(), key.clone(), owner.clone());
+        // The watchdog: a compare-and-`PEXPIRE` every third of the TTL.
+        let watchdog = watch(runtime, ttl, lost.clone(), "redis", move || {
+            let mut connection = renewing.clone();
+            let (key, owner) = (renew_key.clone(), renew_owner.clone());
+            async move {
+                let extended: i64 = EXTEND
+                    .key(&key)
+                    .arg(&owner)
+                    .arg(millis(ttl))
+                    .invoke_async(&mut connection)
+                    .await?;
+                Ok(extended == 1)
+            }
+        });
         let lease = Lease {
             lock_key: key.clone(),
             owner: owner.clone(),
@@ -233,7 +232,7 @@ impl RedisStore {
         lease: &Lease,
     ) -> Result<(), BoxError> {
         let inner = &self.inner;
-        if lease.lost.load(Ordering::Acquire) {
+        if lease.lost.get() {
             return Err(lost(&keys.lock));
         }
         let value = self.seal(tokens, &keys.tokens)?;
@@ -264,7 +263,7 @@ impl RedisStore {
             })
             .await?;
         if saved != 1 {
-            lease.lost.store(true, Ordering::Release);
+            lease.lost.set();
             return Err(lost(&keys.lock));
         }
         // Saved on the master but not acknowledged: an ordinary store error (the lock is still
@@ -281,42 +280,6 @@ fn lost(lock_key: &str) -> BoxError {
     .into()
 }
 
-/// The watchdog: extends the lease every third of its TTL until aborted or the lock is lost.
-async fn extend_while_held(
-    mut connection: Connection,
-    key: String,
-    owner: String,
-    ttl: Duration,
-    lost: Arc<AtomicBool>,
-) {
-    let period = (ttl / 3).max(Duration::from_millis(1));
-    loop {
-        tokio::time::sleep(period).await;
-        let extended: Result<i64, _> = EXTEND
-            .key(&key)
-            .arg(&owner)
-            .arg(millis(ttl))
-            .invoke_async(&mut connection)
-            .await;
-        match extended {
-            Ok(1) => {}
-            Ok(_) => {
-                lost.store(true, Ordering::Release);
-                crate::trace::warning!(
-                    lock = %key,
-                    "the Redis refresh lock was lost; this process will not save under it"
-                );
-                return;
-            }
-            // Try again next period; if the lease lapses meanwhile, the fenced save refuses.
-            Err(e) => {
-                crate::trace::warning!(error = %e, "could not extend the Redis refresh lock");
-                let _ = e;
-            }
-        }
-    }
-}
-
 async fn release(mut connection: Connection, key: String, owner: String) {
     let released: Result<i64, _> = RELEASE
         .key(&key)
@@ -328,14 +291,4 @@ async fn release(mut connection: Connection, key: String, owner: String) {
         crate::trace::warning!(error = %e, "could not release the Redis refresh lock");
         let _ = e;
     }
-}
-
-/// A unique token for one lock attempt: process id and 128 random bits.
-fn owner_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hex}", std::process::id())
 }
