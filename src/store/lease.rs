@@ -65,7 +65,11 @@ where
                     return;
                 }
                 Err(e) => {
-                    crate::trace::warning!(store, error = %e, "could not extend the refresh lock's lease");
+                    crate::trace::warning!(
+                        store,
+                        error = %e,
+                        "could not extend the refresh lock's lease"
+                    );
                     let _ = e;
                 }
             }

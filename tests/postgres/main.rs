@@ -9,8 +9,8 @@
 //! The multi-process tests re-run this test binary as workers (`worker_process_entry`, inert unless
 //! `NIFTY_PG_WORKER` is set). `processes.rs`: OS processes; `outage.rs`: PostgreSQL down;
 //! `partition.rs`: PostgreSQL behind a proxy that blackholes; `unlock.rs`: a release that fails;
-//! `restart.rs`: a restart mid-refresh; `fence.rs`: fenced saves; `storm.rs`: a refresh storm on a small pool; `table.rs`: encryption,
-//! grant ids, migrations, table names.
+//! `restart.rs`: a restart mid-refresh; `fence.rs`: fenced saves; `storm.rs`: a refresh storm on a
+//! small pool; `table.rs`: encryption, grant ids, migrations, table names.
 #![cfg(feature = "postgres")]
 
 #[path = "../common/blackhole.rs"]

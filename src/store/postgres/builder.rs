@@ -65,9 +65,10 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// The grant id of the row used when the store is a single-grant [`TokenStore`] (the store of
-    /// a `NiftyAuth`). Defaults to [`DEFAULT_POSTGRES_GRANT`]. A [`NiftyGrants`](crate::NiftyGrants)
-    /// passes its own grant ids and ignores it.
+    /// The grant id of the row used when the store is a single-grant
+    /// [`TokenStore`](crate::TokenStore) (the store of a `NiftyAuth`). Defaults to
+    /// [`DEFAULT_POSTGRES_GRANT`]. A [`NiftyGrants`](crate::NiftyGrants) passes its own grant ids
+    /// and ignores it.
     pub fn grant(mut self, grant: impl Into<String>) -> Self {
         self.grant = grant.into();
         self
@@ -104,11 +105,14 @@ impl PostgresStoreBuilder {
     /// use std::time::Duration;
     /// use nifty_auth::PostgresStore;
     ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), nifty_auth::AuthError> {
+    /// // No I/O yet: the pool connects on first use.
     /// let store = PostgresStore::connect_builder("postgres://app@db.internal/app", "client-id")
     ///     .lock_lease(Duration::from_secs(30))
     ///     .build()?;
-    /// # let _ = store;
-    /// # Ok::<(), nifty_auth::AuthError>(())
+    /// assert!(format!("{store:?}").contains("lock_lease: 30s"));
+    /// # Ok(()) }
     /// ```
     pub fn lock_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -134,8 +138,8 @@ impl PostgresStoreBuilder {
     }
 
     /// How long the store waits for the answer to each statement it sends: a load, a save, a
-    /// lease statement (take, renew, release), the steps of [`migrate`](PostgresStore::migrate). Defaults to
-    /// [`DEFAULT_POSTGRES_QUERY_TIMEOUT`]; between 1 ms and one hour.
+    /// lease statement (take, renew, release), the steps of [`migrate`](PostgresStore::migrate).
+    /// Defaults to [`DEFAULT_POSTGRES_QUERY_TIMEOUT`]; between 1 ms and one hour.
     ///
     /// A statement that times out (a server that went away without closing its connections: a
     /// network partition, a frozen host) fails the store call — the token manager reports it as

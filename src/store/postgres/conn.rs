@@ -15,10 +15,11 @@ use super::pg_error;
 /// A pool connection with the store's bounds.
 ///
 /// `tainted` says the session's state is not known to be clean: it may hold an open transaction
-/// (and `migrate`'s transaction-level advisory lock), or a statement whose answer never came. Dropped tainted, the connection is
-/// detached from the pool and its socket closed at once (no task, no graceful goodbye that a
-/// partitioned server would never answer): the pool opens a replacement, and the server, when it
-/// sees the close, ends the session (rolling back what it had open).
+/// (and `migrate`'s transaction-level advisory lock), or a statement whose answer never came.
+/// Dropped tainted, the connection is detached from the pool and its socket closed at once (no
+/// task, no graceful goodbye that a partitioned server would never answer): the pool opens a
+/// replacement, and the server, when it sees the close, ends the session (rolling back what it had
+/// open).
 pub(super) struct Conn {
     connection: Option<PoolConnection<Postgres>>,
     tainted: bool,

@@ -145,9 +145,11 @@ pub const DEFAULT_POSTGRES_LOCK_LEASE: Duration = Duration::from_secs(10);
 /// )
 /// ```
 ///
-/// A row exists only while a refresh holds (or a dead holder's lease has not been taken over);
-/// rows whose `expires_at` has passed are free and are taken over in place. Looking at it is
-/// safe; deleting a live row lets a second process refresh at once — don't.
+/// A row exists only while a refresh holds the lock (or a dead holder's lease has not been taken
+/// over); rows whose `expires_at` has passed are free and are taken over in place. The app's role
+/// needs `SELECT`, `INSERT`, `UPDATE` and `DELETE` on both tables (the fenced save locks the lease
+/// row with `FOR UPDATE`). Looking at the table is safe; deleting a live row lets a second process
+/// refresh at once — don't.
 ///
 /// # The window no client can close
 ///
