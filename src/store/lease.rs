@@ -37,12 +37,12 @@ impl Lost {
 /// Spawns the watchdog of a lease of length `lease`: every third of it, `renew` extends the lease
 /// if this holder still holds it (`Ok(true)`); `Ok(false)` (gone, or someone else's) marks it
 /// `lost` and stops; an error is tried again next period (if the lease lapses meanwhile, the fenced
-/// save refuses). `store` names the store in warnings.
+/// save refuses). `lock` names the lock in warnings (a key, a grant; no secret).
 pub(crate) fn watch<F, Fut>(
     runtime: &tokio::runtime::Handle,
     lease: Duration,
     lost: Lost,
-    store: &'static str,
+    lock: String,
     mut renew: F,
 ) -> Watchdog
 where
@@ -51,7 +51,7 @@ where
 {
     let period = (lease / 3).max(Duration::from_millis(1));
     Watchdog(runtime.spawn(async move {
-        let _ = store; // only in warnings (feature `tracing`)
+        let _ = &lock; // only in warnings (feature `tracing`)
         loop {
             tokio::time::sleep(period).await;
             match renew().await {
@@ -59,14 +59,14 @@ where
                 Ok(false) => {
                     lost.set();
                     crate::trace::warning!(
-                        store,
+                        lock = %lock,
                         "the refresh lock's lease was lost; this process will not save under it"
                     );
                     return;
                 }
                 Err(e) => {
                     crate::trace::warning!(
-                        store,
+                        lock = %lock,
                         error = %e,
                         "could not extend the refresh lock's lease"
                     );

@@ -162,20 +162,14 @@ impl PostgresStore {
     ) -> StoreLock {
         let lost = Lost::default();
         let (store, renew_grant, renew_holder) = (self.clone(), grant.clone(), holder.clone());
-        let watchdog = watch(
-            runtime,
-            self.inner.lease,
-            lost.clone(),
-            "postgres",
-            move || {
-                let (store, grant, holder) =
-                    (store.clone(), renew_grant.clone(), renew_holder.clone());
-                async move {
-                    let renewed = store.lease_statement(Lease::Renew, &grant, &holder).await?;
-                    Ok(renewed == 1)
-                }
-            },
-        );
+        let label = format!("{} grant {grant}", self.inner.table.lock_name);
+        let watchdog = watch(runtime, self.inner.lease, lost.clone(), label, move || {
+            let (store, grant, holder) = (store.clone(), renew_grant.clone(), renew_holder.clone());
+            async move {
+                let renewed = store.lease_statement(Lease::Renew, &grant, &holder).await?;
+                Ok(renewed == 1)
+            }
+        });
         let fence = Fence {
             table: self.inner.table.name.clone(),
             client_id: self.inner.client_id.clone(),

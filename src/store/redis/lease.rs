@@ -164,7 +164,7 @@ impl RedisStore {
         let ttl = self.inner.lock_ttl;
         let (renewing, renew_key, renew_owner) = (connection.clone(), key.clone(), owner.clone());
         // The watchdog: a compare-and-`PEXPIRE` every third of the TTL.
-        let watchdog = watch(runtime, ttl, lost.clone(), "redis", move || {
+        let watchdog = watch(runtime, ttl, lost.clone(), key.clone(), move || {
             let mut connection = renewing.clone();
             let (key, owner) = (renew_key.clone(), renew_owner.clone());
             async move {
