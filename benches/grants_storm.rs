@@ -1,5 +1,5 @@
-//! `grants_storm`: 1,000 grants × 20 concurrent `access_token` calls each, every access token expired
-//! (issue 10, "Scale"), on a multi-thread runtime with 2 workers. A plain bench binary
+//! `grants_storm`: 1,000 grants × 20 concurrent `access_token` calls each, every access token expired,
+//! on a multi-thread runtime with 2 workers. A plain bench binary
 //! (`harness = false`) that prints.
 //!
 //! Each run starts a fresh `FakeNifty` on 127.0.0.1 (so its high-water mark of token calls in flight

@@ -271,7 +271,7 @@ mod pg_server;
 /// Variant (f): nifty-auth over a `PostgresStore` (feature `postgres`). The token is saved to a real
 /// PostgreSQL server this bench starts, which is then **stopped** before anything is measured: a
 /// request that touched the store would fail and the bench would panic, so a passing bench proves the
-/// hot path never talks to PostgreSQL (issue 12).
+/// hot path never talks to PostgreSQL.
 #[cfg(feature = "postgres")]
 struct PostgresFixture {
     _server: pg_server::PgServer,

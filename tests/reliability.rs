@@ -1,4 +1,4 @@
-//! Fault paths of the token manager (issue 8): runtimes that shut down, re-authorizations whose save
+//! Fault paths of the token manager: runtimes that shut down, re-authorizations whose save
 //! failed, readiness held while waiting for a token, clocks that stop while the machine sleeps, stores
 //! whose lock fails.
 

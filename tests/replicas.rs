@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use nifty_auth::store::{BoxFuture, StoreLock};
+use nifty_auth::store::{BoxFuture, LockLost, StoreLock};
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{AuthError, BoxError, FileStore, GrantId, NiftyAuth, TokenSet, TokenStore};
 use tokio::task::JoinSet;
@@ -40,6 +40,7 @@ struct Replica {
     store: FileStore,
     deny_writes: Arc<AtomicBool>,
     denied: Arc<AtomicUsize>,
+    loads: Arc<AtomicUsize>,
 }
 
 impl Replica {
@@ -48,6 +49,7 @@ impl Replica {
             store: FileStore::new(path),
             deny_writes: Arc::default(),
             denied: Arc::default(),
+            loads: Arc::default(),
         }
     }
 
@@ -70,6 +72,7 @@ impl Replica {
 
 impl TokenStore for Replica {
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         self.store.load()
     }
 
@@ -397,8 +400,9 @@ async fn a_replica_latched_by_invalid_grant_picks_up_a_reauthorization_made_thro
         .with_expires_in(Duration::ZERO);
     FileStore::new(&path).save(&tokens).await.unwrap();
     dead.revoke();
+    let store_a = Replica::new(&path);
     let (a, b) = (
-        replica(&fake, Replica::new(&path)),
+        replica(&fake, store_a.clone()),
         replica(&fake, Replica::new(&path)),
     );
 
@@ -407,6 +411,20 @@ async fn a_replica_latched_by_invalid_grant_picks_up_a_reauthorization_made_thro
     assert!(err.is_reauthorization_required(), "{err:?}");
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(fake.invalid_grants_served(), 1);
+    // Its callers fail fast: the store is re-read at most once a second, not once a call.
+    let loads = store_a.loads.load(Ordering::SeqCst);
+    let latched_at = Instant::now();
+    for _ in 0..50 {
+        let err = a.access_token().await.expect_err("latched");
+        assert!(err.is_reauthorization_required(), "{err:?}");
+    }
+    let rereads = store_a.loads.load(Ordering::SeqCst) - loads;
+    let seconds = latched_at.elapsed().as_secs() as usize;
+    assert!(
+        rereads <= seconds + 1,
+        "{rereads} store reads by 50 latched calls in {seconds} s"
+    );
+    assert_eq!(fake.token_calls(), 1);
 
     // The user re-authorizes through B (another process of the app).
     let redirect = "http://127.0.0.1/callback";
@@ -434,4 +452,188 @@ async fn a_replica_latched_by_invalid_grant_picks_up_a_reauthorization_made_thro
         1,
         "the dead token was not sent again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_tokens_parked_when_the_token_file_is_deleted_are_dropped_not_saved_back() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    seed_expired(&fake, &path).await;
+    let store_a = Replica::new(&path);
+    let a = replica(&fake, store_a.clone());
+
+    // A refreshes and cannot save: it keeps the rotated tokens and the lock; its rescue retries.
+    store_a.deny_writes(true);
+    a.access_token().await.expect_err("the save failed");
+    assert_eq!(fake.token_calls(), 1);
+
+    // The grant is deleted meanwhile (`nifty-auth logout`, an operator), then the store heals.
+    fs::remove_file(&path).unwrap();
+    store_a.deny_writes(false);
+
+    // A's rescue finds the grant gone: it drops the rotated tokens and gives the lock up (the event
+    // waited for: another holder gets the lock).
+    let lock = FileStore::new(&path)
+        .lock(Duration::from_secs(30))
+        .await
+        .expect("A gives the lock up");
+    assert!(!path.exists(), "the removed grant's tokens were saved back");
+    lock.release().await;
+    let err = a.access_token().await.expect_err("removed");
+    assert!(err.is_grant_removed(), "{err:?}");
+    assert!(!path.exists());
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(fake.invalid_grants_served(), 0);
+}
+
+/// A rescue task dies with its runtime (an app that shuts one runtime down and goes on in another):
+/// the next failed save must start a new one, or the kept lock is a hostage again.
+#[test]
+fn a_rescue_ended_by_its_runtime_shutting_down_is_started_again_by_the_next_failed_save() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = main.block_on(FakeNifty::start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    main.block_on(seed_expired(&fake, &path));
+    let (store_a, store_b) = (Replica::new(&path), Replica::new(&path));
+    let (a, b) = (
+        replica(&fake, store_a.clone()),
+        replica(&fake, store_b.clone()),
+    );
+
+    // In a runtime of its own, A refreshes and cannot save; its rescue task is spawned there, and
+    // that runtime shuts down (the task is dropped unrun).
+    store_a.deny_writes(true);
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first
+        .block_on(a.access_token())
+        .expect_err("the save failed");
+    assert_eq!(store_a.denied(), 3);
+    drop(first);
+
+    main.block_on(async {
+        // Back on the app's runtime the save fails again: that must start a new rescue.
+        a.access_token().await.expect_err("the save failed again");
+        assert_eq!(store_a.denied(), 6);
+        // Nobody calls A again: its rescue saves once the store heals, and B gets A's tokens.
+        store_a.deny_writes(false);
+        let token = b.access_token().await.expect("B gets A's rotated tokens");
+        assert_eq!(fake.token_calls(), 1, "B adopted A's tokens");
+        assert_eq!(fake.invalid_grants_served(), 0);
+        let stored = FileStore::new(&path).load().await.unwrap().expect("saved");
+        assert_eq!(stored.access_token(), token);
+    });
+}
+
+/// A fenced view of a shared `FileStore`: every lock it hands out is numbered, and the locks taken
+/// so far can be declared lost (a lease that lapsed while its holder was cut off): a save under one
+/// is refused with `store::LockLost`, as a fenced Redis or PostgreSQL store refuses it.
+#[derive(Clone)]
+struct Fenced {
+    store: FileStore,
+    taken: Arc<AtomicUsize>,
+    lost_below: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+}
+
+/// The number of a lock [`Fenced`] handed out.
+struct LockNumber(usize);
+
+impl Fenced {
+    fn new(path: &Path) -> Self {
+        Fenced {
+            store: FileStore::new(path),
+            taken: Arc::default(),
+            lost_below: Arc::default(),
+            refused: Arc::default(),
+        }
+    }
+
+    /// Every lock taken from now on (until the next call) is lost from the start.
+    fn lose_locks(&self, count: usize) {
+        let taken = self.taken.load(Ordering::SeqCst);
+        self.lost_below.store(taken + count, Ordering::SeqCst);
+    }
+}
+
+impl TokenStore for Fenced {
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        self.store.load()
+    }
+
+    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.store.save(tokens)
+    }
+
+    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+        Box::pin(async move {
+            let file_lock = self.store.lock(max_hold).await?;
+            let number = self.taken.fetch_add(1, Ordering::SeqCst);
+            Ok(StoreLock::new(move || file_lock.release()).with_data(LockNumber(number)))
+        })
+    }
+
+    fn save_locked<'a>(
+        &'a self,
+        tokens: &'a TokenSet,
+        lock: &'a StoreLock,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        let number = lock.data::<LockNumber>().map(|n| n.0);
+        if number.is_none_or(|n| n < self.lost_below.load(Ordering::SeqCst)) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Box::pin(async {
+                Err(Box::new(LockLost::new("the lease lapsed")) as BoxError)
+            });
+        }
+        self.store.save(tokens)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_tokens_whose_lock_the_fence_says_is_lost_are_saved_under_a_new_lock() {
+    let fake = FakeNifty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    seed_expired(&fake, &path).await;
+    let fenced = Fenced::new(&path);
+    let a = builder(&fake)
+        .token_timeout(Duration::from_millis(500))
+        .token_attempts(1)
+        .store(fenced.clone())
+        .build()
+        .unwrap();
+    let b = replica(&fake, Replica::new(&path));
+
+    // A's lock is lost from the start: every save under it is refused by the fence. A keeps the
+    // rotated tokens, and — the fence having said so — gives that lock up for a new one instead of
+    // retrying under it for ever (its own lock file stays held until then: nobody else gets in).
+    fenced.lose_locks(1);
+    let err = a
+        .access_token()
+        .await
+        .expect_err("the fence refused the save");
+    assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
+    assert_eq!(fake.token_calls(), 1);
+
+    // Nobody calls A again: its rescue saves under a new lock, and B gets A's tokens.
+    let token = b.access_token().await.expect("B gets A's rotated tokens");
+    assert_eq!(fake.token_calls(), 1, "B adopted A's tokens");
+    assert_eq!(fake.invalid_grants_served(), 0);
+    let stored = FileStore::new(&path).load().await.unwrap().expect("saved");
+    assert_eq!(stored.access_token(), token);
+    assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
+    assert_eq!(
+        fenced.refused.load(Ordering::SeqCst),
+        6,
+        "three saves in the call, three in the rescue's first try, none after the new lock"
+    );
+    assert_eq!(fenced.taken.load(Ordering::SeqCst), 2, "one new lock");
 }

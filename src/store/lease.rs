@@ -34,10 +34,18 @@ impl Lost {
     }
 }
 
+/// After a renewal failed, the watchdog tries again this soon, doubling up to
+/// [`RENEW_RETRY_MAX`] (never beyond its period).
+const RENEW_RETRY_MIN: Duration = Duration::from_millis(100);
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// Spawns the watchdog of a lease of length `lease`: every third of it, `renew` extends the lease
 /// if this holder still holds it (`Ok(true)`); `Ok(false)` (gone, or someone else's) marks it
-/// `lost` and stops; an error is tried again next period (if the lease lapses meanwhile, the fenced
-/// save refuses). `lock` names the lock in warnings (a key, a grant; no secret).
+/// `lost` and stops. A renewal that fails (a failover, a restart, a store briefly unreachable) is
+/// tried again within a second (100 ms doubling to 1 s, never beyond a period), not a period later:
+/// a store that answers again before the lease lapses gets it renewed in time, so no other process
+/// takes a lock whose holder is alive (and may hold rotated tokens unsaved). If the lease lapses
+/// anyway, the fenced save refuses. `lock` names the lock in warnings (a key, a grant; no secret).
 pub(crate) fn watch<F, Fut>(
     runtime: &tokio::runtime::Handle,
     lease: Duration,
@@ -52,10 +60,11 @@ where
     let period = (lease / 3).max(Duration::from_millis(1));
     Watchdog(runtime.spawn(async move {
         let _ = &lock; // only in warnings (feature `tracing`)
+        let mut pause = period;
         loop {
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(pause).await;
             match renew().await {
-                Ok(true) => {}
+                Ok(true) => pause = period,
                 Ok(false) => {
                     lost.set();
                     crate::trace::warning!(
@@ -68,9 +77,10 @@ where
                     crate::trace::warning!(
                         lock = %lock,
                         error = %e,
-                        "could not extend the refresh lock's lease"
+                        "could not extend the refresh lock's lease; trying again soon"
                     );
                     let _ = e;
+                    pause = retry_pause(pause, period);
                 }
             }
         }
@@ -85,4 +95,34 @@ pub(crate) fn holder_id() -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{hex}", std::process::id())
+}
+
+/// The watchdog's pause after a failed renewal, given the pause before it.
+fn retry_pause(previous: Duration, period: Duration) -> Duration {
+    let next = if previous >= period {
+        RENEW_RETRY_MIN
+    } else {
+        previous.saturating_mul(2).min(RENEW_RETRY_MAX)
+    };
+    next.min(period)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_renewal_is_tried_again_within_a_second_never_later_than_a_period() {
+        let period = Duration::from_millis(3_333);
+        let pauses: Vec<u64> =
+            std::iter::successors(Some(period), |&p| Some(retry_pause(p, period)))
+                .skip(1)
+                .take(6)
+                .map(|p| p.as_millis() as u64)
+                .collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1_000, 1_000]);
+        let short = Duration::from_millis(150);
+        assert_eq!(retry_pause(short, short), Duration::from_millis(100));
+        assert_eq!(retry_pause(Duration::from_millis(100), short), short);
+    }
 }

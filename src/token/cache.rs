@@ -334,3 +334,6 @@ impl TokenCache {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -124,7 +124,8 @@ fn config(cases: u32, file: &'static str) -> Config {
 proptest! {
     #![proptest_config(config(24, "proptest-regressions/model/tcp.txt"))]
 
-    /// Every operation but `invalid_grant`: no latch, so issue 8 item 2 cannot arise.
+    /// Every operation but `invalid_grant`: no latch, so a re-authorization while latched
+    /// (whose save may fail) cannot arise.
     #[test]
     fn random_operations_without_a_latch_keep_every_invariant(
         ops in proptest::collection::vec(op(false), 1..=12)
@@ -183,7 +184,7 @@ fn callers_cancelled_during_a_slow_refresh_leave_the_manager_serving() {
     run(&ops).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Issue 8 item 2 through the layer: latched by `invalid_grant`, re-authorized with a code whose
+/// A re-authorization whose save failed while latched, through the layer: latched by `invalid_grant`, re-authorized with a code whose
 /// save fails once; the next call must save and use the exchanged tokens.
 #[test]
 fn an_exchange_code_whose_save_failed_while_latched_is_used_by_the_next_call() {
@@ -197,8 +198,8 @@ fn an_exchange_code_whose_save_failed_while_latched_is_used_by_the_next_call() {
     run(&ops).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Found by the model (seed in `proptest-regressions/model/tcp_latch.txt`): issue 8 item 2 with
-/// `set_tokens`. The base commit answers `ReauthorizationRequired` to the request.
+/// Found by the model (seed in `proptest-regressions/model/tcp_latch.txt`): a re-authorization
+/// whose save failed while latched, with `set_tokens`. The base commit answers `ReauthorizationRequired` to the request.
 #[test]
 fn a_set_tokens_whose_save_failed_while_latched_is_used_by_the_next_request() {
     let ops = [

@@ -150,19 +150,6 @@ pub(crate) struct ManagerParts {
     pub(crate) grant: Option<GrantId>,
 }
 
-impl std::fmt::Debug for TokenManager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.state.lock();
-        f.debug_struct("TokenManager")
-            .field("cache", &self.cache)
-            .field("endpoint", &self.policy.endpoint)
-            .field("refreshing", &state.in_flight.is_some())
-            .field("terminal", &state.terminal.as_ref().map(|l| &l.error))
-            .field("unsaved_tokens", &state.pending.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 impl TokenManager {
     pub(crate) fn new(parts: ManagerParts) -> Self {
         // A grant known to need re-authorization (e.g. before it was evicted) starts latched.
@@ -226,3 +213,6 @@ fn satisfies(current: &Current, want: Want) -> bool {
         Want::Save => current.usable(),
     }
 }
+
+#[cfg(test)]
+mod tests;

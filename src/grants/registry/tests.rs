@@ -1,0 +1,114 @@
+//! The registry's bound: how many grants stay cached, which one goes, which ones never do.
+
+use std::time::Duration;
+
+use super::*;
+use crate::clock::Clock;
+use crate::stats::Counters;
+use crate::store::MemoryStore;
+use crate::token::cache::{CachePolicy, TokenCache};
+use crate::token::refresh::{ManagerParts, Policy, StoreRef};
+
+fn id(name: &str) -> GrantId {
+    GrantId::new(name).unwrap()
+}
+
+/// An idle manager of `grant` (no endpoint: nothing here refreshes).
+fn manager(grant: &GrantId) -> TokenManager {
+    TokenManager::new(ManagerParts {
+        cache: TokenCache::new(CachePolicy::grants(Duration::from_secs(60), Clock::new())),
+        policy: Arc::new(Policy {
+            endpoint: None,
+            bootstrap_refresh_token: None,
+            unauthorized_cooldown: Duration::from_secs(5),
+            latches: None,
+            counters: Counters::default(),
+        }),
+        store: StoreRef::Grant(Arc::new(MemoryStore::new())),
+        grant: Some(grant.clone()),
+    })
+}
+
+fn insert(registry: &Registry, name: &str) -> Arc<TokenManager> {
+    let grant = id(name);
+    registry.get_or_insert_with(&grant, || manager(&grant))
+}
+
+fn cached(registry: &Registry, name: &str) -> bool {
+    registry.get(&id(name)).is_some()
+}
+
+#[test]
+fn a_registry_at_its_capacity_evicts_nothing() {
+    let registry = Registry::new(3);
+    for name in ["a", "b", "c"] {
+        drop(insert(&registry, name));
+    }
+    assert_eq!(registry.len(), 3);
+    assert_eq!(registry.evictions(), 0);
+    assert!(["a", "b", "c"].iter().all(|n| cached(&registry, n)));
+}
+
+/// `n` grant names whose ids fall in one shard.
+fn same_shard(registry: &Registry, n: usize) -> Vec<String> {
+    let first = id("g-0");
+    let names: Vec<String> = (0..)
+        .map(|i| format!("g-{i}"))
+        .filter(|name| std::ptr::eq(registry.shard(&id(name)), registry.shard(&first)))
+        .take(n)
+        .collect();
+    names
+}
+
+#[test]
+fn one_past_its_capacity_it_evicts_exactly_one_the_least_recently_used() {
+    let registry = Registry::new(3);
+    let names = same_shard(&registry, 4);
+    let [p, q, r, s] = [&names[0], &names[1], &names[2], &names[3]];
+    for name in [p, q, r] {
+        drop(insert(&registry, name));
+    }
+    // `p` is used after `q` was inserted: `q` is now the least recently used.
+    drop(registry.get(&id(p)));
+    drop(insert(&registry, s));
+    assert_eq!(registry.len(), 3);
+    assert_eq!(registry.evictions(), 1);
+    assert!(
+        !cached(&registry, q),
+        "the least recently used idle grant goes"
+    );
+    assert!([p, r, s].iter().all(|n| cached(&registry, n)));
+}
+
+#[test]
+fn a_grant_held_elsewhere_is_never_evicted_and_the_registry_may_stay_over_capacity() {
+    let registry = Registry::new(1);
+    let held = insert(&registry, "held");
+    let also_held = insert(&registry, "also-held");
+    assert_eq!(registry.len(), 2, "nothing could go");
+    assert_eq!(registry.evictions(), 0);
+    drop(held);
+    // The next insertion evicts the idle ones (not the new one, not the held one).
+    drop(insert(&registry, "new"));
+    assert_eq!(registry.len(), 2);
+    assert_eq!(registry.evictions(), 1);
+    assert!(cached(&registry, "also-held") && cached(&registry, "new"));
+    drop(also_held);
+}
+
+#[test]
+fn the_same_grant_is_one_manager() {
+    let registry = Registry::new(2);
+    let first = insert(&registry, "a");
+    let second = insert(&registry, "a");
+    assert!(Arc::ptr_eq(&first, &second));
+    assert_eq!(registry.len(), 1);
+    registry.remove_if(&id("a"), &first);
+    assert_eq!(registry.len(), 0);
+    assert!(!cached(&registry, "a"));
+    // A stale handle removes nothing newer.
+    let newer = insert(&registry, "a");
+    registry.remove_if(&id("a"), &first);
+    assert_eq!(registry.len(), 1);
+    assert!(Arc::ptr_eq(&registry.get(&id("a")).unwrap(), &newer));
+}

@@ -1,0 +1,111 @@
+//! The manager's pure decisions: what a caller's want accepts, what lifts a latch.
+
+use super::*;
+use crate::clock::Clock;
+use crate::token::cache::CachePolicy;
+
+fn token(access: &str, expires_in: Duration) -> TokenSet {
+    TokenSet::new(access).with_expires_in(expires_in)
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_each_want_accepts() {
+    let cache = TokenCache::new(CachePolicy::single(Duration::from_secs(10), Clock::new()));
+    let empty = cache.load();
+    for want in [
+        Want::Usable,
+        Want::NewerThan(0),
+        Want::Background,
+        Want::Save,
+    ] {
+        assert!(!satisfies(&empty, want), "{want:?} accepted no token");
+    }
+
+    let first = cache
+        .publish(token(
+            "access-token-one-0123456789",
+            Duration::from_secs(100),
+        ))
+        .unwrap();
+    assert!(satisfies(&first, Want::Usable));
+    assert!(satisfies(&first, Want::Save));
+    assert!(satisfies(&first, Want::Background), "a fresh token");
+    assert!(satisfies(&first, Want::NewerThan(0)));
+    assert!(
+        !satisfies(&first, Want::NewerThan(1)),
+        "a 401 for generation 1 wants a newer one"
+    );
+    assert!(!satisfies(&first, Want::NewerThan(2)));
+
+    // Past the refresh point: still usable, no longer enough for a background refresh.
+    tokio::time::advance(first.refresh_at - Instant::now()).await;
+    assert!(satisfies(&first, Want::Usable));
+    assert!(!satisfies(&first, Want::Background));
+    // Expired: nothing accepts it, not even a newer generation's want.
+    tokio::time::advance(first.expires_at - Instant::now()).await;
+    for want in [
+        Want::Usable,
+        Want::NewerThan(0),
+        Want::Background,
+        Want::Save,
+    ] {
+        assert!(
+            !satisfies(&first, want),
+            "{want:?} accepted an expired token"
+        );
+    }
+}
+
+fn stored(refresh_token: Option<&str>) -> TokenSet {
+    let tokens = TokenSet::new("access-token-0123456789");
+    match refresh_token {
+        Some(rt) => tokens.with_refresh_token(rt),
+        None => tokens,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_lifts_a_latch() {
+    let refused = Latched::new(
+        AuthError::ReauthorizationRequired {
+            reason: "invalid_grant".to_owned(),
+        },
+        Refused::RefreshToken(fingerprint("refresh-token-refused")),
+    );
+    assert!(!refused.lifted_by(None), "nothing stored");
+    assert!(
+        !refused.lifted_by(Some(&stored(Some("refresh-token-refused")))),
+        "the store still holds the refused refresh token"
+    );
+    assert!(refused.lifted_by(Some(&stored(Some("refresh-token-new")))));
+    assert!(
+        refused.lifted_by(Some(&stored(None))),
+        "tokens without a refresh token are a re-authorization too"
+    );
+
+    let removed = Latched::new(AuthError::GrantRemoved, Refused::Removed);
+    assert!(!removed.lifted_by(None), "still removed");
+    assert!(removed.lifted_by(Some(&stored(Some("refresh-token-refused")))));
+
+    let client = Latched::new(
+        AuthError::ReauthorizationRequired {
+            reason: "invalid_client".to_owned(),
+        },
+        Refused::Client,
+    );
+    assert!(!client.lifted_by(None));
+    assert!(!client.lifted_by(Some(&stored(Some("refresh-token-new")))));
+}
+
+#[test]
+fn fingerprints_tell_refresh_tokens_apart_and_are_never_zero() {
+    assert_ne!(
+        fingerprint("refresh-token-a"),
+        fingerprint("refresh-token-b")
+    );
+    assert_eq!(
+        fingerprint("refresh-token-a"),
+        fingerprint("refresh-token-a")
+    );
+    assert_ne!(fingerprint(""), 0);
+}
