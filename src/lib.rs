@@ -66,7 +66,7 @@
 //! - `redis`: `RedisStore`, tokens shared by many processes with a cross-process refresh lock and
 //!   optional encryption at rest.
 //! - `postgres`: `PostgresStore`, a row per grant in PostgreSQL (sqlx, rustls) with a cross-process
-//!   refresh lock (an advisory lock), fenced saves and optional encryption.
+//!   refresh lock (a lease row that survives restarts), fenced saves and optional encryption.
 //! - `reqwest`: `NiftyAuthMiddleware` for reqwest-middleware, sharing the token cache with the layer.
 //! - `testing`: `testing::FakeNifty`, a real loopback Nifty token endpoint and API for your tests.
 //! - `metrics`: token calls, refreshes and 401 retries reported through the `metrics` facade

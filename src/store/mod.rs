@@ -64,6 +64,8 @@ use tower::BoxError;
 
 mod file;
 mod grant;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -80,7 +82,8 @@ pub use memory::MemoryStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{
     PostgresStore, PostgresStoreBuilder, DEFAULT_POSTGRES_ACQUIRE_TIMEOUT, DEFAULT_POSTGRES_GRANT,
-    DEFAULT_POSTGRES_MAX_CONNECTIONS, DEFAULT_POSTGRES_QUERY_TIMEOUT, DEFAULT_POSTGRES_TABLE,
+    DEFAULT_POSTGRES_LOCK_LEASE, DEFAULT_POSTGRES_MAX_CONNECTIONS, DEFAULT_POSTGRES_QUERY_TIMEOUT,
+    DEFAULT_POSTGRES_TABLE,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -122,9 +125,8 @@ pub trait TokenStore: Send + Sync + 'static {
     ///
     /// A lock must never outlive its holder's intent: when releasing it fails, make sure it goes
     /// anyway, and bound every call to the backing service (a network partition must not hold a
-    /// refresh until TCP gives up). The built-in stores: `PostgresStore` closes a connection whose
-    /// unlock failed or timed out rather than return it to its pool (ending the session releases
-    /// the lock); a `RedisStore` lease whose release failed expires by itself within its TTL;
+    /// refresh until TCP gives up). The built-in stores: a `PostgresStore` lease row and a
+    /// `RedisStore` lease whose release failed expire by themselves within their lease;
     /// [`FileStore`] releases its lock file's `flock` by closing the file, which the OS does even
     /// for a process that dies.
     ///

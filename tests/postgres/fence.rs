@@ -7,7 +7,7 @@ use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
 use sqlx::PgPool;
 
-use crate::server::PgServer;
+use crate::server::{lease_holder, lease_rows, PgServer};
 
 async fn version(pool: &PgPool, grant: &str) -> i64 {
     sqlx::query_scalar("SELECT version FROM nifty_auth_tokens WHERE grant_id = $1")
@@ -83,7 +83,53 @@ async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn a_lock_whose_session_died_cannot_save_and_is_free_for_the_next_holder() {
+async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_holders_lease() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let store = pg.store("client").await;
+    let raw = pg.pool().await;
+    let id = GrantId::new("lease").unwrap();
+    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let first = lease_holder(&raw, "lease").await.unwrap();
+    // Its lease runs out (a holder paused or cut off for longer than a lease)...
+    sqlx::query("UPDATE nifty_auth_tokens_lock SET expires_at = now() - interval '1 second'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    // ...and another process takes the lock over.
+    let next = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let second = lease_holder(&raw, "lease").await.unwrap();
+    assert_ne!(second, first);
+
+    let err = GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-x"), &lock)
+        .await
+        .unwrap_err();
+    assert!(
+        err.downcast_ref::<nifty_auth::store::LockLost>().is_some(),
+        "{err}"
+    );
+    assert!(err.to_string().contains("fenced save refused"), "{err}");
+    assert_eq!(GrantStore::load_grant(&store, &id).await.unwrap(), None);
+    GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-y"), &next)
+        .await
+        .unwrap();
+    // The first holder's release deletes only its own lease: the new holder keeps the lock.
+    lock.release().await;
+    assert_eq!(
+        lease_holder(&raw, "lease").await.as_deref(),
+        Some(second.as_str())
+    );
+    next.release().await;
+    assert_eq!(lease_rows(&raw).await, 0, "released locks stay behind");
+}
+
+#[tokio::test]
+async fn a_lock_whose_sessions_all_end_still_saves_and_keeps_others_out() {
     let Some(pg) = PgServer::start() else {
         return;
     };
@@ -93,32 +139,37 @@ async fn a_lock_whose_session_died_cannot_save_and_is_free_for_the_next_holder()
     let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
-    // The lock's backend is terminated (a network cut, an administrator, a failover).
+    // Every session but the test's own is terminated (a network cut, an administrator).
     let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory'",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND datname = current_database() \
+         AND backend_type = 'client backend'",
     )
     .fetch_one(&raw)
     .await
     .unwrap();
-    assert_eq!(killed, 1);
-
-    let err = GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-x"), &lock).await;
-    assert!(err.is_err(), "saved under a dead session");
-    let started = std::time::Instant::now();
-    let next = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+    assert!(killed >= 1, "the store had no session");
+    let other = nifty_auth::PostgresStore::connect_builder(&pg.url(), "client")
+        .lock_wait(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let err = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        err.downcast_ref::<nifty_auth::store::LockTimeout>()
+            .is_some(),
+        "{err}"
+    );
+    GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-y"), &lock)
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500));
-    GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-y"), &next)
-        .await
-        .unwrap();
-    next.release().await;
     lock.release().await;
-    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
-        .fetch_one(&raw)
+    assert_eq!(lease_rows(&raw).await, 0);
+    let taken = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
         .await
         .unwrap();
-    assert_eq!(held, 0, "released locks stay behind");
+    taken.release().await;
 }
 
 /// Through the manager: its save is refused (the row moved on while it called the token

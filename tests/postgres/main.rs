@@ -8,9 +8,9 @@
 //!
 //! The multi-process tests re-run this test binary as workers (`worker_process_entry`, inert unless
 //! `NIFTY_PG_WORKER` is set). `processes.rs`: OS processes; `outage.rs`: PostgreSQL down;
-//! `partition.rs`: PostgreSQL behind a proxy that blackholes; `unlock.rs`: an unlock that fails;
-//! `fence.rs`: fenced saves; `storm.rs`: a refresh storm on a small pool; `table.rs`: encryption,
-//! grant ids, migrations, table names.
+//! `partition.rs`: PostgreSQL behind a proxy that blackholes; `unlock.rs`: a release that fails;
+//! `restart.rs`: a restart mid-refresh; `fence.rs`: fenced saves; `storm.rs`: a refresh storm on a
+//! small pool; `table.rs`: encryption, grant ids, migrations, table names.
 #![cfg(feature = "postgres")]
 
 #[path = "../common/blackhole.rs"]
@@ -23,6 +23,7 @@ mod partition;
 #[path = "../common/partition.rs"]
 mod partition_scenario;
 mod processes;
+mod restart;
 mod server;
 mod storm;
 mod table;
@@ -55,8 +56,12 @@ fn worker_process_entry() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let store =
-            PostgresStore::connect(&env("NIFTY_PG_URL"), env("NIFTY_PG_CLIENT_ID")).unwrap();
+        let mut store =
+            PostgresStore::connect_builder(&env("NIFTY_PG_URL"), env("NIFTY_PG_CLIENT_ID"));
+        if let Ok(lease) = std::env::var("NIFTY_PG_LEASE_MS") {
+            store = store.lock_lease(Duration::from_millis(lease.parse().unwrap()));
+        }
+        let store = store.build().unwrap();
         match mode.as_str() {
             "grants" => run_grants(store).await,
             "hold" => {

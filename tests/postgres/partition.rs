@@ -1,8 +1,8 @@
 //! PostgreSQL behind a proxy of the tests' own that blackholes (accepts, keeps connections open,
 //! forwards nothing), as a network partition does: every store call is bounded, a needed refresh
 //! fails with a store error and no token call, the next refresh after healing makes one, and
-//! nothing leaks — tasks, connections, sessions, or an advisory lock taken by an attempt that
-//! timed out.
+//! nothing leaks — tasks, connections, sessions — and a lease taken by an attempt that timed out
+//! (or held when the partition started) lapses, so the lock is free again.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::blackhole::{alive_tasks, eventually, no_hang, recovered, Blackhole};
 use crate::common::*;
-use crate::server::{advisory_locks, settle, PgServer};
+use crate::server::{lease_holder, lease_rows, live_leases, settle, PgServer};
 
 /// The application name the proxied store's sessions carry, to count them in `pg_stat_activity`.
 const APP: &str = "nifty_partition";
@@ -25,12 +25,16 @@ fn proxied_url(proxy: &Blackhole) -> String {
     )
 }
 
+/// The lease of these tests' stores: short, so that a lease left behind lapses quickly.
+const LEASE: Duration = Duration::from_secs(2);
+
 /// A store whose every connection goes through `proxy`, with `timeout` as both its acquire and
 /// its query timeout.
 fn proxied_store(proxy: &Blackhole, client_id: &str, timeout: Duration) -> PostgresStore {
     PostgresStore::connect_builder(&proxied_url(proxy), client_id)
         .acquire_timeout(timeout)
         .query_timeout(timeout)
+        .lock_lease(LEASE)
         .build()
         .unwrap()
 }
@@ -95,6 +99,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
     let store = PostgresStore::builder(pool, "client")
         .acquire_timeout(timeout)
         .query_timeout(timeout)
+        .lock_lease(LEASE)
         .build()
         .unwrap();
     let id = GrantId::new("leaks").unwrap();
@@ -168,21 +173,22 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
     let loaded = recovered("a load", || GrantStore::load_grant(&store, &id)).await;
     assert_eq!(loaded, Some(tokens));
     // Every held connection is delivered, then closed: the server ran what each carried (lock
-    // attempts included) and ended its session, releasing whatever it took.
+    // attempts included) and ended its session. A lease a delivered lock attempt took (for
+    // nobody: its caller gave up) is not renewed, and lapses.
     let pool_size = i64::from(store.pool().size());
     assert_eq!(
         eventually(pool_size as usize, || proxy.connections()).await,
         pool_size as usize
     );
     assert_eq!(settle(pool_size, || sessions(&admin)).await, pool_size);
-    assert_eq!(settle(0, || advisory_locks(&admin)).await, 0);
+    assert_eq!(settle(0, || live_leases(&admin)).await, 0);
     let lock = recovered("a lock", || {
         GrantStore::lock_grant(&store, &id, Duration::from_secs(1))
     })
     .await;
-    assert_eq!(advisory_locks(&admin).await, 1);
+    assert_eq!(live_leases(&admin).await, 1);
     lock.release().await;
-    assert_eq!(advisory_locks(&admin).await, 0);
+    assert_eq!(lease_rows(&admin).await, 0);
     assert_eq!(eventually(tasks_at_rest, alive_tasks).await, tasks_at_rest);
     assert_eq!(
         proxy.client_connections(),
@@ -196,7 +202,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_leaves_no_lock_behind() {
+async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_its_lease_lapses() {
     let Some(pg) = PgServer::start() else {
         return;
     };
@@ -215,10 +221,11 @@ async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_leaves_no
     let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
-    assert_eq!(advisory_locks(&admin).await, 1);
+    assert_eq!(lease_rows(&admin).await, 1);
+    let holder = lease_holder(&admin, "held").await.unwrap();
 
-    // The partition starts while the lock is held: the save under it, a re-read on its
-    // connection and the unlock each fail within the query timeout.
+    // The partition starts while the lock is held: the save under it, a re-read and the release
+    // each fail within their timeouts (and so do the watchdog's renewals).
     proxy.blackhole();
     let started = Instant::now();
     let err = no_hang(
@@ -237,24 +244,27 @@ async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_leaves_no
     .await
     .unwrap_err()
     .to_string();
-    assert!(err.contains("not sent"), "{err}");
+    assert!(err.contains("timed out"), "{err}");
     no_hang("the release", lock.release()).await;
-    // Its connection is closed, not pooled, and nothing waits on it.
+    // Its connections are closed, not pooled, and nothing waits on them (the watchdog stopped).
     assert_eq!(eventually(0, || proxy.client_connections()).await, 0);
-    assert_eq!(store.pool().size(), 0);
+    assert_eq!(eventually(0, || store.pool().size()).await, 0);
     assert_eq!(eventually(tasks_at_rest, alive_tasks).await, tasks_at_rest);
 
     proxy.heal();
-    // The server gets the held save, then the close: it ends the session and its lock.
+    // The server gets the held statements, then the closes: it ends the sessions. The lease row
+    // (unless a held release reached it) is renewed no more and lapses; another process then
+    // takes the lock over.
     assert_eq!(settle(0, || sessions(&admin)).await, 0);
-    assert_eq!(advisory_locks(&admin).await, 0);
+    assert_eq!(settle(0, || live_leases(&admin)).await, 0);
     let other = PostgresStore::connect_builder(&pg.url(), "client")
         .lock_wait(Duration::from_millis(1))
         .build()
         .unwrap();
     let taken = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
         .await
-        .expect("the lock was left held");
+        .expect("the lapsed lease was not taken over");
+    assert_ne!(lease_holder(&admin, "held").await.unwrap(), holder);
     // The held save reaches the server with the close: whether it runs before the server sees
     // the close is up to the server. Either way the row is whole, and a save whose answer never
     // came that does land bumped the row's version, so the fence refuses any save under a lock

@@ -200,10 +200,9 @@ impl PgServer {
         format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// A login role `name` (no superuser) owning a database of the same name, in which it may not
-    /// run `pg_advisory_unlock(bigint)`: every unlock of that role fails on a live session. Returns
-    /// the role's URL.
-    pub async fn role_that_cannot_unlock(&self, name: &str) -> String {
+    /// A login role `name` (no superuser) owning a database of the same name. Returns the role's
+    /// URL.
+    pub async fn role(&self, name: &str) -> String {
         let admin = self.pool().await;
         for sql in [
             format!("CREATE ROLE {name} LOGIN"),
@@ -212,25 +211,49 @@ impl PgServer {
             sqlx::query(&sql).execute(&admin).await.unwrap();
         }
         admin.close().await;
-        // Functions are per database: revoke in the role's own.
+        self.url_as(name, name)
+    }
+
+    /// Takes from the role `name` (see [`role`](Self::role)) the right to delete rows of the lock
+    /// table in its database (after its store's `migrate` created it): every release of that role
+    /// fails on a live session.
+    pub async fn forbid_release(&self, name: &str) {
         let db = PgPoolOptions::new()
             .max_connections(1)
             .connect(&self.url_as("postgres", name))
             .await
             .unwrap();
-        sqlx::query("REVOKE EXECUTE ON FUNCTION pg_advisory_unlock(bigint) FROM PUBLIC")
-            .execute(&db)
-            .await
-            .unwrap();
+        sqlx::query(&format!(
+            "REVOKE DELETE ON nifty_auth_tokens_lock FROM {name}"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
         db.close().await;
-        self.url_as(name, name)
     }
 }
 
-/// The advisory locks held in the whole cluster (every database, every session).
-pub async fn advisory_locks(admin: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
-        .fetch_one(admin)
+/// The lease rows of the refresh lock (live or expired) in the default lock table.
+pub async fn lease_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM nifty_auth_tokens_lock")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The lease rows whose lease has not run out (by the server's clock).
+pub async fn live_leases(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM nifty_auth_tokens_lock WHERE expires_at > now()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The holder of `grant`'s lease row, if there is one.
+pub async fn lease_holder(pool: &PgPool, grant: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT holder FROM nifty_auth_tokens_lock WHERE grant_id = $1")
+        .bind(grant)
+        .fetch_optional(pool)
         .await
         .unwrap()
 }

@@ -1,6 +1,7 @@
-//! A refresh storm on a small pool: the token-call slot comes before the store's lock (and so
-//! before its pool connection), so a pool of `max_concurrent_token_calls + 1` connections serves a
-//! storm of any size without a connection timeout.
+//! A refresh storm on a small pool: a refresh holds no connection across its token call (nor while
+//! it holds the lock: the lock is a lease row), only one per statement, so a pool of 2 connections
+//! serves a storm of any size, with more token calls in flight than connections, without a
+//! connection timeout.
 
 use std::time::Duration;
 
@@ -11,19 +12,20 @@ use tokio::task::JoinSet;
 use crate::server::PgServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_of_1000_expired_grants_on_a_pool_of_max_calls_plus_one_has_no_store_error() {
+async fn a_storm_of_1000_expired_grants_with_4_token_calls_on_a_pool_of_2_has_no_store_error() {
     const GRANTS: usize = 1000;
-    const MAX_CALLS: usize = 2;
+    const MAX_CALLS: usize = 4;
+    const POOL: u32 = 2;
     let Some(pg) = PgServer::start() else {
         return;
     };
     let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(1))
+        .token_delay(Duration::from_millis(5))
         .start()
         .await
         .unwrap();
     let store = PostgresStore::connect_builder(&pg.url(), fake.client_id())
-        .max_connections(MAX_CALLS as u32 + 1)
+        .max_connections(POOL)
         .acquire_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
@@ -63,6 +65,12 @@ async fn a_storm_of_1000_expired_grants_on_a_pool_of_max_calls_plus_one_has_no_s
     assert!(other_errors.is_empty(), "{other_errors:?}");
     assert_eq!(fake.token_calls(), GRANTS, "one token call per grant");
     assert!(fake.max_token_calls_in_flight() <= MAX_CALLS);
+    // More token calls were in flight at once than the pool has connections: none held one.
+    assert!(
+        fake.max_token_calls_in_flight() > POOL as usize,
+        "{} token calls in flight at most",
+        fake.max_token_calls_in_flight()
+    );
     assert_eq!(fake.invalid_grants_served(), 0);
     for id in &ids {
         let stored = store.load_grant(id).await.unwrap().expect("stored");

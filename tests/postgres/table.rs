@@ -196,6 +196,16 @@ async fn migrate_twice_is_fine_a_schema_qualified_table_works_and_a_bad_name_is_
         .await
         .unwrap();
     assert_eq!(grant, "main");
+    // The lock table sits beside it, and a lock on it is a row there.
+    let lock = TokenStore::lock(&qualified, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let held: String = sqlx::query_scalar("SELECT grant_id FROM auth.user_lock")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(held, "main");
+    lock.release().await;
 
     for bad in ["tokens; DROP TABLE x", "Tokens", "a.b.c", "", "\"t\""] {
         let err = PostgresStore::builder(raw.clone(), "client")
@@ -223,6 +233,8 @@ async fn zero_or_huge_postgres_timeouts_are_configuration_errors() {
         builder().acquire_timeout(Duration::ZERO).build(),
         builder().acquire_timeout(Duration::from_secs(3601)).build(),
         builder().lock_wait(Duration::ZERO).build(),
+        builder().lock_lease(Duration::from_millis(99)).build(),
+        builder().lock_lease(Duration::from_secs(3601)).build(),
     ];
     for result in refused {
         let err = result.unwrap_err();
@@ -232,8 +244,12 @@ async fn zero_or_huge_postgres_timeouts_are_configuration_errors() {
     let store = builder()
         .query_timeout(Duration::from_millis(1))
         .acquire_timeout(Duration::from_secs(3600))
+        .lock_lease(Duration::from_millis(100))
         .build()
         .unwrap();
     let shown = format!("{store:?}");
     assert!(shown.contains("query_timeout: 1ms"), "{shown}");
+    assert!(shown.contains("lock_lease: 100ms"), "{shown}");
+    let default = format!("{:?}", builder().build().unwrap());
+    assert!(default.contains("lock_lease: 10s"), "{default}");
 }

@@ -1,93 +1,122 @@
-//! A refresh lock never outlives its holder's intent: a connection whose `pg_advisory_unlock`
-//! failed on a live session (here: a role that may not run it) is closed, never returned to the
-//! pool, so the server drops the session and its lock, and another process takes the lock at once.
+//! A refresh lock never outlives its holder's intent: a lease row whose release failed on a live
+//! session (here: a role that may not delete from the lock table) is no longer renewed, lapses by
+//! itself within one lease, and another process takes the lock over then.
 
 use std::time::Duration;
 
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::server::{advisory_locks, settle, PgServer};
+use crate::server::{lease_holder, lease_rows, live_leases, PgServer};
 
-/// A second process's store: its own pool, and a lock wait so short that only a free lock is
-/// taken (one try, no second poll).
-fn impatient_store(url: &str, client_id: &str) -> PostgresStore {
+/// The lease of the stores of these tests: short, so that a lapse is quick.
+const LEASE: Duration = Duration::from_millis(500);
+
+/// A second process's store: its own pool, and a lock wait well past a lease (so it takes the
+/// lock over once a stale lease lapses).
+fn patient_store(url: &str, client_id: &str) -> PostgresStore {
     PostgresStore::connect_builder(url, client_id)
-        .lock_wait(Duration::from_millis(1))
+        .lock_lease(LEASE)
+        .lock_wait(Duration::from_secs(30))
         .build()
         .unwrap()
 }
 
-/// The backend pid of the one session holding an advisory lock.
-async fn lock_holder(admin: &PgPool) -> i32 {
-    sqlx::query_scalar("SELECT pid FROM pg_locks WHERE locktype = 'advisory'")
-        .fetch_one(admin)
+/// A pool on the role's database, as the superuser.
+async fn admin_of(pg: &PgServer, db: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg.url_as("postgres", db))
         .await
         .unwrap()
 }
 
-/// 1 while the backend `pid` lives, 0 once its session ended.
-async fn session_alive(admin: &PgPool, pid: i32) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
-        .bind(pid)
-        .fetch_one(admin)
-        .await
-        .unwrap()
+/// The lease row's `expires_at`, in ms since the epoch (server clock).
+async fn expires_at_ms(admin: &PgPool) -> f64 {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM expires_at) * 1000)::float8 FROM nifty_auth_tokens_lock",
+    )
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// Waits until no lease is live (by the server's clock): the event a takeover needs.
+async fn until_lapsed(admin: &PgPool) {
+    while live_leases(admin).await != 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_whose_unlock_fails_is_closed_with_its_session_and_leaves_no_advisory_lock() {
+async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over() {
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let url = pg.role_that_cannot_unlock("no_unlock").await;
-    let admin = pg.pool().await;
+    let url = pg.role("no_release").await;
     let store = PostgresStore::connect_builder(&url, "client")
+        .lock_lease(LEASE)
         .build()
         .unwrap();
     store.migrate().await.unwrap();
+    pg.forbid_release("no_release").await;
+    let admin = admin_of(&pg, "no_release").await;
     let id = GrantId::new("hostage").unwrap();
 
     let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
-    assert_eq!(advisory_locks(&admin).await, 1, "the lock is held");
-    let holder = lock_holder(&admin).await;
+    assert_eq!(lease_rows(&admin).await, 1, "the lock is a row");
+    let holder = lease_holder(&admin, "hostage").await.unwrap();
+    // The watchdog renews the lease while the lock is held (every third of it).
+    let first = expires_at_ms(&admin).await;
+    while expires_at_ms(&admin).await == first {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     lock.release().await;
-
-    let left = settle(0, || advisory_locks(&admin)).await;
+    // The delete was refused: the row stays, no longer renewed, and lapses.
+    assert_eq!(lease_rows(&admin).await, 1);
+    let last = expires_at_ms(&admin).await;
+    until_lapsed(&admin).await;
     assert_eq!(
-        left, 0,
-        "an advisory lock stayed behind after a failed unlock"
+        expires_at_ms(&admin).await,
+        last,
+        "renewed after its release"
     );
     assert_eq!(
-        session_alive(&admin, holder).await,
-        0,
-        "the lock's session went back into the pool"
+        lease_holder(&admin, "hostage").await.as_deref(),
+        Some(holder.as_str())
     );
 
-    // Another process takes the lock at its first try, and the first store still works.
-    let other = impatient_store(&url, "client");
+    // Another process takes the lapsed lease over (in place), and the first store still works.
+    let other = patient_store(&url, "client");
     let taken = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
         .await
-        .expect("the lock was left held");
+        .expect("the lapsed lease was not taken over");
+    let new_holder = lease_holder(&admin, "hostage").await.unwrap();
+    assert_ne!(new_holder, holder);
+    assert_eq!(lease_rows(&admin).await, 1);
     taken.release().await;
-    assert_eq!(settle(0, || advisory_locks(&admin)).await, 0);
+    until_lapsed(&admin).await;
     let again = GrantStore::lock_grant(&store, &id, Duration::from_secs(1))
         .await
         .unwrap();
+    assert_ne!(
+        lease_holder(&admin, "hostage").await.unwrap(),
+        new_holder,
+        "not taken by the first store"
+    );
     again.release().await;
-    assert_eq!(settle(0, || advisory_locks(&admin)).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_whose_unlock_fails_leaves_no_lock_for_the_next_process() {
+async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_lapsed() {
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let url = pg.role_that_cannot_unlock("no_unlock").await;
-    let admin = pg.pool().await;
+    let url = pg.role("no_release").await;
     let fake = FakeNifty::builder()
         .rotation(true)
         .replay_revokes_grant(true)
@@ -95,9 +124,12 @@ async fn a_refresh_whose_unlock_fails_leaves_no_lock_for_the_next_process() {
         .await
         .unwrap();
     let store = PostgresStore::connect_builder(&url, fake.client_id())
+        .lock_lease(LEASE)
         .build()
         .unwrap();
     store.migrate().await.unwrap();
+    pg.forbid_release("no_release").await;
+    let admin = admin_of(&pg, "no_release").await;
     let fake_grant = fake.new_grant();
     let id = GrantId::new("refreshed").unwrap();
     let seed = TokenSet::new("expired-seed")
@@ -112,17 +144,16 @@ async fn a_refresh_whose_unlock_fails_leaves_no_lock_for_the_next_process() {
         .unwrap();
     grants.access_token(&id).await.unwrap();
     assert_eq!(fake_grant.token_calls(), 1);
+    // Its release failed: the row is there until it lapses.
+    assert_eq!(lease_rows(&admin).await, 1);
 
-    assert_eq!(settle(0, || advisory_locks(&admin)).await, 0);
-    let other = impatient_store(&url, fake.client_id());
+    let other = patient_store(&url, fake.client_id());
     let taken = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
         .await
-        .expect("the refresh left its lock held");
-    assert_ne!(
-        GrantStore::load_grant(&other, &id).await.unwrap().unwrap(),
-        seed,
-        "the refresh saved its rotated tokens"
-    );
+        .expect("the refresh's lease never lapsed");
+    let stored = GrantStore::load_grant(&other, &id).await.unwrap().unwrap();
+    assert_ne!(stored, seed, "the refresh saved its rotated tokens");
+    assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
     taken.release().await;
     assert_eq!(fake_grant.invalid_grants_served(), 0);
 }

@@ -1,6 +1,6 @@
-//! A connection checked out of the pool for one store call (or one held lock), every statement
-//! bounded by the query timeout. A connection that may be mid-statement or hold a lock when it is
-//! dropped is closed, never returned to the pool.
+//! A connection checked out of the pool for one store statement (or `migrate`'s transaction),
+//! every statement bounded by the query timeout. A connection that may be mid-statement or in a
+//! transaction when it is dropped is closed, never returned to the pool.
 
 use std::future::Future;
 use std::io;
@@ -14,11 +14,12 @@ use super::pg_error;
 
 /// A pool connection with the store's bounds.
 ///
-/// `tainted` says the session's state is not known to be clean: it may hold an advisory lock, an
-/// open transaction, or a statement whose answer never came. Dropped tainted, the connection is
-/// detached from the pool and its socket closed at once (no task, no graceful goodbye that a
-/// partitioned server would never answer): the pool opens a replacement, and the server, when it
-/// sees the close, ends the session and releases its advisory locks.
+/// `tainted` says the session's state is not known to be clean: it may hold an open transaction
+/// (and `migrate`'s transaction-level advisory lock), or a statement whose answer never came.
+/// Dropped tainted, the connection is detached from the pool and its socket closed at once (no
+/// task, no graceful goodbye that a partitioned server would never answer): the pool opens a
+/// replacement, and the server, when it sees the close, ends the session (rolling back what it had
+/// open).
 pub(super) struct Conn {
     connection: Option<PoolConnection<Postgres>>,
     tainted: bool,
@@ -46,7 +47,7 @@ impl Conn {
         })
     }
 
-    /// Marks the session as possibly holding a lock (or an open transaction): from now on it is
+    /// Marks the session as possibly in an open transaction: from now on it is
     /// closed when dropped, unless [`untaint`](Self::untaint) says it is clean again.
     pub(super) fn taint(&mut self) {
         self.tainted = true;
@@ -133,7 +134,7 @@ fn timed_out(what: &str, after: Duration) -> BoxError {
 
 fn unusable(what: &str) -> BoxError {
     io::Error::other(format!(
-        "postgres {what} not sent: the refresh lock's connection was closed after a statement \
+        "postgres {what} not sent: the connection was closed after a statement \
          timed out or was released"
     ))
     .into()

@@ -1,32 +1,33 @@
-//! The refresh lock: a session-level advisory lock on a connection checked out of the pool and
-//! held by the [`StoreLock`], and the fenced save that runs on that connection.
+//! The refresh lock: a lease row in the lock table (holder token, `expires_at` by the server's
+//! clock), taken with one statement, renewed by a watchdog while the [`StoreLock`] lives, checked
+//! by the fenced save in the save's own statement, and deleted on release. No connection is held
+//! while the lock is: each statement checks one out of the pool.
 
-use crate::store::wait::LockWait;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
-use super::conn::Conn;
 use super::PostgresStore;
 use crate::grants::GrantId;
+use crate::store::lease::{holder_id, watch, Lost};
+use crate::store::wait::LockWait;
 use crate::store::StoreLock;
 use crate::token::TokenSet;
 use tower::BoxError;
 
 const LOCK_POLL_MIN: Duration = Duration::from_millis(10);
 const LOCK_POLL_MAX: Duration = Duration::from_millis(250);
-/// Waiters wait this much beyond `max_hold` (a few polls of slack).
+/// Waiters wait this much beyond `max_hold + lease` (a few polls of slack).
 const WAIT_SLACK: Duration = Duration::from_secs(1);
 
 /// The transaction-level advisory lock `migrate` serializes `CREATE TABLE` with.
 pub(super) const MIGRATE_KEY: i64 = 0x6e69_6674_795f_6d67; // "nifty_mg"
 
-/// One held lock's connection, shared by the [`StoreLock`] (its release and its [`Fence`]) and, by
-/// a weak reference, the store's `held` map (so that `load` inside the refresh uses it).
-pub(super) struct Session {
-    pub(super) connection: tokio::sync::Mutex<Conn>,
+/// The statements on a lease row.
+#[derive(Clone, Copy)]
+enum Lease {
+    Take,
+    Renew,
+    Release,
 }
 
 /// What a [`PostgresStore`] attaches to its [`StoreLock`]: what the fenced save needs.
@@ -34,91 +35,155 @@ pub(super) struct Fence {
     table: String,
     client_id: String,
     grant: GrantId,
+    /// This lease's holder token.
+    holder: String,
     /// The row's `version` when the lock was taken (`None`: no row), advanced by each fenced save.
     version: parking_lot::Mutex<Option<i64>>,
-    session: Arc<Session>,
+    /// Set when the watchdog or a save found the lease held by someone else.
+    lost: Lost,
 }
 
 impl PostgresStore {
-    /// Takes `grant`'s advisory lock, polling (bounded) while another session holds it.
+    /// Takes `grant`'s lease, polling (bounded) while another holder's lease is current.
     pub(super) async fn acquire(
         &self,
         grant: &GrantId,
         max_hold: Duration,
     ) -> Result<StoreLock, BoxError> {
         let inner = &self.inner;
-        let key = lock_key(&inner.client_id, grant);
-        let wait = inner
-            .lock_wait
-            .unwrap_or_else(|| max_hold.saturating_add(WAIT_SLACK));
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| io::Error::other("PostgresStore needs a tokio runtime for its lock"))?;
+        let holder = holder_id();
+        // A live holder keeps its lease for up to `max_hold`; a dead one's lapses within a lease.
+        let wait = inner.lock_wait.unwrap_or_else(|| {
+            max_hold
+                .saturating_add(inner.lease)
+                .saturating_add(WAIT_SLACK)
+        });
         let mut waiting = LockWait::new(wait, LOCK_POLL_MIN, LOCK_POLL_MAX);
         loop {
-            let mut session = self.checkout().await?;
-            // Tainted before asking: an attempt whose answer never comes may have taken the lock,
-            // so its connection is closed (the server then releases the lock), never pooled.
-            session.taint();
-            let taken = session
-                .run("pg_try_advisory_lock", |c| {
-                    sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-                        .bind(key)
-                        .fetch_one(c)
-                })
-                .await?;
-            if taken {
-                let version = session
-                    .run("SELECT version", |c| {
-                        sqlx::query_scalar::<_, i64>(&inner.table.version)
-                            .bind(&inner.client_id)
-                            .bind(grant.as_str())
-                            .fetch_optional(c)
-                    })
-                    .await?;
-                return Ok(self.hold(grant, key, session, version));
+            match self.lease_statement(Lease::Take, grant, &holder).await {
+                Ok(1) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    // The statement may still land (a partition that heals): give it back.
+                    self.forget(&runtime, grant, &holder);
+                    return Err(e);
+                }
             }
-            // Not taken: the session holds nothing and goes back to the pool.
-            session.untaint();
-            drop(session);
             waiting
                 .pause(|wait| {
                     format!(
-                        "waited {wait:?} for the refresh lock of grant {grant} held by another \
-                         process"
+                        "waited {wait:?} for the refresh lock of grant {grant} (a lease row in {}) \
+                         held by another process",
+                        inner.table.lock_name
                     )
                 })
                 .await?;
         }
+        let version = async {
+            let mut conn = self.checkout().await?;
+            conn.run("SELECT version", |c| {
+                sqlx::query_scalar::<_, i64>(&inner.table.version)
+                    .bind(&inner.client_id)
+                    .bind(grant.as_str())
+                    .fetch_optional(c)
+            })
+            .await
+        }
+        .await;
+        match version {
+            Ok(version) => Ok(self.hold(&runtime, grant, holder, version)),
+            Err(e) => {
+                self.forget(&runtime, grant, &holder);
+                Err(e)
+            }
+        }
     }
 
-    fn hold(&self, grant: &GrantId, key: i64, connection: Conn, version: Option<i64>) -> StoreLock {
-        let session = Arc::new(Session {
-            connection: tokio::sync::Mutex::new(connection),
+    /// Runs one statement of the lease (take, renew, release) with (client id, grant, holder and,
+    /// for take and renew, the lease in ms) as its parameters, on a connection of its own; the rows
+    /// it affected.
+    async fn lease_statement(
+        &self,
+        statement: Lease,
+        grant: &GrantId,
+        holder: &str,
+    ) -> Result<u64, BoxError> {
+        let inner = &self.inner;
+        let (sql, what) = match statement {
+            Lease::Take => (&inner.table.take, "take the refresh lease"),
+            Lease::Renew => (&inner.table.renew, "renew the refresh lease"),
+            Lease::Release => (&inner.table.release, "release the refresh lease"),
+        };
+        let mut conn = self.checkout().await?;
+        let done = conn
+            .run(what, |c| {
+                let query = sqlx::query(sql)
+                    .bind(&inner.client_id)
+                    .bind(grant.as_str())
+                    .bind(holder);
+                let query = match statement {
+                    Lease::Release => query,
+                    Lease::Take | Lease::Renew => query.bind(inner.lease.as_secs_f64() * 1e3),
+                };
+                query.execute(c)
+            })
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes `holder`'s lease row if there is one, bounded; a failure is only logged: the lease
+    /// lapses by itself.
+    async fn release_lease(&self, grant: &GrantId, holder: &str) {
+        if let Err(e) = self.lease_statement(Lease::Release, grant, holder).await {
+            crate::trace::warning!(
+                error = %e,
+                "could not release the PostgreSQL refresh lock; its lease lapses by itself"
+            );
+            let _ = e;
+        }
+    }
+
+    /// A lock attempt failed (or its lock could not be used): releases whatever it may have taken,
+    /// in a task of its own so the caller's error is not delayed. At worst the lease lapses.
+    fn forget(&self, runtime: &tokio::runtime::Handle, grant: &GrantId, holder: &str) {
+        let (store, grant, holder) = (self.clone(), grant.clone(), holder.to_owned());
+        runtime.spawn(async move { store.release_lease(&grant, &holder).await });
+    }
+
+    /// Starts the watchdog for a lease just taken and wraps both in a [`StoreLock`].
+    fn hold(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        grant: &GrantId,
+        holder: String,
+        version: Option<i64>,
+    ) -> StoreLock {
+        let lost = Lost::default();
+        let (store, renew_grant, renew_holder) = (self.clone(), grant.clone(), holder.clone());
+        let label = format!("{} grant {grant}", self.inner.table.lock_name);
+        let watchdog = watch(runtime, self.inner.lease, lost.clone(), label, move || {
+            let (store, grant, holder) = (store.clone(), renew_grant.clone(), renew_holder.clone());
+            async move {
+                let renewed = store.lease_statement(Lease::Renew, &grant, &holder).await?;
+                Ok(renewed == 1)
+            }
         });
-        self.inner
-            .held
-            .lock()
-            .insert(grant.clone(), Arc::downgrade(&session));
         let fence = Fence {
             table: self.inner.table.name.clone(),
             client_id: self.inner.client_id.clone(),
             grant: grant.clone(),
+            holder: holder.clone(),
             version: parking_lot::Mutex::new(version),
-            session: Arc::clone(&session),
+            lost,
         };
-        let store = Arc::downgrade(&self.inner);
-        let grant = grant.clone();
-        // Dropping the release closure unrun (no runtime left) drops the last `Arc<Session>` with
-        // it: the connection is closed, and the server releases the lock.
+        let (store, grant) = (self.clone(), grant.clone());
+        // Dropping the release closure unrun (no runtime left) drops the watchdog too: it stops,
+        // and the lease lapses by itself.
         StoreLock::new(move || async move {
-            if let Some(store) = store.upgrade() {
-                let mut held = store.held.lock();
-                if held
-                    .get(&grant)
-                    .is_some_and(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(&session)))
-                {
-                    held.remove(&grant);
-                }
-            }
-            release(&session, key).await;
+            drop(watchdog);
+            store.release_lease(&grant, &holder).await;
         })
         .with_data(fence)
     }
@@ -148,8 +213,8 @@ impl PostgresStore {
             })
     }
 
-    /// Writes `tokens` only if the row's `version` is still what `fence` saw, on the lock's
-    /// connection (a session that died cannot save).
+    /// Writes `tokens` only if `fence`'s holder still holds the lease and the row's `version` is
+    /// still what `fence` saw: one statement, which locks the lease row until the write commits.
     pub(super) async fn save_fenced(
         &self,
         grant: &GrantId,
@@ -157,34 +222,41 @@ impl PostgresStore {
         fence: &Fence,
     ) -> Result<(), BoxError> {
         let inner = &self.inner;
+        if fence.lost.get() {
+            return Err(lease_lost(grant, &inner.table.lock_name));
+        }
         let value = self.seal(grant, tokens)?;
         let expected = *fence.version.lock();
-        let mut session = fence.session.connection.lock().await;
-        let saved = match expected {
+        let mut conn = self.checkout().await?;
+        let (leased, saved) = match expected {
             Some(version) => {
-                session
-                    .run("fenced save", |c| {
-                        sqlx::query_scalar::<_, i64>(&inner.table.update_fenced)
-                            .bind(&inner.client_id)
-                            .bind(grant.as_str())
-                            .bind(value)
-                            .bind(version)
-                            .fetch_optional(c)
-                    })
-                    .await?
+                conn.run("fenced save", |c| {
+                    sqlx::query_as::<_, (bool, Option<i64>)>(&inner.table.update_fenced)
+                        .bind(&inner.client_id)
+                        .bind(grant.as_str())
+                        .bind(value)
+                        .bind(version)
+                        .bind(&fence.holder)
+                        .fetch_one(c)
+                })
+                .await?
             }
             None => {
-                session
-                    .run("fenced save", |c| {
-                        sqlx::query_scalar::<_, i64>(&inner.table.insert_fenced)
-                            .bind(&inner.client_id)
-                            .bind(grant.as_str())
-                            .bind(value)
-                            .fetch_optional(c)
-                    })
-                    .await?
+                conn.run("fenced save", |c| {
+                    sqlx::query_as::<_, (bool, Option<i64>)>(&inner.table.insert_fenced)
+                        .bind(&inner.client_id)
+                        .bind(grant.as_str())
+                        .bind(value)
+                        .bind(&fence.holder)
+                        .fetch_one(c)
+                })
+                .await?
             }
         };
+        if !leased {
+            fence.lost.set();
+            return Err(lease_lost(grant, &inner.table.lock_name));
+        }
         match saved {
             Some(version) => {
                 *fence.version.lock() = Some(version);
@@ -200,59 +272,11 @@ impl PostgresStore {
     }
 }
 
-/// Unlocks and returns the connection to the pool. A connection whose unlock failed or timed out
-/// (or was never sent: the session broke earlier) is closed instead: the session may still hold the
-/// lock, and ending it is the one sure way to release it.
-async fn release(session: &Session, key: i64) {
-    let mut session = session.connection.lock().await;
-    let unlocked = session
-        .run("pg_advisory_unlock", |c| {
-            sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
-                .bind(key)
-                .fetch_one(c)
-        })
-        .await;
-    match unlocked {
-        // `false`: the session did not hold it (it was reset); it holds nothing either way.
-        Ok(_) => session.untaint(),
-        Err(e) => {
-            crate::trace::warning!(
-                error = %e,
-                "could not release the PostgreSQL refresh lock; closing its connection"
-            );
-            let _ = e;
-        }
-    }
-    session.finish();
-}
-
-/// The advisory lock key of (client id, grant id): the first 64 bits of SHA-256 over both,
-/// length-prefixed so that no two pairs give the same input.
-pub(super) fn lock_key(client_id: &str, grant: &GrantId) -> i64 {
-    let mut hash = Sha256::new();
-    hash.update(b"nifty-auth:postgres-lock:v1:");
-    hash.update((client_id.len() as u64).to_be_bytes());
-    hash.update(client_id.as_bytes());
-    hash.update(grant.as_str().as_bytes());
-    let digest = hash.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(first)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lock_keys_differ_by_client_and_grant_and_are_stable() {
-        let a = GrantId::new("a").unwrap();
-        let ab = GrantId::new("ab").unwrap();
-        let b = GrantId::new("b").unwrap();
-        assert_eq!(lock_key("c", &a), lock_key("c", &a));
-        assert_ne!(lock_key("c", &a), lock_key("c", &b));
-        assert_ne!(lock_key("c", &a), lock_key("d", &a));
-        // Client "ca" + grant "b" and client "c" + grant "ab" concatenate alike.
-        assert_ne!(lock_key("ca", &b), lock_key("c", &ab));
-    }
+fn lease_lost(grant: &GrantId, lock_table: &str) -> BoxError {
+    crate::store::LockLost::new(format!(
+        "fenced save refused: the refresh lock of grant {grant} (its lease row in {lock_table}) \
+         is held by another process (this lease lapsed and was taken over); not overwriting a \
+         possibly newer token set"
+    ))
+    .into()
 }

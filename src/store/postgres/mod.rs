@@ -1,14 +1,13 @@
 //! [`PostgresStore`]: the token sets of many grants, a row each, in PostgreSQL.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::str::FromStr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chacha20poly1305::XChaCha20Poly1305;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::{seal, BoxFuture, GrantStore, StoreLock, TokenStore};
 use crate::error::AuthError;
@@ -16,12 +15,14 @@ use crate::grants::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
 
+mod builder;
 mod conn;
 mod lock;
 mod table;
 
+pub use builder::PostgresStoreBuilder;
+use builder::Source;
 use conn::Conn;
-use lock::Session;
 use table::Table;
 
 /// The default table name.
@@ -33,13 +34,13 @@ pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 8;
 /// How long a store call waits for a connection from the pool (connecting included) before it
 /// fails; see [`PostgresStoreBuilder::acquire_timeout`].
 pub const DEFAULT_POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long the store waits for the answer to one statement (a load, a save, a lock attempt, an
-/// unlock) before the store call fails and the connection is closed; see
+/// How long the store waits for the answer to one statement (a load, a save, a lease statement)
+/// before the store call fails and the connection is closed; see
 /// [`PostgresStoreBuilder::query_timeout`].
 pub const DEFAULT_POSTGRES_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The longest lock wait and timeout the builder accepts.
-const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
+/// The default lease of the refresh lock: its holder's watchdog renews it every third of it; a
+/// holder that died is taken over within one lease. See [`PostgresStoreBuilder::lock_lease`].
+pub const DEFAULT_POSTGRES_LOCK_LEASE: Duration = Duration::from_secs(10);
 
 /// A [`GrantStore`] (a row per grant) and [`TokenStore`] (one row) in PostgreSQL, shared by every
 /// process of an app, with a cross-process refresh lock (feature `postgres`, built on sqlx with
@@ -64,62 +65,91 @@ const MAX_LOCK_WAIT: Duration = Duration::from_secs(60 * 60);
 ///   unicode) never become SQL. The table name cannot be a parameter, so it is validated (see
 ///   [`PostgresStoreBuilder::table`]) and quoted. Without encryption, read a token set with
 ///   `convert_from(token_set, 'UTF8')::jsonb`.
-/// - **The refresh lock** is a session-level advisory lock, `pg_try_advisory_lock(key)`, taken on
-///   a connection checked out of the pool and held by the [`StoreLock`] for the whole refresh.
-///   Processes that find it taken poll it (10 ms doubling to 250 ms, with jitter) for at most the
-///   refresh's worst-case time plus a second (or [`PostgresStoreBuilder::lock_wait`]). Releasing
-///   (or dropping) the `StoreLock` runs `pg_advisory_unlock` and returns the connection to the
-///   pool. **A lock never outlives its holder's intent:** a connection whose unlock failed (an
-///   error, a role that may not run it, a cancelled statement), timed out or could not be sent is
-///   closed instead, never returned to the pool — ending the session is the one sure way to
-///   release a session-level lock, so a lock never stays behind in the pool. A process that dies
-///   loses its session, and PostgreSQL releases its advisory locks at once: another process takes
-///   over as soon as it next polls. (A host that vanishes without closing its TCP connection is
-///   noticed by the server's TCP keepalives: tune `tcp_keepalives_idle` if that must be quick.)
-/// - **The lock key** is the first 64 bits of SHA-256 over (client id, grant id), length-prefixed.
-///   Two different grants share a key with probability about n²/2⁶⁵ for n grants (one in 37
-///   million for a million grants); if they do, their refreshes take turns — a short wait, never a
-///   wrong save, because the fence below is per row. Your own advisory locks share the same 64-bit
-///   space: hash-derived keys do not meet small integer ids in practice.
-/// - **Fenced saves.** When the lock is taken, the store reads the row's `version` on the lock's
-///   connection. [`save_locked`](TokenStore::save_locked) updates the row only if `version` still
-///   has that value (and increments it); otherwise it refuses with an error ("fenced save
-///   refused"), so a holder whose lock was lost (its session died and another process refreshed)
-///   cannot overwrite newer tokens. While the lock is held, [`load`](TokenStore::load) of that
-///   grant and the fenced save run on the lock's connection: **a refresh uses exactly one
-///   connection**, from taking the lock to its save.
+/// - **The refresh lock is a lease row** in a second table, `<table>_lock` (created by
+///   [`migrate`](Self::migrate); its SQL is below): a row per grant being refreshed, with a random
+///   holder token and `expires_at`, set by the server's clock to `now()` plus the lease
+///   ([`PostgresStoreBuilder::lock_lease`], default [`DEFAULT_POSTGRES_LOCK_LEASE`], 10 s). It is
+///   taken with one statement — insert the row, or take over a row whose lease has expired —
+///   so two processes never both hold it. While the [`StoreLock`] lives, a watchdog task renews
+///   the lease every third of it (the same watchdog as `RedisStore`'s), however long the refresh
+///   takes; releasing the `StoreLock` stops it and deletes the row if it is still this holder's.
+///   Processes that find the lock taken poll it (10 ms doubling to 250 ms, with jitter) for at
+///   most the refresh's worst-case time plus one lease plus a second (or
+///   [`PostgresStoreBuilder::lock_wait`]); past that they fail with a lock timeout
+///   ([`AuthError::RefreshLockHeld`](crate::AuthError::RefreshLockHeld)).
+/// - **The lock survives what ends sessions**: a PostgreSQL restart, a failover to a replica that
+///   has the row, a dropped connection, a pool that closes its connections. None of them lets
+///   another process refresh with the refresh token the holder's token call is rotating away: the
+///   holder's watchdog and save reconnect through the pool, and the lease is still theirs. (A
+///   session-level advisory lock, which this store used before, is released by all of these.)
+///   The row is only as durable as any committed row: with `synchronous_commit = off`, a crash can
+///   lose the last commits, the lease among them.
+/// - **A lock never outlives its holder's intent, and never needs its holder to let it go:** a
+///   holder that dies (or hangs, or is cut off) stops renewing, and its lease lapses within one
+///   lease; the next process takes it over then. A release that fails (PostgreSQL unreachable, a
+///   role that may not delete) is not retried: the lease lapses by itself. A lock attempt whose
+///   answer never came may have taken the lease when its statement finally lands: the store sends
+///   a delete of that attempt's row (best effort), and at worst that lease too lapses.
+/// - **No connection is held while the lock is:** each statement of a refresh (take the lease,
+///   load, the fenced save, each renewal, the release) checks a connection out of the pool for that
+///   statement only, never across the token call.
+/// - **Fenced saves.** When the lock is taken, the store reads the row's `version`.
+///   [`save_locked`](TokenStore::save_locked) writes in one statement that also locks the lease
+///   row: it updates the row only if this holder still holds the lease *and* `version` still has
+///   the value it read (and increments it); otherwise it refuses with
+///   [`LockLost`](crate::store::LockLost) ("fenced save refused"), so a holder whose lease moved on
+///   to another process, or whose row changed behind its back, cannot overwrite newer tokens. A
+///   lease that lapsed but was not taken over is still this holder's (no one else can have
+///   refreshed); a takeover waits for a save in progress, then reads what it wrote.
 /// - **PostgreSQL down**: requests keep using a still-valid cached access token (the hot path never
 ///   touches PostgreSQL); a refresh that is needed fails with [`AuthError::Store`] and never runs
 ///   without the lock. When the server is back, the pool reconnects and refreshes resume.
 /// - **Every call is bounded**, even when the server vanishes without closing its connections (a
 ///   network partition, a frozen host): getting a connection waits at most
 ///   [`acquire_timeout`](PostgresStoreBuilder::acquire_timeout) (connecting included, on your pool
-///   too), and each statement — a load, a save, a lock attempt, an unlock — at most
+///   too), and each statement — a load, a save, a lease statement — at most
 ///   [`query_timeout`](PostgresStoreBuilder::query_timeout) (defaults: 3 s each). A statement that
 ///   times out fails the call, and its connection is closed, never returned to the pool: its
-///   session may be mid-statement, or hold the lock an unanswered lock attempt took; the server
-///   ends it (and releases its locks) when it sees the close. A save whose answer never came may
-///   still have been applied: the fence below refuses any save made under a lock taken before it.
-///   One limit is sqlx's: a connection returned to the pool is checked with a ping in a task of its
-///   own, and a partition that starts at that moment holds that task until it heals.
+///   session may be mid-statement. A save whose answer never came may still have been applied: the
+///   fence refuses any save made under a lock taken before it. One limit is sqlx's: a connection
+///   returned to the pool is checked with a ping in a task of its own, and a partition that starts
+///   at that moment holds that task until it heals.
 /// - **Encryption at rest** ([`PostgresStoreBuilder::encryption_key`]): the same scheme as
 ///   `RedisStore`, XChaCha20-Poly1305 with a random nonce per save and the row's key (client id and
 ///   grant id) as associated data, so a ciphertext copied into another grant's row fails to open.
 ///
 /// # Pool sizing
 ///
-/// Each refresh in flight holds one connection from taking the lock until its tokens are saved (a
-/// token call: milliseconds to seconds); waiting for a lock held elsewhere holds none between polls.
-/// A refresh takes its token-call slot (`max_concurrent_token_calls` of a
-/// [`NiftyGrants`](crate::NiftyGrants), after any 429 pause) *before* its lock, so refreshes queued
-/// behind the slots hold no connection. The rule: **`max_concurrent_token_calls` + 1 connections**
-/// (the one extra for loads outside a refresh), plus what the app's own queries use if the pool is
-/// shared — a storm of 1,000 expired grants with 2 token calls at once on a pool of 3 completes with
-/// no store error (the test suite's `storm` test). A connection that holds a lock is checked out, so
-/// the app's queries cannot take it mid-refresh; but refreshes that cannot get a connection within
-/// the pool's acquire timeout fail with [`AuthError::Store`] (and are tried again later). If the
-/// app's own queries keep its pool busy, give the store a small pool of its own
+/// A refresh holds no connection while it waits for its token call, nor while it waits for a
+/// lock held elsewhere: it checks one out for each statement (a few milliseconds each). A pool of
+/// **2 connections** serves the store however many refreshes are in flight (the watchdog's
+/// renewals are one statement per lease third per held lock); a bigger pool only shortens queues
+/// when hundreds of grants refresh at once. Add what the app's own queries use if the pool is
+/// shared — a storm of 1,000 expired grants with 4 token calls at once on a pool of 2 completes
+/// with no store error (the test suite's `storm` test). A store call that cannot get a connection
+/// within the acquire timeout fails with [`AuthError::Store`] (and the refresh is tried again
+/// later). If the app's own queries keep its pool busy, give the store a small pool of its own
 /// ([`connect`](Self::connect), [`DEFAULT_POSTGRES_MAX_CONNECTIONS`] connections).
+///
+/// # The lock table
+///
+/// [`migrate`](Self::migrate) creates it; for your own migrations (the default name):
+///
+/// ```sql
+/// CREATE TABLE IF NOT EXISTS "nifty_auth_tokens_lock" (
+///     client_id  text        NOT NULL,
+///     grant_id   text        NOT NULL,
+///     holder     text        NOT NULL,
+///     expires_at timestamptz NOT NULL,
+///     PRIMARY KEY (client_id, grant_id)
+/// )
+/// ```
+///
+/// A row exists only while a refresh holds the lock (or a dead holder's lease has not been taken
+/// over); rows whose `expires_at` has passed are free and are taken over in place. The app's role
+/// needs `SELECT`, `INSERT`, `UPDATE` and `DELETE` on both tables (the fenced save locks the lease
+/// row with `FOR UPDATE`). Looking at the table is safe; deleting a live row lets a second process
+/// refresh at once — don't.
 ///
 /// # The window no client can close
 ///
@@ -154,27 +184,8 @@ struct Inner {
     table: Table,
     cipher: Option<XChaCha20Poly1305>,
     lock_wait: Option<Duration>,
-    acquire_timeout: Duration,
-    query_timeout: Duration,
-    /// The lock connections this process holds, so that `load` inside a refresh uses them.
-    held: parking_lot::Mutex<HashMap<GrantId, Weak<Session>>>,
-}
-
-enum Source {
-    Pool(PgPool),
-    Url(Box<Result<PgConnectOptions, String>>),
-}
-
-/// Configures a [`PostgresStore`]; made by [`PostgresStore::builder`] or
-/// [`PostgresStore::connect_builder`].
-pub struct PostgresStoreBuilder {
-    source: Source,
-    client_id: String,
-    table: String,
-    grant: String,
-    key: Option<[u8; 32]>,
-    lock_wait: Option<Duration>,
-    max_connections: u32,
+    /// The refresh lock's lease.
+    lease: Duration,
     acquire_timeout: Duration,
     query_timeout: Duration,
 }
@@ -212,9 +223,10 @@ impl PostgresStore {
         PostgresStoreBuilder::new(Source::Url(Box::new(options)), client_id.into())
     }
 
-    /// Creates the table if it does not exist (idempotent; concurrent calls from several processes
-    /// are serialized with a transaction-level advisory lock). The SQL is in the
-    /// [type docs](Self), for teams that run their own migrations.
+    /// Creates the token table and its lock table (`<table>_lock`) if they do not exist
+    /// (idempotent; concurrent calls from several processes are serialized with a
+    /// transaction-level advisory lock). Run it again after upgrading from a version without the
+    /// lock table. The SQL is in the [type docs](Self), for teams that run their own migrations.
     ///
     /// # Errors
     /// [`AuthError::Store`] if PostgreSQL cannot be reached or refuses (e.g. no `CREATE` right).
@@ -237,6 +249,10 @@ impl PostgresStore {
         .await?;
         conn.run("CREATE TABLE", |c| {
             sqlx::query(&inner.table.create).execute(c)
+        })
+        .await?;
+        conn.run("CREATE TABLE (lock)", |c| {
+            sqlx::query(&inner.table.create_lock).execute(c)
         })
         .await?;
         conn.run("COMMIT", |c| sqlx::query("COMMIT").execute(c))
@@ -300,18 +316,8 @@ impl PostgresStore {
         let query = sqlx::query_scalar::<_, Vec<u8>>(&inner.table.load)
             .bind(&inner.client_id)
             .bind(grant.as_str());
-        let held = inner.held.lock().get(grant).and_then(Weak::upgrade);
-        let stored = match held {
-            // Inside a refresh: the lock's connection (a lost session fails the re-read).
-            Some(session) => {
-                let mut session = session.connection.lock().await;
-                session.run("SELECT", |c| query.fetch_optional(c)).await?
-            }
-            None => {
-                let mut conn = self.checkout().await?;
-                conn.run("SELECT", |c| query.fetch_optional(c)).await?
-            }
-        };
+        let mut conn = self.checkout().await?;
+        let stored = conn.run("SELECT", |c| query.fetch_optional(c)).await?;
         stored.map(|stored| self.unseal(grant, &stored)).transpose()
     }
 
@@ -357,148 +363,6 @@ impl PostgresStore {
     }
 }
 
-impl PostgresStoreBuilder {
-    fn new(source: Source, client_id: String) -> Self {
-        PostgresStoreBuilder {
-            source,
-            client_id,
-            table: DEFAULT_POSTGRES_TABLE.to_owned(),
-            grant: DEFAULT_POSTGRES_GRANT.to_owned(),
-            key: None,
-            lock_wait: None,
-            max_connections: DEFAULT_POSTGRES_MAX_CONNECTIONS,
-            acquire_timeout: DEFAULT_POSTGRES_ACQUIRE_TIMEOUT,
-            query_timeout: DEFAULT_POSTGRES_QUERY_TIMEOUT,
-        }
-    }
-
-    /// The table: a plain (`nifty_auth_tokens`) or schema-qualified (`auth.nifty_tokens`) name, each
-    /// part lower-case ASCII letters, digits and `_`, not starting with a digit, at most 63 bytes
-    /// (anything else is a configuration error at [`build`](Self::build)). Defaults to
-    /// [`DEFAULT_POSTGRES_TABLE`].
-    pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.table = table.into();
-        self
-    }
-
-    /// The grant id of the row used when the store is a single-grant [`TokenStore`] (the store of
-    /// a `NiftyAuth`). Defaults to [`DEFAULT_POSTGRES_GRANT`]. A [`NiftyGrants`](crate::NiftyGrants)
-    /// passes its own grant ids and ignores it.
-    pub fn grant(mut self, grant: impl Into<String>) -> Self {
-        self.grant = grant.into();
-        self
-    }
-
-    /// Encrypts the stored token sets with this 256-bit key (XChaCha20-Poly1305). Every process
-    /// needs the same key. Defaults to no encryption.
-    pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
-        self.key = Some(key);
-        self
-    }
-
-    /// How long to wait for a refresh lock held by another process. Defaults to the refresh's
-    /// worst-case time (what the token manager passes as `max_hold`) plus one second; between
-    /// 1 ms and one hour.
-    pub fn lock_wait(mut self, wait: Duration) -> Self {
-        self.lock_wait = Some(wait);
-        self
-    }
-
-    /// The size of the store's own pool (only with [`PostgresStore::connect_builder`]). Defaults
-    /// to [`DEFAULT_POSTGRES_MAX_CONNECTIONS`]; at least 1. See "Pool sizing" on [`PostgresStore`].
-    pub fn max_connections(mut self, max: u32) -> Self {
-        self.max_connections = max;
-        self
-    }
-
-    /// How long a store call waits for a connection from the pool, connecting included. Defaults
-    /// to [`DEFAULT_POSTGRES_ACQUIRE_TIMEOUT`]; between 1 ms and one hour.
-    ///
-    /// It bounds every pool: with [`PostgresStore::connect_builder`] it is also the store's own
-    /// pool's acquire timeout; on the app's pool ([`PostgresStore::builder`]) the store gives up
-    /// after it even if the pool's own timeout is longer (sqlx's default is 30 s).
-    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.acquire_timeout = timeout;
-        self
-    }
-
-    /// How long the store waits for the answer to each statement it sends: a load, a save, a lock
-    /// attempt, an unlock, the steps of [`migrate`](PostgresStore::migrate). Defaults to
-    /// [`DEFAULT_POSTGRES_QUERY_TIMEOUT`]; between 1 ms and one hour.
-    ///
-    /// A statement that times out (a server that went away without closing its connections: a
-    /// network partition, a frozen host) fails the store call — the token manager reports it as
-    /// [`AuthError::Store`] — and its connection is closed, never returned to the pool: its session
-    /// may be mid-statement, or may hold the lock that an unanswered lock attempt took. When the
-    /// server sees the connection close it ends the session and releases its advisory locks. This
-    /// is a bound kept by the client; PostgreSQL's own `statement_timeout` setting is not changed.
-    pub fn query_timeout(mut self, timeout: Duration) -> Self {
-        self.query_timeout = timeout;
-        self
-    }
-
-    /// Builds the store. No I/O.
-    ///
-    /// # Errors
-    /// [`AuthError::Configuration`] for an empty client id or one with control characters, a bad
-    /// table name, an invalid grant id, a malformed URL, a lock wait out of range, or a pool of
-    /// zero connections.
-    pub fn build(self) -> Result<PostgresStore, AuthError> {
-        if self.client_id.is_empty() || self.client_id.chars().any(char::is_control) {
-            return Err(AuthError::config(
-                "PostgresStore needs a client id without control characters",
-            ));
-        }
-        let table = Table::new(&self.table)?;
-        let grant = GrantId::new(self.grant)?;
-        if let Some(wait) = self.lock_wait {
-            in_range("lock_wait", wait)?;
-        }
-        in_range("acquire_timeout", self.acquire_timeout)?;
-        in_range("query_timeout", self.query_timeout)?;
-        let pool = match self.source {
-            Source::Pool(pool) => pool,
-            Source::Url(options) => {
-                let options = (*options).map_err(AuthError::config)?;
-                if self.max_connections == 0 {
-                    return Err(AuthError::config(
-                        "PostgresStore needs at least one connection",
-                    ));
-                }
-                PgPoolOptions::new()
-                    .max_connections(self.max_connections)
-                    .min_connections(0)
-                    .acquire_timeout(self.acquire_timeout)
-                    .connect_lazy_with(options)
-            }
-        };
-        Ok(PostgresStore {
-            inner: Arc::new(Inner {
-                pool,
-                client_id: self.client_id,
-                grant,
-                table,
-                cipher: self.key.map(seal::cipher),
-                lock_wait: self.lock_wait,
-                acquire_timeout: self.acquire_timeout,
-                query_timeout: self.query_timeout,
-                held: parking_lot::Mutex::new(HashMap::new()),
-            }),
-        })
-    }
-}
-
-/// A duration setting between 1 ms and one hour.
-fn in_range(name: &str, value: Duration) -> Result<(), AuthError> {
-    let min = Duration::from_millis(1);
-    if value < min || value > MAX_LOCK_WAIT {
-        return Err(AuthError::config(format!(
-            "PostgresStore {name} must be between {min:?} and {MAX_LOCK_WAIT:?} (got {value:?})"
-        )));
-    }
-    Ok(())
-}
-
 impl GrantStore for PostgresStore {
     fn load_grant<'a>(
         &'a self,
@@ -520,7 +384,7 @@ impl GrantStore for PostgresStore {
         Box::pin(self.delete_row(grant))
     }
 
-    /// Takes `grant`'s advisory lock (see [`PostgresStore`]).
+    /// Takes `grant`'s lease (see [`PostgresStore`]).
     fn lock_grant<'a>(
         &'a self,
         grant: &'a GrantId,
@@ -529,7 +393,8 @@ impl GrantStore for PostgresStore {
         Box::pin(self.acquire(grant, max_hold))
     }
 
-    /// Saves only if the row's `version` is still what `lock` saw (see [`PostgresStore`]).
+    /// Saves only if `lock`'s lease is still this holder's and the row's `version` is still what
+    /// `lock` saw (see [`PostgresStore`]).
     fn save_grant_locked<'a>(
         &'a self,
         grant: &'a GrantId,
@@ -573,23 +438,10 @@ impl fmt::Debug for PostgresStore {
             .field("client_id", &self.inner.client_id)
             .field("grant", &self.inner.grant)
             .field("lock_wait", &self.inner.lock_wait)
+            .field("lock_lease", &self.inner.lease)
             .field("acquire_timeout", &self.inner.acquire_timeout)
             .field("query_timeout", &self.inner.query_timeout)
             .field("encrypted", &self.inner.cipher.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Debug for PostgresStoreBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresStoreBuilder")
-            .field("client_id", &self.client_id)
-            .field("table", &self.table)
-            .field("grant", &self.grant)
-            .field("lock_wait", &self.lock_wait)
-            .field("acquire_timeout", &self.acquire_timeout)
-            .field("query_timeout", &self.query_timeout)
-            .field("encrypted", &self.key.is_some())
             .finish_non_exhaustive()
     }
 }

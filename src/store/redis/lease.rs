@@ -1,14 +1,13 @@
 //! The refresh lock as a lease: taken with `SET NX PX <lock ttl>`, kept alive by a watchdog task
 //! while the [`StoreLock`] lives, released with a compare-and-delete, checked by the fenced save.
 
+use crate::store::lease::{holder_id, watch, Lost};
 use crate::store::wait::LockWait;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use tokio::task::JoinHandle;
 
 use super::connection::Connection;
 use super::{millis, Keys, RedisStore};
@@ -64,16 +63,7 @@ pub(super) struct Lease {
     lock_key: String,
     owner: String,
     /// Set when the watchdog or the fence found the lock gone or taken by someone else.
-    lost: Arc<AtomicBool>,
-}
-
-/// Aborts the watchdog task when dropped: with the lock's release, or with the lock itself.
-struct Watchdog(JoinHandle<()>);
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    lost: Lost,
 }
 
 impl RedisStore {
@@ -87,7 +77,7 @@ impl RedisStore {
         let inner = &self.inner;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| io::Error::other("RedisStore needs a tokio runtime for its lock"))?;
-        let owner = owner_id();
+        let owner = holder_id();
         // A live holder keeps its lease for up to `max_hold`; a dead one's lapses within one TTL.
         let wait = max_hold
             .saturating_add(inner.lock_ttl)
@@ -170,14 +160,23 @@ impl RedisStore {
         owner: String,
         key: String,
     ) -> StoreLock {
-        let lost = Arc::new(AtomicBool::new(false));
-        let watchdog = Watchdog(runtime.spawn(extend_while_held(
-            connection.clone(),
-            key.clone(),
-            owner.clone(),
-            self.inner.lock_ttl,
-            Arc::clone(&lost),
-        )));
+        let lost = Lost::default();
+        let ttl = self.inner.lock_ttl;
+        let (renewing, renew_key, renew_owner) = (connection.clone(), key.clone(), owner.clone());
+        // The watchdog: a compare-and-`PEXPIRE` every third of the TTL.
+        let watchdog = watch(runtime, ttl, lost.clone(), key.clone(), move || {
+            let mut connection = renewing.clone();
+            let (key, owner) = (renew_key.clone(), renew_owner.clone());
+            async move {
+                let extended: i64 = EXTEND
+                    .key(&key)
+                    .arg(&owner)
+                    .arg(millis(ttl))
+                    .invoke_async(&mut connection)
+                    .await?;
+                Ok(extended == 1)
+            }
+        });
         let lease = Lease {
             lock_key: key.clone(),
             owner: owner.clone(),
@@ -233,7 +232,7 @@ impl RedisStore {
         lease: &Lease,
     ) -> Result<(), BoxError> {
         let inner = &self.inner;
-        if lease.lost.load(Ordering::Acquire) {
+        if lease.lost.get() {
             return Err(lost(&keys.lock));
         }
         let value = self.seal(tokens, &keys.tokens)?;
@@ -264,7 +263,7 @@ impl RedisStore {
             })
             .await?;
         if saved != 1 {
-            lease.lost.store(true, Ordering::Release);
+            lease.lost.set();
             return Err(lost(&keys.lock));
         }
         // Saved on the master but not acknowledged: an ordinary store error (the lock is still
@@ -281,52 +280,6 @@ fn lost(lock_key: &str) -> BoxError {
     .into()
 }
 
-/// After an extension failed, the watchdog tries again this soon, doubling up to
-/// [`EXTEND_RETRY_MAX`] (never beyond its period).
-const EXTEND_RETRY_MIN: Duration = Duration::from_millis(100);
-const EXTEND_RETRY_MAX: Duration = Duration::from_secs(1);
-
-/// The watchdog: extends the lease every third of its TTL until aborted or the lock is lost. An
-/// extension that fails (a failover, a node briefly unreachable) is tried again within a second,
-/// not a period later: a store that answers again before the lease lapses gets it extended in time,
-/// so no other process takes a lock whose holder is alive (and may hold rotated tokens unsaved).
-async fn extend_while_held(
-    mut connection: Connection,
-    key: String,
-    owner: String,
-    ttl: Duration,
-    lost: Arc<AtomicBool>,
-) {
-    let period = (ttl / 3).max(Duration::from_millis(1));
-    let mut pause = period;
-    loop {
-        tokio::time::sleep(pause).await;
-        let extended: Result<i64, _> = EXTEND
-            .key(&key)
-            .arg(&owner)
-            .arg(millis(ttl))
-            .invoke_async(&mut connection)
-            .await;
-        match extended {
-            Ok(1) => pause = period,
-            Ok(_) => {
-                lost.store(true, Ordering::Release);
-                crate::trace::warning!(
-                    lock = %key,
-                    "the Redis refresh lock was lost; this process will not save under it"
-                );
-                return;
-            }
-            // Try again soon; if the lease lapses meanwhile, the fenced save refuses.
-            Err(e) => {
-                crate::trace::warning!(error = %e, "could not extend the Redis refresh lock");
-                let _ = e;
-                pause = retry_pause(pause, period);
-            }
-        }
-    }
-}
-
 async fn release(mut connection: Connection, key: String, owner: String) {
     let released: Result<i64, _> = RELEASE
         .key(&key)
@@ -337,45 +290,5 @@ async fn release(mut connection: Connection, key: String, owner: String) {
         // Not retried: the lease lapses by itself within one lock TTL.
         crate::trace::warning!(error = %e, "could not release the Redis refresh lock");
         let _ = e;
-    }
-}
-
-/// A unique token for one lock attempt: process id and 128 random bits.
-fn owner_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hex}", std::process::id())
-}
-
-/// The watchdog's pause after a failed extension, given the pause before it.
-fn retry_pause(previous: Duration, period: Duration) -> Duration {
-    let next = if previous >= period {
-        EXTEND_RETRY_MIN
-    } else {
-        previous.saturating_mul(2).min(EXTEND_RETRY_MAX)
-    };
-    next.min(period)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_extension_is_tried_again_within_a_second_never_later_than_a_period() {
-        let period = Duration::from_millis(3_333);
-        let pauses: Vec<u64> =
-            std::iter::successors(Some(period), |&p| Some(retry_pause(p, period)))
-                .skip(1)
-                .take(6)
-                .map(|p| p.as_millis() as u64)
-                .collect();
-        assert_eq!(pauses, [100, 200, 400, 800, 1_000, 1_000]);
-        let short = Duration::from_millis(150);
-        assert_eq!(retry_pause(short, short), Duration::from_millis(100));
-        assert_eq!(retry_pause(Duration::from_millis(100), short), short);
     }
 }
