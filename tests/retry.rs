@@ -381,3 +381,42 @@ async fn a_401_from_a_request_with_the_callers_own_authorization_is_not_retried(
         Some("Bearer caller-chosen")
     );
 }
+
+/// A 401 that comes back for a token the manager has already replaced (another request's 401
+/// refreshed meanwhile) is retried with the newer token at once: no refresh is started for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_for_a_token_already_replaced_is_retried_with_the_newer_one_without_a_refresh() {
+    let fake = FakeNifty::start().await.unwrap();
+    let auth = auth(&fake);
+    let svc = service(&auth);
+    let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fake.token_calls(), 1);
+
+    // B goes out with that token and is held at the API.
+    let mut hold = fake.hold_next_api_answer();
+    let b = tokio::spawn({
+        let (svc, url) = (svc.clone(), fake.api_url("/projects"));
+        async move { send(&svc, get(url)).await }
+    });
+    hold.arrived().await;
+
+    // The token is revoked: A's 401 refreshes, and A's retry gets through.
+    fake.revoke_access_tokens();
+    let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fake.token_calls(), 2);
+    let refreshes = auth.stats().refreshes;
+
+    // B's answer is a 401 for the token A's refresh replaced.
+    hold.release();
+    let (status, _) = b.await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK, "B was retried with the newer token");
+    assert_eq!(fake.token_calls(), 2);
+    assert_eq!(
+        auth.stats().refreshes,
+        refreshes,
+        "no refresh was started for a 401 of a token already replaced"
+    );
+    assert_eq!(fake.unauthorized_served(), 2);
+}

@@ -219,7 +219,10 @@ async fn remove_forgets_the_grant_and_deletes_it_from_the_store() {
 
     grants.remove(gone).await.unwrap();
     let err = handle.access_token().await.unwrap_err();
-    assert!(err.is_grant_removed(), "the old handle still served it: {err:?}");
+    assert!(
+        err.is_grant_removed(),
+        "the old handle still served it: {err:?}"
+    );
     assert!(handle.tokens().is_none(), "its token is forgotten");
     assert_eq!(GrantStore::load_grant(&store, gone).await.unwrap(), None);
     assert_eq!(grants.cached_grants(), 1);
