@@ -324,3 +324,37 @@ async fn the_middleware_reads_the_grant_from_reqwest_extensions_and_refuses_requ
     assert!(err.is_missing_grant(), "{err}");
     assert_eq!(fake.api_calls(), calls, "the request was not sent");
 }
+
+/// A request through the layer in a grant's skew window goes out with the current token and starts
+/// that grant's refresh in the background, before the token expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_the_skew_window_starts_the_grants_refresh_in_the_background() {
+    let fake = FakeNifty::builder()
+        .token_lifetime(Some(Duration::from_secs(4)))
+        .start()
+        .await
+        .unwrap();
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 1).await;
+    let (id, grant) = &seeded[0];
+    // The skew is clamped to half a token's life: the refresh point is 2 s after issue.
+    let grants = grants_builder(&fake)
+        .refresh_skew(Duration::from_secs(60))
+        .store(store)
+        .build()
+        .unwrap();
+    let svc = client(&grants);
+    assert_eq!(whoami(&svc, &fake, id).await.unwrap(), key(grant));
+    assert_eq!(grant.token_calls(), 1);
+
+    // Into the window (2 s to 4 s after issue): the request is served, and the refresh starts.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(whoami(&svc, &fake, id).await.unwrap(), key(grant));
+    let mut polls = 0;
+    while grant.token_calls() < 2 {
+        polls += 1;
+        assert!(polls < 500, "no refresh started from the skew window");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(grant.token_calls(), 2);
+}
