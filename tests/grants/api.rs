@@ -333,3 +333,90 @@ fn hostile_grant_ids_are_rejected_or_kept_as_plain_data() {
     let err = GrantId::new("").unwrap_err();
     assert!(matches!(err, AuthError::Configuration { .. }), "{err:?}");
 }
+
+/// A grants store over a `MemoryStore` whose saves can be made to fail.
+#[derive(Clone, Default)]
+struct SavesFail {
+    inner: MemoryStore,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GrantStore for SavesFail {
+    fn load_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> nifty_auth::store::BoxFuture<'a, Result<Option<TokenSet>, nifty_auth::BoxError>> {
+        self.inner.load_grant(grant)
+    }
+
+    fn save_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> nifty_auth::store::BoxFuture<'a, Result<(), nifty_auth::BoxError>> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err("the store refuses writes".into()) });
+        }
+        self.inner.save_grant(grant, tokens)
+    }
+
+    fn remove_grant<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> nifty_auth::store::BoxFuture<'a, Result<(), nifty_auth::BoxError>> {
+        self.inner.remove_grant(grant)
+    }
+}
+
+/// Rotated tokens waiting unsaved keep their grant cached even when no task holds it any more
+/// (its runtime shut down with the rescue): evicting it would lose the only live refresh token.
+#[test]
+fn a_grant_with_unsaved_tokens_is_never_evicted_even_with_no_task_left() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = main.block_on(FakeNifty::start()).unwrap();
+    let store = SavesFail::default();
+    let seeded = main.block_on(seed(&fake, &store.inner, 2));
+    let ((x, x_grant), (y, _)) = (&seeded[0], &seeded[1]);
+    let grants = grants_builder(&fake)
+        .max_cached_grants(1)
+        .store(store.clone())
+        .build()
+        .unwrap();
+
+    // X refreshes in a runtime of its own and cannot save; that runtime shuts down.
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first
+        .block_on(grants.access_token(x))
+        .expect_err("the save failed");
+    drop(first);
+    assert_eq!(x_grant.token_calls(), 1);
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    main.block_on(async {
+        // Y pushes the registry past its capacity of one: X holds unsaved tokens, so it stays.
+        grants.access_token(y).await.unwrap();
+        assert_eq!(
+            grants.cached_grants(),
+            2,
+            "X was evicted with its unsaved tokens"
+        );
+        // X's next use saves its tokens: no second token call, nothing replayed.
+        grants.access_token(x).await.unwrap();
+        assert_eq!(x_grant.token_calls(), 1);
+        assert_eq!(fake.invalid_grants_served(), 0);
+        let stored = store.inner.load_grant(x).await.unwrap().unwrap();
+        assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
+    });
+}
