@@ -96,7 +96,7 @@ impl TokenStore for Replica {
 
 /// A replica of the app on `store`: one token call attempt of at most 500 ms, so a refresh lock
 /// held elsewhere is waited for at most the longest refresh (500 ms + the store margin).
-fn replica(fake: &FakeNifty, store: Replica) -> NiftyAuth {
+fn replica(fake: &FakeNifty, store: impl TokenStore) -> NiftyAuth {
     builder(fake)
         .token_timeout(Duration::from_millis(500))
         .token_attempts(1)
@@ -664,13 +664,10 @@ async fn parked_tokens_whose_lock_the_fence_says_is_lost_are_saved_under_a_new_l
     let path = dir.path().join("tokens.json");
     seed_expired(&fake, &path).await;
     let fenced = Fenced::new(&path);
-    let a = builder(&fake)
-        .token_timeout(Duration::from_millis(500))
-        .token_attempts(1)
-        .store(fenced.clone())
-        .build()
-        .unwrap();
-    let b = replica(&fake, Replica::new(&path));
+    let (a, b) = (
+        replica(&fake, fenced.clone()),
+        replica(&fake, Replica::new(&path)),
+    );
 
     // A's lock is lost from the start: every save under it is refused by the fence. A keeps the
     // rotated tokens, and — the fence having said so — gives that lock up for a new one instead of
@@ -716,13 +713,10 @@ async fn parked_tokens_older_than_what_another_replica_saved_meanwhile_are_dropp
     let path = dir.path().join("tokens.json");
     seed_expired(&fake, &path).await;
     let fenced = Fenced::new(&path);
-    let a = builder(&fake)
-        .token_timeout(Duration::from_millis(500))
-        .token_attempts(1)
-        .store(fenced.clone())
-        .build()
-        .unwrap();
-    let b = replica(&fake, Replica::new(&path));
+    let (a, b) = (
+        replica(&fake, fenced.clone()),
+        replica(&fake, Replica::new(&path)),
+    );
 
     // A refreshes; its saves land but their answers are lost: A parks its tokens, keeps the lock.
     // Right after the last lost answer A is cut off from the store (its rescue can do nothing).
