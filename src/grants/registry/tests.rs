@@ -112,3 +112,28 @@ fn the_same_grant_is_one_manager() {
     assert_eq!(registry.len(), 1);
     assert!(Arc::ptr_eq(&registry.get(&id("a")).unwrap(), &newer));
 }
+
+#[test]
+fn using_a_grant_marks_it_used_now() {
+    let registry = Registry::new(8);
+    let first = insert(&registry, "a");
+    assert_eq!(first.last_used.load(Relaxed), 1, "marked at its insertion");
+    drop(insert(&registry, "b"));
+    assert_eq!(first.last_used.load(Relaxed), 1);
+    drop(registry.get(&id("a")));
+    assert_eq!(
+        first.last_used.load(Relaxed),
+        2,
+        "a lookup marks it with the current tick"
+    );
+}
+
+#[test]
+fn grants_spread_over_every_shard() {
+    let registry = Registry::new(8);
+    let mut used = std::collections::HashSet::new();
+    for i in 0..1_000 {
+        used.insert(registry.shard(&id(&format!("g-{i}"))) as *const Mutex<Map>);
+    }
+    assert_eq!(used.len(), SHARDS);
+}
