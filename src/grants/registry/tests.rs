@@ -137,3 +137,14 @@ fn grants_spread_over_every_shard() {
     }
     assert_eq!(used.len(), SHARDS);
 }
+
+#[test]
+fn its_debug_says_how_full_it_is() {
+    let registry = Registry::new(3);
+    drop(insert(&registry, "a"));
+    drop(insert(&registry, "b"));
+    assert_eq!(
+        format!("{registry:?}"),
+        "Registry { cached: 2, capacity: 3, evictions: 0 }"
+    );
+}
