@@ -181,6 +181,11 @@ async fn a_replica_waiting_past_its_bound_gets_refresh_lock_held_and_makes_no_to
     // bounded and ends in a typed, transient error that says why.
     let err = b.access_token().await.expect_err("the lock is held");
     assert!(err.is_refresh_lock_held(), "{err:?}");
+    // B waited its whole bound: the longest refresh (one 500 ms attempt) plus the store margin.
+    assert!(
+        matches!(err, AuthError::RefreshLockHeld { waited } if waited >= Duration::from_secs(10)),
+        "{err:?}"
+    );
     assert!(err.is_transient(), "{err:?}");
     assert!(err.to_string().contains("refresh lock"), "{err}");
     assert_eq!(fake.token_calls(), 1, "B made no token call");

@@ -114,3 +114,22 @@ impl fmt::Display for LockLost {
 }
 
 impl error::Error for LockLost {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_errors_say_why_and_how_long() {
+        let timeout = LockTimeout::new(
+            Duration::from_millis(1_500),
+            "another process holds the lock",
+        );
+        assert_eq!(timeout.waited(), Duration::from_millis(1_500));
+        assert_eq!(timeout.to_string(), "another process holds the lock");
+        assert_eq!(
+            LockLost::new("the lease lapsed").to_string(),
+            "the lease lapsed"
+        );
+    }
+}
