@@ -102,7 +102,7 @@ struct State {
     /// none). A store that holds one of them again has lost a save: the tokens in memory are
     /// newer. A store holding a refresh token that is neither one of these nor the parked one has
     /// moved on past the parked tokens (another replica refreshed from them, or a re-authorization).
-    replaced: [u64; REPLACED_KEPT],
+    replaced: [u32; REPLACED_KEPT],
     /// A terminal error (invalid_grant, 401, 403 from the endpoint; a removed grant): no token call
     /// until new tokens. (Rare, so boxed: an idle grant of many keeps its state small.)
     terminal: Option<Box<Latched>>,
@@ -115,18 +115,24 @@ struct State {
 }
 
 /// How many replaced refresh tokens a manager remembers (see `State::replaced`).
-const REPLACED_KEPT: usize = 4;
+const REPLACED_KEPT: usize = 2;
+
+/// 32 bits of a refresh token's [`fingerprint`] (never 0): enough to tell the few refresh tokens a
+/// manager remembers apart, in the space one 64-bit fingerprint took (an idle grant stays small).
+fn short_fingerprint(refresh_token: &str) -> u32 {
+    ((fingerprint(refresh_token) >> 32) as u32).max(1)
+}
 
 impl State {
     /// Whether `refresh_token` is one this manager's refreshes replaced.
     fn replaced(&self, refresh_token: &str) -> bool {
-        self.replaced.contains(&fingerprint(refresh_token))
+        self.replaced.contains(&short_fingerprint(refresh_token))
     }
 
     /// Remembers that a refresh replaced `refresh_token`.
     fn remember_replaced(&mut self, refresh_token: &str) {
         self.replaced.rotate_right(1);
-        self.replaced[0] = fingerprint(refresh_token);
+        self.replaced[0] = short_fingerprint(refresh_token);
     }
 }
 

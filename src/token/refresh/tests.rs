@@ -144,13 +144,19 @@ fn the_store_has_moved_on_past_parked_tokens_only_with_a_refresh_token_this_mana
 }
 
 #[test]
-fn a_manager_remembers_its_last_four_replaced_refresh_tokens() {
+fn a_manager_remembers_its_last_two_replaced_refresh_tokens_in_a_small_state() {
     let mut state = State::default();
-    for i in 0..6 {
+    for i in 0..4 {
         state.remember_replaced(&format!("refresh-token-{i}"));
     }
-    let remembered: Vec<bool> = (0..6)
+    let remembered: Vec<bool> = (0..4)
         .map(|i| state.replaced(&format!("refresh-token-{i}")))
         .collect();
-    assert_eq!(remembered, [false, false, true, true, true, true]);
+    assert_eq!(remembered, [false, false, true, true]);
+    // What a grant of 100,000 keeps idle: the history costs no more than one 64-bit fingerprint did.
+    assert!(
+        std::mem::size_of::<State>() <= 56,
+        "{}",
+        std::mem::size_of::<State>()
+    );
 }
