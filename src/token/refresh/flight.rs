@@ -124,9 +124,8 @@ impl TokenManager {
                 return;
             }
             if state
-                .background_not_before
-                .as_deref()
-                .is_some_and(|t| Instant::now() < *t)
+                .background_not_before()
+                .is_some_and(|t| Instant::now() < t)
             {
                 return;
             }
@@ -182,7 +181,7 @@ impl TokenManager {
                     < instant_after(current.published_at, self.policy.unauthorized_cooldown)
             };
             if current.generation == generation
-                && state.rejected == generation
+                && state.rejected() == generation
                 && state.in_flight.is_none()
                 && young()
             {
@@ -211,7 +210,7 @@ impl TokenManager {
     pub(crate) fn rejected_again(&self, generation: u64) {
         let mut state = self.state.lock();
         if self.cache.load().generation == generation {
-            state.rejected = generation;
+            state.rare_mut().rejected = generation;
         }
     }
 
@@ -360,8 +359,8 @@ impl TokenManager {
                         .endpoint
                         .as_ref()
                         .map_or(Duration::from_secs(1), |e| e.backoff.max);
-                    self.state.lock().background_not_before =
-                        Some(Box::new(instant_after(Instant::now(), cooldown)));
+                    self.state.lock().rare_mut().background_not_before =
+                        Some(instant_after(Instant::now(), cooldown));
                 }
             }
         }

@@ -108,8 +108,15 @@ struct State {
     terminal: Option<Box<Latched>>,
     /// Tokens obtained (a rotation, a re-authorization) whose save failed.
     pending: Option<Box<Pending>>,
-    /// No background refresh before this instant (after a failed one; rare, so boxed).
-    background_not_before: Option<Box<Instant>>,
+    /// What few grants ever have (boxed: an idle grant of many keeps its state small).
+    rare: Option<Box<Rare>>,
+}
+
+/// The state only a grant that met a failure has.
+#[derive(Default)]
+struct Rare {
+    /// No background refresh before this instant (after a failed one).
+    background_not_before: Option<Instant>,
     /// The last generation a retry after a 401 found rejected too (0: none; generations start at 1).
     rejected: u64,
 }
@@ -124,6 +131,20 @@ fn short_fingerprint(refresh_token: &str) -> u32 {
 }
 
 impl State {
+    fn background_not_before(&self) -> Option<Instant> {
+        self.rare
+            .as_ref()
+            .and_then(|rare| rare.background_not_before)
+    }
+
+    fn rejected(&self) -> u64 {
+        self.rare.as_ref().map_or(0, |rare| rare.rejected)
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     /// Whether `refresh_token` is one this manager's refreshes replaced.
     fn replaced(&self, refresh_token: &str) -> bool {
         self.replaced.contains(&short_fingerprint(refresh_token))

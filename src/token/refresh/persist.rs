@@ -335,8 +335,7 @@ impl TokenManager {
                 return Err(AuthError::GrantRemoved);
             }
             self.lift(&mut state);
-            state.background_not_before = None;
-            state.rejected = 0;
+            state.rare = None;
             let kept = state.pending.as_mut().and_then(|p| p.lock.take());
             state.pending = Some(Box::new(Pending {
                 tokens: tokens.clone(),
