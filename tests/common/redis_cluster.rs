@@ -124,7 +124,7 @@ impl RedisCluster {
             .collect();
         let mut cluster = RedisCluster { nodes, _dir: dir };
         for i in 0..6 {
-            cluster.launch_index(i);
+            cluster.launch_index(i, true);
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -145,29 +145,52 @@ impl RedisCluster {
         Some(cluster)
     }
 
-    fn launch_index(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        let child = Command::new("redis-server")
-            .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", "1000"])
-            .args(["--cluster-require-full-coverage", "no"])
-            .args(["--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(&node.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        node.child = Some(child);
-        let port = node.port;
-        poll(
-            &format!("redis-server on port {port}"),
-            Duration::from_secs(30),
-            || TcpStream::connect(("127.0.0.1", port)).ok(),
-        );
+    /// Starts node `i`'s server and waits until it answers. A server that exits instead lost its
+    /// port to another process between our probe and its bind (another test binary probing ports
+    /// on a busy machine): before the cluster exists (`may_move`) the node moves to a new port;
+    /// after, it tries its own port again.
+    fn launch_index(&mut self, i: usize, may_move: bool) {
+        for _ in 0..5 {
+            let node = &mut self.nodes[i];
+            let mut child = Command::new("redis-server")
+                .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--cluster-require-full-coverage", "no"])
+                .args(["--save", "", "--appendonly", "yes"])
+                .args(["--appendfsync", "everysec"])
+                .arg("--dir")
+                .arg(&node.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            let port = node.port;
+            let up = poll(
+                &format!("redis-server on port {port}"),
+                Duration::from_secs(30),
+                || {
+                    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        return Some(true);
+                    }
+                    matches!(child.try_wait(), Ok(Some(_))).then_some(false)
+                },
+            );
+            if up {
+                node.child = Some(child);
+                return;
+            }
+            eprintln!("redis-server could not bind port {port}; trying again");
+            if may_move {
+                // A fresh node on a fresh port: nothing of the failed start may carry over.
+                let _ = std::fs::remove_file(node.dir.join("nodes.conf"));
+                node.port = free_port_pair();
+            } else {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        panic!("redis-server for node {i} exited five times");
     }
 
     /// The nodes' URLs (seed nodes for the cluster client).
@@ -353,7 +376,7 @@ impl RedisCluster {
     pub fn restart(&mut self, port: u16) {
         let i = self.index(port);
         assert!(self.nodes[i].child.is_none(), "node {port} is running");
-        self.launch_index(i);
+        self.launch_index(i, false);
     }
 
     /// The process id of node `port`, to SIGSTOP / SIGCONT it.
