@@ -12,13 +12,12 @@ use crate::clock::Clock;
 use crate::credentials::Credentials;
 use crate::endpoint::{self, Backoff, Endpoint, HttpClient, Pressure};
 use crate::error::AuthError;
-use crate::layer::NiftyAuthLayer;
+use crate::manager::{ManagerParts, Policy, StoreRef, TokenManager, Unauthorized, Want};
 use crate::origin::Origins;
 use crate::stats::Counters;
 use crate::store::{MemoryStore, TokenStore};
 use crate::stripe::STRIPES;
 use crate::token::cache::{CachePolicy, Read, TokenCache};
-use crate::token::refresh::{ManagerParts, Policy, StoreRef, TokenManager, Unauthorized, Want};
 use crate::token::TokenSet;
 use tower::BoxError;
 
@@ -40,7 +39,7 @@ pub const DEFAULT_UNAUTHORIZED_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// The token manager: fetches, caches, refreshes and stores the tokens of one Nifty grant.
 ///
-/// Cheap to clone (an `Arc`); every clone, every [`NiftyAuthLayer`] made from it and every request
+/// Cheap to clone (an `Arc`); every clone, every [`NiftyAuthLayer`](crate::NiftyAuthLayer) made from it and every request
 /// share one token cache and one single-flight refresh.
 ///
 /// ```no_run
@@ -202,11 +201,6 @@ impl NiftyAuth {
     /// The token set in use now, if any (no refresh, no I/O).
     pub fn tokens(&self) -> Option<TokenSet> {
         self.shared.manager.cache.load().tokens.clone()
-    }
-
-    /// A [`NiftyAuthLayer`] attaching this manager's tokens; the same as [`NiftyAuthLayer::new`].
-    pub fn layer(&self) -> NiftyAuthLayer {
-        NiftyAuthLayer::new(self.clone())
     }
 
     /// Whether the bearer token may be attached to a request for `uri` (see

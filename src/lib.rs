@@ -122,8 +122,11 @@ mod clock;
 mod credentials;
 mod endpoint;
 mod error;
+mod future;
+mod grant_id;
 mod grants;
 mod layer;
+mod manager;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;

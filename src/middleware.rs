@@ -64,8 +64,8 @@ use reqwest_middleware::Next;
 use crate::auth::NiftyAuth;
 use crate::error::AuthError;
 use crate::layer::DEFAULT_MAX_REPLAY_BODY_BYTES;
+use crate::manager::{TokenManager, Unauthorized, Want};
 use crate::origin::Origins;
-use crate::token::refresh::{TokenManager, Unauthorized, Want};
 
 /// A [`reqwest_middleware::Middleware`] attaching the tokens of a [`NiftyAuth`]; see the
 /// [module docs](self).

@@ -24,8 +24,8 @@ use self::classify::{classify, Context, Failure, Outcome};
 use crate::clock::{instant_after, Clock};
 use crate::credentials::Credentials;
 use crate::error::AuthError;
+use crate::future::BoxFuture;
 use crate::stats::Counters;
-use crate::store::BoxFuture;
 use crate::token::TokenSet;
 
 /// The largest token answer read; a larger body is an [`AuthError::InvalidResponse`].

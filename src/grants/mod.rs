@@ -20,23 +20,21 @@ use crate::auth::{access_token_of, Builder, NiftyAuth, SharedAuth};
 use crate::credentials::Credentials;
 use crate::endpoint::Pressure;
 use crate::error::AuthError;
+use crate::manager::{ManagerParts, Policy, StoreRef, TokenManager};
 use crate::origin::Origins;
 use crate::stats::{Counters, Stats};
 use crate::store::{GrantStore, MemoryStore};
 use crate::token::cache::{CachePolicy, TokenCache};
-use crate::token::refresh::{ManagerParts, Policy, StoreRef, TokenManager};
 use crate::token::TokenSet;
 use tower::BoxError;
 
-mod id;
-mod latches;
 mod layer;
 #[cfg(feature = "reqwest")]
 mod middleware;
 mod registry;
 
-pub use id::{GrantId, MAX_GRANT_ID_BYTES};
-pub(crate) use latches::Latches;
+pub use crate::grant_id::{GrantId, MAX_GRANT_ID_BYTES};
+use crate::manager::latches::{self, Latches};
 pub use layer::{NiftyGrantsLayer, NiftyGrantsService};
 #[cfg(feature = "reqwest")]
 pub use middleware::NiftyGrantsMiddleware;

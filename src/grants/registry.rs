@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::id::{BuildGrantIdHasher, GrantId};
-use crate::token::refresh::TokenManager;
+use crate::grant_id::{BuildGrantIdHasher, GrantId};
+use crate::manager::TokenManager;
 
 /// Shards of the map; a power of two.
 const SHARDS: usize = 16;

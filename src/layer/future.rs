@@ -15,7 +15,7 @@ use super::body::ReplayPolicy;
 use super::head::Head;
 use crate::auth::ManagerHandle;
 use crate::error::AuthError;
-use crate::token::refresh::{TokenFuture, TokenManager, Unauthorized};
+use crate::manager::{TokenFuture, TokenManager, Unauthorized};
 use crate::trace;
 use tower::BoxError;
 

@@ -13,10 +13,10 @@ use tower_service::Service;
 
 use crate::auth::NiftyAuth;
 use crate::error::AuthError;
+use crate::manager::{TokenManager, Want};
 use crate::origin::Origins;
 use crate::stripe::{self, STRIPES};
 use crate::token::cache::{LocalCache, Read, TokenCache};
-use crate::token::refresh::Want;
 
 mod body;
 mod future;
@@ -168,7 +168,7 @@ impl<P: fmt::Debug> fmt::Debug for NiftyAuthLayer<P> {
 pub struct NiftyAuthService<S, P = CommonBodies> {
     core: Core<S, P>,
     /// This service's view of the current token (no shared bookkeeping while it does not change).
-    current: LocalCache,
+    current: LocalCache<TokenManager>,
     auth: NiftyAuth,
 }
 
@@ -402,5 +402,13 @@ impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for NiftyAuthService<S, P> {
             .field("policy", &self.core.policy)
             .field("retry_on_unauthorized", &self.core.retry_on_unauthorized)
             .finish()
+    }
+}
+
+// `NiftyAuth::layer` lives here, beside the layer it builds, so that `auth` never imports `layer`.
+impl NiftyAuth {
+    /// A [`NiftyAuthLayer`] attaching this handle's tokens; the same as [`NiftyAuthLayer::new`].
+    pub fn layer(&self) -> NiftyAuthLayer {
+        NiftyAuthLayer::new(self.clone())
     }
 }

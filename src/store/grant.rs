@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BoxFuture, StoreLock};
-use crate::grants::GrantId;
+use crate::grant_id::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::{BoxFuture, GrantStore, TokenStore};
-use crate::grants::GrantId;
+use crate::grant_id::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
 

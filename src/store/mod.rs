@@ -55,7 +55,6 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,8 +93,7 @@ pub use redis::{
 };
 pub use wait::{LockLost, LockTimeout};
 
-/// A boxed, `Send` future: what [`TokenStore`] methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::future::BoxFuture;
 
 /// Persistent storage for a [`TokenSet`].
 ///

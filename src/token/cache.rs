@@ -16,7 +16,6 @@ use super::TokenSet;
 use crate::clock::{Clock, WALL_TOLERANCE};
 use crate::error::AuthError;
 use crate::stripe::{self, STRIPES};
-use crate::token::refresh::TokenManager;
 
 /// How far in the future "unknown expiry" is placed (the token is then only replaced after a 401).
 const UNKNOWN_EXPIRY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
@@ -184,17 +183,23 @@ pub(crate) enum Read {
 
 /// A per-service view of the current token that skips even the `ArcSwap` load's bookkeeping while
 /// the token does not change.
-pub(crate) type LocalCache = arc_swap::Cache<CurrentOf, Arc<Current>>;
+pub(crate) type LocalCache<M> = arc_swap::Cache<CurrentOf<M>, Arc<Current>>;
 
-/// The current-token slot of a shared token manager, as [`LocalCache`] reads it.
-#[derive(Clone)]
-pub(crate) struct CurrentOf(pub(crate) Arc<TokenManager>);
+/// The current-token slot of a shared owner of a [`TokenCache`] (the token manager), as
+/// [`LocalCache`] reads it. Generic so the cache knows nothing of the manager.
+pub(crate) struct CurrentOf<M>(pub(crate) Arc<M>);
 
-impl std::ops::Deref for CurrentOf {
+impl<M> Clone for CurrentOf<M> {
+    fn clone(&self) -> Self {
+        CurrentOf(Arc::clone(&self.0))
+    }
+}
+
+impl<M: AsRef<TokenCache>> std::ops::Deref for CurrentOf<M> {
     type Target = ArcSwap<Current>;
 
     fn deref(&self) -> &ArcSwap<Current> {
-        &self.0.cache.current
+        &(*self.0).as_ref().current
     }
 }
 
@@ -262,9 +267,9 @@ impl TokenCache {
         self.current.load().read()
     }
 
-    /// A [`LocalCache`] for one service of `manager` (whose cache this is).
-    pub(crate) fn local(manager: &Arc<TokenManager>) -> LocalCache {
-        arc_swap::Cache::new(CurrentOf(Arc::clone(manager)))
+    /// A [`LocalCache`] for one service of `owner` (whose cache this is).
+    pub(crate) fn local<M: AsRef<TokenCache>>(owner: &Arc<M>) -> LocalCache<M> {
+        arc_swap::Cache::new(CurrentOf(Arc::clone(owner)))
     }
 
     pub(crate) fn load(&self) -> Arc<Current> {

@@ -2,7 +2,6 @@
 //! refresh.
 
 pub(crate) mod cache;
-pub(crate) mod refresh;
 mod set;
 
 pub use set::{TokenSet, MAX_EXPIRES_IN};

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::Clock;
+use crate::manager::{ManagerParts, Policy, StoreRef};
 use crate::stats::Counters;
 use crate::store::MemoryStore;
 use crate::token::cache::{CachePolicy, TokenCache};
-use crate::token::refresh::{ManagerParts, Policy, StoreRef};
 
 fn id(name: &str) -> GrantId {
     GrantId::new(name).unwrap()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use self::disk::{HeldLock, Target};
 use super::{BoxFuture, GrantStore, StoreLock, TokenStore};
-use crate::grants::GrantId;
+use crate::grant_id::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
 

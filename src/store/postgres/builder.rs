@@ -13,7 +13,7 @@ use super::{
     DEFAULT_POSTGRES_TABLE,
 };
 use crate::error::AuthError;
-use crate::grants::GrantId;
+use crate::grant_id::GrantId;
 
 /// The longest lock wait, lease and timeout the builder accepts.
 const MAX_DURATION: Duration = Duration::from_secs(60 * 60);

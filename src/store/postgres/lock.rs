@@ -7,7 +7,7 @@ use std::io;
 use std::time::Duration;
 
 use super::PostgresStore;
-use crate::grants::GrantId;
+use crate::grant_id::GrantId;
 use crate::store::lease::{holder_id, watch, Lost};
 use crate::store::wait::LockWait;
 use crate::store::StoreLock;

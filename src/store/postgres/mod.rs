@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::{seal, BoxFuture, GrantStore, StoreLock, TokenStore};
 use crate::error::AuthError;
-use crate::grants::GrantId;
+use crate::grant_id::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::key::{self, Keys};
 use super::RedisStore;
-use crate::grants::GrantId;
+use crate::grant_id::GrantId;
 use crate::store::{BoxFuture, GrantStore, StoreLock};
 use crate::token::TokenSet;
 use tower::BoxError;

@@ -34,19 +34,21 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::cache::{Current, Read, TokenCache};
-use super::TokenSet;
 use crate::clock::instant_after;
 use crate::endpoint::{Endpoint, Grant};
 use crate::error::AuthError;
-use crate::grants::{GrantId, Latches};
+use crate::grant_id::GrantId;
 use crate::stats::Counters;
 use crate::store::{GrantStore, LockLost, LockTimeout, StoreLock, TokenStore};
+use crate::token::cache::{Current, Read, TokenCache};
+use crate::token::TokenSet;
 use crate::trace;
+pub(crate) use latches::Latches;
 use tower::BoxError;
 
 mod flight;
 mod latch;
+pub(crate) mod latches;
 mod persist;
 mod rescue;
 mod store;
@@ -171,6 +173,12 @@ pub(crate) struct TokenManager {
     gate: tokio::sync::Mutex<()>,
     /// When a request last used this grant (the registry's insertion tick; for eviction).
     pub(crate) last_used: AtomicU64,
+}
+
+impl AsRef<TokenCache> for TokenManager {
+    fn as_ref(&self) -> &TokenCache {
+        &self.cache
+    }
 }
 
 /// What every grant of one `NiftyAuth` / `NiftyGrants` shares.

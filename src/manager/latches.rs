@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::id::{BuildGrantIdHasher, GrantId};
+use super::Refused;
 use crate::error::AuthError;
-use crate::token::refresh::Refused;
+use crate::grant_id::{BuildGrantIdHasher, GrantId};
 
 /// What [`NiftyGrantsBuilder::on_reauthorization_required`](super::NiftyGrantsBuilder::on_reauthorization_required)
 /// takes.
