@@ -60,6 +60,8 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::NiftyAuth;
 use crate::error::AuthError;
+use crate::grant_id::GrantId;
+use crate::grants::NiftyGrants;
 use crate::token::TokenSet;
 
 mod server;
@@ -342,6 +344,31 @@ impl AuthorizationRequest {
                     .await
             }
             None => auth.exchange_code(code, self.redirect_uri.as_str()).await,
+        }
+    }
+
+    /// [`exchange`](Self::exchange) for one grant of a [`NiftyGrants`]: the tokens are saved under
+    /// `grant` in the grants' store and used from now on (lifting its re-authorization latch), with
+    /// this request's redirect URI and, with PKCE on, its `code_verifier`. The same as
+    /// [`NiftyGrants::exchange_code`] / [`NiftyGrants::exchange_code_with_verifier`].
+    ///
+    /// # Errors
+    /// As [`NiftyGrants::exchange_code`]; a wrong verifier is an `invalid_grant`, so
+    /// [`AuthError::ReauthorizationRequired`].
+    pub async fn exchange_grant(
+        &self,
+        grants: &NiftyGrants,
+        grant: &GrantId,
+        code: impl Into<String>,
+    ) -> Result<TokenSet, AuthError> {
+        let redirect_uri = self.redirect_uri.as_str();
+        match self.code_verifier() {
+            Some(verifier) => {
+                grants
+                    .exchange_code_with_verifier(grant, code, redirect_uri, verifier)
+                    .await
+            }
+            None => grants.exchange_code(grant, code, redirect_uri).await,
         }
     }
 }

@@ -146,7 +146,7 @@ mod trace;
 pub mod testing;
 
 pub use auth::{
-    Builder, NiftyAuth, PersonalTokenBuilder, DEFAULT_API_ORIGIN, DEFAULT_BACKOFF_BASE,
+    Builder, NiftyAuth, OneGrant, PersonalTokenBuilder, DEFAULT_API_ORIGIN, DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_MAX, DEFAULT_REFRESH_SKEW, DEFAULT_TOKEN_ATTEMPTS, DEFAULT_TOKEN_TIMEOUT,
     DEFAULT_TOKEN_URL, DEFAULT_UNAUTHORIZED_COOLDOWN,
 };
@@ -157,8 +157,9 @@ pub use error::AuthError;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use grants::NiftyGrantsMiddleware;
 pub use grants::{
-    GrantId, GrantsStats, NiftyGrants, NiftyGrantsBuilder, NiftyGrantsLayer, NiftyGrantsService,
-    DEFAULT_MAX_CACHED_GRANTS, DEFAULT_MAX_CONCURRENT_TOKEN_CALLS, MAX_GRANT_ID_BYTES,
+    GrantId, GrantsStats, ManyGrants, NiftyGrants, NiftyGrantsBuilder, NiftyGrantsLayer,
+    NiftyGrantsService, DEFAULT_MAX_CACHED_GRANTS, DEFAULT_MAX_CONCURRENT_TOKEN_CALLS,
+    MAX_GRANT_ID_BYTES,
 };
 pub use layer::{
     CloneBodyFn, CommonBodies, NiftyAuthLayer, NiftyAuthService, ReplayPolicy, ReplayableBody,

@@ -10,7 +10,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use nifty_auth::authorize::{AuthorizationRequest, AuthorizeError, CallbackServer};
 use nifty_auth::testing::{FakeNifty, Grant};
-use nifty_auth::FileStore;
+use nifty_auth::{FileStore, GrantId, NiftyGrants};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -349,6 +349,58 @@ async fn pkce_sends_an_s256_challenge_and_the_fake_checks_the_verifier() {
     assert!(missing.is_reauthorization_required(), "{missing}");
     assert_eq!(fake.token_calls(), 3);
     assert_eq!(fake.invalid_grants_served(), 2);
+}
+
+#[tokio::test]
+async fn nifty_grants_exchanges_a_pkce_code_for_one_grant_and_refuses_a_wrong_verifier() {
+    let fake = FakeNifty::start().await.unwrap();
+    let grants = NiftyGrants::builder(fake.credentials())
+        .token_url(fake.token_url().as_str())
+        .allowed_origins([fake.base_url()])
+        .build()
+        .unwrap();
+    let acme = GrantId::new("acme").unwrap();
+
+    // With the right verifier: the grant's tokens are saved and used.
+    let (server, request) = setup(&fake).await;
+    let request = request.pkce(true);
+    let waiting = {
+        let request = request.clone();
+        tokio::spawn(async move { server.wait_for_code(&request).await })
+    };
+    browse(&request.url()).await;
+    let code = waiting.await.unwrap().unwrap();
+    let tokens = request.exchange_grant(&grants, &acme, code).await.unwrap();
+    let sent = fake.token_requests()[0].json.clone().unwrap();
+    assert_eq!(sent["code_verifier"].as_str(), request.code_verifier());
+    assert_eq!(
+        grants.access_token(&acme).await.unwrap(),
+        tokens.access_token()
+    );
+
+    // Another request's verifier: invalid_grant, and the grant needs re-authorization.
+    let (server, request) = setup(&fake).await;
+    let request = request.pkce(true);
+    let waiting = {
+        let request = request.clone();
+        tokio::spawn(async move { server.wait_for_code(&request).await })
+    };
+    browse(&request.url()).await;
+    let code = waiting.await.unwrap().unwrap();
+    let other = AuthorizationRequest::new(fake.client_id(), request.redirect_uri()).pkce(true);
+    let beta = GrantId::new("beta").unwrap();
+    let wrong = grants
+        .exchange_code_with_verifier(
+            &beta,
+            code,
+            request.redirect_uri(),
+            other.code_verifier().unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(wrong.is_reauthorization_required(), "{wrong}");
+    assert_eq!(fake.token_calls(), 2);
+    assert_eq!(fake.invalid_grants_served(), 1);
 }
 
 #[test]

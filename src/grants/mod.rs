@@ -12,29 +12,27 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, Uri};
-use http_body_util::Full;
+use http::Uri;
 
 use crate::auth::{access_token_of, Builder, NiftyAuth, SharedAuth};
 use crate::credentials::Credentials;
-use crate::endpoint::Pressure;
 use crate::error::AuthError;
 use crate::manager::{ManagerParts, Policy, StoreRef, TokenManager};
 use crate::origin::Origins;
-use crate::stats::{Counters, Stats};
-use crate::store::{GrantStore, MemoryStore};
+use crate::stats::Stats;
+use crate::store::GrantStore;
 use crate::token::cache::{CachePolicy, TokenCache};
 use crate::token::TokenSet;
-use tower::BoxError;
 
+mod builder;
 mod layer;
 #[cfg(feature = "reqwest")]
 mod middleware;
 mod registry;
 
 pub use crate::grant_id::{GrantId, MAX_GRANT_ID_BYTES};
-use crate::manager::latches::{self, Latches};
+use crate::manager::Latches;
+pub use builder::{ManyGrants, NiftyGrantsBuilder};
 pub use layer::{NiftyGrantsLayer, NiftyGrantsService};
 #[cfg(feature = "reqwest")]
 pub use middleware::NiftyGrantsMiddleware;
@@ -129,13 +127,7 @@ impl GrantsShared {
 impl NiftyGrants {
     /// Starts configuring the grants of the Nifty app with these client credentials.
     pub fn builder(credentials: Credentials) -> NiftyGrantsBuilder {
-        NiftyGrantsBuilder {
-            inner: NiftyAuth::builder(credentials),
-            store: None,
-            max_cached_grants: DEFAULT_MAX_CACHED_GRANTS,
-            max_concurrent_token_calls: DEFAULT_MAX_CONCURRENT_TOKEN_CALLS,
-            on_reauthorization_required: None,
-        }
+        Builder::with_kind(credentials)
     }
 
     /// Runs the authorization_code grant for `grant` (its workspace admin just authorized your app):
@@ -155,6 +147,28 @@ impl NiftyGrants {
         self.shared
             .manager(grant)
             .exchange_code(code.into(), redirect_uri.into(), None)
+            .await?
+            .token_set()
+    }
+
+    /// [`exchange_code`](Self::exchange_code) for an authorization request made with PKCE
+    /// (RFC 7636): also sends the request's `code_verifier`. See
+    /// [`AuthorizationRequest::pkce`](crate::authorize::AuthorizationRequest::pkce) and
+    /// [`AuthorizationRequest::exchange_grant`](crate::authorize::AuthorizationRequest::exchange_grant).
+    ///
+    /// # Errors
+    /// As [`exchange_code`](Self::exchange_code); a wrong verifier is an `invalid_grant`, so
+    /// [`AuthError::ReauthorizationRequired`].
+    pub async fn exchange_code_with_verifier(
+        &self,
+        grant: &GrantId,
+        code: impl Into<String>,
+        redirect_uri: impl Into<String>,
+        code_verifier: impl Into<String>,
+    ) -> Result<TokenSet, AuthError> {
+        self.shared
+            .manager(grant)
+            .exchange_code(code.into(), redirect_uri.into(), Some(code_verifier.into()))
             .await?
             .token_set()
     }
@@ -301,160 +315,4 @@ pub struct GrantsStats {
     pub evictions: u64,
     /// Grants that need re-authorization.
     pub reauthorization_required: usize,
-}
-
-/// Configures a [`NiftyGrants`]; made by [`NiftyGrants::builder`].
-///
-/// Every setting has a default; only the credentials are required.
-pub struct NiftyGrantsBuilder {
-    inner: Builder,
-    store: Option<Arc<dyn GrantStore>>,
-    max_cached_grants: usize,
-    max_concurrent_token_calls: usize,
-    on_reauthorization_required: Option<latches::Callback>,
-}
-
-impl NiftyGrantsBuilder {
-    /// The token endpoint. Defaults to [`DEFAULT_TOKEN_URL`](crate::DEFAULT_TOKEN_URL); see
-    /// [`Builder::token_url`].
-    pub fn token_url<U>(mut self, url: U) -> Self
-    where
-        U: TryInto<Uri>,
-        U::Error: fmt::Display,
-    {
-        self.inner = self.inner.token_url(url);
-        self
-    }
-
-    /// The origins the bearer tokens may be sent to. Defaults to the token URL's origin; see
-    /// [`Builder::allowed_origins`].
-    pub fn allowed_origins<I, T>(mut self, origins: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: AsRef<str>,
-    {
-        self.inner = self.inner.allowed_origins(origins);
-        self
-    }
-
-    /// Refresh this long before a token expires (each grant's point is spread with jitter up to
-    /// twice as early, clamped to half the token's life). Defaults to
-    /// [`DEFAULT_REFRESH_SKEW`](crate::DEFAULT_REFRESH_SKEW).
-    pub fn refresh_skew(mut self, skew: Duration) -> Self {
-        self.inner = self.inner.refresh_skew(skew);
-        self
-    }
-
-    /// Where the grants' tokens are kept: any [`GrantStore`] (`MemoryStore`,
-    /// [`FileStore::directory`](crate::FileStore::directory), `RedisStore`, your own). Defaults to a
-    /// [`MemoryStore`].
-    pub fn store(mut self, store: impl GrantStore) -> Self {
-        self.store = Some(Arc::new(store));
-        self
-    }
-
-    /// At most this many grants' tokens in memory; idle grants beyond it are evicted (and reloaded
-    /// from the store when next used). At least 1. Defaults to [`DEFAULT_MAX_CACHED_GRANTS`].
-    pub fn max_cached_grants(mut self, max: usize) -> Self {
-        self.max_cached_grants = max.max(1);
-        self
-    }
-
-    /// At most this many token calls at once across all grants; the rest queue. At least 1.
-    /// Defaults to [`DEFAULT_MAX_CONCURRENT_TOKEN_CALLS`].
-    pub fn max_concurrent_token_calls(mut self, max: usize) -> Self {
-        self.max_concurrent_token_calls = max.max(1);
-        self
-    }
-
-    /// Called once when a grant needs re-authorization (its token endpoint answered
-    /// `invalid_grant`, 401 or 403): e.g. mark the workspace "reconnect Nifty" in your database.
-    /// Runs inside the refresh task: keep it quick and non-blocking.
-    pub fn on_reauthorization_required<F>(mut self, callback: F) -> Self
-    where
-        F: Fn(&GrantId, &AuthError) + Send + Sync + 'static,
-    {
-        self.on_reauthorization_required = Some(Arc::new(callback));
-        self
-    }
-
-    /// The timeout of one token call; see [`Builder::token_timeout`].
-    pub fn token_timeout(mut self, timeout: Duration) -> Self {
-        self.inner = self.inner.token_timeout(timeout);
-        self
-    }
-
-    /// Calls per refresh on transient failures; see [`Builder::token_attempts`].
-    pub fn token_attempts(mut self, attempts: u32) -> Self {
-        self.inner = self.inner.token_attempts(attempts);
-        self
-    }
-
-    /// The backoff between those calls; see [`Builder::token_backoff`].
-    pub fn token_backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.inner = self.inner.token_backoff(base, max);
-        self
-    }
-
-    /// The 401 cooldown; see [`Builder::unauthorized_cooldown`].
-    pub fn unauthorized_cooldown(mut self, cooldown: Duration) -> Self {
-        self.inner = self.inner.unauthorized_cooldown(cooldown);
-        self
-    }
-
-    /// The HTTP client for token calls; see [`Builder::http_client`].
-    pub fn http_client<S, RB>(mut self, client: S) -> Self
-    where
-        S: tower_service::Service<Request<Full<Bytes>>, Response = Response<RB>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        RB: http_body::Body<Data = Bytes> + Send + Sync + 'static,
-        RB::Error: Into<BoxError>,
-    {
-        self.inner = self.inner.http_client(client);
-        self
-    }
-
-    /// Builds the grants. No I/O happens here.
-    ///
-    /// # Errors
-    /// As [`Builder::build`].
-    pub fn build(self) -> Result<NiftyGrants, AuthError> {
-        let pressure = Arc::new(Pressure::limited(self.max_concurrent_token_calls));
-        let common = self.inner.build_common(pressure)?;
-        Ok(NiftyGrants {
-            shared: Arc::new(GrantsShared {
-                origins: common.origins,
-                policy: Arc::new(Policy {
-                    endpoint: Some(common.endpoint),
-                    bootstrap_refresh_token: None,
-                    unauthorized_cooldown: common.unauthorized_cooldown,
-                    latches: Some(Latches::new(self.on_reauthorization_required)),
-                    counters: Counters::default(),
-                }),
-                cache_policy: CachePolicy::grants(common.refresh_skew, common.clock),
-                store: self
-                    .store
-                    .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn GrantStore>),
-                registry: Registry::new(self.max_cached_grants),
-            }),
-        })
-    }
-}
-
-impl fmt::Debug for NiftyGrantsBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NiftyGrantsBuilder")
-            .field("inner", &self.inner)
-            .field("max_cached_grants", &self.max_cached_grants)
-            .field(
-                "max_concurrent_token_calls",
-                &self.max_concurrent_token_calls,
-            )
-            .finish_non_exhaustive()
-    }
 }
