@@ -103,7 +103,7 @@ impl NiftyAuthMiddleware {
 }
 
 impl NiftyAuth {
-    /// A [`NiftyAuthMiddleware`] for reqwest-middleware, sharing this manager's tokens.
+    /// A [`NiftyAuthMiddleware`] for reqwest-middleware, sharing this handle's tokens.
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn middleware(&self) -> NiftyAuthMiddleware {
         NiftyAuthMiddleware::new(self.clone())

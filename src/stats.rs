@@ -13,7 +13,7 @@ use crate::stripe::{self, STRIPES};
 
 /// A snapshot of a [`NiftyAuth`](crate::NiftyAuth)'s counters, from [`NiftyAuth::stats`](crate::NiftyAuth::stats).
 ///
-/// All counts are since the manager was built and shared by every clone, layer and middleware made
+/// All counts are since the `NiftyAuth` was built and shared by every clone, layer and middleware made
 /// from it.
 ///
 /// ```
@@ -54,7 +54,7 @@ pub struct Stats {
     pub refreshes_coalesced: u64,
     /// Requests sent a second time after a 401.
     pub unauthorized_retries: u64,
-    /// Requests sent with a bearer token from this manager (first sends).
+    /// Requests sent with a bearer token of this `NiftyAuth` (first sends).
     pub requests_authorized: u64,
     /// Of those, the ones that needed no retry.
     pub requests_without_retry: u64,

@@ -73,7 +73,7 @@ async fn tracing_describes_refreshes_and_retries_without_tokens_or_secrets() {
 
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("nifty_auth.refresh"), "{log}");
-    assert!(log.contains("grant=\"refresh_token\""), "{log}");
+    assert!(log.contains("grant_type=\"refresh_token\""), "{log}");
     assert!(log.contains("outcome=\"ok\""), "{log}");
     assert!(log.contains("outcome=\"failed\""), "{log}");
     assert!(log.contains("attempts=1"), "{log}");

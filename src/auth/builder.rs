@@ -64,7 +64,7 @@ impl PersonalTokenBuilder {
         self
     }
 
-    /// Builds the manager.
+    /// Builds the `NiftyAuth`.
     ///
     /// # Errors
     /// [`AuthError::InvalidResponse`] if the token cannot be sent in a header (control characters,

@@ -85,7 +85,7 @@ impl NiftyAuth {
         Builder::with_kind(credentials)
     }
 
-    /// A manager for a Nifty **personal access token** (`nft_user_…`): a long-lived bearer with no
+    /// A `NiftyAuth` for a Nifty **personal access token** (`nft_user_…`): a long-lived bearer with no
     /// refresh and no token endpoint. The layer attaches it, scoped to the allowed origins (by default
     /// `https://openapi.niftypm.com`), and does not retry 401s (there is nothing to refresh with).
     ///
@@ -103,7 +103,7 @@ impl NiftyAuth {
         }
     }
 
-    /// A snapshot of this manager's counters (token calls by outcome, refreshes, coalesced waiters,
+    /// A snapshot of the counters of this handle's token manager (token calls by outcome, refreshes, coalesced waiters,
     /// 401 retries, requests). Cheap: a handful of relaxed atomic loads. For a handle from
     /// [`NiftyGrants::grant`](crate::NiftyGrants::grant), the counters of all grants (the same as
     /// [`NiftyGrants::stats`](crate::NiftyGrants::stats)'s totals): counting per grant would cost
@@ -112,7 +112,7 @@ impl NiftyAuth {
         self.shared.manager.counters().snapshot()
     }
 
-    /// Whether this manager can get new tokens (`false` for a personal access token).
+    /// Whether this handle can get new tokens (`false` for a personal access token).
     pub fn can_refresh(&self) -> bool {
         self.shared.manager.can_refresh()
     }

@@ -36,7 +36,7 @@ pub(crate) type HttpClient =
     BoxCloneSyncService<Request<Full<Bytes>>, Response<BoxBody<Bytes, BoxError>>, BoxError>;
 
 /// The grant a token call asks for.
-pub(crate) enum Grant<'a> {
+pub(crate) enum GrantType<'a> {
     AuthorizationCode {
         code: &'a str,
         redirect_uri: &'a str,
@@ -48,17 +48,17 @@ pub(crate) enum Grant<'a> {
     },
 }
 
-impl Grant<'_> {
+impl GrantType<'_> {
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            Grant::AuthorizationCode { .. } => "authorization_code",
-            Grant::RefreshToken { .. } => "refresh_token",
+            GrantType::AuthorizationCode { .. } => "authorization_code",
+            GrantType::RefreshToken { .. } => "refresh_token",
         }
     }
 
     fn body(&self) -> Value {
         match self {
-            Grant::AuthorizationCode {
+            GrantType::AuthorizationCode {
                 code,
                 redirect_uri,
                 code_verifier,
@@ -73,7 +73,7 @@ impl Grant<'_> {
                 }
                 body
             }
-            Grant::RefreshToken { refresh_token } => json!({
+            GrantType::RefreshToken { refresh_token } => json!({
                 "grant_type": "refresh_token",
                 "refresh_token": refresh_token,
             }),
@@ -83,8 +83,8 @@ impl Grant<'_> {
     /// The secret this grant sends (scrubbed from any error excerpt).
     fn secret(&self) -> &str {
         match self {
-            Grant::AuthorizationCode { code, .. } => code,
-            Grant::RefreshToken { refresh_token } => refresh_token,
+            GrantType::AuthorizationCode { code, .. } => code,
+            GrantType::RefreshToken { refresh_token } => refresh_token,
         }
     }
 }
@@ -184,7 +184,7 @@ impl Endpoint {
     /// Returns the token set and the number of attempts made.
     pub(crate) fn request<'a>(
         &'a self,
-        grant: &'a Grant<'a>,
+        grant: &'a GrantType<'a>,
         previous_refresh_token: Option<&'a str>,
         counters: &'a Counters,
     ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
@@ -195,7 +195,7 @@ impl Endpoint {
     /// [`Pressure::turn`], taken before its store lock): each attempt waits only for a 429's pause.
     pub(crate) fn request_holding_turn<'a>(
         &'a self,
-        grant: &'a Grant<'a>,
+        grant: &'a GrantType<'a>,
         previous_refresh_token: Option<&'a str>,
         counters: &'a Counters,
     ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
@@ -209,7 +209,7 @@ impl Endpoint {
 
     async fn request_inner(
         &self,
-        grant: &Grant<'_>,
+        grant: &GrantType<'_>,
         previous_refresh_token: Option<&str>,
         counters: &Counters,
         holding_turn: bool,
@@ -248,7 +248,7 @@ impl Endpoint {
                 return (Err(failure.error), attempt);
             }
             crate::trace::debug!(
-                grant = grant.name(),
+                grant_type = grant.name(),
                 attempt,
                 delay_ms = delay.as_millis() as u64,
                 error = %failure.error,
@@ -262,7 +262,7 @@ impl Endpoint {
     /// One token call: sends, reads the answer (capped, within the timeout), and classifies it.
     async fn attempt(
         &self,
-        grant: &Grant<'_>,
+        grant: &GrantType<'_>,
         body: Bytes,
         previous_refresh_token: Option<&str>,
     ) -> Outcome {

@@ -59,7 +59,7 @@ async fn huge_timeout_backoff_and_retry_after_saturate_instead_of_panicking() {
             _ => answer(200, None, TOKENS),
         }
     });
-    let grant = Grant::RefreshToken {
+    let grant = GrantType::RefreshToken {
         refresh_token: "rt-1",
     };
     let counters = Counters::default();
@@ -78,7 +78,7 @@ async fn a_hung_endpoint_with_a_huge_timeout_times_out_without_panicking() {
         },
         |_| std::future::pending(),
     );
-    let grant = Grant::RefreshToken {
+    let grant = GrantType::RefreshToken {
         refresh_token: "rt-1",
     };
     let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;
@@ -97,7 +97,7 @@ async fn terminal_answers_are_not_retried_and_transient_ones_use_every_attempt()
     let (endpoint, calls) = endpoint(Duration::from_secs(1), backoff, |_| async {
         answer(500, None, "")
     });
-    let grant = Grant::RefreshToken {
+    let grant = GrantType::RefreshToken {
         refresh_token: "rt-1",
     };
     let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;

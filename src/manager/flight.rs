@@ -306,7 +306,7 @@ impl TokenManager {
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!(
             "nifty_auth.refresh",
-            grant = "refresh_token",
+            grant_type = "refresh_token",
             grant_id = self.grant.as_ref().map_or("", GrantId::as_str),
             trigger = ?want,
             outcome = tracing::field::Empty,

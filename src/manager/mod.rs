@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::clock::instant_after;
-use crate::endpoint::{Endpoint, Grant};
+use crate::endpoint::{Endpoint, GrantType};
 use crate::error::AuthError;
 use crate::grant_id::GrantId;
 use crate::stats::Counters;

@@ -194,7 +194,7 @@ impl TokenManager {
 
         // 3. The token call (the call slot is already held: see `refresh_gated`).
         let endpoint = self.endpoint()?;
-        let grant = Grant::RefreshToken {
+        let grant = GrantType::RefreshToken {
             refresh_token: &refresh_token,
         };
         let (result, attempts) = endpoint
@@ -312,7 +312,7 @@ impl TokenManager {
         code_verifier: Option<String>,
     ) -> Result<Arc<Current>, AuthError> {
         self.spawn_exclusive(move |manager| async move {
-            let grant = Grant::AuthorizationCode {
+            let grant = GrantType::AuthorizationCode {
                 code: &code,
                 redirect_uri: &redirect_uri,
                 code_verifier: code_verifier.as_deref(),
