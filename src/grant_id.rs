@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::AuthError;
 
-/// The longest grant id, in bytes.
+/// The longest grant id, in bytes ([`GrantId::MAX_BYTES`]).
+#[doc(hidden)]
 pub const MAX_GRANT_ID_BYTES: usize = 256;
 
 /// The key of one grant of a [`NiftyGrants`](crate::NiftyGrants): whatever identifies a connected Nifty
@@ -39,10 +40,13 @@ fn hasher() -> &'static std::collections::hash_map::RandomState {
 }
 
 impl GrantId {
+    /// The longest grant id, in bytes.
+    pub const MAX_BYTES: usize = MAX_GRANT_ID_BYTES;
+
     /// A grant id.
     ///
     /// # Errors
-    /// [`AuthError::Configuration`] for an empty id, one over [`MAX_GRANT_ID_BYTES`] bytes, or one
+    /// [`AuthError::Configuration`] for an empty id, one over [`MAX_BYTES`](Self::MAX_BYTES) bytes, or one
     /// holding control characters.
     pub fn new(id: impl Into<String>) -> Result<GrantId, AuthError> {
         let id = id.into();

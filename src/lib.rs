@@ -84,10 +84,24 @@
 //!
 //! # Modules
 //!
-//! - [`store`]: the [`TokenStore`] and [`GrantStore`] traits, [`MemoryStore`], [`FileStore`],
-//!   `RedisStore` (feature `redis`), `PostgresStore` (feature `postgres`).
+//! The crate root holds what every user names: [`NiftyAuth`], [`NiftyGrants`], [`NiftyAuthLayer`],
+//! [`GrantId`], [`Credentials`], [`TokenSet`], [`AuthError`] and [`BoxError`]. The rest, by topic:
+//!
+//! - [`builder`]: one [`Builder`] for one grant and for many, sharing every common
+//!   setting; the personal-token builder.
+//! - [`layer`]: the tower layer, its service and response future. [`replay`]: which request bodies
+//!   are kept for the retry after a 401.
+//! - [`grants`]: many grants in one process — [`NiftyGrants`], its layer and middleware.
+//! - [`store`]: the [`TokenStore`] and [`GrantStore`] traits,
+//!   `MemoryStore`, `FileStore`, `RedisStore` (feature `redis`), `PostgresStore` (feature
+//!   `postgres`).
 //! - [`authorize`]: the first authorization (authorize URL, loopback callback, PKCE).
-//! - `middleware` (feature `reqwest`), `testing` (feature `testing`).
+//! - [`stats`]: counters. `middleware` (feature `reqwest`), `metrics` (feature `metrics`), `testing`
+//!   (feature `testing`).
+//!
+//! Defaults and limits are constants on their types: [`NiftyAuth::DEFAULT_REFRESH_SKEW`],
+//! [`NiftyGrants::DEFAULT_MAX_CACHED_GRANTS`], [`TokenSet::MAX_EXPIRES_IN`], [`GrantId::MAX_BYTES`],
+//! [`NiftyAuthLayer::DEFAULT_MAX_REPLAY_BODY_BYTES`] and the others beside them.
 //!
 //! # Design notes
 //!
@@ -124,8 +138,8 @@ mod endpoint;
 mod error;
 mod future;
 mod grant_id;
-mod grants;
-mod layer;
+pub mod grants;
+pub mod layer;
 mod manager;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -135,7 +149,7 @@ pub mod metrics;
 pub mod middleware;
 mod origin;
 mod redact;
-mod stats;
+pub mod stats;
 pub mod store;
 mod stripe;
 mod token;
@@ -145,37 +159,65 @@ mod trace;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub use auth::NiftyAuth;
+pub use credentials::Credentials;
+pub use error::AuthError;
+pub use grant_id::GrantId;
+pub use grants::NiftyGrants;
+pub use layer::NiftyAuthLayer;
+pub use token::TokenSet;
+
+/// The error type of [`NiftyAuthService`] and of the store traits' methods
+/// (tower's boxed error).
+pub use tower::BoxError;
+
+/// The builders: [`Builder`] of one grant ([`NiftyAuth::builder`]) or, with the
+/// same shared settings, of many ([`NiftyGrants::builder`]), and the personal-token builder.
+pub mod builder {
+    pub use crate::auth::{Builder, OneGrant, PersonalTokenBuilder};
+    pub use crate::grants::{ManyGrants, NiftyGrantsBuilder};
+}
+
+/// Request bodies and the 401 retry: what the layer may keep of a body to send it again.
+pub mod replay {
+    pub use crate::layer::{CloneBodyFn, CommonBodies, ReplayPolicy, ReplayableBody};
+}
+
+// The paths of 0.x, before the modules above: kept so existing code compiles, hidden from the
+// docs. See CHANGELOG ("API reorganised").
+#[doc(hidden)]
 pub use auth::{
-    Builder, NiftyAuth, OneGrant, PersonalTokenBuilder, DEFAULT_API_ORIGIN, DEFAULT_BACKOFF_BASE,
+    Builder, OneGrant, PersonalTokenBuilder, DEFAULT_API_ORIGIN, DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_MAX, DEFAULT_REFRESH_SKEW, DEFAULT_TOKEN_ATTEMPTS, DEFAULT_TOKEN_TIMEOUT,
     DEFAULT_TOKEN_URL, DEFAULT_UNAUTHORIZED_COOLDOWN,
 };
-pub use credentials::Credentials;
-pub use endpoint::MAX_TOKEN_RESPONSE_BYTES;
-pub use error::AuthError;
 #[cfg(feature = "reqwest")]
-#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+#[doc(hidden)]
 pub use grants::NiftyGrantsMiddleware;
+#[doc(hidden)]
 pub use grants::{
-    GrantId, GrantsStats, ManyGrants, NiftyGrants, NiftyGrantsBuilder, NiftyGrantsLayer,
-    NiftyGrantsService, DEFAULT_MAX_CACHED_GRANTS, DEFAULT_MAX_CONCURRENT_TOKEN_CALLS,
-    MAX_GRANT_ID_BYTES,
+    ManyGrants, NiftyGrantsBuilder, NiftyGrantsLayer, NiftyGrantsService,
+    DEFAULT_MAX_CACHED_GRANTS, DEFAULT_MAX_CONCURRENT_TOKEN_CALLS, MAX_GRANT_ID_BYTES,
 };
+#[doc(hidden)]
 pub use layer::{
-    CloneBodyFn, CommonBodies, NiftyAuthLayer, NiftyAuthService, ReplayPolicy, ReplayableBody,
-    ResponseFuture, DEFAULT_MAX_REPLAY_BODY_BYTES,
+    CloneBodyFn, CommonBodies, NiftyAuthService, ReplayPolicy, ReplayableBody, ResponseFuture,
+    DEFAULT_MAX_REPLAY_BODY_BYTES,
 };
 #[cfg(feature = "reqwest")]
-#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+#[doc(hidden)]
 pub use middleware::NiftyAuthMiddleware;
-pub use stats::Stats;
+#[doc(hidden)]
+pub use stats::{GrantsStats, Stats};
 #[cfg(feature = "postgres")]
+#[doc(hidden)]
 pub use store::PostgresStore;
 #[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(hidden)]
 pub use store::RedisStore;
+#[doc(hidden)]
 pub use store::{FileStore, GrantStore, MemoryStore, StoreLock, TokenStore};
-pub use token::{TokenSet, MAX_EXPIRES_IN};
-
-/// The error type of [`NiftyAuthService`] and of [`TokenStore`] methods (tower's boxed error).
-pub use tower::BoxError;
+#[doc(hidden)]
+pub use token::MAX_EXPIRES_IN;
+#[doc(hidden)]
+pub use token::MAX_TOKEN_RESPONSE_BYTES;

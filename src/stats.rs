@@ -187,3 +187,17 @@ impl Striped {
         self.0.iter().map(|slot| slot.0.load(Relaxed)).sum()
     }
 }
+
+/// A snapshot of [`NiftyGrants::stats`](crate::NiftyGrants::stats).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GrantsStats {
+    /// The counters of every grant, added up.
+    pub totals: Stats,
+    /// Grants whose tokens are in memory.
+    pub cached_grants: usize,
+    /// Grants evicted from memory so far (their tokens stay in the store).
+    pub evictions: u64,
+    /// Grants that need re-authorization.
+    pub reauthorization_required: usize,
+}

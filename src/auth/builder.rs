@@ -29,22 +29,30 @@ use crate::token::TokenSet;
 use tower::BoxError;
 
 /// Nifty's token endpoint: the default [`Builder::token_url`].
+#[doc(hidden)]
 pub const DEFAULT_TOKEN_URL: &str = "https://openapi.niftypm.com/oauth/token";
 /// The default [`Builder::refresh_skew`]: refresh this long before the access token expires.
+#[doc(hidden)]
 pub const DEFAULT_REFRESH_SKEW: Duration = Duration::from_secs(60);
 /// The default [`Builder::token_timeout`] of one token call.
+#[doc(hidden)]
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default [`Builder::token_attempts`]: calls per refresh when the endpoint fails transiently.
+#[doc(hidden)]
 pub const DEFAULT_TOKEN_ATTEMPTS: u32 = 3;
 /// The default first backoff delay of [`Builder::token_backoff`]; it doubles per attempt.
+#[doc(hidden)]
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// The default longest backoff delay of [`Builder::token_backoff`].
+#[doc(hidden)]
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// The default [`Builder::unauthorized_cooldown`]: a token rejected twice within this long of being
 /// obtained is not refreshed again because of a 401.
+#[doc(hidden)]
 pub const DEFAULT_UNAUTHORIZED_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// The default allowed origin of [`NiftyAuth::personal_token`]: Nifty's API.
+#[doc(hidden)]
 pub const DEFAULT_API_ORIGIN: &str = "https://openapi.niftypm.com";
 
 /// Configures a [`NiftyAuth`] for a personal access token; made by [`NiftyAuth::personal_token`].
@@ -54,7 +62,7 @@ pub struct PersonalTokenBuilder {
 }
 
 impl PersonalTokenBuilder {
-    /// The origins the token may be sent to. Defaults to [`DEFAULT_API_ORIGIN`].
+    /// The origins the token may be sent to. Defaults to [`NiftyAuth::DEFAULT_API_ORIGIN`].
     pub fn allowed_origins<I, T>(mut self, origins: I) -> Self
     where
         I: IntoIterator<Item = T>,
@@ -233,7 +241,7 @@ impl<K: Default> Builder<K> {
 }
 
 impl<K> Builder<K> {
-    /// The token endpoint (a `&str`, `String` or [`http::Uri`]). Defaults to [`DEFAULT_TOKEN_URL`].
+    /// The token endpoint (a `&str`, `String` or [`http::Uri`]). Defaults to [`NiftyAuth::DEFAULT_TOKEN_URL`].
     /// A URL that does not parse makes `build` fail.
     pub fn token_url<U>(mut self, url: U) -> Self
     where
@@ -247,7 +255,7 @@ impl<K> Builder<K> {
     /// Refresh this long before the access token expires, in the background, while requests keep
     /// using the current token. Clamped to half of each token's lifetime; the grants of a
     /// `NiftyGrants` spread their refresh points with jitter up to twice as early. Defaults to
-    /// [`DEFAULT_REFRESH_SKEW`].
+    /// [`NiftyAuth::DEFAULT_REFRESH_SKEW`].
     pub fn refresh_skew(mut self, skew: Duration) -> Self {
         self.config.refresh_skew = skew;
         self
@@ -285,22 +293,22 @@ impl<K> Builder<K> {
     }
 
     /// The timeout of one token call, reading the answer included. Defaults to
-    /// [`DEFAULT_TOKEN_TIMEOUT`].
+    /// [`NiftyAuth::DEFAULT_TOKEN_TIMEOUT`].
     pub fn token_timeout(mut self, timeout: Duration) -> Self {
         self.config.token_timeout = timeout;
         self
     }
 
     /// How many calls one refresh makes when the endpoint fails transiently (transport errors,
-    /// timeouts, 5xx, 429), at least 1. Defaults to [`DEFAULT_TOKEN_ATTEMPTS`].
+    /// timeouts, 5xx, 429), at least 1. Defaults to [`NiftyAuth::DEFAULT_TOKEN_ATTEMPTS`].
     pub fn token_attempts(mut self, attempts: u32) -> Self {
         self.config.token_attempts = attempts.max(1);
         self
     }
 
     /// The backoff between those calls: `base` doubled per attempt, capped at `max`, with jitter (each
-    /// delay is between half and all of that). Defaults to [`DEFAULT_BACKOFF_BASE`] and
-    /// [`DEFAULT_BACKOFF_MAX`].
+    /// delay is between half and all of that). Defaults to [`NiftyAuth::DEFAULT_BACKOFF_BASE`] and
+    /// [`NiftyAuth::DEFAULT_BACKOFF_MAX`].
     pub fn token_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.config.backoff_base = base;
         self.config.backoff_max = max.max(base);
@@ -311,7 +319,7 @@ impl<K> Builder<K> {
     /// token obtained less than this long ago is answered 401 a second time (the server rejects even
     /// a fresh token: a permission problem, a proxy), the 401 is returned as it is instead of
     /// refreshing again, so such an origin cannot cause one token call per request. The first 401 for
-    /// a token always refreshes. Defaults to [`DEFAULT_UNAUTHORIZED_COOLDOWN`].
+    /// a token always refreshes. Defaults to [`NiftyAuth::DEFAULT_UNAUTHORIZED_COOLDOWN`].
     ///
     /// A 401 whose `WWW-Authenticate` says `error="insufficient_scope"` never refreshes.
     pub fn unauthorized_cooldown(mut self, cooldown: Duration) -> Self {

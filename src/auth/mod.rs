@@ -80,6 +80,27 @@ impl SharedAuth {
 }
 
 impl NiftyAuth {
+    /// Nifty's token endpoint: the default [`Builder::token_url`].
+    pub const DEFAULT_TOKEN_URL: &'static str = builder::DEFAULT_TOKEN_URL;
+    /// The default allowed origin of [`NiftyAuth::personal_token`]: Nifty's API.
+    pub const DEFAULT_API_ORIGIN: &'static str = builder::DEFAULT_API_ORIGIN;
+    /// The default [`Builder::refresh_skew`]: refresh this long before the access token expires.
+    pub const DEFAULT_REFRESH_SKEW: std::time::Duration = builder::DEFAULT_REFRESH_SKEW;
+    /// The default [`Builder::token_timeout`] of one token call.
+    pub const DEFAULT_TOKEN_TIMEOUT: std::time::Duration = builder::DEFAULT_TOKEN_TIMEOUT;
+    /// The default [`Builder::token_attempts`]: calls per refresh when the endpoint fails transiently.
+    pub const DEFAULT_TOKEN_ATTEMPTS: u32 = builder::DEFAULT_TOKEN_ATTEMPTS;
+    /// The default first backoff delay of [`Builder::token_backoff`]; it doubles per attempt.
+    pub const DEFAULT_BACKOFF_BASE: std::time::Duration = builder::DEFAULT_BACKOFF_BASE;
+    /// The default longest backoff delay of [`Builder::token_backoff`].
+    pub const DEFAULT_BACKOFF_MAX: std::time::Duration = builder::DEFAULT_BACKOFF_MAX;
+    /// The default [`Builder::unauthorized_cooldown`]: a token rejected twice within this long of
+    /// being obtained is not refreshed again because of a 401.
+    pub const DEFAULT_UNAUTHORIZED_COOLDOWN: std::time::Duration =
+        builder::DEFAULT_UNAUTHORIZED_COOLDOWN;
+}
+
+impl NiftyAuth {
     /// Starts configuring a token manager for the Nifty app with these client credentials.
     pub fn builder(credentials: Credentials) -> Builder {
         Builder::with_kind(credentials)

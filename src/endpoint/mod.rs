@@ -28,8 +28,7 @@ use crate::future::BoxFuture;
 use crate::stats::Counters;
 use crate::token::TokenSet;
 
-/// The largest token answer read; a larger body is an [`AuthError::InvalidResponse`].
-pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+pub(crate) use crate::token::MAX_TOKEN_RESPONSE_BYTES;
 
 /// The boxed HTTP client used for token calls.
 pub(crate) type HttpClient =

@@ -54,14 +54,14 @@ impl Builder<ManyGrants> {
     }
 
     /// At most this many grants' tokens in memory; idle grants beyond it are evicted (and reloaded
-    /// from the store when next used). At least 1. Defaults to [`DEFAULT_MAX_CACHED_GRANTS`].
+    /// from the store when next used). At least 1. Defaults to [`NiftyGrants::DEFAULT_MAX_CACHED_GRANTS`].
     pub fn max_cached_grants(mut self, max: usize) -> Self {
         self.kind.max_cached_grants = max.max(1);
         self
     }
 
     /// At most this many token calls at once across all grants; the rest queue. At least 1.
-    /// Defaults to [`DEFAULT_MAX_CONCURRENT_TOKEN_CALLS`].
+    /// Defaults to [`NiftyGrants::DEFAULT_MAX_CONCURRENT_TOKEN_CALLS`].
     pub fn max_concurrent_token_calls(mut self, max: usize) -> Self {
         self.kind.max_concurrent_token_calls = max.max(1);
         self

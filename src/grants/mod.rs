@@ -19,7 +19,7 @@ use crate::credentials::Credentials;
 use crate::error::AuthError;
 use crate::manager::{ManagerParts, Policy, StoreRef, TokenManager};
 use crate::origin::Origins;
-use crate::stats::Stats;
+use crate::stats::GrantsStats;
 use crate::store::GrantStore;
 use crate::token::cache::{CachePolicy, TokenCache};
 use crate::token::TokenSet;
@@ -39,8 +39,10 @@ pub use middleware::NiftyGrantsMiddleware;
 use registry::Registry;
 
 /// The default [`NiftyGrantsBuilder::max_cached_grants`].
+#[doc(hidden)]
 pub const DEFAULT_MAX_CACHED_GRANTS: usize = 10_000;
 /// The default [`NiftyGrantsBuilder::max_concurrent_token_calls`].
+#[doc(hidden)]
 pub const DEFAULT_MAX_CONCURRENT_TOKEN_CALLS: usize = 8;
 
 /// The tokens of many grants of one Nifty app, for multi-tenant servers.
@@ -122,6 +124,14 @@ impl GrantsShared {
         // Always set for grants (see `NiftyGrantsBuilder::build`).
         self.policy.latches.as_ref().expect("grants have latches")
     }
+}
+
+impl NiftyGrants {
+    /// The default [`max_cached_grants`](crate::builder::NiftyGrantsBuilder::max_cached_grants).
+    pub const DEFAULT_MAX_CACHED_GRANTS: usize = DEFAULT_MAX_CACHED_GRANTS;
+    /// The default
+    /// [`max_concurrent_token_calls`](crate::builder::NiftyGrantsBuilder::max_concurrent_token_calls).
+    pub const DEFAULT_MAX_CONCURRENT_TOKEN_CALLS: usize = DEFAULT_MAX_CONCURRENT_TOKEN_CALLS;
 }
 
 impl NiftyGrants {
@@ -301,18 +311,4 @@ impl fmt::Debug for NiftyGrants {
             .field("latches", &self.shared.policy.latches)
             .finish_non_exhaustive()
     }
-}
-
-/// A snapshot of [`NiftyGrants::stats`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct GrantsStats {
-    /// The counters of every grant, added up.
-    pub totals: Stats,
-    /// Grants whose tokens are in memory.
-    pub cached_grants: usize,
-    /// Grants evicted from memory so far (their tokens stay in the store).
-    pub evictions: u64,
-    /// Grants that need re-authorization.
-    pub reauthorization_required: usize,
 }

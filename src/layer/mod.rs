@@ -31,6 +31,7 @@ use future::Retry;
 /// The default [`NiftyAuthLayer::max_replay_body_bytes`]: bodies whose copy copies their bytes
 /// (`String`) are replayed after a 401 up to 64 KiB. Bodies whose copy shares its
 /// bytes (`Full<Bytes>`) are replayed whatever their size.
+#[doc(hidden)]
 pub const DEFAULT_MAX_REPLAY_BODY_BYTES: usize = 64 * 1024;
 
 /// A tower [`Layer`] that authenticates requests to Nifty with the tokens of a [`NiftyAuth`].
@@ -70,6 +71,9 @@ pub struct NiftyAuthLayer<P = CommonBodies> {
 }
 
 impl NiftyAuthLayer {
+    /// The default [`max_replay_body_bytes`](Self::max_replay_body_bytes).
+    pub const DEFAULT_MAX_REPLAY_BODY_BYTES: usize = DEFAULT_MAX_REPLAY_BODY_BYTES;
+
     /// A layer attaching the tokens of `auth`.
     pub fn new(auth: NiftyAuth) -> Self {
         NiftyAuthLayer {
@@ -81,7 +85,7 @@ impl NiftyAuthLayer {
     /// Bodies that the default policy replays by copying their bytes (`String`) are
     /// kept for the retry after a 401 up to this size; larger ones are sent once and their 401
     /// returned as it is. Bodies whose copy shares the bytes (`Full<Bytes>`) are replayed whatever
-    /// their size. Defaults to [`DEFAULT_MAX_REPLAY_BODY_BYTES`] (64 KiB).
+    /// their size. Defaults to [`NiftyAuthLayer::DEFAULT_MAX_REPLAY_BODY_BYTES`] (64 KiB).
     pub fn max_replay_body_bytes(mut self, max: usize) -> Self {
         self.settings.policy = CommonBodies::new(max);
         self
@@ -163,7 +167,7 @@ impl<P: fmt::Debug> fmt::Debug for NiftyAuthLayer<P> {
 /// layer's [`ReplayPolicy`] kept a copy of the body.
 ///
 /// Errors are [`BoxError`](crate::BoxError)s: the inner service's errors as they are, token failures as an
-/// [`AuthError`](crate::AuthError) (`err.downcast_ref::<AuthError>()`).
+/// [`AuthError`] (`err.downcast_ref::<AuthError>()`).
 #[derive(Clone)]
 pub struct NiftyAuthService<S, P = CommonBodies> {
     core: Core<S, P>,

@@ -4,4 +4,4 @@
 pub(crate) mod cache;
 mod set;
 
-pub use set::{TokenSet, MAX_EXPIRES_IN};
+pub use set::{TokenSet, MAX_EXPIRES_IN, MAX_TOKEN_RESPONSE_BYTES};

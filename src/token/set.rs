@@ -12,6 +12,11 @@ use crate::error::AuthError;
 use crate::redact;
 
 /// The longest `expires_in` accepted from the token endpoint (ten years); longer is treated as garbage.
+/// The largest token answer read ([`TokenSet::MAX_RESPONSE_BYTES`]).
+#[doc(hidden)]
+pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+#[doc(hidden)]
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
 /// A set of tokens: the access token, the refresh token (if any), and when the access token expires.
@@ -46,6 +51,13 @@ pub struct TokenSet {
 }
 
 impl TokenSet {
+    /// The longest `expires_in` honoured (ten years); a longer one is clamped to it.
+    pub const MAX_EXPIRES_IN: Duration = MAX_EXPIRES_IN;
+
+    /// The largest token endpoint answer read; a larger body is an
+    /// [`AuthError::InvalidResponse`](crate::AuthError::InvalidResponse).
+    pub const MAX_RESPONSE_BYTES: usize = MAX_TOKEN_RESPONSE_BYTES;
+
     /// A bearer token set holding just an access token, with unknown expiry and no refresh token.
     ///
     /// An access token that cannot be sent in a header (control characters, non-ASCII) is rejected
