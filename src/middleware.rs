@@ -54,17 +54,15 @@
 //! # fn main() {}
 //! ```
 
-use std::future::Future;
 use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
-use http::{Extensions, HeaderValue};
+use http::Extensions;
 use reqwest_middleware::Next;
 
 use crate::auth::NiftyAuth;
-use crate::error::AuthError;
 use crate::layer::DEFAULT_MAX_REPLAY_BODY_BYTES;
-use crate::manager::{TokenManager, Unauthorized, Want};
+use crate::manager::TokenManager;
 use crate::origin::Origins;
 
 /// A [`reqwest_middleware::Middleware`] attaching the tokens of a [`NiftyAuth`]; see the
@@ -114,7 +112,14 @@ nifty_middleware!(NiftyAuthMiddleware, |this, request, extensions, next| {
     if !wants_token(&this.auth.shared.origins, &request) {
         return next.run(request, extensions).await;
     }
-    send(&this.auth, this.replay, request, extensions, next).await
+    send(
+        &this.auth.shared.manager,
+        this.replay,
+        request,
+        extensions,
+        next,
+    )
+    .await
 });
 
 /// The `Middleware` impl of a nifty-auth middleware; `handle` runs the given body with `this` (the
@@ -164,77 +169,19 @@ pub(crate) fn wants_token(origins: &Origins, request: &reqwest::Request) -> bool
         })
 }
 
-/// Where a middleware gets its headers: a [`NiftyAuth`], or one grant's token manager.
-pub(crate) trait Tokens: Sync {
-    /// The manager, for its counters and its 401 bookkeeping.
-    fn manager(&self) -> &Arc<TokenManager>;
-
-    /// The header for a request about to be sent (waiting for the single flight if needed).
-    fn header(&self) -> impl Future<Output = Result<(HeaderValue, u64), AuthError>> + Send;
-
-    /// What to do after a 401 for `generation`: `None` to return it as it is, or the header to
-    /// retry with.
-    fn header_after_unauthorized(
-        &self,
-        generation: u64,
-    ) -> impl Future<Output = Result<Option<(HeaderValue, u64)>, AuthError>> + Send;
-}
-
-impl Tokens for NiftyAuth {
-    fn manager(&self) -> &Arc<TokenManager> {
-        &self.shared.manager
-    }
-
-    fn header(&self) -> impl Future<Output = Result<(HeaderValue, u64), AuthError>> + Send {
-        self.header_for_request()
-    }
-
-    fn header_after_unauthorized(
-        &self,
-        generation: u64,
-    ) -> impl Future<Output = Result<Option<(HeaderValue, u64)>, AuthError>> + Send {
-        NiftyAuth::header_after_unauthorized(self, generation)
-    }
-}
-
-impl Tokens for Arc<TokenManager> {
-    fn manager(&self) -> &Arc<TokenManager> {
-        self
-    }
-
-    async fn header(&self) -> Result<(HeaderValue, u64), AuthError> {
-        match self.header_now() {
-            Some(found) => Ok(found),
-            None => Arc::clone(self).token(Want::Usable).await?.bearer(),
-        }
-    }
-
-    async fn header_after_unauthorized(
-        &self,
-        generation: u64,
-    ) -> Result<Option<(HeaderValue, u64)>, AuthError> {
-        Ok(match self.after_unauthorized(generation) {
-            Unauthorized::Newer(header, generation) => Some((header, generation)),
-            Unauthorized::Wait(token) => Some(token.await?.bearer()?),
-            Unauthorized::GiveUp => None,
-        })
-    }
-}
-
-/// Sends `request` with a header from `tokens`, and retries it once after a 401 with a newer one
+/// Sends `request` with a header from `manager`, and retries it once after a 401 with a newer one
 /// (if `replay` allows and the body can be cloned).
 pub(crate) async fn send(
-    tokens: &impl Tokens,
+    manager: &Arc<TokenManager>,
     replay: Replay,
     mut request: reqwest::Request,
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> reqwest_middleware::Result<reqwest::Response> {
-    let (header, generation) = tokens
-        .header()
+    let (header, generation) = manager
+        .header_for_request()
         .await
         .map_err(reqwest_middleware::Error::middleware)?;
-    let manager = tokens.manager();
     manager.counters().request_authorized();
     let small_enough = request.body().is_none_or(|body| {
         body.as_bytes()
@@ -256,7 +203,7 @@ pub(crate) async fn send(
     if crate::layer::insufficient_scope(response.headers()) {
         return Ok(response); // a new token would not have more scope
     }
-    let Some((header, retry_generation)) = tokens
+    let Some((header, retry_generation)) = manager
         .header_after_unauthorized(generation)
         .await
         .map_err(reqwest_middleware::Error::middleware)?

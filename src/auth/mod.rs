@@ -9,10 +9,9 @@ use http::Uri;
 
 use crate::credentials::Credentials;
 use crate::error::AuthError;
-use crate::manager::{TokenManager, Unauthorized, Want};
+use crate::manager::TokenManager;
 use crate::origin::Origins;
 use crate::stripe::STRIPES;
-use crate::token::cache::Read;
 use crate::token::TokenSet;
 
 pub use builder::{
@@ -186,7 +185,7 @@ impl NiftyAuth {
     /// # Errors
     /// The refresh's [`AuthError`].
     pub async fn access_token(&self) -> Result<String, AuthError> {
-        access_token_of(&self.shared.manager).await
+        self.shared.manager.access_token().await
     }
 
     /// Replaces the tokens, e.g. after the user authorized the app again: saves them to the store,
@@ -213,61 +212,6 @@ impl NiftyAuth {
     pub fn is_allowed(&self, uri: &Uri) -> bool {
         self.shared.origins.allows(uri)
     }
-}
-
-impl NiftyAuth {
-    /// The header for a request about to be sent: the cached one (starting a background refresh in
-    /// the skew window), or the result of the single-flight refresh. With its generation.
-    #[cfg_attr(
-        not(feature = "reqwest"),
-        allow(dead_code, reason = "used by the reqwest middleware")
-    )]
-    pub(crate) async fn header_for_request(&self) -> Result<(http::HeaderValue, u64), AuthError> {
-        let manager = &self.shared.manager;
-        if let Some(found) = manager.header_now() {
-            return Ok(found);
-        }
-        let current = Arc::clone(manager).token(Want::Usable).await?;
-        current.bearer()
-    }
-
-    /// What to do after a 401 for `generation`: `Ok(None)` to return the 401 as it is, or the header
-    /// (and its generation) to retry with — a newer current one, or a refresh's.
-    #[cfg_attr(
-        not(feature = "reqwest"),
-        allow(dead_code, reason = "used by the reqwest middleware")
-    )]
-    pub(crate) async fn header_after_unauthorized(
-        &self,
-        generation: u64,
-    ) -> Result<Option<(http::HeaderValue, u64)>, AuthError> {
-        match self.shared.manager.after_unauthorized(generation) {
-            Unauthorized::Newer(header, generation) => Ok(Some((header, generation))),
-            Unauthorized::Wait(token) => token.await?.bearer().map(Some),
-            Unauthorized::GiveUp => Ok(None),
-        }
-    }
-}
-
-/// A valid access token of `manager`'s grant, refreshing first if needed.
-pub(crate) async fn access_token_of(manager: &Arc<TokenManager>) -> Result<String, AuthError> {
-    // One load: the token of the same publication the freshness was judged on.
-    let current = manager.cache.load();
-    let usable = match current.read() {
-        Read::Fresh(..) => true,
-        Read::Stale(..) => {
-            manager.refresh_in_background();
-            true
-        }
-        Read::Missing => false,
-    };
-    if let Some(token) = current.access_token().filter(|_| usable) {
-        return Ok(token.to_owned());
-    }
-    let current = Arc::clone(manager).token(Want::Usable).await?;
-    current
-        .token_set()
-        .map(|tokens| tokens.access_token().to_owned())
 }
 
 impl fmt::Debug for NiftyAuth {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use crate::auth::{access_token_of, Builder, NiftyAuth, SharedAuth};
+use crate::auth::{Builder, NiftyAuth, SharedAuth};
 use crate::credentials::Credentials;
 use crate::error::AuthError;
 use crate::manager::{ManagerParts, Policy, StoreRef, TokenManager};
@@ -203,7 +203,7 @@ impl NiftyGrants {
     /// The refresh's [`AuthError`]; [`AuthError::ReauthorizationRequired`] for a grant the store
     /// does not know.
     pub async fn access_token(&self, grant: &GrantId) -> Result<String, AuthError> {
-        access_token_of(&self.shared.manager(grant)).await
+        self.shared.manager(grant).access_token().await
     }
 
     /// Forgets `grant` and deletes it from the store: waits for its running refresh, drops its

@@ -46,6 +46,7 @@ use crate::trace;
 pub(crate) use latches::Latches;
 use tower::BoxError;
 
+mod fetch;
 mod flight;
 mod latch;
 pub(crate) mod latches;
