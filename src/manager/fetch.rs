@@ -60,3 +60,6 @@ impl TokenManager {
             .map(|tokens| tokens.access_token().to_owned())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -394,3 +394,6 @@ impl TokenManager {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

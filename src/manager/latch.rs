@@ -105,3 +105,6 @@ impl TokenManager {
         AuthError::GrantRemoved
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -70,3 +70,6 @@ impl std::fmt::Debug for Latches {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -48,6 +48,8 @@ use tower::BoxError;
 
 mod fetch;
 mod flight;
+#[cfg(test)]
+pub(crate) mod harness;
 mod latch;
 pub(crate) mod latches;
 mod persist;

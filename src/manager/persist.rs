@@ -356,3 +356,6 @@ impl TokenManager {
         result
     }
 }
+
+#[cfg(test)]
+mod tests;

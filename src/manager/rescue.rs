@@ -79,3 +79,6 @@ impl TokenManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

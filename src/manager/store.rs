@@ -87,3 +87,6 @@ impl TokenManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,56 @@
+//! The manager's view of its store: lock errors, fingerprints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::manager::harness::{manager, Nifty};
+use crate::store::LockTimeout;
+
+/// A store whose lock is always held elsewhere (or broken).
+struct Locked {
+    timeout: bool,
+}
+
+impl TokenStore for Locked {
+    fn load(&self) -> crate::future::BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn save<'a>(&'a self, _: &'a TokenSet) -> crate::future::BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn lock(&self, _: Duration) -> crate::future::BoxFuture<'_, Result<StoreLock, BoxError>> {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            Err(if timeout {
+                LockTimeout::new(Duration::from_secs(12), "another replica").into()
+            } else {
+                "connection refused".into()
+            })
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_held_elsewhere_is_refresh_lock_held_and_a_broken_one_a_store_error() {
+    let nifty = Nifty::new();
+    let held = manager(&nifty, Arc::new(Locked { timeout: true }));
+    let broken = manager(&nifty, Arc::new(Locked { timeout: false }));
+
+    match held.lock_store().await {
+        Err(AuthError::RefreshLockHeld { waited }) => assert_eq!(waited, Duration::from_secs(12)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        broken.lock_store().await,
+        Err(AuthError::Store { .. })
+    ));
+    assert_eq!(nifty.calls(), 0);
+}
+
+#[test]
+fn fingerprints_are_never_zero_and_tell_tokens_apart() {
+    assert_ne!(fingerprint(""), 0);
+    assert_eq!(fingerprint("refresh-1"), fingerprint("refresh-1"));
+    assert_ne!(fingerprint("refresh-1"), fingerprint("refresh-2"));
+}
