@@ -299,6 +299,10 @@ pub fn paired_with_peer(
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(rounds);
+    // `NIFTY_BENCH_ONLY=name,…`: only these variants (profiling one of them).
+    if let Ok(only) = std::env::var("NIFTY_BENCH_ONLY") {
+        variants.retain(|v| only.split(',').any(|name| name == v.name));
+    }
     let n = variants.len();
     let mut ns: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
     for round in 0..rounds {
