@@ -98,7 +98,7 @@ where
 /// a round-robin over them visits the grants in no order the memory layout could favour.
 fn shuffled(ids: &[GrantId]) -> Vec<GrantId> {
     let mut ids = ids.to_vec();
-    fastrand::Rng::with_seed(0x6e69_6674_79).shuffle(&mut ids);
+    fastrand::Rng::with_seed(0x6e69_6674).shuffle(&mut ids);
     ids
 }
 
