@@ -7,7 +7,9 @@
 //! throughput is in requests (elements) per second. (b2) is (b) with one header value per task instead
 //! of one shared by all: the cost of a reference count that both cores write. (b3) is (b) plus one
 //! clone of a shared `Arc` per request, held until the response (what the retry copy of (c) does with
-//! its `NiftyAuth` handle). Requests are built inside the tasks, the same way
+//! its `NiftyAuth` handle). (b4) is (b) under `tower::retry::Retry` with a policy that clones each
+//! request and retries once on 401 (the peer that can also retry, as in `hot_path`). Requests are
+//! built inside the tasks' timed loops, the same way
 //! for every variant (each task parses its own `Uri`, so no refcount is shared across tasks). After
 //! the criterion group the variants run again in interleaved rounds (`paired contention` lines).
 
@@ -149,6 +151,9 @@ where
     S::Future: Send,
     S::Error: std::fmt::Debug,
 {
+    if paired_only() {
+        return;
+    }
     group.bench_function(name, |b| {
         b.to_async(rt).iter_custom(|iters| {
             let svc = svc.clone();
@@ -177,6 +182,7 @@ fn contention(c: &mut Criterion) {
     let bearer = expected_bearer();
     rt.block_on(async {
         check_attaches(tower_http_layer().layer(echo_service()), Some(&bearer)).await;
+        check_attaches(tower_http_retry(echo_service()), Some(&bearer)).await;
         check_attaches(nifty.layer(echo_service()), Some(&bearer)).await;
         check_attaches(naive.layer(echo_service()), Some(&bearer)).await;
     });
@@ -209,6 +215,12 @@ fn contention(c: &mut Criterion) {
         "b3_tower_http_plus_shared_arc",
         arc_per_request.clone(),
     );
+    bench_variant(
+        &mut group,
+        &rt,
+        "b4_tower_http_with_retry",
+        tower_http_retry(ok_service()),
+    );
     bench_variant(&mut group, &rt, "c_nifty_auth", nifty.layer(ok_service()));
     bench_variant(
         &mut group,
@@ -220,20 +232,22 @@ fn contention(c: &mut Criterion) {
     group.finish();
 
     // The same variants, interleaved: ratios that a drifting machine load cannot skew.
-    let (bare, tower_http, with_retry, without_retry, naive) = (
+    let (bare, tower_http, tower_retry, with_retry, without_retry, naive) = (
         ok_service(),
         tower_http_layer().layer(ok_service()),
+        tower_http_retry(ok_service()),
         nifty.layer(ok_service()),
         nifty_no_retry.layer(ok_service()),
         naive.layer(ok_service()),
     );
     let rt = &rt;
     if paired_enabled() {
-        paired(
+        paired_with_peer(
             "contention",
             7,
             REQUESTS,
             "req",
+            Some("b4_tower_http_with_retry"),
             vec![
                 Variant::new("a_bare", move || rt.block_on(run(&bare))),
                 Variant::new("b_tower_http_static", move || rt.block_on(run(&tower_http))),
@@ -242,6 +256,9 @@ fn contention(c: &mut Criterion) {
                 }),
                 Variant::new("b3_tower_http_plus_shared_arc", move || {
                     rt.block_on(run(&arc_per_request))
+                }),
+                Variant::new("b4_tower_http_with_retry", move || {
+                    rt.block_on(run(&tower_retry))
                 }),
                 Variant::new("c_nifty_auth", move || rt.block_on(run(&with_retry))),
                 Variant::new("c2_nifty_auth_no_retry", move || {

@@ -11,6 +11,12 @@
 //! The target: (g) at most (c) + 30 ns, read from the `paired grants_hot_path` lines (interleaved
 //! rounds; overheads over (a) are medians of per-round differences).
 //!
+//! Issue 16: (f) the floor of a many-grants layer — 16 `RwLock` shards of `HashMap<key carrying its
+//! hash, HeaderValue>` as a layer — beside (g100k) in the `paired grants_floor` lines: 100,000 cached
+//! grants, requests in a shuffled round-robin (fixed seed; the same sequence of `GrantId` extensions
+//! for every variant of the group, bare included). Target: (g100k)'s overhead ≤ 1.5× (f)'s.
+//! Requests are built (extension included) inside the timed loop for every variant.
+//!
 //! `cargo bench --bench grants_hot_path`
 
 mod common;
@@ -30,8 +36,6 @@ use common::*;
 
 /// Requests per variant and round of the paired comparison.
 const PAIRED_REQUESTS: u64 = 100_000;
-/// Requests built per untimed batch.
-const BATCH: usize = 512;
 
 /// `n` grants, each with a valid cached token (no token endpoint is ever called).
 fn warm_grants(rt: &Runtime, n: usize) -> (NiftyGrants, Vec<GrantId>) {
@@ -61,41 +65,184 @@ fn warm_grants(rt: &Runtime, n: usize) -> (NiftyGrants, Vec<GrantId>) {
     (grants, ids)
 }
 
-/// Sends `iters` requests through `svc`, each carrying the next grant id of `ids`.
+/// Sends `iters` requests through `svc`, each carrying the next grant id of `ids` (cycled in their
+/// order: the callers pass a shuffled order). Each request is built, its `GrantId` extension inserted,
+/// inside the timed loop, the same way for every variant.
 async fn run<S>(svc: &mut S, uri: &Uri, ids: &[GrantId], iters: u64) -> Duration
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
-    let mut total = Duration::ZERO;
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut left = iters;
     let mut next = 0;
-    while left > 0 {
-        let n = left.min(BATCH as u64) as usize;
-        batch.extend((0..n).map(|_| {
-            let mut request = request(uri);
-            request
-                .extensions_mut()
-                .insert(ids[next % ids.len()].clone());
-            next += 1;
-            request
-        }));
-        let start = Instant::now();
-        for request in batch.drain(..) {
-            let response = svc
-                .ready()
-                .await
-                .expect("ready")
-                .call(request)
-                .await
-                .expect("call");
-            black_box(response);
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut request = request(uri);
+        request.extensions_mut().insert(ids[next].clone());
+        next += 1;
+        if next == ids.len() {
+            next = 0;
         }
-        total += start.elapsed();
-        left -= n as u64;
+        let response = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("call");
+        black_box(response);
     }
-    total
+    start.elapsed()
+}
+
+/// `ids` in a shuffled order (fixed seed, so every run and every variant sends the same sequence):
+/// a round-robin over them visits the grants in no order the memory layout could favour.
+fn shuffled(ids: &[GrantId]) -> Vec<GrantId> {
+    let mut ids = ids.to_vec();
+    fastrand::Rng::with_seed(0x6e69_6674).shuffle(&mut ids);
+    ids
+}
+
+/// The floor of a many-grants layer (issue 16): 16 `RwLock` shards of `HashMap<key carrying its
+/// hash, HeaderValue>`, the header inserted like tower-http's, the inner future returned as it is.
+/// The request's `GrantId` gives the hash (`GrantId` hashes as its precomputed hash); no token
+/// expiry, refresh, retry or eviction.
+mod floor {
+    use std::borrow::Borrow;
+    use std::collections::HashMap;
+    use std::hash::{BuildHasherDefault, Hash, Hasher};
+    use std::sync::Arc;
+
+    use http::header::AUTHORIZATION;
+    use http::{HeaderValue, Request};
+    use nifty_auth::GrantId;
+    use parking_lot::RwLock;
+    use tower::{Layer, Service};
+
+    const SHARDS: usize = 16;
+
+    /// A hasher that passes on the one `u64` it is given (the key's precomputed hash).
+    #[derive(Default)]
+    pub struct PassThrough(u64);
+
+    impl Hasher for PassThrough {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(b);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+    }
+
+    fn hash_of(id: &GrantId) -> u64 {
+        let mut hasher = PassThrough::default();
+        id.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The key: the id and its hash.
+    pub struct Key {
+        hash: u64,
+        id: GrantId,
+    }
+
+    impl Hash for Key {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            state.write_u64(self.hash);
+        }
+    }
+    impl PartialEq for Key {
+        fn eq(&self, other: &Self) -> bool {
+            self.hash == other.hash && self.id == other.id
+        }
+    }
+    impl Eq for Key {}
+    impl Borrow<GrantId> for Key {
+        fn borrow(&self) -> &GrantId {
+            &self.id
+        }
+    }
+
+    type Map = HashMap<Key, HeaderValue, BuildHasherDefault<PassThrough>>;
+
+    #[repr(align(128))]
+    struct Shard(RwLock<Map>);
+
+    /// The floor layer.
+    #[derive(Clone)]
+    pub struct FloorLayer {
+        shards: Arc<[Shard]>,
+    }
+
+    impl FloorLayer {
+        /// Every grant of `ids` with a header of its own (as each grant has its own token): built
+        /// from a `String` like nifty-auth's, and cloned once so its bytes are already shared.
+        pub fn new(ids: &[GrantId], bearer: &str) -> Self {
+            let shards: Vec<Shard> = (0..SHARDS).map(|_| Shard(RwLock::default())).collect();
+            for id in ids {
+                let mut header = HeaderValue::try_from(bearer.to_owned()).expect("header");
+                header.set_sensitive(true);
+                drop(header.clone());
+                let hash = hash_of(id);
+                shards[(hash >> 60) as usize % SHARDS].0.write().insert(
+                    Key {
+                        hash,
+                        id: id.clone(),
+                    },
+                    header,
+                );
+            }
+            FloorLayer {
+                shards: shards.into(),
+            }
+        }
+    }
+
+    impl<S> Layer<S> for FloorLayer {
+        type Service = Floor<S>;
+        fn layer(&self, inner: S) -> Floor<S> {
+            Floor {
+                inner,
+                shards: Arc::clone(&self.shards),
+            }
+        }
+    }
+
+    #[derive(Clone)]
+    pub struct Floor<S> {
+        inner: S,
+        shards: Arc<[Shard]>,
+    }
+
+    impl<S: Service<Request<B>>, B> Service<Request<B>> for Floor<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, mut request: Request<B>) -> S::Future {
+            let grant = request.extensions().get::<GrantId>().expect("a GrantId");
+            let hash = hash_of(grant);
+            let header = self.shards[(hash >> 60) as usize % SHARDS]
+                .0
+                .read()
+                .get(grant)
+                .cloned()
+                .expect("a cached grant");
+            request.headers_mut().insert(AUTHORIZATION, header);
+            self.inner.call(request)
+        }
+    }
 }
 
 fn variant<'a, S>(
@@ -125,6 +272,10 @@ fn grants_hot_path(c: &mut Criterion) {
     let (one, one_ids) = warm_grants(&rt, 1);
     let (thousand, thousand_ids) = warm_grants(&rt, 1_000);
     let (many, many_ids) = warm_grants(&rt, 100_000);
+    // Round-robin in a shuffled order (fixed seed), the same for every variant.
+    let (thousand_ids, many_ids) = (shuffled(&thousand_ids), shuffled(&many_ids));
+    let floor = floor::FloorLayer::new(&many_ids, &expected_bearer());
+    let floor_one = floor::FloorLayer::new(&one_ids, &expected_bearer());
 
     // Every variant attaches the same header (checked once, not measured).
     let bearer = expected_bearer();
@@ -148,6 +299,23 @@ fn grants_hot_path(c: &mut Criterion) {
         }
     });
 
+    rt.block_on(async {
+        let mut request = request(&uri);
+        request.extensions_mut().insert(many_ids[7].clone());
+        let response = floor
+            .layer(echo_service())
+            .oneshot(request)
+            .await
+            .expect("call");
+        assert_eq!(
+            response
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap()),
+            Some(bearer.as_str())
+        );
+    });
+
     let mut group = c.benchmark_group("grants_hot_path");
     group.throughput(Throughput::Elements(1));
     for (name, grants, ids) in [
@@ -155,6 +323,9 @@ fn grants_hot_path(c: &mut Criterion) {
         ("g1k_1000_grants", &thousand, &thousand_ids),
         ("g100k_100000_grants", &many, &many_ids),
     ] {
+        if paired_only() {
+            break;
+        }
         let svc = grants.layer().layer(ok_service());
         group.bench_function(name, |b| {
             let mut next = 0;
@@ -175,13 +346,63 @@ fn grants_hot_path(c: &mut Criterion) {
     group.finish();
 
     if paired_enabled() {
-        paired(
+        // Issue 16: the 100,000-grant shuffled round-robin beside its floor, every variant's
+        // requests carrying the same sequence of `GrantId`s.
+        paired_with_peer(
+            "grants_floor",
+            15,
+            PAIRED_REQUESTS,
+            "req",
+            Some("f_floor_100000_grants"),
+            vec![
+                variant("a_bare", &rt, ok_service(), &uri, &many_ids),
+                variant(
+                    "b_tower_http_static",
+                    &rt,
+                    tower_http_layer().layer(ok_service()),
+                    &uri,
+                    &many_ids,
+                ),
+                variant(
+                    "f_floor_100000_grants",
+                    &rt,
+                    floor.layer(ok_service()),
+                    &uri,
+                    &many_ids,
+                ),
+                variant(
+                    "g100k_100000_grants",
+                    &rt,
+                    many.layer().layer(ok_service()),
+                    &uri,
+                    &many_ids,
+                ),
+                variant(
+                    "g100k_no_retry",
+                    &rt,
+                    many.layer()
+                        .retry_on_unauthorized(false)
+                        .layer(ok_service()),
+                    &uri,
+                    &many_ids,
+                ),
+            ],
+        );
+        paired_with_peer(
             "grants_hot_path",
             15,
             PAIRED_REQUESTS,
             "req",
+            Some("f_floor_one_grant"),
             vec![
                 variant("a_bare", &rt, ok_service(), &uri, &one_ids),
+                variant(
+                    "f_floor_one_grant",
+                    &rt,
+                    floor_one.layer(ok_service()),
+                    &uri,
+                    &one_ids,
+                ),
                 variant(
                     "b_tower_http_static",
                     &rt,

@@ -9,8 +9,8 @@
 //! (feature `redis`), (f) (c) over a `PostgresStore` (feature `postgres`; PostgreSQL is stopped
 //! before measuring, so a passing run proves the hot path never asks it).
 //!
-//! Requests are built (the same way for every variant) in batches outside the timed section; the
-//! timed section is `ready().await` + `call().await` + dropping the response, per request. After the
+//! Requests are built inside the timed loop, the same way for every variant: the timed section is
+//! building the request + `ready().await` + `call().await` + dropping the response, per request. After the
 //! criterion group, the same variants run again in interleaved rounds (`paired hot_path` lines) so the
 //! ratios hold on a noisy machine. Group `hot_path_parts` times the pieces of (c) one by one.
 
@@ -33,36 +33,25 @@ use tower::{Layer, Service, ServiceExt};
 
 use common::*;
 
-/// Requests built per untimed batch.
-const BATCH: usize = 512;
-
-/// Sends `iters` requests through `svc`, building them in untimed batches; returns the timed total.
+/// Sends `iters` requests through `svc`, each built inside the timed loop (the same way for every
+/// variant); returns the total time.
 async fn run<S>(svc: &mut S, uri: &Uri, iters: u64) -> Duration
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
     S::Error: std::fmt::Debug,
 {
-    let mut total = Duration::ZERO;
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(BATCH as u64) as usize;
-        batch.extend((0..n).map(|_| request(uri)));
-        let start = Instant::now();
-        for request in batch.drain(..) {
-            let response = svc
-                .ready()
-                .await
-                .expect("ready")
-                .call(request)
-                .await
-                .expect("call");
-            black_box(response);
-        }
-        total += start.elapsed();
-        left -= n as u64;
+    let start = Instant::now();
+    for _ in 0..iters {
+        let response = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(uri))
+            .await
+            .expect("call");
+        black_box(response);
     }
-    total
+    start.elapsed()
 }
 
 fn bench_variant<S>(
@@ -75,6 +64,9 @@ fn bench_variant<S>(
     S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
     S::Error: std::fmt::Debug,
 {
+    if paired_only() {
+        return;
+    }
     group.bench_function(name, |b| {
         b.to_async(rt).iter_custom(|iters| {
             let mut svc = svc.clone();
@@ -191,11 +183,12 @@ fn hot_path(c: &mut Criterion) {
 
     // The same variants, interleaved: ratios that a drifting machine load cannot skew.
     if paired_enabled() {
-        paired(
+        paired_with_peer(
             "hot_path",
             15,
             PAIRED_REQUESTS,
             "req",
+            Some("b2_tower_http_with_retry"),
             vec![
                 variant("a_bare", &rt, ok_service(), &uri),
                 variant(

@@ -69,7 +69,7 @@ use crate::origin::Origins;
 /// [module docs](self).
 ///
 /// Errors from the token manager arrive as `reqwest_middleware::Error::Middleware` wrapping an
-/// [`AuthError`]: `err` → `match err { Error::Middleware(e) => e.downcast_ref::<AuthError>() … }`.
+/// [`AuthError`](crate::AuthError): `err` → `match err { Error::Middleware(e) => e.downcast_ref::<AuthError>() … }`.
 #[derive(Clone, Debug)]
 pub struct NiftyAuthMiddleware {
     auth: NiftyAuth,

@@ -279,8 +279,30 @@ pub fn paired(
     rounds: usize,
     requests_per_run: u64,
     unit: &str,
+    variants: Vec<Variant<'_>>,
+) {
+    paired_with_peer(title, rounds, requests_per_run, unit, None, variants)
+}
+
+/// [`paired`], with two more columns for the variant named `peer` (the reference a target names):
+/// every variant's time and overhead over `a_…` divided by the peer's (medians of per-round
+/// ratios). `NIFTY_BENCH_ROUNDS` overrides `rounds` (quick runs while iterating).
+pub fn paired_with_peer(
+    title: &str,
+    rounds: usize,
+    requests_per_run: u64,
+    unit: &str,
+    peer: Option<&str>,
     mut variants: Vec<Variant<'_>>,
 ) {
+    let rounds = std::env::var("NIFTY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rounds);
+    // `NIFTY_BENCH_ONLY=name,…`: only these variants (profiling one of them).
+    if let Ok(only) = std::env::var("NIFTY_BENCH_ONLY") {
+        variants.retain(|v| only.split(',').any(|name| name == v.name));
+    }
     let n = variants.len();
     let mut ns: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
     for round in 0..rounds {
@@ -302,6 +324,17 @@ pub fn paired(
         }
     };
     let overhead = |i: usize| per_round(i, a, &|x, a| x - a);
+    let p = peer.and_then(|name| variants.iter().position(|v| v.name == name));
+    // Per round: this variant's overhead over `a_…` divided by the peer's.
+    let over_peer = |i: usize| match (a, p) {
+        (Some(a), Some(p)) => {
+            let mut values: Vec<f64> = (0..rounds)
+                .map(|r| (ns[i][r] - ns[a][r]) / (ns[p][r] - ns[a][r]))
+                .collect();
+            median(&mut values)
+        }
+        _ => f64::NAN,
+    };
     let b_overhead = b.map_or(f64::NAN, overhead);
     // Storms take milliseconds: show them in ms.
     let (scale, time_unit) = if requests_per_run == 1 {
@@ -317,15 +350,20 @@ pub fn paired(
         }
     };
     println!("paired {title}: {rounds} interleaved rounds, {requests_per_run} {unit}(s) per variant per round");
+    if let Some(peer) = peer {
+        println!("paired {title}: peer = {peer}");
+    }
     println!(
-        "paired {title}: {:<24} {:>10} {:>12} {:>14} {:>11} {:>8} {:>8}",
+        "paired {title}: {:<24} {:>10} {:>12} {:>14} {:>11} {:>8} {:>8} {:>11} {:>13}",
         "variant",
         format!("{time_unit}/{unit}"),
         format!("{unit}/s"),
         format!("overhead({time_unit})"),
         "overhead/b",
         "time/b",
-        "time/d"
+        "time/d",
+        "time/peer",
+        "overhead/peer"
     );
     for i in 0..n {
         let mut values = ns[i].clone();
@@ -337,7 +375,7 @@ pub fn paired(
             f64::NAN
         };
         println!(
-            "paired {title}: {:<24} {:>10} {:>12} {:>14} {:>11} {:>8} {:>8}",
+            "paired {title}: {:<24} {:>10} {:>12} {:>14} {:>11} {:>8} {:>8} {:>11} {:>13}",
             variants[i].name,
             cell(med / scale, 1),
             cell(1e9 / med, 0),
@@ -345,6 +383,8 @@ pub fn paired(
             cell(over_b, 2),
             cell(per_round(i, b, &|x, b| x / b), 3),
             cell(per_round(i, d, &|x, d| x / d), 3),
+            cell(per_round(i, p, &|x, p| x / p), 3),
+            cell(if p == Some(i) { f64::NAN } else { over_peer(i) }, 3),
         );
     }
     for i in 0..n {
@@ -355,6 +395,12 @@ pub fn paired(
             rounds.join(" ")
         );
     }
+}
+
+/// Whether only the paired comparison runs (`NIFTY_BENCH_PAIRED_ONLY=1`): the criterion groups are
+/// skipped, for quick runs while iterating.
+pub fn paired_only() -> bool {
+    std::env::var_os("NIFTY_BENCH_PAIRED_ONLY").is_some_and(|v| v == "1")
 }
 
 /// Whether the paired comparison should run: not when criterion only profiles, tests or lists, and

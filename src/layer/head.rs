@@ -13,6 +13,8 @@ use std::mem;
 use http::header::{HeaderName, HeaderValue};
 use http::{Extensions, Method, Request, Uri, Version};
 
+use crate::GrantId;
+
 /// Buffers kept per thread for reuse.
 const POOLED_BUFFERS: usize = 16;
 /// Buffers that grew beyond this are freed rather than kept (a rare huge head does not pin memory).
@@ -49,11 +51,43 @@ fn give_back(mut buffer: Vec<u8>) {
     });
 }
 
+/// A request's extensions as a [`Head`] keeps them.
+enum Kept {
+    /// Exactly one extension, a [`GrantId`] (a grants-layer request that carries nothing else): one
+    /// reference count, where cloning the `Extensions` would allocate its map and a box per value.
+    Grant(GrantId),
+    /// Anything else: a clone.
+    Any(Extensions),
+}
+
+impl Kept {
+    #[inline]
+    fn of(extensions: &Extensions) -> Kept {
+        if extensions.len() == 1 {
+            if let Some(grant) = extensions.get::<GrantId>() {
+                return Kept::Grant(grant.clone());
+            }
+        }
+        Kept::Any(extensions.clone())
+    }
+
+    fn into_extensions(self) -> Extensions {
+        match self {
+            Kept::Grant(grant) => {
+                let mut extensions = Extensions::new();
+                extensions.insert(grant);
+                extensions
+            }
+            Kept::Any(extensions) => extensions,
+        }
+    }
+}
+
 /// A copy of a request's method, URI, version, headers and extensions.
 pub(crate) struct Head {
     method: Method,
     version: Version,
-    extensions: Extensions,
+    extensions: Kept,
     /// `[uri len: u16][uri]`, then every header in order as
     /// `[name len: u16][name][sensitive: u8][value len: u16][value]`.
     bytes: Vec<u8>,
@@ -80,7 +114,7 @@ impl Head {
         let mut head = Head {
             method: request.method().clone(),
             version: request.version(),
-            extensions: request.extensions().clone(),
+            extensions: Kept::of(request.extensions()),
             bytes: take_buffer(),
         };
         let bytes = &mut head.bytes;
@@ -115,7 +149,8 @@ impl Head {
         let mut request = Request::new(body);
         *request.method_mut() = mem::take(&mut self.method);
         *request.version_mut() = self.version;
-        *request.extensions_mut() = mem::take(&mut self.extensions);
+        *request.extensions_mut() =
+            mem::replace(&mut self.extensions, Kept::Any(Extensions::new())).into_extensions();
         let buf = bytes::Bytes::from(mem::take(&mut self.bytes));
         let mut at = 0;
         let uri = field(&buf, &mut at)?;
@@ -180,6 +215,36 @@ mod tests {
         assert!(!copy.headers()["content-type"].is_sensitive());
         assert_eq!(copy.extensions().get::<u32>(), Some(&42));
         assert_eq!(*copy.body(), "body");
+    }
+
+    #[test]
+    fn a_lone_grant_id_is_kept_without_cloning_the_extensions() {
+        let grant = GrantId::new("workspace-7").unwrap();
+        let mut original = Request::get("https://h/p").body(()).unwrap();
+        original.extensions_mut().insert(grant.clone());
+
+        let head = Head::capture(&original).unwrap();
+        assert!(
+            matches!(&head.extensions, Kept::Grant(kept) if *kept == grant),
+            "a request whose only extension is a GrantId keeps just the id"
+        );
+        let copy = head.into_request(()).unwrap();
+        assert_eq!(copy.extensions().get::<GrantId>(), Some(&grant));
+        assert_eq!(copy.extensions().len(), 1);
+    }
+
+    #[test]
+    fn a_grant_id_beside_other_extensions_keeps_them_all() {
+        let grant = GrantId::new("workspace-7").unwrap();
+        let mut original = Request::get("https://h/p").body(()).unwrap();
+        original.extensions_mut().insert(grant.clone());
+        original.extensions_mut().insert(42u32);
+
+        let head = Head::capture(&original).unwrap();
+        assert!(matches!(head.extensions, Kept::Any(_)));
+        let copy = head.into_request(()).unwrap();
+        assert_eq!(copy.extensions().get::<GrantId>(), Some(&grant));
+        assert_eq!(copy.extensions().get::<u32>(), Some(&42));
     }
 
     #[test]

@@ -165,8 +165,14 @@ impl State {
 /// The token manager of one grant: the current token, the store, the endpoint and the single-flight
 /// state. What does not differ between the grants of a `NiftyGrants` lives in the shared [`Policy`],
 /// so an idle grant costs little memory.
+///
+/// `repr(C)`: what a request reads (the current-token slot, the eviction mark, the shared policy's
+/// counters) first, on the cache line of the `Arc`'s counts.
+#[repr(C)]
 pub(crate) struct TokenManager {
     pub(crate) cache: TokenCache,
+    /// When a request last used this grant (the registry's insertion tick; for eviction).
+    pub(crate) last_used: AtomicU64,
     policy: Arc<Policy>,
     store: StoreRef,
     /// Which grant of a `NiftyGrants` this is.
@@ -174,8 +180,6 @@ pub(crate) struct TokenManager {
     state: Mutex<State>,
     /// Serializes everything that changes the tokens: refreshes, `set_tokens`, `exchange_code`.
     gate: tokio::sync::Mutex<()>,
-    /// When a request last used this grant (the registry's insertion tick; for eviction).
-    pub(crate) last_used: AtomicU64,
 }
 
 impl AsRef<TokenCache> for TokenManager {

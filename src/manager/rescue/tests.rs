@@ -21,7 +21,10 @@ async fn parked_tokens_are_saved_by_the_rescue_task_with_no_caller_and_no_new_to
     // Each try waits 50–100 ms, then 100–200 ms, … capped at 1 s: a few seconds cover four tries.
     let mut waited = Duration::ZERO;
     while store.saves.load(Ordering::SeqCst) < 4 {
-        assert!(waited < Duration::from_secs(60), "no rescue within a minute");
+        assert!(
+            waited < Duration::from_secs(60),
+            "no rescue within a minute"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += Duration::from_millis(50);
     }
