@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nifty_auth::authorize::{AuthorizationRequest, CallbackServer};
+use nifty_auth::store::FileStore;
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{BoxError, Credentials, FileStore, NiftyAuth};
+use nifty_auth::{BoxError, Credentials, NiftyAuth};
 
 const DEFAULT_SCOPE: &str = "project task";
 const DEFAULT_PORT: u16 = 8765;

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use nifty_auth::store::FileStore;
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{BoxError, Credentials, FileStore, NiftyAuth, DEFAULT_API_ORIGIN};
+use nifty_auth::{BoxError, Credentials, NiftyAuth};
 use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::main]
@@ -73,7 +74,7 @@ async fn main() -> Result<(), BoxError> {
 
     let url = match &nifty {
         Some(nifty) => nifty.api_url("/projects"),
-        None => format!("{DEFAULT_API_ORIGIN}/api/v1.0/projects"),
+        None => format!("{}/api/v1.0/projects", NiftyAuth::DEFAULT_API_ORIGIN),
     };
     let request = http::Request::get(url).body(Full::new(Bytes::new()))?;
     let response = api.oneshot(request).await?;

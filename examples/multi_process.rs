@@ -16,8 +16,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use nifty_auth::store::{RedisStore, TokenStore};
 use nifty_auth::testing::{FakeNifty, Grant};
-use nifty_auth::{BoxError, Credentials, NiftyAuth, RedisStore, TokenStore};
+use nifty_auth::{BoxError, Credentials, NiftyAuth};
 use tower::{ServiceBuilder, ServiceExt};
 
 const TOKEN_LIFETIME: Duration = Duration::from_secs(2);

@@ -13,8 +13,9 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use nifty_auth::layer::NiftyAuthService;
 use nifty_auth::testing::{FakeNifty, Grant};
-use nifty_auth::{BoxError, NiftyAuth, NiftyAuthService};
+use nifty_auth::{BoxError, NiftyAuth};
 use tower::{ServiceBuilder, ServiceExt};
 
 /// The client stack: hyper-util's client wrapped in the auth layer.

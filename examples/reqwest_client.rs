@@ -8,8 +8,9 @@
 
 use std::path::PathBuf;
 
+use nifty_auth::store::FileStore;
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{BoxError, Credentials, FileStore, NiftyAuth, DEFAULT_API_ORIGIN};
+use nifty_auth::{BoxError, Credentials, NiftyAuth};
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::RetryTransientMiddleware;
 
@@ -67,7 +68,7 @@ async fn main() -> Result<(), BoxError> {
 
     let url = match &nifty {
         Some(nifty) => nifty.api_url("/projects"),
-        None => format!("{DEFAULT_API_ORIGIN}/api/v1.0/projects"),
+        None => format!("{}/api/v1.0/projects", NiftyAuth::DEFAULT_API_ORIGIN),
     };
     let response = client.get(url).send().await?;
     let status = response.status();

@@ -35,7 +35,8 @@
 //! ```no_run
 //! # async fn run() -> Result<(), nifty_auth::BoxError> {
 //! use nifty_auth::authorize::{AuthorizationRequest, CallbackServer};
-//! use nifty_auth::{Credentials, FileStore, NiftyAuth};
+//! use nifty_auth::{Credentials, NiftyAuth};
+//! use nifty_auth::store::FileStore;
 //!
 //! let server = CallbackServer::bind("http://127.0.0.1:8765/callback").await?;
 //! let request = AuthorizationRequest::new("client-id", server.redirect_uri())

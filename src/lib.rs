@@ -106,8 +106,9 @@
 //! # Design notes
 //!
 //! The current token lives behind an [`arc_swap::ArcSwap`]: the hot path never locks. A refresh is a
-//! spawned task whose `Shared` handle waiters await; a [`parking_lot::Mutex`] guards only the
-//! in-flight slot and the failure latches. A 401 names the token *generation* it was sent with: if a
+//! spawned task whose `Shared` handle waiters await; a [`parking_lot::Mutex`] guards each grant's
+//! refresh state (the in-flight slot, the failure latch, tokens waiting for a save), and a request
+//! with a fresh token never takes it. A 401 names the token *generation* it was sent with: if a
 //! newer token is already current the retry just uses it, otherwise it joins (or starts) the refresh.
 //! Request bodies are not buffered by the layer: any `http_body::Body` works; bodies its
 //! [`ReplayPolicy`] can copy cheaply (by default `Full<Bytes>`, `Empty`, `String`, …; others with

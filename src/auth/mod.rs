@@ -28,7 +28,8 @@ pub use builder::{
 /// ```no_run
 /// # async fn run() -> Result<(), nifty_auth::AuthError> {
 /// use std::time::Duration;
-/// use nifty_auth::{Credentials, FileStore, NiftyAuth};
+/// use nifty_auth::{Credentials, NiftyAuth};
+/// use nifty_auth::store::FileStore;
 ///
 /// let auth = NiftyAuth::builder(Credentials::new("client-id", "client-secret"))
 ///     .store(FileStore::new("nifty-tokens.json"))

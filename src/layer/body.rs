@@ -153,7 +153,8 @@ impl<F> fmt::Debug for CloneBodyFn<F> {
 /// its method to [`clone_body_fn`](super::NiftyAuthLayer::clone_body_fn):
 ///
 /// ```
-/// use nifty_auth::{NiftyAuth, ReplayableBody};
+/// use nifty_auth::NiftyAuth;
+/// use nifty_auth::replay::ReplayableBody;
 /// # use std::pin::Pin; use std::task::{Context, Poll};
 /// # use bytes::Bytes; use http_body::{Body, Frame};
 ///

@@ -18,7 +18,8 @@ use tower::BoxError;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), nifty_auth::BoxError> {
-/// use nifty_auth::{MemoryStore, TokenSet, TokenStore};
+/// use nifty_auth::TokenSet;
+/// use nifty_auth::store::{MemoryStore, TokenStore};
 ///
 /// let store = MemoryStore::new();
 /// store.save(&TokenSet::new("at").with_refresh_token("rt")).await?;

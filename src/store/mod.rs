@@ -23,7 +23,8 @@
 //! The trait is object-safe (`Arc<dyn TokenStore>` works), so its methods return boxed futures:
 //!
 //! ```
-//! use nifty_auth::{BoxError, TokenSet, TokenStore};
+//! use nifty_auth::{BoxError, TokenSet};
+//! use nifty_auth::store::TokenStore;
 //! use nifty_auth::store::BoxFuture;
 //!
 //! /// Keeps tokens in a database table (here: a mutex standing in for it).

@@ -6,10 +6,8 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nifty_auth::store::BoxFuture;
-use nifty_auth::{
-    BoxError, Credentials, FileStore, NiftyAuth, StoreLock, TokenSet, TokenStore, DEFAULT_TOKEN_URL,
-};
+use nifty_auth::store::{BoxFuture, FileStore, StoreLock, TokenStore};
+use nifty_auth::{BoxError, Credentials, NiftyAuth, TokenSet};
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
@@ -228,7 +226,7 @@ impl Profile {
         pick(
             &self.token_url,
             saved.and_then(|c| c.token_url.as_ref()),
-            DEFAULT_TOKEN_URL,
+            NiftyAuth::DEFAULT_TOKEN_URL,
         )
     }
 

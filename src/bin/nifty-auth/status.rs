@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use nifty_auth::TokenStore as _;
+use nifty_auth::store::TokenStore as _;
 use serde_json::json;
 
 use crate::failure::Failure;

@@ -15,7 +15,8 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 /// The largest request body kept for the retry after a 401 (the layer's default cap).
-pub(crate) const MAX_REPLAY_BYTES: usize = nifty_auth::DEFAULT_MAX_REPLAY_BODY_BYTES;
+pub(crate) const MAX_REPLAY_BYTES: usize =
+    nifty_auth::NiftyAuthLayer::DEFAULT_MAX_REPLAY_BODY_BYTES;
 
 /// A request body sent upstream.
 #[derive(Debug)]

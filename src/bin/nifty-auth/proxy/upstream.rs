@@ -152,7 +152,7 @@ async fn open_store(spec: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, 
                 "--grants-store dir: needs a directory: dir:PATH",
             ));
         }
-        return Ok(Arc::new(nifty_auth::FileStore::directory(dir)));
+        return Ok(Arc::new(nifty_auth::store::FileStore::directory(dir)));
     }
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
         return redis_store(spec, client_id);
@@ -167,7 +167,7 @@ async fn open_store(spec: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, 
 
 #[cfg(feature = "redis")]
 fn redis_store(url: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, Failure> {
-    let store = nifty_auth::RedisStore::builder(url, client_id, "proxy")
+    let store = nifty_auth::store::RedisStore::builder(url, client_id, "proxy")
         .build()
         .map_err(|e| Failure::usage(format!("--grants-store: {e}")))?;
     Ok(Arc::new(store))
@@ -182,7 +182,7 @@ fn redis_store(_: &str, _: &str) -> Result<Arc<dyn GrantStore>, Failure> {
 
 #[cfg(feature = "postgres")]
 async fn postgres_store(url: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, Failure> {
-    let store = nifty_auth::PostgresStore::connect(url, client_id)
+    let store = nifty_auth::store::PostgresStore::connect(url, client_id)
         .map_err(|e| Failure::usage(format!("--grants-store: {e}")))?;
     store
         .migrate()
