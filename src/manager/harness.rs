@@ -196,6 +196,26 @@ pub(crate) fn expired() -> TokenSet {
 /// A one-grant manager over `nifty` and `store`: one attempt per refresh, a 60 s skew, a 30 s 401
 /// cooldown.
 pub(crate) fn manager(nifty: &Arc<Nifty>, store: Arc<dyn TokenStore>) -> Arc<TokenManager> {
+    build(nifty, StoreRef::Token(store), None, None)
+}
+
+/// The manager of the grant `acme` of a grants store `store`, reporting its latches to `latches`
+/// (as a `NiftyGrants` does).
+pub(crate) fn grant_manager(
+    nifty: &Arc<Nifty>,
+    store: Arc<MemoryStore>,
+    latches: Latches,
+) -> Arc<TokenManager> {
+    let grant = GrantId::new("acme").expect("grant id");
+    build(nifty, StoreRef::Grant(store), Some(grant), Some(latches))
+}
+
+fn build(
+    nifty: &Arc<Nifty>,
+    store: StoreRef,
+    grant: Option<GrantId>,
+    latches: Option<Latches>,
+) -> Arc<TokenManager> {
     let clock = Clock::new();
     let endpoint_of = Arc::clone(nifty);
     let client = tower::service_fn(move |request: Request<Full<Bytes>>| {
@@ -222,10 +242,10 @@ pub(crate) fn manager(nifty: &Arc<Nifty>, store: Arc<dyn TokenStore>) -> Arc<Tok
             endpoint: Some(endpoint),
             bootstrap_refresh_token: None,
             unauthorized_cooldown: Duration::from_secs(30),
-            latches: None,
+            latches,
             counters: Counters::default(),
         }),
-        store: StoreRef::Token(store),
-        grant: None,
+        store,
+        grant,
     }))
 }

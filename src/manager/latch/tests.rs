@@ -49,3 +49,68 @@ async fn a_transient_failure_does_not_latch() {
     assert_eq!(current.access_token(), Some("access-token-2-0123456789"));
     assert_eq!(nifty.calls(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_latched_by_invalid_grant_is_reported_and_lifted_but_a_removed_one_is_not_reported()
+{
+    use crate::grant_id::GrantId;
+    use crate::manager::harness::grant_manager;
+    use crate::manager::Latches;
+    use crate::store::{GrantStore, MemoryStore};
+
+    let acme = GrantId::new("acme").unwrap();
+    let nifty = Nifty::new();
+    nifty.spend("refresh-0");
+    let store = Arc::new(MemoryStore::new());
+    store.save_grant(&acme, &expired()).await.unwrap();
+    let manager = grant_manager(&nifty, Arc::clone(&store), Latches::new(None));
+    let latches = manager.policy.latches.as_ref().unwrap();
+
+    let refused = Arc::clone(&manager).token(Want::Usable).await.unwrap_err();
+    assert!(refused.is_reauthorization_required(), "{refused}");
+    assert_eq!(latches.grants(), vec![acme.clone()]);
+
+    Arc::clone(&manager)
+        .set_tokens(TokenSet::new("access-token-new-0123456789").with_refresh_token("fresh"))
+        .await
+        .unwrap();
+    assert!(latches.grants().is_empty(), "new tokens lift the latch");
+    // Lifted in the manager too: a 401 refreshes again (one more call).
+    let (_, generation) = manager.header_for_request().await.unwrap();
+    manager
+        .header_after_unauthorized(generation)
+        .await
+        .unwrap()
+        .expect("refreshed");
+    assert_eq!(nifty.calls(), 2);
+
+    // Removed elsewhere: the next refresh finds the entry gone — latched, never reported.
+    store.remove_grant(&acme).await.unwrap();
+    let (_, generation) = manager.header_for_request().await.unwrap();
+    let gone = manager
+        .header_after_unauthorized(generation)
+        .await
+        .unwrap_err();
+    assert!(matches!(gone, crate::AuthError::GrantRemoved), "{gone:?}");
+    assert!(
+        latches.grants().is_empty(),
+        "a removal is not a re-authorization"
+    );
+    assert_eq!(nifty.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_manager_forgets_its_token_and_fails_every_call_without_a_token_call() {
+    let nifty = Nifty::new();
+    let manager = manager(&nifty, Flaky::with(expired()));
+    manager.header_for_request().await.unwrap();
+
+    Arc::clone(&manager).retire().await.unwrap();
+
+    assert!(manager.header_now().is_none());
+    for _ in 0..3 {
+        let error = manager.header_for_request().await.unwrap_err();
+        assert!(matches!(error, crate::AuthError::GrantRemoved), "{error:?}");
+    }
+    assert_eq!(nifty.calls(), 1);
+}

@@ -27,6 +27,10 @@ fn the_callback_runs_once_per_latch_and_the_list_is_sorted() {
     assert_eq!(calls.load(Ordering::SeqCst), 2, "once per grant latched");
     assert_eq!(latches.grants(), vec![a.clone(), b.clone()]);
     assert_eq!(latches.len(), 2);
+    assert_eq!(
+        format!("{latches:?}"),
+        "Latches { grants: 2, callback: true }"
+    );
     assert!(matches!(
         latches.error_for(&b),
         Some((

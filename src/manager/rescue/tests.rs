@@ -44,3 +44,29 @@ async fn parked_tokens_are_saved_by_the_rescue_task_with_no_caller_and_no_new_to
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(store.saves.load(Ordering::SeqCst), 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_rescue_first_tries_50_to_100_ms_after_the_failed_refresh() {
+    let nifty = Nifty::new();
+    let store = Flaky::with(expired());
+    // The refresh's three saves fail; the rescue's first try succeeds.
+    store.fail_saves.store(3, Ordering::SeqCst);
+    let manager = manager(&nifty, store.clone());
+
+    Arc::clone(&manager).token(Want::Usable).await.unwrap_err();
+    assert_eq!(store.saves.load(Ordering::SeqCst), 3);
+
+    tokio::time::sleep(Duration::from_millis(49)).await;
+    assert_eq!(
+        store.saves.load(Ordering::SeqCst),
+        3,
+        "not before half the first delay"
+    );
+    tokio::time::sleep(Duration::from_millis(52)).await;
+    assert_eq!(
+        store.saves.load(Ordering::SeqCst),
+        4,
+        "within the first delay"
+    );
+    assert_eq!(store.refresh_token().as_deref(), Some("refresh-1"));
+}
