@@ -51,11 +51,9 @@ async fn expiry_then_300_concurrent_requests_make_one_token_call_and_never_send_
     let fake = FakeNifty::builder()
         .token_lifetime(Some(Duration::from_secs(120)))
         .token_delay(Duration::from_millis(5))
-        .start()
-        .await
-        .unwrap();
+        .start_in_process();
     let auth = auth(&fake);
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
 
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);

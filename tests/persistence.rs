@@ -200,7 +200,7 @@ async fn sleep_until(what: &str, mut condition: impl FnMut() -> bool) {
 #[tokio::test(start_paused = true)]
 async fn dropping_every_waiting_request_does_not_cancel_the_refresh_or_lose_the_rotation() {
     const DELAY: Duration = Duration::from_secs(2);
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     fake.set_token_delay(DELAY);
     let bootstrap = fake.issue_refresh_token();
     let store = MemoryStore::new();
@@ -209,7 +209,7 @@ async fn dropping_every_waiting_request_does_not_cancel_the_refresh_or_lose_the_
         .store(store.clone())
         .build()
         .unwrap();
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
 
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {

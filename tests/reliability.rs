@@ -231,9 +231,7 @@ async fn rotated_tokens_whose_save_failed_keep_the_store_lock_until_saved() {
 async fn a_failed_background_lock_backs_off_instead_of_retrying_per_request() {
     let fake = FakeNifty::builder()
         .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+        .start_in_process();
     let store = FaultyStore::default();
     let auth = builder(&fake)
         .refresh_token(fake.issue_refresh_token())
@@ -242,7 +240,7 @@ async fn a_failed_background_lock_backs_off_instead_of_retrying_per_request() {
         .store(store.clone())
         .build()
         .unwrap();
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
     // A token that enters its refresh window (the skew is clamped to half its life) after 30 s.
     let token = TokenSet::new(fake.issue_access_token(None))
         .with_refresh_token(fake.issue_refresh_token())
@@ -302,9 +300,9 @@ async fn a_cold_start_does_not_hold_a_concurrency_permit_the_token_call_needs() 
 #[tokio::test(start_paused = true)]
 async fn a_token_that_expired_while_the_monotonic_clock_stood_still_is_not_sent() {
     // Tokio's paused clock plays a monotonic clock stopped by a suspend; the wall clock runs on.
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     let auth = auth(&fake);
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
     let short = TokenSet::new(fake.issue_access_token(None))
         .with_refresh_token(fake.issue_refresh_token())
         .with_expires_in(Duration::from_millis(1500));
@@ -321,7 +319,7 @@ async fn a_token_that_expired_while_the_monotonic_clock_stood_still_is_not_sent(
 
 #[tokio::test(start_paused = true)]
 async fn tokens_adopted_from_the_store_are_judged_on_the_managers_clock() {
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     let stored = TokenSet::new(fake.issue_access_token(None))
         .with_refresh_token(fake.issue_refresh_token())
         .with_expires_in(Duration::from_secs(60));

@@ -19,7 +19,7 @@ use tower::{ServiceBuilder, ServiceExt};
 /// Warms the token cache with one request; returns the service.
 async fn warm(fake: &FakeNifty) -> (nifty_auth::NiftyAuth, AuthClient) {
     let auth = auth(fake);
-    let svc = service(&auth);
+    let svc = service_for(fake, &auth);
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.token_calls(), 1);
@@ -77,7 +77,7 @@ async fn a_second_401_goes_back_to_the_caller_as_it_is() {
 // with the revoked token and answered 401 before it completes — deterministically.
 #[tokio::test(start_paused = true)]
 async fn two_hundred_concurrent_401s_for_one_token_make_one_refresh() {
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     let (_auth, svc) = warm(&fake).await;
     fake.revoke_access_tokens();
     fake.set_token_delay(std::time::Duration::from_secs(1));
@@ -278,13 +278,13 @@ async fn a_streaming_body_is_sent_once_and_its_401_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn the_401_retry_waits_for_readiness_under_a_concurrency_limit() {
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     let auth = auth(&fake);
     // ConcurrencyLimit panics if `call` comes without a successful `poll_ready`.
     let svc = ServiceBuilder::new()
         .layer(auth.layer())
         .concurrency_limit(1)
-        .service(http_client());
+        .service(fake.service());
     let response = svc
         .clone()
         .oneshot(get(fake.api_url("/users/me")))

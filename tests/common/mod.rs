@@ -1,37 +1,94 @@
-//! Shared helpers for the integration tests: a real hyper-util client and a `NiftyAuth` pointed at a
-//! `FakeNifty` on 127.0.0.1.
+//! Shared helpers for the integration tests: a real hyper-util client and a `NiftyAuth` pointed at
+//! a `FakeNifty` on 127.0.0.1, or, for tests on tokio's paused clock, at a `FakeNifty` in process
+//! (no socket: the paused clock must never jump ahead while a socket read is pending).
 #![allow(
     dead_code,
     reason = "each test file uses a different subset of the helpers"
 )]
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use nifty_auth::testing::FakeNifty;
+use nifty_auth::testing::{FakeNifty, FakeService};
 use nifty_auth::{AuthError, BoxError, Builder, NiftyAuth, NiftyAuthService};
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
-/// The real client every test drives.
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-/// The client wrapped in the layer.
-pub type AuthClient = NiftyAuthService<HttpClient>;
+/// The real client every test over TCP drives.
+pub type HttpClient = HyperClient<HttpConnector, Full<Bytes>>;
+/// The client wrapped in the layer: over TCP, or straight into an in-process fake.
+pub type AuthClient = NiftyAuthService<Client>;
 
 pub fn http_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    HyperClient::builder(TokioExecutor::new()).build_http()
 }
 
-/// A builder aimed at `fake`, with fast backoff so failure tests stay quick.
+/// What the layer wraps in the tests: the real hyper client, or an in-process fake's service.
+#[derive(Clone, Debug)]
+pub enum Client {
+    Tcp(Box<HttpClient>),
+    InProcess(FakeService),
+}
+
+/// The body of a [`Client`]'s answers, whichever carried them.
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+
+type ClientFuture = Pin<Box<dyn Future<Output = Result<Response<ClientBody>, BoxError>> + Send>>;
+
+impl Service<Request<Full<Bytes>>> for Client {
+    type Response = Response<ClientBody>;
+    type Error = BoxError;
+    type Future = ClientFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Client::Tcp(client) => client.poll_ready(cx).map_err(Into::into),
+            Client::InProcess(fake) => {
+                Service::<Request<Full<Bytes>>>::poll_ready(fake, cx).map_err(Into::into)
+            }
+        }
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> ClientFuture {
+        match self {
+            Client::Tcp(client) => {
+                let answer = client.call(request);
+                Box::pin(async move { Ok(answer.await?.map(|b| b.map_err(Into::into).boxed())) })
+            }
+            Client::InProcess(fake) => {
+                let answer = fake.call(request);
+                Box::pin(async move { Ok(answer.await?.map(|b| b.map_err(Into::into).boxed())) })
+            }
+        }
+    }
+}
+
+/// A fake with no socket, for tests on tokio's paused clock: `builder`, `auth` and `service_for`
+/// route every request of a test to it in process.
+pub fn paused_fake(fake: nifty_auth::testing::FakeNiftyBuilder) -> FakeNifty {
+    fake.start_in_process()
+}
+
+/// A builder aimed at `fake`, with fast backoff so failure tests stay quick. An in-process fake is
+/// also its HTTP client.
 pub fn builder(fake: &FakeNifty) -> Builder {
-    NiftyAuth::builder(fake.credentials())
+    let builder = NiftyAuth::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
         .allowed_origins([fake.base_url()])
-        .token_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .token_backoff(Duration::from_millis(5), Duration::from_millis(20));
+    if fake.is_in_process() {
+        builder.http_client(fake.service())
+    } else {
+        builder
+    }
 }
 
 /// A `NiftyAuth` bootstrapped with a fresh refresh token of `fake`.
@@ -42,8 +99,19 @@ pub fn auth(fake: &FakeNifty) -> NiftyAuth {
         .expect("build")
 }
 
+/// The layer over the real hyper client.
 pub fn service(auth: &NiftyAuth) -> AuthClient {
-    NiftyAuthService::new(http_client(), auth.clone())
+    NiftyAuthService::new(Client::Tcp(Box::new(http_client())), auth.clone())
+}
+
+/// The layer over the way to reach `fake`: in process if it was started so, else over TCP.
+pub fn service_for(fake: &FakeNifty, auth: &NiftyAuth) -> AuthClient {
+    let client = if fake.is_in_process() {
+        Client::InProcess(fake.service())
+    } else {
+        Client::Tcp(Box::new(http_client()))
+    };
+    NiftyAuthService::new(client, auth.clone())
 }
 
 pub fn get(url: impl AsRef<str>) -> Request<Full<Bytes>> {
@@ -59,14 +127,25 @@ pub fn post_json(url: impl AsRef<str>, json: &'static str) -> Request<Full<Bytes
         .expect("request")
 }
 
-/// Sends `request` through a clone of `svc`; returns the status and the whole body.
-pub async fn send(
-    svc: &AuthClient,
+/// Sends `request` through a clone of `svc` (the layer over any client); returns the status and
+/// the whole body.
+pub async fn send<S, B>(
+    svc: &S,
     request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), BoxError> {
+) -> Result<(StatusCode, Bytes), BoxError>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = BoxError> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let response = svc.clone().oneshot(request).await?;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(Into::into)?
+        .to_bytes();
     Ok((status, body))
 }
 

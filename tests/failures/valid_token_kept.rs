@@ -6,16 +6,14 @@ use super::*;
 async fn a_valid_token_keeps_being_used_when_the_background_refresh_fails() {
     let fake = FakeNifty::builder()
         .token_lifetime(Some(Duration::from_secs(120)))
-        .start()
-        .await
-        .unwrap();
+        .start_in_process();
     let refresh_token = fake.issue_refresh_token();
     let auth = builder(&fake)
         .refresh_token(refresh_token)
         .refresh_skew(Duration::from_secs(60))
         .build()
         .unwrap();
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
 
     let first = succeeding_request(&svc, &fake).await;
     assert_eq!(fake.token_calls(), 1);
@@ -83,15 +81,13 @@ async fn a_valid_token_keeps_being_used_when_the_background_refresh_fails() {
 async fn a_terminal_background_refresh_failure_keeps_the_valid_token_until_it_expires() {
     let fake = FakeNifty::builder()
         .token_lifetime(Some(Duration::from_secs(120)))
-        .start()
-        .await
-        .unwrap();
+        .start_in_process();
     let auth = builder(&fake)
         .refresh_token(fake.issue_refresh_token())
         .refresh_skew(Duration::from_secs(60))
         .build()
         .unwrap();
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
     let first = succeeding_request(&svc, &fake).await;
     assert_eq!(fake.token_calls(), 1);
 

@@ -109,10 +109,8 @@ async fn pushed_api_statuses_and_revocation() {
 async fn access_tokens_expire_on_the_tokio_clock() {
     let fake = FakeNifty::builder()
         .token_lifetime(Some(Duration::from_secs(120)))
-        .start()
-        .await
-        .expect("start");
-    let client = client();
+        .start_in_process();
+    let client = fake.service();
     let standalone = fake.issue_access_token(Some(Duration::from_secs(60)));
     let rt = fake.issue_refresh_token();
     let refreshed = refresh(&client, &fake, &rt).await.json();

@@ -1,4 +1,5 @@
-//! Tests of `nifty_auth::testing::FakeNifty` itself, through a real hyper client.
+//! Tests of `nifty_auth::testing::FakeNifty` itself, through a real hyper client (and through its
+//! in-process service on tokio's paused clock).
 //!
 //! * `protocol`: the token endpoint's grants, rotation, replay detection and validation.
 //! * `api`: the API's answers by bearer token, queued statuses, expiry, the server's lifetime.
@@ -14,8 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use nifty_auth::testing::FakeNifty;
+use nifty_auth::testing::{FakeNifty, FakeService};
 use serde_json::{json, Value};
+use tower::ServiceExt;
 
 mod api;
 mod faults;
@@ -77,13 +79,42 @@ fn token_request(fake: &FakeNifty, body: &Value) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
-async fn token(client: &HttpClient, fake: &FakeNifty, body: Value) -> Answer {
-    send(client, token_request(fake, &body))
-        .await
-        .expect("token request")
+/// How a test reaches the fake: the hyper client over TCP, or the fake's own service in process
+/// (for tests on tokio's paused clock, which must not wait on a socket).
+trait Transport {
+    async fn answer(&self, request: Request<Full<Bytes>>) -> Answer;
 }
 
-async fn refresh(client: &HttpClient, fake: &FakeNifty, refresh_token: &str) -> Answer {
+impl Transport for HttpClient {
+    async fn answer(&self, request: Request<Full<Bytes>>) -> Answer {
+        send(self, request).await.expect("answer")
+    }
+}
+
+impl Transport for FakeService {
+    async fn answer(&self, request: Request<Full<Bytes>>) -> Answer {
+        let response = self.clone().oneshot(request).await.expect("answer");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+async fn token(client: &impl Transport, fake: &FakeNifty, body: Value) -> Answer {
+    client.answer(token_request(fake, &body)).await
+}
+
+async fn refresh(client: &impl Transport, fake: &FakeNifty, refresh_token: &str) -> Answer {
     token(
         client,
         fake,
@@ -93,7 +124,7 @@ async fn refresh(client: &HttpClient, fake: &FakeNifty, refresh_token: &str) -> 
 }
 
 async fn api(
-    client: &HttpClient,
+    client: &impl Transport,
     fake: &FakeNifty,
     method: Method,
     path: &str,
@@ -107,10 +138,10 @@ async fn api(
     let request = request
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .expect("request");
-    send(client, request).await.expect("API request")
+    client.answer(request).await
 }
 
-async fn get(client: &HttpClient, fake: &FakeNifty, path: &str, token: Option<&str>) -> Answer {
+async fn get(client: &impl Transport, fake: &FakeNifty, path: &str, token: Option<&str>) -> Answer {
     api(client, fake, Method::GET, path, token, "").await
 }
 

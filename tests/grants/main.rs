@@ -15,10 +15,15 @@ use nifty_auth::{GrantId, GrantStore, MemoryStore, NiftyGrants, NiftyGrantsBuild
 
 /// A grants builder aimed at `fake`, with fast backoff.
 pub fn grants_builder(fake: &FakeNifty) -> NiftyGrantsBuilder {
-    NiftyGrants::builder(fake.credentials())
+    let builder = NiftyGrants::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
         .allowed_origins([fake.base_url()])
-        .token_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .token_backoff(Duration::from_millis(5), Duration::from_millis(20));
+    if fake.is_in_process() {
+        builder.http_client(fake.service())
+    } else {
+        builder
+    }
 }
 
 /// `n` grants known to `fake`, each stored in `store` with an expired access token and a live
