@@ -7,6 +7,8 @@ mod common;
 mod api;
 mod layer;
 mod processes;
+#[path = "../common/workers.rs"]
+mod workers;
 
 use std::time::Duration;
 

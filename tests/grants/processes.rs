@@ -3,7 +3,6 @@
 //! (under CI, or wherever a redis-server is installed). A rotating fake that revokes a grant on a
 //! refresh-token replay proves that no process ever refreshes with a stale refresh token.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +10,8 @@ use nifty_auth::testing::FakeNifty;
 use nifty_auth::{Credentials, GrantId, GrantStore, NiftyGrants, TokenSet};
 use tokio::task::JoinSet;
 use tower::Layer;
+
+use crate::workers::{answer, env, served, worker_mode, Worker};
 
 #[cfg(feature = "redis")]
 #[path = "../redis/server.rs"]
@@ -26,10 +27,6 @@ const PERIOD_MS: u64 = 2_500;
 const LIFETIME: Duration = Duration::from_millis(1_200);
 /// Concurrent requests per grant per round in each process.
 const CALLERS: usize = 2;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -66,37 +63,28 @@ async fn two_processes_share(kind: &str, location: &str, store: impl GrantStore)
         .collect();
 
     let start_at = now_ms() + 1_500;
-    let children: Vec<_> = (0..2)
+    let workers: Vec<_> = (0..2)
         .map(|_| {
-            Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "processes::worker_process_entry", "--nocapture"])
-                .args(["--test-threads=1"])
-                .env("NIFTY_GRANTS_WORKER", kind)
-                .env("NIFTY_GRANTS_STORE", location)
-                .env("NIFTY_GRANTS_CLIENT_ID", fake.client_id())
-                .env("NIFTY_GRANTS_CLIENT_SECRET", fake.client_secret())
-                .env("NIFTY_GRANTS_BASE_URL", fake.base_url())
-                .env("NIFTY_GRANTS_KEYS", keys.join(","))
-                .env("NIFTY_GRANTS_START_AT_MS", start_at.to_string())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
+            Worker::spawn(
+                "processes::worker_process_entry",
+                kind,
+                &[
+                    ("NIFTY_GRANTS_STORE", location.to_owned()),
+                    ("NIFTY_GRANTS_CLIENT_ID", fake.client_id().to_owned()),
+                    (
+                        "NIFTY_GRANTS_CLIENT_SECRET",
+                        fake.client_secret().to_owned(),
+                    ),
+                    ("NIFTY_GRANTS_BASE_URL", fake.base_url()),
+                    ("NIFTY_GRANTS_KEYS", keys.join(",")),
+                    ("NIFTY_GRANTS_START_AT_MS", start_at.to_string()),
+                ],
+            )
         })
         .collect();
     let mut ok = 0;
-    for child in children {
-        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(output.status.success(), "worker failed: {output:?}");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let count = stdout
-            .split("WORKER ok=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no result from the worker: {stdout}"));
-        ok += count.parse::<usize>().unwrap();
+    for worker in workers {
+        ok += served(&worker.result().await);
     }
 
     assert_eq!(
@@ -143,7 +131,7 @@ fn redis_store(url: &str) -> nifty_auth::RedisStore {
 /// saw the right grant.
 #[test]
 fn worker_process_entry() {
-    let Ok(kind) = std::env::var("NIFTY_GRANTS_WORKER") else {
+    let Some(kind) = worker_mode() else {
         return;
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -214,6 +202,6 @@ fn worker_process_entry() {
                 }
             }
         }
-        println!("WORKER ok={ok}");
+        answer(&format!("ok={ok}"));
     });
 }

@@ -206,7 +206,12 @@ async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_th
         let (grants, id) = (grants.clone(), id.clone());
         async move { grants.access_token(&id).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        fake.wait_until(|_| fake_grant.token_calls_in_flight() > 0),
+    )
+    .await
+    .expect("the refresh never called the token endpoint");
     assert_eq!(fake_grant.token_calls_in_flight(), 1);
     bump(&raw, "stale-writer").await;
     let err = first.await.unwrap().unwrap_err();

@@ -1,7 +1,5 @@
 //! Several OS processes (this test binary re-run as workers) sharing grants through PostgreSQL.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nifty_auth::testing::FakeNifty;
@@ -9,24 +7,18 @@ use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
 
 use crate::now_ms;
 use crate::server::{lease_holder, lease_rows, PgServer};
+use crate::workers::{served, Worker};
 
-/// This test binary in worker `mode`, with the server and fake in its environment.
-fn worker(mode: &str, pg: &PgServer, fake: &FakeNifty) -> Command {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "worker_process_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("NIFTY_PG_WORKER", mode)
-        .env("NIFTY_PG_URL", pg.url())
-        .env("NIFTY_PG_CLIENT_ID", fake.client_id())
-        .env("NIFTY_PG_CLIENT_SECRET", fake.client_secret())
-        .env("NIFTY_PG_TOKEN_URL", fake.token_url())
-        .stdout(Stdio::piped());
-    command
+/// This test binary in worker `mode`, with the server and fake in its environment, and `vars`.
+fn worker(mode: &str, pg: &PgServer, fake: &FakeNifty, vars: &[(&str, String)]) -> Worker {
+    let mut env = vec![
+        ("NIFTY_PG_URL", pg.url()),
+        ("NIFTY_PG_CLIENT_ID", fake.client_id().to_owned()),
+        ("NIFTY_PG_CLIENT_SECRET", fake.client_secret().to_owned()),
+        ("NIFTY_PG_TOKEN_URL", fake.token_url()),
+    ];
+    env.extend(vars.iter().cloned());
+    Worker::spawn("worker_process_entry", mode, &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,32 +48,24 @@ async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_gra
     }
 
     let start_at = now_ms() + 1_500;
-    let children: Vec<Child> = (0..4)
+    let workers: Vec<Worker> = (0..4)
         .map(|_| {
-            worker("grants", &pg, &fake)
-                .env("NIFTY_PG_GRANTS", grants.to_string())
-                .env("NIFTY_PG_ROUNDS", rounds.to_string())
-                .env("NIFTY_PG_PERIOD_MS", period_ms.to_string())
-                .env("NIFTY_PG_START_AT_MS", start_at.to_string())
-                .spawn()
-                .unwrap()
+            worker(
+                "grants",
+                &pg,
+                &fake,
+                &[
+                    ("NIFTY_PG_GRANTS", grants.to_string()),
+                    ("NIFTY_PG_ROUNDS", rounds.to_string()),
+                    ("NIFTY_PG_PERIOD_MS", period_ms.to_string()),
+                    ("NIFTY_PG_START_AT_MS", start_at.to_string()),
+                ],
+            )
         })
         .collect();
     let mut ok = 0;
-    for child in children {
-        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(output.status.success(), "worker failed: {output:?}");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        // libtest prints the test's name on the same line as the worker's first output.
-        let count = stdout
-            .split("WORKER ok=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no result from the worker: {stdout}"));
-        ok += count.parse::<usize>().unwrap();
+    for worker in workers {
+        ok += served(&worker.result().await);
     }
 
     // 4 processes × 5 rounds × 20 grants × 3 concurrent calls, all served.
@@ -115,14 +99,18 @@ async fn a_lock_holder_killed_is_taken_over_once_its_lease_lapsed_with_one_token
         .with_expires_in(Duration::from_millis(1));
     GrantStore::save_grant(&store, &id, &seed).await.unwrap();
 
-    let mut holder = worker("hold", &pg, &fake)
-        .env("NIFTY_PG_GRANT", id.as_str())
-        .env("NIFTY_PG_LEASE_MS", "1000")
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
-    assert!(
-        lines.any(|line| line.unwrap().contains("LOCKED")),
+    let mut holder = worker(
+        "hold",
+        &pg,
+        &fake,
+        &[
+            ("NIFTY_PG_GRANT", id.as_str().to_owned()),
+            ("NIFTY_PG_LEASE_MS", "1000".to_owned()),
+        ],
+    );
+    assert_eq!(
+        holder.next().await,
+        "locked",
         "the holder did not take the lock"
     );
     assert!(
@@ -144,8 +132,7 @@ async fn a_lock_holder_killed_is_taken_over_once_its_lease_lapsed_with_one_token
     // Killed: its lease row stays (no session end releases it), is no longer renewed and lapses;
     // a process that needs the grant waits for that (its default wait covers a lease), then
     // refreshes once.
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    holder.kill();
     assert_eq!(lease_rows(&admin).await, 1);
     let store = nifty_auth::PostgresStore::connect(&pg.url(), fake.client_id()).unwrap();
     let grants = NiftyGrants::builder(fake.credentials())

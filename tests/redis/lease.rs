@@ -36,7 +36,12 @@ async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its
 
     let refreshing = tokio::spawn(async move { first.access_token().await });
     // The first instance holds the lock and waits for the slow token endpoint.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        fake.wait_until(|fake| fake.token_calls_in_flight() > 0),
+    )
+    .await
+    .expect("the first instance never called the token endpoint");
     assert_eq!(fake.token_calls_in_flight(), 1);
     let started = std::time::Instant::now();
     let adopted = second.access_token().await.unwrap();
@@ -133,6 +138,25 @@ async fn save_locked_refuses_a_lock_this_store_did_not_take() {
     other_lock.release().await;
 }
 
+/// Waits (at most 5 s, then fails) until this (current-thread) runtime has `n` alive tasks: an
+/// aborted or finished watchdog is gone once it has been reaped.
+async fn wait_for_alive_tasks(n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        if alive == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {alive} alive tasks, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Alive tasks on this (current-thread) runtime, once the aborted ones have been reaped.
 async fn alive_tasks_settled() -> usize {
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -174,22 +198,14 @@ async fn the_watchdog_extends_the_lease_while_held_and_stops_on_release_or_drop(
 
     lock.release().await;
     assert!(raw_get(&redis, store.lock_key()).await.is_none());
-    assert_eq!(
-        alive_tasks_settled().await,
-        baseline,
-        "released: no watchdog"
-    );
+    wait_for_alive_tasks(baseline, "released: no watchdog").await;
     assert!(expires_unextended(&redis, store.lock_key(), &owner).await);
 
     let lock = store.lock(Duration::from_secs(30)).await.unwrap();
     let owner = raw_get(&redis, store.lock_key()).await.unwrap();
     assert_eq!(alive_tasks_settled().await, baseline + 1);
     drop(lock); // its release runs in a spawned task
-    assert_eq!(
-        alive_tasks_settled().await,
-        baseline,
-        "dropped: no watchdog"
-    );
+    wait_for_alive_tasks(baseline, "dropped: no watchdog").await;
     assert!(raw_get(&redis, store.lock_key()).await.is_none());
     assert!(expires_unextended(&redis, store.lock_key(), &owner).await);
 }

@@ -138,3 +138,29 @@ pub async fn pttl(redis: &RedisServer, key: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// How many `SET` commands the server has run (`INFO commandstats`). A lock waiter's refused
+/// `SET NX` attempts count here, so a test can wait for them instead of sleeping.
+pub async fn set_commands(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw(redis).await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// Waits (at most 10 s, then fails) until the server has run `n` `SET` commands in all.
+pub async fn wait_for_set_commands(redis: &RedisServer, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while set_commands(redis).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {n} SET commands"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
