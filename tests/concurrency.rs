@@ -24,11 +24,7 @@ async fn fire(svc: &AuthClient, url: String, n: usize) -> Vec<StatusCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_500_concurrent_requests_make_one_token_call() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(50))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(50)).await;
     let auth = auth(&fake);
     let svc = service(&auth);
 
@@ -107,11 +103,7 @@ async fn contention_64_tasks_on_two_workers_share_one_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_access_token_calls_share_one_refresh() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(30))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(30)).await;
     let auth = auth(&fake);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..100 {
@@ -129,11 +121,7 @@ async fn concurrent_access_token_calls_share_one_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_fails_every_waiter_with_the_same_error_after_one_call() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(30))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(30)).await;
     fake.push_token_fault(nifty_auth::testing::TokenFault::status(
         400,
         r#"{"error":"invalid_grant","error_description":"refresh token revoked"}"#,

@@ -11,6 +11,7 @@ mod workers;
 
 use std::time::{Duration, SystemTime};
 
+use common::rotating_fake_delayed;
 use common::{builder, get, send, service};
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
@@ -117,13 +118,7 @@ async fn two_processes_on_one_file_make_one_token_call_per_expiry() {
         assert_eq!(role, "refresh");
         return refresh_worker().await;
     }
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_delay(Duration::from_millis(100))
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake_delayed(Duration::from_millis(100)).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
     let store = FileStore::new(&path);

@@ -229,9 +229,7 @@ async fn rotated_tokens_whose_save_failed_keep_the_store_lock_until_saved() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_background_lock_backs_off_instead_of_retrying_per_request() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start_in_process();
+    let fake = paused_fake_lasting(Duration::from_secs(3600));
     let store = FaultyStore::default();
     let auth = builder(&fake)
         .refresh_token(fake.issue_refresh_token())

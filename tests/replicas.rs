@@ -327,11 +327,7 @@ async fn a_storm_of_1000_expired_grants_over_a_file_directory_keeps_a_lock_file_
 ) {
     const GRANTS: usize = 1000;
     const MAX_CALLS: usize = 2;
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(2))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(2)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::directory(dir.path());
     let mut ids = Vec::with_capacity(GRANTS);
@@ -707,13 +703,7 @@ async fn parked_tokens_whose_lock_the_fence_says_is_lost_are_saved_under_a_new_l
 async fn parked_tokens_older_than_what_another_replica_saved_meanwhile_are_dropped_not_saved_over_it(
 ) {
     // Tokens too short-lived to adopt: every replica that needs one refreshes.
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_lifetime(Some(Duration::from_millis(50)))
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake_lasting(Duration::from_millis(50)).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
     seed_expired(&fake, &path).await;

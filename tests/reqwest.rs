@@ -22,11 +22,7 @@ fn client(auth: &NiftyAuth) -> ClientWithMiddleware {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_make_one_token_call() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(30))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(30)).await;
     let auth = auth(&fake);
     let client = client(&auth);
 

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use nifty_auth::testing::{FakeNifty, FakeService};
+use nifty_auth::testing::{FakeNifty, FakeNiftyBuilder, FakeService};
 use nifty_auth::{AuthError, BoxError, Builder, NiftyAuth, NiftyAuthService};
 use tower::{Service, ServiceExt};
 
@@ -71,10 +71,56 @@ impl Service<Request<Full<Bytes>>> for Client {
     }
 }
 
-/// A fake with no socket, for tests on tokio's paused clock: `builder`, `auth` and `service_for`
-/// route every request of a test to it in process.
-pub fn paused_fake(fake: nifty_auth::testing::FakeNiftyBuilder) -> FakeNifty {
-    fake.start_in_process()
+/// A fake with no socket whose access tokens live `lifetime`, for tests on tokio's paused clock:
+/// `builder`, `auth` and `service_for` route every request of a test to it in process.
+pub fn paused_fake_lasting(lifetime: Duration) -> FakeNifty {
+    FakeNifty::builder()
+        .token_lifetime(Some(lifetime))
+        .start_in_process()
+}
+
+/// A fake on 127.0.0.1 whose access tokens live `lifetime`.
+pub async fn fake_lasting(lifetime: Duration) -> FakeNifty {
+    FakeNifty::builder()
+        .token_lifetime(Some(lifetime))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A fake on 127.0.0.1 whose every token answer waits `delay`.
+pub async fn fake_delayed(delay: Duration) -> FakeNifty {
+    FakeNifty::builder()
+        .token_delay(delay)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A fake on 127.0.0.1 that rotates refresh tokens and revokes a grant whose rotated-away refresh
+/// token is replayed (its defaults, stated): any replay shows as `invalid_grant`.
+pub async fn rotating_fake() -> FakeNifty {
+    rotating().start().await.unwrap()
+}
+
+/// [`rotating_fake`] with access tokens that live `lifetime`.
+pub async fn rotating_fake_lasting(lifetime: Duration) -> FakeNifty {
+    rotating()
+        .token_lifetime(Some(lifetime))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// [`rotating_fake`] with every token answer waiting `delay`.
+pub async fn rotating_fake_delayed(delay: Duration) -> FakeNifty {
+    rotating().token_delay(delay).start().await.unwrap()
+}
+
+fn rotating() -> FakeNiftyBuilder {
+    FakeNifty::builder()
+        .rotation(true)
+        .replay_revokes_grant(true)
 }
 
 /// A builder aimed at `fake`, with fast backoff so failure tests stay quick. An in-process fake is

@@ -4,9 +4,7 @@ use super::*;
 
 #[tokio::test(start_paused = true)]
 async fn a_valid_token_keeps_being_used_when_the_background_refresh_fails() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(120)))
-        .start_in_process();
+    let fake = paused_fake_lasting(Duration::from_secs(120));
     let refresh_token = fake.issue_refresh_token();
     let auth = builder(&fake)
         .refresh_token(refresh_token)
@@ -79,9 +77,7 @@ async fn a_valid_token_keeps_being_used_when_the_background_refresh_fails() {
 
 #[tokio::test(start_paused = true)]
 async fn a_terminal_background_refresh_failure_keeps_the_valid_token_until_it_expires() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(120)))
-        .start_in_process();
+    let fake = paused_fake_lasting(Duration::from_secs(120));
     let auth = builder(&fake)
         .refresh_token(fake.issue_refresh_token())
         .refresh_skew(Duration::from_secs(60))

@@ -8,6 +8,7 @@ use nifty_auth::testing::{FakeNifty, TokenFault};
 use nifty_auth::{AuthError, GrantId, GrantStore, MemoryStore, TokenSet};
 use tokio::task::JoinSet;
 
+use crate::common::{fake_delayed, fake_lasting, paused_fake_lasting};
 use crate::{grants_builder, seed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,11 +53,7 @@ async fn two_hundred_cold_grants_times_ten_callers_make_exactly_two_hundred_toke
 
 #[tokio::test]
 async fn a_revoked_grant_fails_alone_and_is_reported_once() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 5).await;
     let reported = Arc::new(Mutex::new(Vec::new()));
@@ -109,11 +106,7 @@ async fn a_revoked_grant_fails_alone_and_is_reported_once() {
 
 #[tokio::test]
 async fn idle_grants_are_evicted_and_reloaded_from_the_store_without_token_calls() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 100).await;
     let grants = grants_builder(&fake)
@@ -141,11 +134,7 @@ async fn idle_grants_are_evicted_and_reloaded_from_the_store_without_token_calls
 
 #[tokio::test]
 async fn token_calls_across_grants_never_exceed_the_limit() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(100))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(100)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 20).await;
     let grants = grants_builder(&fake)
@@ -278,9 +267,7 @@ async fn a_handle_for_one_grant_shares_the_grants_single_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn refresh_points_of_grants_issued_together_are_spread_over_the_skew() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start_in_process();
+    let fake = paused_fake_lasting(Duration::from_secs(3600));
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 200).await;
     let grants = grants_builder(&fake)

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tower::{Layer, ServiceExt};
 
+use crate::common::fake_lasting;
 use crate::common::{auth_error, get, http_client, HttpClient};
 use crate::{grants_builder, seed};
 
@@ -79,11 +80,7 @@ async fn two_hundred_cold_grants_times_ten_requests_through_one_layer_make_two_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_grant_fails_alone_through_the_layer_while_the_others_keep_refreshing() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(1)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(1)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 5).await;
     let grants = grants_builder(&fake)
@@ -128,11 +125,7 @@ async fn a_revoked_grant_fails_alone_through_the_layer_while_the_others_keep_ref
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_401s_of_one_grant_make_one_refresh_of_that_grant_and_none_of_others() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 4).await;
     let grants = grants_builder(&fake).store(store).build().unwrap();
@@ -223,11 +216,7 @@ async fn a_request_without_a_grant_id_is_never_sent_and_other_origins_pass_untou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicted_grants_are_reloaded_through_the_layer_without_token_calls() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 100).await;
     let grants = grants_builder(&fake)
@@ -271,11 +260,7 @@ async fn a_layer_of_one_grant_still_serves_requests_without_a_grant_id() {
 async fn the_middleware_reads_the_grant_from_reqwest_extensions_and_refuses_requests_without_one() {
     use nifty_auth::AuthError;
 
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 3).await;
     let grants = grants_builder(&fake).store(store).build().unwrap();
@@ -329,11 +314,7 @@ async fn the_middleware_reads_the_grant_from_reqwest_extensions_and_refuses_requ
 /// that grant's refresh in the background, before the token expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_the_skew_window_starts_the_grants_refresh_in_the_background() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(4)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(4)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 1).await;
     let (id, grant) = &seeded[0];

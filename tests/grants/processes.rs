@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{Credentials, GrantId, GrantStore, NiftyGrants, TokenSet};
 use tokio::task::JoinSet;
 use tower::Layer;
 
+use crate::common::rotating_fake_lasting;
 use crate::workers::{answer, env, served, worker_mode, Worker};
 
 #[cfg(feature = "redis")]
@@ -43,13 +43,7 @@ fn grant_id(i: usize) -> GrantId {
 /// processes against it, and checks: every request served, one refresh per grant per round, no
 /// `invalid_grant`, no refresh-token replay.
 async fn two_processes_share(kind: &str, location: &str, store: impl GrantStore) {
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_lifetime(Some(LIFETIME))
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake_lasting(LIFETIME).await;
     let fake_grants: Vec<_> = (0..GRANTS).map(|_| fake.new_grant()).collect();
     for (i, fake_grant) in fake_grants.iter().enumerate() {
         let tokens = TokenSet::new(format!("expired-seed-{i}"))

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
 use sqlx::PgPool;
 
+use crate::common::rotating_fake_delayed;
 use crate::server::{lease_holder, lease_rows, PgServer};
 
 async fn version(pool: &PgPool, grant: &str) -> i64 {
@@ -181,13 +181,7 @@ async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_th
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_delay(Duration::from_millis(600))
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake_delayed(Duration::from_millis(600)).await;
     let store = pg.store(fake.client_id()).await;
     let raw = pg.pool().await;
     let fake_grant = fake.new_grant();

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::AuthError;
 
 use crate::common::*;
@@ -16,12 +15,7 @@ async fn postgres_down_keeps_cached_tokens_flowing_fails_refreshes_without_a_tok
     let Some(mut pg) = PgServer::start() else {
         return;
     };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake().await;
     let auth = builder(&fake)
         .store(pg.store(fake.client_id()).await)
         .refresh_token(fake.issue_refresh_token())

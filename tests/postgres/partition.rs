@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, PostgresStore, TokenSet};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -54,12 +53,7 @@ async fn a_blackholed_postgres_fails_a_needed_refresh_in_bound_with_no_token_cal
         return;
     };
     let proxy = Blackhole::start(pg.addr());
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake().await;
     pg.store(fake.client_id()).await; // creates the table
     let timeout = Duration::from_secs(1);
     let auth = builder(&fake)

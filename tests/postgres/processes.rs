@@ -5,6 +5,7 @@ use std::time::Duration;
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
 
+use crate::common::{rotating_fake, rotating_fake_lasting};
 use crate::now_ms;
 use crate::server::{lease_holder, lease_rows, PgServer};
 use crate::workers::{served, Worker};
@@ -26,13 +27,7 @@ async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_gra
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_lifetime(Some(Duration::from_millis(1_200)))
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake_lasting(Duration::from_millis(1_200)).await;
     let store = pg.store(fake.client_id()).await;
     // Rounds 2.5 s apart, tokens living 1.2 s: a round's refresh may come 1.3 s late (four
     // processes contending on a loaded machine) and each grant still expires once a round.
@@ -84,12 +79,7 @@ async fn a_lock_holder_killed_is_taken_over_once_its_lease_lapsed_with_one_token
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake().await;
     let store = pg.store(fake.client_id()).await;
     let admin = pg.pool().await;
     let fake_grant = fake.new_grant();

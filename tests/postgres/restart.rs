@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{AuthError, GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
 
+use crate::common::rotating_fake;
 use crate::server::PgServer;
 
 /// Waits until `done` holds (an event, not a guess at timing).
@@ -21,12 +21,7 @@ async fn a_restart_mid_refresh_keeps_the_lock_so_another_process_makes_no_token_
     let Some(mut pg) = PgServer::start() else {
         return;
     };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake().await;
     let store_a = pg.store(fake.client_id()).await;
     let fake_grant = fake.new_grant();
     let id = GrantId::new("restarted").unwrap();

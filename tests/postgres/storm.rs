@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
 use tokio::task::JoinSet;
 
+use crate::common::fake_delayed;
 use crate::server::PgServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,11 +19,7 @@ async fn a_storm_of_1000_expired_grants_with_4_token_calls_on_a_pool_of_2_has_no
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(5))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(5)).await;
     let store = PostgresStore::connect_builder(&pg.url(), fake.client_id())
         .max_connections(POOL)
         .acquire_timeout(Duration::from_millis(500))

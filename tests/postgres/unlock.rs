@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use crate::common::rotating_fake;
 use crate::server::{lease_holder, lease_rows, live_leases, PgServer};
 
 /// The lease of the stores of these tests: short, so that a lapse is quick.
@@ -117,12 +117,7 @@ async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_l
         return;
     };
     let url = pg.role("no_release").await;
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake().await;
     let store = PostgresStore::connect_builder(&url, fake.client_id())
         .lock_lease(LEASE)
         .build()

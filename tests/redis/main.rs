@@ -50,11 +50,7 @@ async fn four_instances_sharing_one_key_make_one_token_call_per_expiry() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(2)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(2)).await;
     let bootstrap = fake.issue_refresh_token();
     let instances: Vec<_> = (0..4)
         .map(|_| {
@@ -144,11 +140,7 @@ async fn four_os_processes_make_exactly_one_refresh_per_expiry() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(2)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(2)).await;
     seed(&redis, &fake, "processes").await;
     assert_eq!(fake.token_calls_for(Grant::AuthorizationCode), 1);
 
