@@ -9,6 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use common::hostile_ids;
 use common::{builder, get, send, service};
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
@@ -28,43 +29,6 @@ fn listing(dir: &Path) -> BTreeSet<String> {
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect()
-}
-
-/// Ids a user could send: path tricks, separators of every platform, case twins, escapes that look
-/// escaped, unicode, Windows device names and ids of the longest length.
-fn hostile_ids() -> Vec<String> {
-    let mut ids: Vec<String> = [
-        "../../etc/passwd",
-        "..",
-        ".",
-        "a/b",
-        "a\\b",
-        "A",
-        "a",
-        "a:b",
-        "C:\\x",
-        "%2F",
-        "a%2Fb",
-        "/",
-        "é",
-        "日本語",
-        "con",
-        "NUL.txt",
-        "default",
-        ".hidden",
-        "a.json.lock",
-        "~",
-        " ",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    ids.push("a".repeat(256));
-    ids.push(format!("{}b", "a".repeat(255)));
-    ids.push("Z".repeat(256));
-    ids.push("é".repeat(128));
-    ids.push(format!("{}/../../x", "../".repeat(60)));
-    ids
 }
 
 #[tokio::test]

@@ -200,3 +200,67 @@ pub fn auth_error(err: &BoxError) -> &AuthError {
     err.downcast_ref::<AuthError>()
         .unwrap_or_else(|| panic!("expected an AuthError, got {err:?}"))
 }
+
+/// With the shared store down and the cached token rejected (every access token revoked), the next
+/// request fails with `AuthError::Store` whose message chain names `store`, and no refresh is made:
+/// the token endpoint saw only the first call.
+pub async fn assert_no_refresh_without_the_store(svc: &AuthClient, fake: &FakeNifty, store: &str) {
+    fake.revoke_access_tokens();
+    let err = send(svc, get(fake.api_url("/projects"))).await.unwrap_err();
+    let auth_err = auth_error(&err);
+    assert!(matches!(auth_err, AuthError::Store { .. }), "{auth_err:?}");
+    let chain = format!(
+        "{auth_err}: {}",
+        std::error::Error::source(auth_err).unwrap()
+    );
+    assert!(chain.contains(store), "{chain}");
+    assert_eq!(fake.token_calls(), 1, "no refresh without the lock");
+}
+
+/// Sends requests (at most `tries`, 100 ms apart) until one is served; whether one was.
+pub async fn served_within(svc: &AuthClient, fake: &FakeNifty, tries: usize) -> bool {
+    for _ in 0..tries {
+        match send(svc, get(fake.api_url("/projects"))).await {
+            Ok((StatusCode::OK, _)) => return true,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    false
+}
+
+/// Ids a user could send: path tricks, separators of every platform, case twins, escapes that look
+/// escaped, unicode, Windows device names and ids of the longest length.
+pub fn hostile_ids() -> Vec<String> {
+    let mut ids: Vec<String> = [
+        "../../etc/passwd",
+        "..",
+        ".",
+        "a/b",
+        "a\\b",
+        "A",
+        "a",
+        "a:b",
+        "C:\\x",
+        "%2F",
+        "a%2Fb",
+        "/",
+        "é",
+        "日本語",
+        "con",
+        "NUL.txt",
+        "default",
+        ".hidden",
+        "a.json.lock",
+        "~",
+        " ",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    ids.push("a".repeat(256));
+    ids.push(format!("{}b", "a".repeat(255)));
+    ids.push("Z".repeat(256));
+    ids.push("é".repeat(128));
+    ids.push(format!("{}/../../x", "../".repeat(60)));
+    ids
+}

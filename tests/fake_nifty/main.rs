@@ -51,7 +51,14 @@ async fn send(
     client: &HttpClient,
     request: Request<Full<Bytes>>,
 ) -> Result<Answer, hyper_util::client::legacy::Error> {
-    let response = client.request(request).await?;
+    Ok(answer_of(client.request(request).await?).await)
+}
+
+/// The status, headers and whole body of `response`.
+async fn answer_of<B: http_body::Body<Data = Bytes>>(response: http::Response<B>) -> Answer
+where
+    B::Error: std::fmt::Debug,
+{
     let status = response.status();
     let headers = response.headers().clone();
     let body = response
@@ -60,11 +67,11 @@ async fn send(
         .await
         .expect("response body")
         .to_bytes();
-    Ok(Answer {
+    Answer {
         status,
         headers,
         body,
-    })
+    }
 }
 
 fn token_request(fake: &FakeNifty, body: &Value) -> Request<Full<Bytes>> {
@@ -93,20 +100,7 @@ impl Transport for HttpClient {
 
 impl Transport for FakeService {
     async fn answer(&self, request: Request<Full<Bytes>>) -> Answer {
-        let response = self.clone().oneshot(request).await.expect("answer");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        answer_of(self.clone().oneshot(request).await.expect("answer")).await
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tower::Layer;
 
 use crate::common::rotating_fake_lasting;
-use crate::workers::{answer, env, served, worker_mode, Worker};
+use crate::workers::{answer, env, served, worker_mode, worker_runtime, Worker};
 
 #[cfg(feature = "redis")]
 #[path = "../redis/server.rs"]
@@ -128,11 +128,7 @@ fn worker_process_entry() {
     let Some(kind) = worker_mode() else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = worker_runtime(tracing::Level::WARN);
     runtime.block_on(async {
         let location = env("NIFTY_GRANTS_STORE");
         let base = env("NIFTY_GRANTS_BASE_URL");

@@ -50,11 +50,7 @@ fn worker_process_entry() {
     let Some(mode) = workers::worker_mode() else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = workers::worker_runtime(tracing::Level::WARN);
     runtime.block_on(async {
         let mut store =
             PostgresStore::connect_builder(&env("NIFTY_PG_URL"), env("NIFTY_PG_CLIENT_ID"));

@@ -258,31 +258,11 @@ async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recov
     }
 
     // A refresh is needed now; without the lock it must not happen.
-    fake.revoke_access_tokens();
-    let err = send(&svc, get(fake.api_url("/projects")))
-        .await
-        .unwrap_err();
-    let auth_err = auth_error(&err);
-    assert!(matches!(auth_err, AuthError::Store { .. }), "{auth_err:?}");
-    let chain = format!(
-        "{auth_err}: {}",
-        std::error::Error::source(auth_err).unwrap()
-    );
-    assert!(chain.contains("redis"), "{chain}");
-    assert_eq!(fake.token_calls(), 1, "no refresh without the lock");
+    assert_no_refresh_without_the_store(&svc, &fake, "redis").await;
 
     redis.launch();
     // The connection manager reconnects on use; the first command after the restart may fail.
-    let mut recovered = false;
-    for _ in 0..20 {
-        match send(&svc, get(fake.api_url("/projects"))).await {
-            Ok((StatusCode::OK, _)) => {
-                recovered = true;
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    let recovered = served_within(&svc, &fake, 20).await;
     assert!(recovered, "refreshes did not resume after Redis came back");
     assert_eq!(fake.token_calls(), 2);
     assert_eq!(fake.invalid_grants_served(), 0);
