@@ -80,11 +80,7 @@ fn a_refresh_whose_runtime_shut_down_never_blocks_the_next_runtime() {
     // The fake lives on a runtime of its own for the whole test.
     let server = tokio::runtime::Runtime::new().unwrap();
     let fake = server.block_on(FakeNifty::start()).unwrap();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .refresh_skew(Duration::from_secs(600))
-        .build()
-        .unwrap();
+    let auth = auth_with_skew(&fake, Duration::from_secs(600));
 
     for round in 1..=4 {
         // A token that is within the skew at once (the skew is clamped to half its 1 s life): the

@@ -492,11 +492,7 @@ async fn rotated_tokens_parked_when_the_token_file_is_deleted_are_dropped_not_sa
 /// the next failed save must start a new one, or the kept lock is a hostage again.
 #[test]
 fn a_rescue_ended_by_its_runtime_shutting_down_is_started_again_by_the_next_failed_save() {
-    let main = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main = two_thread_runtime();
     let fake = main.block_on(FakeNifty::start()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");

@@ -3,6 +3,7 @@
 //! (no socket: the paused clock must never jump ahead while a socket read is pending).
 #![allow(
     dead_code,
+    unused_macros,
     reason = "each test file uses a different subset of the helpers"
 )]
 
@@ -21,6 +22,22 @@ use hyper_util::rt::TokioExecutor;
 use nifty_auth::testing::{FakeNifty, FakeNiftyBuilder, FakeService};
 use nifty_auth::{AuthError, BoxError, Builder, NiftyAuth, NiftyAuthService};
 use tower::{Service, ServiceExt};
+
+/// The value of `option`, or else the test returns at once: a test skips this way where a server
+/// it needs (redis-server, PostgreSQL) is not installed, which only outside CI is allowed.
+macro_rules! or_skip {
+    ($option:expr) => {
+        match $option {
+            Some(value) => value,
+            None => return,
+        }
+    };
+}
+#[allow(
+    unused_imports,
+    reason = "only the tests of servers that may be missing use it"
+)]
+pub(crate) use or_skip;
 
 /// The real client every test over TCP drives.
 pub type HttpClient = HyperClient<HttpConnector, Full<Bytes>>;
@@ -145,6 +162,15 @@ pub fn auth(fake: &FakeNifty) -> NiftyAuth {
         .expect("build")
 }
 
+/// [`auth`] with a refresh skew of `skew`.
+pub fn auth_with_skew(fake: &FakeNifty, skew: Duration) -> NiftyAuth {
+    builder(fake)
+        .refresh_token(fake.issue_refresh_token())
+        .refresh_skew(skew)
+        .build()
+        .expect("build")
+}
+
 /// The layer over the real hyper client.
 pub fn service(auth: &NiftyAuth) -> AuthClient {
     NiftyAuthService::new(Client::Tcp(Box::new(http_client())), auth.clone())
@@ -263,4 +289,32 @@ pub fn hostile_ids() -> Vec<String> {
     ids.push("é".repeat(128));
     ids.push(format!("{}/../../x", "../".repeat(60)));
     ids
+}
+
+/// Sends `n` requests, each of which must be served with the cached token: the shared store
+/// (`store`, its name for the message) is down or cut off, and a valid token needs none.
+pub async fn assert_served_without_the_store(
+    svc: &AuthClient,
+    fake: &FakeNifty,
+    n: usize,
+    store: &str,
+) {
+    for _ in 0..n {
+        let (status, _) = send(svc, get(fake.api_url("/projects"))).await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a valid cached token needs no {store}"
+        );
+    }
+}
+
+/// A multi-thread runtime with two worker threads (the machine's cores), for tests and workers
+/// that build their own.
+pub fn two_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }

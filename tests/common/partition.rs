@@ -26,14 +26,7 @@ pub async fn a_needed_refresh_fails_in_bound_and_heals(
     assert_eq!(fake.token_calls(), 1);
 
     proxy.blackhole();
-    for _ in 0..20 {
-        let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "a valid cached token needs no {store}"
-        );
-    }
+    assert_served_without_the_store(&svc, fake, 20, store).await;
     assert_eq!(fake.api_calls(), 21);
 
     // A refresh is needed now; the store does not answer, so it must fail, bounded, and not

@@ -8,6 +8,7 @@ use nifty_auth::testing::{FakeNifty, TokenFault};
 use nifty_auth::{AuthError, GrantId, GrantStore, MemoryStore, TokenSet};
 use tokio::task::JoinSet;
 
+use crate::common::two_thread_runtime;
 use crate::common::{fake_delayed, fake_lasting, paused_fake_lasting};
 use crate::{grants_builder, seed};
 
@@ -356,11 +357,7 @@ impl GrantStore for SavesFail {
 /// (its runtime shut down with the rescue): evicting it would lose the only live refresh token.
 #[test]
 fn a_grant_with_unsaved_tokens_is_never_evicted_even_with_no_task_left() {
-    let main = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main = two_thread_runtime();
     let fake = main.block_on(FakeNifty::start()).unwrap();
     let store = SavesFail::default();
     let seeded = main.block_on(seed(&fake, &store.inner, 2));

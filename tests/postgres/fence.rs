@@ -6,6 +6,7 @@ use std::time::Duration;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
 use sqlx::PgPool;
 
+use crate::common::or_skip;
 use crate::common::rotating_fake_delayed;
 use crate::server::{lease_holder, lease_rows, PgServer};
 
@@ -28,9 +29,7 @@ async fn bump(pool: &PgPool, grant: &str) {
 
 #[tokio::test]
 async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let store = pg.store("client").await;
     let raw = pg.pool().await;
     let id = GrantId::new("fenced").unwrap();
@@ -84,9 +83,7 @@ async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_holders_lease() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let store = pg.store("client").await;
     let raw = pg.pool().await;
     let id = GrantId::new("lease").unwrap();
@@ -130,9 +127,7 @@ async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_
 
 #[tokio::test]
 async fn a_lock_whose_sessions_all_end_still_saves_and_keeps_others_out() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let store = pg.store("client").await;
     let raw = pg.pool().await;
     let id = GrantId::new("session").unwrap();
@@ -178,9 +173,7 @@ async fn a_lock_whose_sessions_all_end_still_saves_and_keeps_others_out() {
 /// call). One token call in all, no invalid_grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_them() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let fake = rotating_fake_delayed(Duration::from_millis(600)).await;
     let store = pg.store(fake.client_id()).await;
     let raw = pg.pool().await;

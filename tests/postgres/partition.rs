@@ -49,9 +49,7 @@ async fn sessions(admin: &PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_postgres_fails_a_needed_refresh_in_bound_with_no_token_call_and_heals() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let proxy = Blackhole::start(pg.addr());
     let fake = rotating_fake().await;
     pg.store(fake.client_id()).await; // creates the table
@@ -73,9 +71,7 @@ async fn a_blackholed_postgres_fails_a_needed_refresh_in_bound_with_no_token_cal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session_and_no_lock() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let proxy = Blackhole::start(pg.addr());
     let admin = pg.pool().await;
     pg.store("client").await; // creates the table
@@ -197,9 +193,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_its_lease_lapses() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let proxy = Blackhole::start(pg.addr());
     let admin = pg.pool().await;
     pg.store("client").await; // creates the table

@@ -5,6 +5,7 @@ use std::time::Duration;
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
 
+use crate::common::or_skip;
 use crate::common::{rotating_fake, rotating_fake_lasting};
 use crate::now_ms;
 use crate::server::{lease_holder, lease_rows, PgServer};
@@ -24,9 +25,7 @@ fn worker(mode: &str, pg: &PgServer, fake: &FakeNifty, vars: &[(&str, String)]) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_grant_per_expiry() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let fake = rotating_fake_lasting(Duration::from_millis(1_200)).await;
     let store = pg.store(fake.client_id()).await;
     // Rounds 2.5 s apart, tokens living 1.2 s: a round's refresh may come 1.3 s late (four
@@ -76,9 +75,7 @@ async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_gra
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_holder_killed_is_taken_over_once_its_lease_lapsed_with_one_token_call() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let fake = rotating_fake().await;
     let store = pg.store(fake.client_id()).await;
     let admin = pg.pool().await;

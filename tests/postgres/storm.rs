@@ -9,6 +9,7 @@ use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
 use tokio::task::JoinSet;
 
 use crate::common::fake_delayed;
+use crate::common::or_skip;
 use crate::server::PgServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,9 +17,7 @@ async fn a_storm_of_1000_expired_grants_with_4_token_calls_on_a_pool_of_2_has_no
     const GRANTS: usize = 1000;
     const MAX_CALLS: usize = 4;
     const POOL: u32 = 2;
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let fake = fake_delayed(Duration::from_millis(5)).await;
     let store = PostgresStore::connect_builder(&pg.url(), fake.client_id())
         .max_connections(POOL)

@@ -7,6 +7,7 @@ use nifty_auth::{
     AuthError, GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet, TokenStore,
 };
 
+use crate::common::or_skip;
 use crate::server::PgServer;
 
 fn tokens(tag: &str) -> TokenSet {
@@ -22,9 +23,7 @@ fn same(a: &TokenSet, b: &TokenSet) -> bool {
 
 #[tokio::test]
 async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphertext_fails() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let fake = FakeNifty::start().await.unwrap();
     let keyed = |key: [u8; 32]| {
         PostgresStore::connect_builder(&pg.url(), fake.client_id())
@@ -110,9 +109,7 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
 
 #[tokio::test]
 async fn hostile_grant_ids_round_trip_as_parameters() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let store = pg.store("client'; DROP TABLE nifty_auth_tokens; --").await;
     let ids = [
         "'; DROP TABLE x; --".to_owned(),
@@ -163,9 +160,7 @@ async fn hostile_grant_ids_round_trip_as_parameters() {
 
 #[tokio::test]
 async fn migrate_twice_is_fine_a_schema_qualified_table_works_and_a_bad_name_is_a_config_error() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let store = pg.store("client").await;
     store.migrate().await.unwrap();
     // As the single store of a NiftyAuth: the builder's grant, "default" unless set.

@@ -8,6 +8,7 @@ use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use crate::common::or_skip;
 use crate::common::rotating_fake;
 use crate::server::{lease_holder, lease_rows, live_leases, PgServer};
 
@@ -52,9 +53,7 @@ async fn until_lapsed(admin: &PgPool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let url = pg.role("no_release").await;
     let store = PostgresStore::connect_builder(&url, "client")
         .lock_lease(LEASE)
@@ -113,9 +112,7 @@ async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_lapsed() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let url = pg.role("no_release").await;
     let fake = rotating_fake().await;
     let store = PostgresStore::connect_builder(&url, fake.client_id())

@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, RedisStore, TokenSet};
 
 use crate::common::hostile_ids;
+use crate::common::or_skip;
 use crate::server::*;
 
 fn grant(id: &str) -> GrantId {
@@ -30,10 +30,7 @@ async fn all_keys(redis: &RedisServer) -> HashSet<String> {
 
 #[tokio::test]
 async fn each_grant_round_trips_under_its_own_key_and_remove_deletes_only_that_key() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store(&redis, &fake, "default");
     let (a, b, c) = (grant("alice"), grant("bob"), grant("carol"));
     assert_eq!(
@@ -76,10 +73,7 @@ async fn each_grant_round_trips_under_its_own_key_and_remove_deletes_only_that_k
 
 #[tokio::test]
 async fn hostile_grant_ids_get_distinct_escaped_keys_and_round_trip() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store(&redis, &fake, "default");
     // Besides every hostile id: the key separator, escapes that look escaped, a glob.
     let mut ids = hostile_ids();
@@ -115,10 +109,7 @@ async fn hostile_grant_ids_get_distinct_escaped_keys_and_round_trip() {
 
 #[tokio::test]
 async fn one_grants_lock_does_not_block_another_and_two_stores_exclude_each_other_per_grant() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let first = store(&redis, &fake, "default");
     let second = store(&redis, &fake, "default");
     let (a, b) = (grant("a"), grant("b"));
@@ -167,10 +158,7 @@ async fn one_grants_lock_does_not_block_another_and_two_stores_exclude_each_othe
 
 #[tokio::test]
 async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store(&redis, &fake, "default");
     let (a, b) = (grant("a"), grant("b"));
     store.save_grant(&b, &tokens("b-old")).await.unwrap();
@@ -221,10 +209,7 @@ async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
 
 #[tokio::test]
 async fn a_grants_lease_is_kept_alive_by_its_own_watchdog() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store_with_lease(&redis, &fake, "default", Duration::from_millis(300));
     let a = grant("a");
     let lock = store.lock_grant(&a, Duration::from_secs(30)).await.unwrap();
@@ -241,10 +226,7 @@ async fn a_grants_lease_is_kept_alive_by_its_own_watchdog() {
 
 #[tokio::test]
 async fn an_encrypted_value_copied_into_another_grants_key_does_not_load() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = RedisStore::builder(redis.url(), fake.client_id(), "default")
         .encryption_key([42; 32])
         .build()

@@ -15,9 +15,7 @@ const SHORT_LEASE: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its_tokens() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let fake = FakeNifty::builder()
         .token_delay(Duration::from_secs(3))
         .replay_revokes_grant(true)
@@ -61,10 +59,7 @@ async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its
 
 #[tokio::test]
 async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let (a, b) = (store(&redis, &fake, "fence"), store(&redis, &fake, "fence"));
     let set_a = TokenSet::new("at-a-0123456789").with_refresh_token("rt-a-0123456789");
     let set_b = TokenSet::new("at-b-0123456789").with_refresh_token("rt-b-0123456789");
@@ -109,10 +104,7 @@ async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
 
 #[tokio::test]
 async fn save_locked_refuses_a_lock_this_store_did_not_take() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let mine = store(&redis, &fake, "mine");
     let other = store(&redis, &fake, "other");
     let tokens = TokenSet::new("at-0123456789");
@@ -181,10 +173,7 @@ async fn expires_unextended(redis: &RedisServer, key: &str, owner: &[u8]) -> boo
 
 #[tokio::test]
 async fn the_watchdog_extends_the_lease_while_held_and_stops_on_release_or_drop() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store_with_lease(&redis, &fake, "watchdog", Duration::from_millis(300));
     store.load().await.unwrap(); // connect first: the connection's own tasks are not the watchdog's
     let baseline = alive_tasks_settled().await;
@@ -254,9 +243,7 @@ impl TokenStore for FirstSaveFails {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let fake = FakeNifty::builder()
         .replay_revokes_grant(true)
         .start()

@@ -47,9 +47,7 @@ async fn seed(redis: &RedisServer, fake: &FakeNifty, grant: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_instances_sharing_one_key_make_one_token_call_per_expiry() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let fake = fake_lasting(Duration::from_secs(2)).await;
     let bootstrap = fake.issue_refresh_token();
     let instances: Vec<_> = (0..4)
@@ -137,9 +135,7 @@ fn spawn_worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_os_processes_make_exactly_one_refresh_per_expiry() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let fake = fake_lasting(Duration::from_secs(2)).await;
     seed(&redis, &fake, "processes").await;
     assert_eq!(fake.token_calls_for(Grant::AuthorizationCode), 1);
@@ -187,10 +183,7 @@ async fn four_os_processes_make_exactly_one_refresh_per_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_holder_killed_before_its_token_call_is_taken_over_within_one_lease() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let bootstrap = fake.issue_refresh_token();
 
     let mut holder = Command::new(worker_binary())
@@ -231,9 +224,7 @@ async fn a_lock_holder_killed_before_its_token_call_is_taken_over_within_one_lea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recovers() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
+    let mut redis = or_skip!(RedisServer::start());
     let fake = FakeNifty::start().await.unwrap();
     let auth = builder(&fake)
         .store(store(&redis, &fake, "outage"))
@@ -248,14 +239,7 @@ async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recov
     assert_eq!(fake.token_calls(), 1);
 
     redis.stop();
-    for _ in 0..20 {
-        let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "a valid cached token needs no Redis"
-        );
-    }
+    assert_served_without_the_store(&svc, &fake, 20, "Redis").await;
 
     // A refresh is needed now; without the lock it must not happen.
     assert_no_refresh_without_the_store(&svc, &fake, "redis").await;
@@ -270,10 +254,7 @@ async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recov
 
 #[tokio::test]
 async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let encrypted = RedisStore::builder(redis.url(), fake.client_id(), "secret")
         .encryption_key([42; 32])
         .build()
@@ -316,10 +297,7 @@ async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error()
 
 #[tokio::test]
 async fn keys_are_namespaced_by_client_and_grant_and_expire() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let a = store(&redis, &fake, "alice");
     let b = store(&redis, &fake, "bob");
     assert_eq!(
@@ -344,10 +322,7 @@ async fn keys_are_namespaced_by_client_and_grant_and_expire() {
 
 #[tokio::test]
 async fn the_lock_is_exclusive_and_released_only_by_its_owner() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let first = store(&redis, &fake, "lock");
     let second = store(&redis, &fake, "lock");
 

@@ -31,9 +31,7 @@ fn proxied_store(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_redis_fails_a_needed_refresh_in_bound_with_no_token_call_and_heals() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let proxy = Blackhole::start(redis.addr());
     let fake = FakeNifty::start().await.unwrap();
     let timeout = Duration::from_secs(1);
@@ -64,9 +62,7 @@ async fn redis_clients(redis: &RedisServer) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_lock() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let proxy = Blackhole::start(redis.addr());
     let fake = FakeNifty::start().await.unwrap();
     let timeout = Duration::from_millis(30);

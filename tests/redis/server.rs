@@ -164,3 +164,9 @@ pub async fn wait_for_set_commands(redis: &RedisServer, n: u64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A redis-server and a fake on 127.0.0.1; `None` where redis-server is missing (outside CI).
+pub async fn redis_and_fake() -> Option<(RedisServer, FakeNifty)> {
+    let redis = RedisServer::start()?;
+    Some((redis, FakeNifty::start().await.unwrap()))
+}
