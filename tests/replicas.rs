@@ -330,17 +330,11 @@ async fn a_storm_of_1000_expired_grants_over_a_file_directory_keeps_a_lock_file_
     let fake = fake_delayed(Duration::from_millis(2)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::directory(dir.path());
-    let mut ids = Vec::with_capacity(GRANTS);
-    for i in 0..GRANTS {
-        let id = GrantId::new(format!("workspace-{i}")).unwrap();
-        let tokens = TokenSet::new(format!("expired-{i}"))
-            .with_refresh_token(fake.new_grant().issue_refresh_token())
-            .with_expires_in(Duration::ZERO);
-        nifty_auth::store::GrantStore::save_grant(&store, &id, &tokens)
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    let ids: Vec<_> = seed_grants(&fake, &store, GRANTS)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let grants = nifty_auth::NiftyGrants::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
         .allowed_origins([fake.base_url()])

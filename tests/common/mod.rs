@@ -318,3 +318,44 @@ pub fn two_thread_runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A new grant of `fake`, stored in `store` under `id` with an access token that has already
+/// expired and a live refresh token: its first use refreshes once. Returns the id, the grant and
+/// the stored tokens.
+pub async fn seed_grant<S: nifty_auth::GrantStore>(
+    fake: &FakeNifty,
+    store: &S,
+    id: &str,
+) -> (
+    nifty_auth::GrantId,
+    nifty_auth::testing::FakeGrant,
+    nifty_auth::TokenSet,
+) {
+    let grant = fake.new_grant();
+    let id = nifty_auth::GrantId::new(id).unwrap();
+    let seed = nifty_auth::TokenSet::new("expired-seed")
+        .with_refresh_token(grant.issue_refresh_token())
+        .with_expires_in(Duration::from_millis(1));
+    store.save_grant(&id, &seed).await.unwrap();
+    (id, grant, seed)
+}
+
+/// `n` grants known to `fake`, each stored in `store` with an expired access token and a live
+/// refresh token: the first use of each makes one refresh.
+pub async fn seed_grants<S: nifty_auth::GrantStore>(
+    fake: &FakeNifty,
+    store: &S,
+    n: usize,
+) -> Vec<(nifty_auth::GrantId, nifty_auth::testing::FakeGrant)> {
+    let mut grants = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = nifty_auth::GrantId::new(format!("workspace-{i}")).unwrap();
+        let grant = fake.new_grant();
+        let tokens = nifty_auth::TokenSet::new(format!("expired-{i}"))
+            .with_refresh_token(grant.issue_refresh_token())
+            .with_expires_in(Duration::ZERO);
+        store.save_grant(&id, &tokens).await.unwrap();
+        grants.push((id, grant));
+    }
+    grants
+}

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::common::or_skip;
 use crate::common::rotating_fake_delayed;
+use crate::common::seed_grant;
 use crate::server::{lease_holder, lease_rows, PgServer};
 
 async fn version(pool: &PgPool, grant: &str) -> i64 {
@@ -177,12 +178,7 @@ async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_th
     let fake = rotating_fake_delayed(Duration::from_millis(600)).await;
     let store = pg.store(fake.client_id()).await;
     let raw = pg.pool().await;
-    let fake_grant = fake.new_grant();
-    let id = GrantId::new("stale-writer").unwrap();
-    let seed = TokenSet::new("expired-seed")
-        .with_refresh_token(fake_grant.issue_refresh_token())
-        .with_expires_in(Duration::from_millis(1));
-    GrantStore::save_grant(&store, &id, &seed).await.unwrap();
+    let (id, fake_grant, _) = seed_grant(&fake, &store, "stale-writer").await;
     let grants = NiftyGrants::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
         .store(store.clone())

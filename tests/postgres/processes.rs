@@ -6,6 +6,7 @@ use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
 
 use crate::common::or_skip;
+use crate::common::seed_grant;
 use crate::common::{rotating_fake, rotating_fake_lasting};
 use crate::now_ms;
 use crate::server::{lease_holder, lease_rows, PgServer};
@@ -79,12 +80,7 @@ async fn a_lock_holder_killed_is_taken_over_once_its_lease_lapsed_with_one_token
     let fake = rotating_fake().await;
     let store = pg.store(fake.client_id()).await;
     let admin = pg.pool().await;
-    let fake_grant = fake.new_grant();
-    let id = GrantId::new("killed").unwrap();
-    let seed = TokenSet::new("expired-seed")
-        .with_refresh_token(fake_grant.issue_refresh_token())
-        .with_expires_in(Duration::from_millis(1));
-    GrantStore::save_grant(&store, &id, &seed).await.unwrap();
+    let (id, fake_grant, _) = seed_grant(&fake, &store, "killed").await;
 
     let mut holder = worker(
         "hold",

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
+use nifty_auth::{GrantStore, NiftyGrants, PostgresStore};
 use tokio::task::JoinSet;
 
 use crate::common::fake_delayed;
 use crate::common::or_skip;
+use crate::common::seed_grants;
 use crate::server::PgServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,15 +26,11 @@ async fn a_storm_of_1000_expired_grants_with_4_token_calls_on_a_pool_of_2_has_no
         .build()
         .unwrap();
     store.migrate().await.unwrap();
-    let mut ids = Vec::with_capacity(GRANTS);
-    for i in 0..GRANTS {
-        let id = GrantId::new(format!("workspace-{i}")).unwrap();
-        let tokens = TokenSet::new(format!("expired-{i}"))
-            .with_refresh_token(fake.new_grant().issue_refresh_token())
-            .with_expires_in(Duration::ZERO);
-        store.save_grant(&id, &tokens).await.unwrap();
-        ids.push(id);
-    }
+    let ids: Vec<_> = seed_grants(&fake, &store, GRANTS)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let grants = NiftyGrants::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
         .allowed_origins([fake.base_url()])

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
+use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::common::or_skip;
 use crate::common::rotating_fake;
+use crate::common::seed_grant;
 use crate::server::{lease_holder, lease_rows, live_leases, PgServer};
 
 /// The lease of the stores of these tests: short, so that a lapse is quick.
@@ -122,12 +123,7 @@ async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_l
     store.migrate().await.unwrap();
     pg.forbid_release("no_release").await;
     let admin = admin_of(&pg, "no_release").await;
-    let fake_grant = fake.new_grant();
-    let id = GrantId::new("refreshed").unwrap();
-    let seed = TokenSet::new("expired-seed")
-        .with_refresh_token(fake_grant.issue_refresh_token())
-        .with_expires_in(Duration::from_millis(1));
-    GrantStore::save_grant(&store, &id, &seed).await.unwrap();
+    let (id, fake_grant, seed) = seed_grant(&fake, &store, "refreshed").await;
 
     let grants = NiftyGrants::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
