@@ -297,11 +297,7 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
 
 #[tokio::test]
 async fn debug_output_and_errors_never_show_the_secret_or_a_token() {
-    let fake = FakeNifty::builder()
-        .client("visible-client-id", "the-client-secret-value")
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_for_client("visible-client-id", "the-client-secret-value").await;
     let dir = tempfile::tempdir().unwrap();
     let file_store = FileStore::new(dir.path().join("tokens.json"));
     let bootstrap = fake.issue_refresh_token();

@@ -38,11 +38,7 @@ fn handles_are_send_sync_clone_static() {
 
 #[tokio::test]
 async fn refresh_grant_request_has_basic_auth_json_body_and_accept_header() {
-    let fake = FakeNifty::builder()
-        .client("my-client", "my-secret")
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_for_client("my-client", "my-secret").await;
     let refresh_token = fake.issue_refresh_token();
     let auth = builder(&fake)
         .refresh_token(refresh_token.clone())

@@ -119,20 +119,29 @@ impl Origin {
     }
 }
 
+/// A `NiftyAuth` for `origin` (only), bootstrapped with a refresh token of `fake`.
+fn auth_for(fake: &FakeNifty, origin: &Origin) -> nifty_auth::NiftyAuth {
+    builder(fake)
+        .allowed_origins([origin.origin()])
+        .refresh_token(fake.issue_refresh_token())
+        .build()
+        .unwrap()
+}
+
+/// Sends `n` requests to `origin` through `svc`; each must come back 401.
+async fn all_rejected(svc: &AuthClient, origin: &Origin, n: usize) {
+    for _ in 0..n {
+        let (status, _) = send(svc, get(origin.url())).await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+}
+
 #[tokio::test]
 async fn an_origin_that_rejects_every_token_causes_at_most_two_token_calls() {
     let fake = FakeNifty::start().await.unwrap();
     let origin = Origin::start(StatusCode::UNAUTHORIZED, None).await;
-    let auth = builder(&fake)
-        .allowed_origins([origin.origin()])
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
-    let svc = service(&auth);
-    for _ in 0..20 {
-        let (status, _) = send(&svc, get(origin.url())).await.unwrap();
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-    }
+    let svc = service(&auth_for(&fake, &origin));
+    all_rejected(&svc, &origin, 20).await;
     // The cold start, and one refresh for the first 401; its token was rejected too.
     assert_eq!(fake.token_calls(), 2);
     // 20 first sends and one retry.
@@ -169,16 +178,8 @@ async fn insufficient_scope_never_refreshes_or_retries() {
         Some(r#"Bearer realm="nifty", error="insufficient_scope", scope="task""#),
     )
     .await;
-    let auth = builder(&fake)
-        .allowed_origins([origin.origin()])
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
-    let svc = service(&auth);
-    for _ in 0..10 {
-        let (status, _) = send(&svc, get(origin.url())).await.unwrap();
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-    }
+    let svc = service(&auth_for(&fake, &origin));
+    all_rejected(&svc, &origin, 10).await;
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(origin.requests(), 10);
 }
@@ -187,11 +188,7 @@ async fn insufficient_scope_never_refreshes_or_retries() {
 async fn every_authorization_value_the_caller_set_reaches_the_inner_service() {
     let fake = FakeNifty::start().await.unwrap();
     let origin = Origin::start(StatusCode::OK, None).await;
-    let auth = builder(&fake)
-        .allowed_origins([origin.origin()])
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_for(&fake, &origin);
     let svc = service(&auth);
     let mut request = get(origin.url());
     request

@@ -105,6 +105,15 @@ pub async fn fake_lasting(lifetime: Duration) -> FakeNifty {
         .unwrap()
 }
 
+/// A fake on 127.0.0.1 that accepts the client `id` with `secret`.
+pub async fn fake_for_client(id: &str, secret: &str) -> FakeNifty {
+    FakeNifty::builder()
+        .client(id, secret)
+        .start()
+        .await
+        .unwrap()
+}
+
 /// A fake on 127.0.0.1 whose every token answer waits `delay`.
 pub async fn fake_delayed(delay: Duration) -> FakeNifty {
     FakeNifty::builder()

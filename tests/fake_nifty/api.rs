@@ -12,8 +12,7 @@ use super::*;
 
 #[tokio::test]
 async fn api_answers_by_token() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let token = fake.issue_access_token(None);
 
     let me = get(&client, &fake, "/users/me", Some(&token)).await;
@@ -76,8 +75,7 @@ async fn api_answers_by_token() {
 
 #[tokio::test]
 async fn pushed_api_statuses_and_revocation() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let token = fake.issue_access_token(Some(Duration::from_secs(60)));
     fake.push_api_status(503);
     fake.push_api_status(401);

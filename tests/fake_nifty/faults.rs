@@ -10,8 +10,7 @@ use super::*;
 
 #[tokio::test]
 async fn fault_respond() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let rt = fake.issue_refresh_token();
     fake.push_token_fault(TokenFault::status(
         503,
@@ -49,8 +48,7 @@ async fn fault_respond() {
 
 #[tokio::test]
 async fn fault_reset_is_a_client_error() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let rt = fake.issue_refresh_token();
     fake.push_token_fault(TokenFault::Reset);
 
@@ -79,8 +77,7 @@ async fn fault_reset_is_a_client_error() {
 
 #[tokio::test]
 async fn fault_hang_until_the_client_gives_up() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let rt = fake.issue_refresh_token();
     fake.push_token_fault(TokenFault::Hang);
 

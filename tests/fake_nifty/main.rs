@@ -38,6 +38,11 @@ impl Answer {
     }
 }
 
+/// A fake with the default configuration, and a client for it.
+async fn started() -> (FakeNifty, HttpClient) {
+    (FakeNifty::start().await.expect("start"), client())
+}
+
 fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
