@@ -79,9 +79,7 @@ async fn expiry_then_300_concurrent_requests_make_one_token_call_and_never_send_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contention_64_tasks_on_two_workers_share_one_token() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, _, svc) = started().await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..64 {

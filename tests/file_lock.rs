@@ -11,8 +11,9 @@ mod workers;
 
 use std::time::{Duration, SystemTime};
 
+use common::auth_over;
 use common::rotating_fake_delayed;
-use common::{builder, get, send, service};
+use common::{get, send, service};
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{Credentials, FileStore, NiftyAuth, TokenSet, TokenStore};
@@ -83,13 +84,7 @@ async fn two_instances_on_one_file_make_one_token_call_cold_and_after_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
     let bootstrap = fake.issue_refresh_token();
-    let instance = || {
-        builder(&fake)
-            .refresh_token(bootstrap.clone())
-            .store(FileStore::new(&path))
-            .build()
-            .unwrap()
-    };
+    let instance = || auth_over(&fake, bootstrap.clone(), FileStore::new(&path));
     let (a, b) = (instance(), instance());
 
     // Cold: neither has a token.

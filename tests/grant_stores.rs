@@ -9,8 +9,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use common::auth_over;
 use common::hostile_ids;
-use common::{builder, get, send, service};
+use common::{get, send, service};
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{FileStore, GrantId, GrantStore, TokenSet};
@@ -227,11 +228,7 @@ async fn a_directory_store_used_by_one_niftyauth_keeps_the_default_grant() {
     assert_eq!(store.path(), grants.join("default.json"));
     assert_eq!(store.directory_path(), Some(grants.as_path()));
 
-    let auth = builder(&fake)
-        .store(store.clone())
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
     let (status, _) = send(&service(&auth), get(fake.api_url("/projects")))
         .await
         .unwrap();

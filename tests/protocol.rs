@@ -201,11 +201,7 @@ async fn a_panicking_refresh_task_fails_its_waiters_and_does_not_wedge_the_next_
     let fake = FakeNifty::start().await.unwrap();
     let store = PanickyStore::default();
     store.panic_on_save.store(true, Ordering::SeqCst);
-    let auth = builder(&fake)
-        .store(store.clone())
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
     let svc = service(&auth);
 
     let mut tasks = tokio::task::JoinSet::new();

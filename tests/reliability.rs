@@ -147,11 +147,7 @@ fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
 async fn a_reauthorization_whose_save_failed_is_saved_and_used_by_the_next_attempt() {
     let fake = FakeNifty::start().await.unwrap();
     let store = FaultyStore::default();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
 
     // The grant is revoked: the manager latches.
     fake.push_token_fault(TokenFault::status(400, r#"{"error":"invalid_grant"}"#));
@@ -198,11 +194,7 @@ async fn a_reauthorization_whose_save_failed_is_saved_and_used_by_the_next_attem
 async fn rotated_tokens_whose_save_failed_keep_the_store_lock_until_saved() {
     let fake = FakeNifty::builder().rotation(true).start().await.unwrap();
     let store = FaultyStore::default();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
 
     store.failing_saves.store(3, Ordering::SeqCst);
     let err = auth.access_token().await.unwrap_err();
@@ -332,9 +324,7 @@ async fn tokens_adopted_from_the_store_are_judged_on_the_managers_clock() {
 
 #[tokio::test]
 async fn a_token_answer_too_short_lived_to_use_is_sent_once_without_a_loop() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, _, svc) = started().await;
     let access = fake.issue_access_token(None);
     let body = format!(
         r#"{{"access_token":"{access}","token_type":"bearer","refresh_token":"{}","expires_in":0.001,"scope":"project"}}"#,

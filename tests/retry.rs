@@ -363,9 +363,7 @@ async fn composes_with_buffer_and_timeout_in_either_order() {
 
 #[tokio::test]
 async fn a_401_from_a_request_with_the_callers_own_authorization_is_not_retried() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, _, svc) = started().await;
     let request = Request::get(fake.api_url("/users/me"))
         .header("authorization", "Bearer caller-chosen")
         .body(Full::new(Bytes::new()))
@@ -386,9 +384,7 @@ async fn a_401_from_a_request_with_the_callers_own_authorization_is_not_retried(
 /// refreshed meanwhile) is retried with the newer token at once: no refresh is started for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_for_a_token_already_replaced_is_retried_with_the_newer_one_without_a_refresh() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, auth, svc) = started().await;
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.token_calls(), 1);

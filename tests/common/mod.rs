@@ -171,6 +171,27 @@ pub fn auth(fake: &FakeNifty) -> NiftyAuth {
         .expect("build")
 }
 
+/// A fake on 127.0.0.1, a [`auth`] for it, and the layer over the real client.
+pub async fn started() -> (FakeNifty, NiftyAuth, AuthClient) {
+    let fake = FakeNifty::start().await.unwrap();
+    let auth = auth(&fake);
+    let svc = service(&auth);
+    (fake, auth, svc)
+}
+
+/// A `NiftyAuth` for `fake` bootstrapped with `refresh_token`, keeping its tokens in `store`.
+pub fn auth_over(
+    fake: &FakeNifty,
+    refresh_token: impl Into<String>,
+    store: impl nifty_auth::TokenStore,
+) -> NiftyAuth {
+    builder(fake)
+        .refresh_token(refresh_token)
+        .store(store)
+        .build()
+        .expect("build")
+}
+
 /// [`auth`] with a refresh skew of `skew`.
 pub fn auth_with_skew(fake: &FakeNifty, skew: Duration) -> NiftyAuth {
     builder(fake)

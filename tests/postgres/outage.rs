@@ -11,11 +11,11 @@ async fn postgres_down_keeps_cached_tokens_flowing_fails_refreshes_without_a_tok
 ) {
     let mut pg = or_skip!(PgServer::start());
     let fake = rotating_fake().await;
-    let auth = builder(&fake)
-        .store(pg.store(fake.client_id()).await)
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(
+        &fake,
+        fake.issue_refresh_token(),
+        pg.store(fake.client_id()).await,
+    );
     let svc = service(&auth);
     let first = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(first.0, StatusCode::OK);

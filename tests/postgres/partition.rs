@@ -54,11 +54,11 @@ async fn a_blackholed_postgres_fails_a_needed_refresh_in_bound_with_no_token_cal
     let fake = rotating_fake().await;
     pg.store(fake.client_id()).await; // creates the table
     let timeout = Duration::from_secs(1);
-    let auth = builder(&fake)
-        .store(proxied_store(&proxy, fake.client_id(), timeout))
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(
+        &fake,
+        fake.issue_refresh_token(),
+        proxied_store(&proxy, fake.client_id(), timeout),
+    );
     crate::partition_scenario::a_needed_refresh_fails_in_bound_and_heals(
         &proxy,
         &fake,

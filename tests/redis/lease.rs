@@ -24,11 +24,11 @@ async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its
         .unwrap();
     let bootstrap = fake.issue_refresh_token();
     let instance = || {
-        builder(&fake)
-            .store(store_with_lease(&redis, &fake, "slow", SHORT_LEASE))
-            .refresh_token(bootstrap.clone())
-            .build()
-            .unwrap()
+        auth_over(
+            &fake,
+            bootstrap.clone(),
+            store_with_lease(&redis, &fake, "slow", SHORT_LEASE),
+        )
     };
     let (first, second) = (instance(), instance());
 
@@ -258,11 +258,11 @@ async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process(
         .refresh_token(bootstrap.clone())
         .build()
         .unwrap();
-    let b = builder(&fake)
-        .store(store_with_lease(&redis, &fake, "issue-8", SHORT_LEASE))
-        .refresh_token(bootstrap)
-        .build()
-        .unwrap();
+    let b = auth_over(
+        &fake,
+        bootstrap,
+        store_with_lease(&redis, &fake, "issue-8", SHORT_LEASE),
+    );
 
     // A refreshes; its first save fails and is retried at once, the lock held throughout.
     let first = a.access_token().await.expect("the retried save succeeds");

@@ -52,11 +52,7 @@ async fn four_instances_sharing_one_key_make_one_token_call_per_expiry() {
     let bootstrap = fake.issue_refresh_token();
     let instances: Vec<_> = (0..4)
         .map(|_| {
-            let auth = builder(&fake)
-                .store(store(&redis, &fake, "shared"))
-                .refresh_token(bootstrap.clone())
-                .build()
-                .unwrap();
+            let auth = auth_over(&fake, bootstrap.clone(), store(&redis, &fake, "shared"));
             service(&auth)
         })
         .collect();
@@ -202,11 +198,7 @@ async fn a_lock_holder_killed_before_its_token_call_is_taken_over_within_one_lea
     holder.wait().unwrap();
     let killed_at = std::time::Instant::now();
 
-    let auth = builder(&fake)
-        .store(store(&redis, &fake, "killed"))
-        .refresh_token(bootstrap)
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, bootstrap, store(&redis, &fake, "killed"));
     let svc = service(&auth);
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
 
@@ -226,11 +218,11 @@ async fn a_lock_holder_killed_before_its_token_call_is_taken_over_within_one_lea
 async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recovers() {
     let mut redis = or_skip!(RedisServer::start());
     let fake = FakeNifty::start().await.unwrap();
-    let auth = builder(&fake)
-        .store(store(&redis, &fake, "outage"))
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(
+        &fake,
+        fake.issue_refresh_token(),
+        store(&redis, &fake, "outage"),
+    );
     let svc = service(&auth);
     assert_eq!(
         send(&svc, get(fake.api_url("/users/me"))).await.unwrap().0,

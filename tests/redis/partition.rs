@@ -36,11 +36,7 @@ async fn a_blackholed_redis_fails_a_needed_refresh_in_bound_with_no_token_call_a
     let fake = FakeNifty::start().await.unwrap();
     let timeout = Duration::from_secs(1);
     let store = proxied_store(&proxy, &fake, "partition", timeout);
-    let auth = builder(&fake)
-        .store(store)
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store);
     crate::partition_scenario::a_needed_refresh_fails_in_bound_and_heals(
         &proxy, &fake, &auth, timeout, "Redis",
     )
