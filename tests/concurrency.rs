@@ -9,17 +9,11 @@ use http::StatusCode;
 use nifty_auth::testing::{FakeNifty, Grant};
 
 async fn fire(svc: &AuthClient, url: String, n: usize) -> Vec<StatusCode> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let svc = svc.clone();
-        let url = url.clone();
-        tasks.spawn(async move { send(&svc, get(url)).await.map(|(status, _)| status) });
-    }
-    let mut statuses = Vec::with_capacity(n);
-    while let Some(joined) = tasks.join_next().await {
-        statuses.push(joined.expect("task").expect("request"));
-    }
-    statuses
+    send_concurrently(svc, url, n)
+        .await
+        .into_iter()
+        .map(|result| result.expect("request").0)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,14 +120,8 @@ async fn a_failed_refresh_fails_every_waiter_with_the_same_error_after_one_call(
     ));
     let auth = auth(&fake);
     let svc = service(&auth);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..100 {
-        let svc = svc.clone();
-        let url = fake.api_url("/users/me");
-        tasks.spawn(async move { send(&svc, get(url)).await });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        let err = joined.unwrap().expect_err("no token, no request");
+    for result in send_concurrently(&svc, fake.api_url("/users/me"), 100).await {
+        let err = result.expect_err("no token, no request");
         assert!(auth_error(&err).is_reauthorization_required(), "{err}");
     }
     assert_eq!(fake.token_calls(), 1);

@@ -204,14 +204,8 @@ async fn a_panicking_refresh_task_fails_its_waiters_and_does_not_wedge_the_next_
     let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
     let svc = service(&auth);
 
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..20 {
-        let svc = svc.clone();
-        let url = fake.api_url("/users/me");
-        tasks.spawn(async move { send(&svc, get(url)).await });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        let err = joined.unwrap().unwrap_err();
+    for result in send_concurrently(&svc, fake.api_url("/users/me"), 20).await {
+        let err = result.unwrap_err();
         assert!(
             matches!(auth_error(&err), AuthError::Internal { .. }),
             "{err}"

@@ -389,3 +389,33 @@ pub async fn seed_grants<S: nifty_auth::GrantStore>(
     }
     grants
 }
+
+/// Sends `n` requests to `url` at once, each from a task of its own through a clone of `svc`;
+/// their results, in the order they finished.
+pub async fn send_concurrently(
+    svc: &AuthClient,
+    url: String,
+    n: usize,
+) -> Vec<Result<(StatusCode, Bytes), BoxError>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (svc, url) = (svc.clone(), url.clone());
+        tasks.spawn(async move { send(&svc, get(url)).await });
+    }
+    let mut results = Vec::with_capacity(n);
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.expect("task"));
+    }
+    results
+}
+
+/// Waits (at most 10 s, then fails with `what`) until `condition` holds at `fake`.
+pub async fn until_at_fake(
+    fake: &FakeNifty,
+    condition: impl FnMut(&FakeNifty) -> bool,
+    what: &str,
+) {
+    tokio::time::timeout(Duration::from_secs(10), fake.wait_until(condition))
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+}

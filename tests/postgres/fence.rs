@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use crate::common::or_skip;
 use crate::common::rotating_fake_delayed;
 use crate::common::seed_grant;
+use crate::common::until_at_fake;
 use crate::server::{lease_holder, lease_rows, PgServer};
 
 async fn version(pool: &PgPool, grant: &str) -> i64 {
@@ -189,12 +190,12 @@ async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_th
         let (grants, id) = (grants.clone(), id.clone());
         async move { grants.access_token(&id).await }
     });
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        fake.wait_until(|_| fake_grant.token_calls_in_flight() > 0),
+    until_at_fake(
+        &fake,
+        |_| fake_grant.token_calls_in_flight() > 0,
+        "the refresh never called the token endpoint",
     )
-    .await
-    .expect("the refresh never called the token endpoint");
+    .await;
     assert_eq!(fake_grant.token_calls_in_flight(), 1);
     bump(&raw, "stale-writer").await;
     let err = first.await.unwrap().unwrap_err();

@@ -34,12 +34,12 @@ async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its
 
     let refreshing = tokio::spawn(async move { first.access_token().await });
     // The first instance holds the lock and waits for the slow token endpoint.
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        fake.wait_until(|fake| fake.token_calls_in_flight() > 0),
+    until_at_fake(
+        &fake,
+        |fake| fake.token_calls_in_flight() > 0,
+        "the first instance never called the token endpoint",
     )
-    .await
-    .expect("the first instance never called the token endpoint");
+    .await;
     assert_eq!(fake.token_calls_in_flight(), 1);
     let started = std::time::Instant::now();
     let adopted = second.access_token().await.unwrap();

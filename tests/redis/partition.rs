@@ -45,15 +45,7 @@ async fn a_blackholed_redis_fails_a_needed_refresh_in_bound_with_no_token_call_a
 
 /// `connected_clients` of Redis's `INFO clients`.
 async fn redis_clients(redis: &RedisServer) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(&mut raw(redis).await)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("connected_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap()
+    info_number(redis, "clients", "connected_clients:").await as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,18 +139,23 @@ pub async fn pttl(redis: &RedisServer, key: &str) -> i64 {
         .unwrap()
 }
 
-/// How many `SET` commands the server has run (`INFO commandstats`). A lock waiter's refused
-/// `SET NX` attempts count here, so a test can wait for them instead of sleeping.
-pub async fn set_commands(redis: &RedisServer) -> u64 {
+/// The number after `prefix` on a line of the server's `INFO section` (0 if there is none).
+pub async fn info_number(redis: &RedisServer, section: &str, prefix: &str) -> u64 {
     let info: String = redis::cmd("INFO")
-        .arg("commandstats")
+        .arg(section)
         .query_async(&mut raw(redis).await)
         .await
         .unwrap();
     info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_set:calls="))
+        .find_map(|line| line.strip_prefix(prefix))
         .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// How many `SET` commands the server has run (`INFO commandstats`). A lock waiter's refused
+/// `SET NX` attempts count here, so a test can wait for them instead of sleeping.
+pub async fn set_commands(redis: &RedisServer) -> u64 {
+    info_number(redis, "commandstats", "cmdstat_set:calls=").await
 }
 
 /// Waits (at most 10 s, then fails) until the server has run `n` `SET` commands in all.
