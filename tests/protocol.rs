@@ -231,11 +231,7 @@ async fn a_panicking_refresh_task_fails_its_waiters_and_does_not_wedge_the_next_
 async fn a_personal_access_token_goes_through_the_layer_scoped_and_without_refresh() {
     let fake = FakeNifty::start().await.unwrap();
     let other = FakeNifty::start().await.unwrap();
-    let token = fake.issue_access_token(None);
-    let auth = NiftyAuth::personal_token(token.clone())
-        .allowed_origins([fake.base_url()])
-        .build()
-        .unwrap();
+    let (token, auth) = personal_auth(&fake);
     assert!(!auth.can_refresh());
     let svc = NiftyAuthService::new(http_client(), auth.clone());
 

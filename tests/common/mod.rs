@@ -179,6 +179,45 @@ pub async fn started() -> (FakeNifty, NiftyAuth, AuthClient) {
     (fake, auth, svc)
 }
 
+/// A personal access token issued by `fake` (never expiring), and a `NiftyAuth` that sends it to
+/// `fake` and refreshes nothing.
+pub fn personal_auth(fake: &FakeNifty) -> (String, NiftyAuth) {
+    let token = fake.issue_access_token(None);
+    let auth = NiftyAuth::personal_token(token.clone())
+        .allowed_origins([fake.base_url()])
+        .build()
+        .expect("build");
+    (token, auth)
+}
+
+/// A `NiftyGrants` for `fake` keeping its grants in `store` (its other settings the defaults).
+pub fn grants_over(
+    fake: &FakeNifty,
+    store: impl nifty_auth::GrantStore,
+) -> nifty_auth::NiftyGrants {
+    nifty_auth::NiftyGrants::builder(fake.credentials())
+        .token_url(fake.token_url().as_str())
+        .store(store)
+        .build()
+        .expect("build")
+}
+
+/// Every grant of `fake_grants` refreshed once a round (`rounds` in all) and never got
+/// `invalid_grant`; nothing was replayed.
+pub fn assert_one_refresh_per_grant_per_round(
+    fake: &FakeNifty,
+    fake_grants: &[nifty_auth::testing::FakeGrant],
+    rounds: usize,
+) {
+    for (i, fake_grant) in fake_grants.iter().enumerate() {
+        assert_eq!(fake_grant.token_calls(), rounds, "grant {i}");
+        assert_eq!(fake_grant.invalid_grants_served(), 0, "grant {i}");
+    }
+    assert_eq!(fake.token_calls(), fake_grants.len() * rounds);
+    assert_eq!(fake.invalid_grants_served(), 0);
+    assert_eq!(fake.refresh_token_replays(), 0);
+}
+
 /// A `NiftyAuth` for `fake` bootstrapped with `refresh_token`, keeping its tokens in `store`.
 pub fn auth_over(
     fake: &FakeNifty,

@@ -10,6 +10,7 @@ use nifty_auth::{Credentials, GrantId, GrantStore, NiftyGrants, TokenSet};
 use tokio::task::JoinSet;
 use tower::Layer;
 
+use crate::common::assert_one_refresh_per_grant_per_round;
 use crate::common::rotating_fake_lasting;
 use crate::workers::{answer, env, served, worker_mode, worker_runtime, Worker};
 
@@ -86,13 +87,7 @@ async fn two_processes_share(kind: &str, location: &str, store: impl GrantStore)
         2 * ROUNDS as usize * GRANTS * CALLERS,
         "every request served"
     );
-    for (i, fake_grant) in fake_grants.iter().enumerate() {
-        assert_eq!(fake_grant.token_calls(), ROUNDS as usize, "grant {i}");
-        assert_eq!(fake_grant.invalid_grants_served(), 0, "grant {i}");
-    }
-    assert_eq!(fake.token_calls(), GRANTS * ROUNDS as usize);
-    assert_eq!(fake.invalid_grants_served(), 0);
-    assert_eq!(fake.refresh_token_replays(), 0);
+    assert_one_refresh_per_grant_per_round(&fake, &fake_grants, ROUNDS as usize);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
+use nifty_auth::{GrantId, GrantStore, TokenSet};
 use sqlx::PgPool;
 
+use crate::common::grants_over;
 use crate::common::or_skip;
 use crate::common::rotating_fake_delayed;
 use crate::common::seed_grant;
@@ -180,11 +181,7 @@ async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_th
     let store = pg.store(fake.client_id()).await;
     let raw = pg.pool().await;
     let (id, fake_grant, _) = seed_grant(&fake, &store, "stale-writer").await;
-    let grants = NiftyGrants::builder(fake.credentials())
-        .token_url(fake.token_url().as_str())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let grants = grants_over(&fake, store.clone());
 
     let first = tokio::spawn({
         let (grants, id) = (grants.clone(), id.clone());

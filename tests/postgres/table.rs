@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{
-    AuthError, GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet, TokenStore,
-};
+use nifty_auth::{AuthError, GrantId, GrantStore, PostgresStore, TokenSet, TokenStore};
 
+use crate::common::grants_over;
 use crate::common::or_skip;
 use crate::server::PgServer;
 
@@ -69,11 +68,7 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
     assert!(err.contains("wrong encryption key"), "{err}");
     assert!(!err.contains("visible"), "{err}");
     // Through NiftyGrants: a store error, and no token call.
-    let grants = NiftyGrants::builder(fake.credentials())
-        .token_url(fake.token_url().as_str())
-        .store(wrong)
-        .build()
-        .unwrap();
+    let grants = grants_over(&fake, wrong);
     let err = grants.access_token(&alpha).await.unwrap_err();
     assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
     assert_eq!(fake.token_calls(), 0);

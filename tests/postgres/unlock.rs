@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore};
+use nifty_auth::{GrantId, GrantStore, PostgresStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use crate::common::grants_over;
 use crate::common::or_skip;
 use crate::common::rotating_fake;
 use crate::common::seed_grant;
@@ -125,11 +126,7 @@ async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_l
     let admin = admin_of(&pg, "no_release").await;
     let (id, fake_grant, seed) = seed_grant(&fake, &store, "refreshed").await;
 
-    let grants = NiftyGrants::builder(fake.credentials())
-        .token_url(fake.token_url().as_str())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let grants = grants_over(&fake, store.clone());
     grants.access_token(&id).await.unwrap();
     assert_eq!(fake_grant.token_calls(), 1);
     // Its release failed: the row is there until it lapses.

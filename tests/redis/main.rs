@@ -319,18 +319,8 @@ async fn the_lock_is_exclusive_and_released_only_by_its_owner() {
     let second = store(&redis, &fake, "lock");
 
     let held = first.lock(Duration::from_secs(30)).await.unwrap();
-    let sets = set_commands(&redis).await;
-    let waiting = tokio::spawn(async move {
-        let lock = second.lock(Duration::from_secs(30)).await.unwrap();
-        (std::time::Instant::now(), lock)
-    });
-    // The second store's `SET NX` was refused twice: it is waiting.
-    wait_for_set_commands(&redis, sets + 2).await;
-    assert!(!waiting.is_finished(), "the lock was not exclusive");
-    let released = std::time::Instant::now();
-    held.release().await;
-    let (locked, lock) = waiting.await.unwrap();
-    assert!(locked >= released, "locked before the release");
+    let take = async move { second.lock(Duration::from_secs(30)).await.unwrap() };
+    let lock = lock_after_release(&redis, take, held, "the lock was not exclusive").await;
     let owner = raw_get(&redis, first.lock_key()).await.unwrap();
     lock.release().await;
     assert!(raw_get(&redis, first.lock_key()).await.is_none());

@@ -175,3 +175,26 @@ pub async fn redis_and_fake() -> Option<(RedisServer, FakeNifty)> {
     let redis = RedisServer::start()?;
     Some((redis, FakeNifty::start().await.unwrap()))
 }
+
+/// Runs `take` (another store's attempt at a lock `held` holds) and checks that it waits: Redis
+/// refuses its `SET NX` twice and it has not finished (else `what`); then `held` is released, and
+/// the attempt gets the lock after that. Returns the lock it got.
+pub async fn lock_after_release<L: Send + 'static>(
+    redis: &RedisServer,
+    take: impl std::future::Future<Output = L> + Send + 'static,
+    held: nifty_auth::StoreLock,
+    what: &str,
+) -> L {
+    let sets = set_commands(redis).await;
+    let waiting = tokio::spawn(async move {
+        let lock = take.await;
+        (std::time::Instant::now(), lock)
+    });
+    wait_for_set_commands(redis, sets + 2).await;
+    assert!(!waiting.is_finished(), "{what}");
+    let released = std::time::Instant::now();
+    held.release().await;
+    let (locked, lock) = waiting.await.unwrap();
+    assert!(locked >= released, "locked before the release");
+    lock
+}
