@@ -490,9 +490,7 @@ async fn set_tokens_saves_to_the_store_before_the_tokens_are_used() {
 
 #[tokio::test]
 async fn exchange_code_returns_saves_and_uses_the_new_tokens() {
-    let fake = FakeNifty::start().await.unwrap();
-    let store = MemoryStore::new();
-    let auth = builder(&fake).store(store.clone()).build().unwrap();
+    let (fake, store, auth) = unauthorized_auth().await;
     let redirect = "http://127.0.0.1/oauth/callback";
 
     let tokens = auth

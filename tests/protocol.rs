@@ -66,9 +66,7 @@ async fn refresh_grant_request_has_basic_auth_json_body_and_accept_header() {
 
 #[tokio::test]
 async fn exchange_code_sends_the_code_grant_saves_the_tokens_and_the_layer_uses_them() {
-    let fake = FakeNifty::start().await.unwrap();
-    let store = MemoryStore::new();
-    let auth = builder(&fake).store(store.clone()).build().unwrap();
+    let (fake, store, auth) = unauthorized_auth().await;
     let redirect = "http://127.0.0.1:8765/callback";
     let code = fake.issue_code(redirect);
 

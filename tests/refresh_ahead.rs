@@ -15,9 +15,7 @@ fn bearer(token: &str) -> Option<String> {
 
 #[tokio::test(start_paused = true)]
 async fn within_the_skew_callers_are_not_blocked_and_one_background_refresh_runs() {
-    let fake = paused_fake_lasting(Duration::from_secs(120));
-    let auth = auth_with_skew(&fake, Duration::from_secs(60));
-    let svc = service_for(&fake, &auth);
+    let (fake, auth, svc) = paused_started(Duration::from_secs(120), Duration::from_secs(60));
     send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     let old = auth.tokens().unwrap().access_token().to_owned();
     assert_eq!(fake.token_calls(), 1);
@@ -63,9 +61,7 @@ async fn within_the_skew_callers_are_not_blocked_and_one_background_refresh_runs
 
 #[tokio::test(start_paused = true)]
 async fn an_expired_token_is_never_sent() {
-    let fake = paused_fake_lasting(Duration::from_secs(120));
-    let auth = auth_with_skew(&fake, Duration::from_secs(60));
-    let svc = service_for(&fake, &auth);
+    let (fake, auth, svc) = paused_started(Duration::from_secs(120), Duration::from_secs(60));
     send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     let old = auth.access_token().await.unwrap();
 

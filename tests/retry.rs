@@ -285,12 +285,7 @@ async fn the_401_retry_waits_for_readiness_under_a_concurrency_limit() {
         .layer(auth.layer())
         .concurrency_limit(1)
         .service(fake.service());
-    let response = svc
-        .clone()
-        .oneshot(get(fake.api_url("/users/me")))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(status_of(&svc, get(fake.api_url("/users/me"))).await, 200);
     fake.revoke_access_tokens();
     // The refresh takes a virtual second: all ten requests are sent (one at a time) with the revoked
     // token and each retry has to win the single permit again.
@@ -324,12 +319,7 @@ async fn composes_with_buffer_and_timeout_in_either_order() {
         .timeout(std::time::Duration::from_secs(10))
         .service(http_client());
 
-    let r = outer
-        .clone()
-        .oneshot(get(fake.api_url("/projects")))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(&outer, get(fake.api_url("/projects"))).await, 200);
     let r = inner
         .clone()
         .oneshot(post_json(fake.api_url("/tasks"), "{}"))
@@ -338,12 +328,7 @@ async fn composes_with_buffer_and_timeout_in_either_order() {
     assert_eq!(r.status(), 200);
     for _ in 0..2 {
         fake.revoke_access_tokens();
-        let r = outer
-            .clone()
-            .oneshot(get(fake.api_url("/projects")))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(status_of(&outer, get(fake.api_url("/projects"))).await, 200);
         fake.revoke_access_tokens();
         let r = inner
             .clone()

@@ -171,6 +171,33 @@ pub fn auth(fake: &FakeNifty) -> NiftyAuth {
         .expect("build")
 }
 
+/// For tests on tokio's paused clock: a fake with no socket whose access tokens live `lifetime`,
+/// a `NiftyAuth` for it refreshing `skew` ahead of expiry, and the layer over the fake's service.
+pub fn paused_started(lifetime: Duration, skew: Duration) -> (FakeNifty, NiftyAuth, AuthClient) {
+    let fake = paused_fake_lasting(lifetime);
+    let auth = auth_with_skew(&fake, skew);
+    let svc = service_for(&fake, &auth);
+    (fake, auth, svc)
+}
+
+/// A fake on 127.0.0.1, a `NiftyAuth` for it with no refresh token yet over a `MemoryStore`, and
+/// that store.
+pub async fn unauthorized_auth() -> (FakeNifty, nifty_auth::MemoryStore, NiftyAuth) {
+    let fake = FakeNifty::start().await.unwrap();
+    let store = nifty_auth::MemoryStore::new();
+    let auth = builder(&fake).store(store.clone()).build().unwrap();
+    (fake, store, auth)
+}
+
+/// The status of `request` sent through a clone of `svc` (any service of the tests' stacks).
+pub async fn status_of<S, B>(svc: &S, request: Request<Full<Bytes>>) -> StatusCode
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    svc.clone().oneshot(request).await.unwrap().status()
+}
+
 /// A fake on 127.0.0.1, a [`auth`] for it, and the layer over the real client.
 pub async fn started() -> (FakeNifty, NiftyAuth, AuthClient) {
     let fake = FakeNifty::start().await.unwrap();

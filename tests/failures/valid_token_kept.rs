@@ -77,9 +77,7 @@ async fn a_valid_token_keeps_being_used_when_the_background_refresh_fails() {
 
 #[tokio::test(start_paused = true)]
 async fn a_terminal_background_refresh_failure_keeps_the_valid_token_until_it_expires() {
-    let fake = paused_fake_lasting(Duration::from_secs(120));
-    let auth = auth_with_skew(&fake, Duration::from_secs(60));
-    let svc = service_for(&fake, &auth);
+    let (fake, _, svc) = paused_started(Duration::from_secs(120), Duration::from_secs(60));
     let first = succeeding_request(&svc, &fake).await;
     assert_eq!(fake.token_calls(), 1);
 
