@@ -128,6 +128,19 @@ fn auth_for(fake: &FakeNifty, origin: &Origin) -> nifty_auth::NiftyAuth {
         .unwrap()
 }
 
+/// `request` with these `Authorization` values of the caller's own, in this order.
+fn with_authorizations<const N: usize>(
+    mut request: Request<Full<Bytes>>,
+    values: [&'static str; N],
+) -> Request<Full<Bytes>> {
+    for value in values {
+        request
+            .headers_mut()
+            .append(AUTHORIZATION, value.parse().unwrap());
+    }
+    request
+}
+
 /// Sends `n` requests to `origin` through `svc`; each must come back 401.
 async fn all_rejected(svc: &AuthClient, origin: &Origin, n: usize) {
     for _ in 0..n {
@@ -190,13 +203,10 @@ async fn every_authorization_value_the_caller_set_reaches_the_inner_service() {
     let origin = Origin::start(StatusCode::OK, None).await;
     let auth = auth_for(&fake, &origin);
     let svc = service(&auth);
-    let mut request = get(origin.url());
-    request
-        .headers_mut()
-        .append(AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
-    request
-        .headers_mut()
-        .append(AUTHORIZATION, "Bearer caller-own-token".parse().unwrap());
+    let request = with_authorizations(
+        get(origin.url()),
+        ["Basic dXNlcjpwYXNz", "Bearer caller-own-token"],
+    );
     let (status, _) = send(&svc, request).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -210,13 +220,7 @@ async fn every_authorization_value_the_caller_set_reaches_the_inner_service() {
 
     // Also with a token cached.
     auth.access_token().await.unwrap();
-    let mut request = get(origin.url());
-    request
-        .headers_mut()
-        .append(AUTHORIZATION, "Basic a".parse().unwrap());
-    request
-        .headers_mut()
-        .append(AUTHORIZATION, "Bearer b".parse().unwrap());
+    let request = with_authorizations(get(origin.url()), ["Basic a", "Bearer b"]);
     send(&svc, request).await.unwrap();
     assert_eq!(
         origin.seen.lock()[1],

@@ -181,20 +181,12 @@ async fn migrate_twice_is_fine_a_schema_qualified_table_works_and_a_bad_name_is_
     TokenStore::save(&qualified, &tokens("qualified"))
         .await
         .unwrap();
-    let grant: String = sqlx::query_scalar("SELECT grant_id FROM auth.\"user\"")
-        .fetch_one(&raw)
-        .await
-        .unwrap();
-    assert_eq!(grant, "main");
+    assert_eq!(only_grant_id(&raw, "auth.\"user\"").await, "main");
     // The lock table sits beside it, and a lock on it is a row there.
     let lock = TokenStore::lock(&qualified, Duration::from_secs(5))
         .await
         .unwrap();
-    let held: String = sqlx::query_scalar("SELECT grant_id FROM auth.user_lock")
-        .fetch_one(&raw)
-        .await
-        .unwrap();
-    assert_eq!(held, "main");
+    assert_eq!(only_grant_id(&raw, "auth.user_lock").await, "main");
     lock.release().await;
 
     for bad in ["tokens; DROP TABLE x", "Tokens", "a.b.c", "", "\"t\""] {
@@ -242,4 +234,12 @@ async fn zero_or_huge_postgres_timeouts_are_configuration_errors() {
     assert!(shown.contains("lock_lease: 100ms"), "{shown}");
     let default = format!("{:?}", builder().build().unwrap());
     assert!(default.contains("lock_lease: 10s"), "{default}");
+}
+
+/// The `grant_id` of the one row of `table`.
+async fn only_grant_id(raw: &sqlx::PgPool, table: &str) -> String {
+    sqlx::query_scalar(&format!("SELECT grant_id FROM {table}"))
+        .fetch_one(raw)
+        .await
+        .unwrap()
 }

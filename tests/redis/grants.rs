@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, RedisStore, TokenSet};
+use nifty_auth::{GrantId, GrantStore, RedisStore, StoreLock, TokenSet};
 
 use crate::common::hostile_ids;
 use crate::common::or_skip;
@@ -157,11 +157,7 @@ async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
     store.save_grant(&b, &tokens("b-old")).await.unwrap();
 
     let lock_a = store.lock_grant(&a, Duration::from_secs(30)).await.unwrap();
-    let err = store
-        .save_grant_locked(&b, &tokens("b-new"), &lock_a)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_save(&store, &b, &tokens("b-new"), &lock_a).await;
     assert!(err.contains("save_locked needs a lock"), "{err}");
     assert!(err.contains(&store.grant_lock_key(&b)), "{err}");
     assert_eq!(
@@ -188,11 +184,7 @@ async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
         .query_async(&mut raw(&redis).await)
         .await
         .unwrap();
-    let err = store
-        .save_grant_locked(&a, &tokens("a-late"), &lock_a)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_save(&store, &a, &tokens("a-late"), &lock_a).await;
     assert!(err.contains("was lost"), "{err}");
     assert_eq!(
         store.load_grant(&a).await.unwrap().unwrap().access_token(),
@@ -220,10 +212,7 @@ async fn a_grants_lease_is_kept_alive_by_its_own_watchdog() {
 #[tokio::test]
 async fn an_encrypted_value_copied_into_another_grants_key_does_not_load() {
     let (redis, fake) = or_skip!(redis_and_fake().await);
-    let store = RedisStore::builder(redis.url(), fake.client_id(), "default")
-        .encryption_key([42; 32])
-        .build()
-        .unwrap();
+    let store = sealed_store(&redis, &fake, "default", [42; 32]);
     let (a, b) = (grant("a"), grant("b"));
     store.save_grant(&a, &tokens("a")).await.unwrap();
     store.save_grant(&b, &tokens("b")).await.unwrap();
@@ -245,4 +234,18 @@ async fn an_encrypted_value_copied_into_another_grants_key_does_not_load() {
     // a's own value still loads.
     let loaded = store.load_grant(&a).await.unwrap().unwrap();
     assert_eq!(loaded.access_token(), "at-a-0123456789");
+}
+
+/// The message of the error with which `store` refuses to save `tokens` for `id` under `lock`.
+async fn refused_save(
+    store: &RedisStore,
+    id: &GrantId,
+    tokens: &TokenSet,
+    lock: &StoreLock,
+) -> String {
+    store
+        .save_grant_locked(id, tokens, lock)
+        .await
+        .unwrap_err()
+        .to_string()
 }

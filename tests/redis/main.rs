@@ -247,10 +247,7 @@ async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recov
 #[tokio::test]
 async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error() {
     let (redis, fake) = or_skip!(redis_and_fake().await);
-    let encrypted = RedisStore::builder(redis.url(), fake.client_id(), "secret")
-        .encryption_key([42; 32])
-        .build()
-        .unwrap();
+    let encrypted = sealed_store(&redis, &fake, "secret", [42; 32]);
     let tokens = TokenSet::new("at-visible-0123456789")
         .with_refresh_token("rt-visible-0123456789")
         .with_expires_in(Duration::from_secs(600));
@@ -265,10 +262,7 @@ async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error()
     );
     assert_eq!(encrypted.load().await.unwrap().unwrap(), tokens);
 
-    let wrong = RedisStore::builder(redis.url(), fake.client_id(), "secret")
-        .encryption_key([7; 32])
-        .build()
-        .unwrap();
+    let wrong = sealed_store(&redis, &fake, "secret", [7; 32]);
     let err = wrong.load().await.unwrap_err().to_string();
     assert!(err.contains("wrong encryption key"), "{err}");
     assert!(!err.contains("visible"), "{err}");

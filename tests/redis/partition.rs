@@ -31,9 +31,7 @@ fn proxied_store(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_redis_fails_a_needed_refresh_in_bound_with_no_token_call_and_heals() {
-    let redis = or_skip!(RedisServer::start());
-    let proxy = Blackhole::start(redis.addr());
-    let fake = FakeNifty::start().await.unwrap();
+    let (_redis, proxy, fake) = or_skip!(blackholed_redis().await);
     let timeout = Duration::from_secs(1);
     let store = proxied_store(&proxy, &fake, "partition", timeout);
     let auth = auth_over(&fake, fake.issue_refresh_token(), store);
@@ -43,6 +41,14 @@ async fn a_blackholed_redis_fails_a_needed_refresh_in_bound_with_no_token_call_a
     .await;
 }
 
+/// A redis-server behind a [`Blackhole`] (not blackholed yet), and a fake; `None` where
+/// redis-server is missing (outside CI).
+async fn blackholed_redis() -> Option<(RedisServer, Blackhole, FakeNifty)> {
+    let (redis, fake) = redis_and_fake().await?;
+    let proxy = Blackhole::start(redis.addr());
+    Some((redis, proxy, fake))
+}
+
 /// `connected_clients` of Redis's `INFO clients`.
 async fn redis_clients(redis: &RedisServer) -> i64 {
     info_number(redis, "clients", "connected_clients:").await as i64
@@ -50,9 +56,7 @@ async fn redis_clients(redis: &RedisServer) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_lock() {
-    let redis = or_skip!(RedisServer::start());
-    let proxy = Blackhole::start(redis.addr());
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, proxy, fake) = or_skip!(blackholed_redis().await);
     let timeout = Duration::from_millis(30);
     let tokens = TokenSet::new("at-0123456789").with_refresh_token("rt-0123456789");
     let tasks_without_store = alive_tasks();

@@ -198,3 +198,16 @@ pub async fn lock_after_release<L: Send + 'static>(
     assert!(locked >= released, "locked before the release");
     lock
 }
+
+/// A `RedisStore` for `fake`'s client under `namespace`, sealing its values with `key`.
+pub fn sealed_store(
+    redis: &RedisServer,
+    fake: &FakeNifty,
+    namespace: &str,
+    key: [u8; 32],
+) -> RedisStore {
+    RedisStore::builder(redis.url(), fake.client_id(), namespace)
+        .encryption_key(key)
+        .build()
+        .unwrap()
+}
