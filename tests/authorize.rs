@@ -39,6 +39,27 @@ async fn setup(fake: &FakeNifty) -> (CallbackServer, AuthorizationRequest) {
     (server, request)
 }
 
+/// A callback server waiting for the code of an authorization request of a fake (which lives as
+/// long as the wait): the request, the server's address and the wait.
+async fn waiting_at_callback() -> (
+    AuthorizationRequest,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<String, nifty_auth::authorize::AuthorizeError>>,
+) {
+    let fake = FakeNifty::start().await.unwrap();
+    let (server, request) = setup(&fake).await;
+    let addr = server.local_addr().unwrap();
+    let waiting = wait_for_code(server, &request);
+    (
+        request,
+        addr,
+        tokio::spawn(async move {
+            let _fake = fake;
+            waiting.await.unwrap()
+        }),
+    )
+}
+
 /// `server` waiting, in a task of its own, for the code of `request`.
 fn wait_for_code(
     server: CallbackServer,
@@ -189,10 +210,7 @@ async fn a_non_loopback_redirect_uri_is_refused() {
 
 #[tokio::test]
 async fn non_http_bytes_get_an_error_answer_and_the_wait_goes_on() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (server, request) = setup(&fake).await;
-    let addr = server.local_addr().unwrap();
-    let waiting = wait_for_code(server, &request);
+    let (request, addr, waiting) = waiting_at_callback().await;
 
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
@@ -215,10 +233,7 @@ async fn non_http_bytes_get_an_error_answer_and_the_wait_goes_on() {
 
 #[tokio::test]
 async fn a_thousand_idle_connections_and_a_100_kib_header_do_not_keep_the_callback_out() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (server, request) = setup(&fake).await;
-    let addr = server.local_addr().unwrap();
-    let waiting = wait_for_code(server, &request);
+    let (request, addr, waiting) = waiting_at_callback().await;
 
     let mut idle = Vec::new();
     for _ in 0..1000 {

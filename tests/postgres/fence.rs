@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, TokenSet};
+use nifty_auth::{GrantId, GrantStore, PostgresStore, StoreLock, TokenSet};
 use sqlx::PgPool;
 
 use crate::common::grants_over;
@@ -87,12 +87,7 @@ async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
 #[tokio::test]
 async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_holders_lease() {
     let pg = or_skip!(PgServer::start());
-    let store = pg.store("client").await;
-    let raw = pg.pool().await;
-    let id = GrantId::new("lease").unwrap();
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (store, raw, id, lock) = locked_grant(&pg, "lease").await;
     let first = lease_holder(&raw, "lease").await.unwrap();
     // Its lease runs out (a holder paused or cut off for longer than a lease)...
     sqlx::query("UPDATE nifty_auth_tokens_lock SET expires_at = now() - interval '1 second'")
@@ -131,12 +126,7 @@ async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_
 #[tokio::test]
 async fn a_lock_whose_sessions_all_end_still_saves_and_keeps_others_out() {
     let pg = or_skip!(PgServer::start());
-    let store = pg.store("client").await;
-    let raw = pg.pool().await;
-    let id = GrantId::new("session").unwrap();
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (store, raw, id, lock) = locked_grant(&pg, "session").await;
     // Every session but the test's own is terminated (a network cut, an administrator).
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -216,4 +206,18 @@ async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_th
         fake_grant.current_refresh_token().as_deref()
     );
     assert_eq!(fake_grant.invalid_grants_served(), 0);
+}
+
+/// A store of `pg` (client `client`), a pool of its own, and the lock of grant `id` taken.
+async fn locked_grant(
+    pg: &PgServer,
+    id: &str,
+) -> (PostgresStore, sqlx::PgPool, GrantId, StoreLock) {
+    let store = pg.store("client").await;
+    let raw = pg.pool().await;
+    let id = GrantId::new(id).unwrap();
+    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    (store, raw, id, lock)
 }
