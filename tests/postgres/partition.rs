@@ -142,7 +142,9 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
         "connections held open ({} accepted)",
         proxy.accepted()
     );
-    assert_eq!(store.pool().size(), 0);
+    // The pool counts a connection from the start of its connect; right after the calls gave up
+    // it was seen (1 run in about 10) still counting one, gone a moment later: wait for empty.
+    assert_eq!(eventually(0, || store.pool().size()).await, 0);
     assert_eq!(eventually(tasks_at_rest, alive_tasks).await, tasks_at_rest);
     let accepted = proxy.accepted();
 
