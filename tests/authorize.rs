@@ -39,6 +39,36 @@ async fn setup(fake: &FakeNifty) -> (CallbackServer, AuthorizationRequest) {
     (server, request)
 }
 
+/// A callback server waiting for the code of an authorization request of a fake (which lives as
+/// long as the wait): the request, the server's address and the wait.
+async fn waiting_at_callback() -> (
+    AuthorizationRequest,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<String, nifty_auth::authorize::AuthorizeError>>,
+) {
+    let fake = FakeNifty::start().await.unwrap();
+    let (server, request) = setup(&fake).await;
+    let addr = server.local_addr().unwrap();
+    let waiting = wait_for_code(server, &request);
+    (
+        request,
+        addr,
+        tokio::spawn(async move {
+            let _fake = fake;
+            waiting.await.unwrap()
+        }),
+    )
+}
+
+/// `server` waiting, in a task of its own, for the code of `request`.
+fn wait_for_code(
+    server: CallbackServer,
+    request: &AuthorizationRequest,
+) -> tokio::task::JoinHandle<Result<String, nifty_auth::authorize::AuthorizeError>> {
+    let request = request.clone();
+    tokio::spawn(async move { server.wait_for_code(&request).await })
+}
+
 #[tokio::test]
 async fn authorize_exchange_and_save_with_a_browser_following_the_redirect() {
     let fake = FakeNifty::start().await.unwrap();
@@ -46,10 +76,7 @@ async fn authorize_exchange_and_save_with_a_browser_following_the_redirect() {
     let path = dir.path().join("nifty-tokens.json");
     let auth = builder(&fake).store(FileStore::new(&path)).build().unwrap();
     let (server, request) = setup(&fake).await;
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let waiting = wait_for_code(server, &request);
 
     let (status, page) = browse(&request.url()).await;
     assert_eq!(status, StatusCode::OK);
@@ -88,10 +115,7 @@ async fn a_callback_with_a_wrong_or_missing_state_is_refused_and_the_right_one_s
     let stray_code = fake.issue_code("http://127.0.0.1/elsewhere");
     let forged = format!("{}?code={stray_code}&state=forged", server.redirect_uri());
     let stateless = format!("{}?code={stray_code}", server.redirect_uri());
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let waiting = wait_for_code(server, &request);
 
     for stray in [forged, stateless] {
         let (status, page) = browse(&stray).await;
@@ -111,10 +135,7 @@ async fn a_refusal_from_nifty_is_a_denied_error() {
     let fake = FakeNifty::start().await.unwrap();
     fake.deny_next_authorization();
     let (server, request) = setup(&fake).await;
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let waiting = wait_for_code(server, &request);
 
     let (status, page) = browse(&request.url()).await;
 
@@ -132,10 +153,7 @@ async fn other_paths_get_404_and_the_wait_goes_on() {
     let fake = FakeNifty::start().await.unwrap();
     let (server, request) = setup(&fake).await;
     let favicon = server.redirect_uri().replace("/callback", "/favicon.ico");
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let waiting = wait_for_code(server, &request);
 
     let (status, _) = browse(&favicon).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -192,13 +210,7 @@ async fn a_non_loopback_redirect_uri_is_refused() {
 
 #[tokio::test]
 async fn non_http_bytes_get_an_error_answer_and_the_wait_goes_on() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (server, request) = setup(&fake).await;
-    let addr = server.local_addr().unwrap();
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let (request, addr, waiting) = waiting_at_callback().await;
 
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
@@ -221,13 +233,7 @@ async fn non_http_bytes_get_an_error_answer_and_the_wait_goes_on() {
 
 #[tokio::test]
 async fn a_thousand_idle_connections_and_a_100_kib_header_do_not_keep_the_callback_out() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (server, request) = setup(&fake).await;
-    let addr = server.local_addr().unwrap();
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let (request, addr, waiting) = waiting_at_callback().await;
 
     let mut idle = Vec::new();
     for _ in 0..1000 {
@@ -287,10 +293,7 @@ async fn a_localhost_redirect_uri_is_served_on_ipv4_and_ipv6() {
     };
     let request = AuthorizationRequest::new(fake.client_id(), server.redirect_uri())
         .authorize_url(fake.authorize_url());
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let waiting = wait_for_code(server, &request);
 
     // The browser resolved `localhost` to ::1.
     let (status, _) = browse(&format!(
@@ -319,10 +322,7 @@ async fn pkce_sends_an_s256_challenge_and_the_fake_checks_the_verifier() {
         request.code_challenge().unwrap()
     )));
     assert_eq!(request.code_verifier().unwrap().len(), 43);
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let waiting = wait_for_code(server, &request);
     browse(&url).await;
     let code = waiting.await.unwrap().unwrap();
     request.exchange(&auth, code).await.unwrap();
@@ -332,10 +332,7 @@ async fn pkce_sends_an_s256_challenge_and_the_fake_checks_the_verifier() {
     // Without it (or with another request's): invalid_grant, re-authorization required.
     let (server, request) = setup(&fake).await;
     let request = request.pkce(true);
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
+    let waiting = wait_for_code(server, &request);
     browse(&request.url()).await;
     let code = waiting.await.unwrap().unwrap();
     let other = AuthorizationRequest::new(fake.client_id(), request.redirect_uri()).pkce(true);

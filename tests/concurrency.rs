@@ -9,26 +9,16 @@ use http::StatusCode;
 use nifty_auth::testing::{FakeNifty, Grant};
 
 async fn fire(svc: &AuthClient, url: String, n: usize) -> Vec<StatusCode> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let svc = svc.clone();
-        let url = url.clone();
-        tasks.spawn(async move { send(&svc, get(url)).await.map(|(status, _)| status) });
-    }
-    let mut statuses = Vec::with_capacity(n);
-    while let Some(joined) = tasks.join_next().await {
-        statuses.push(joined.expect("task").expect("request"));
-    }
-    statuses
+    send_concurrently(svc, url, n)
+        .await
+        .into_iter()
+        .map(|result| result.expect("request").0)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_500_concurrent_requests_make_one_token_call() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(50))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(50)).await;
     let auth = auth(&fake);
     let svc = service(&auth);
 
@@ -51,11 +41,9 @@ async fn expiry_then_300_concurrent_requests_make_one_token_call_and_never_send_
     let fake = FakeNifty::builder()
         .token_lifetime(Some(Duration::from_secs(120)))
         .token_delay(Duration::from_millis(5))
-        .start()
-        .await
-        .unwrap();
+        .start_in_process();
     let auth = auth(&fake);
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
 
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -85,9 +73,7 @@ async fn expiry_then_300_concurrent_requests_make_one_token_call_and_never_send_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contention_64_tasks_on_two_workers_share_one_token() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, _, svc) = started().await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..64 {
@@ -109,11 +95,7 @@ async fn contention_64_tasks_on_two_workers_share_one_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_access_token_calls_share_one_refresh() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(30))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(30)).await;
     let auth = auth(&fake);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..100 {
@@ -131,25 +113,15 @@ async fn concurrent_access_token_calls_share_one_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_fails_every_waiter_with_the_same_error_after_one_call() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(30))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(30)).await;
     fake.push_token_fault(nifty_auth::testing::TokenFault::status(
         400,
         r#"{"error":"invalid_grant","error_description":"refresh token revoked"}"#,
     ));
     let auth = auth(&fake);
     let svc = service(&auth);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..100 {
-        let svc = svc.clone();
-        let url = fake.api_url("/users/me");
-        tasks.spawn(async move { send(&svc, get(url)).await });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        let err = joined.unwrap().expect_err("no token, no request");
+    for result in send_concurrently(&svc, fake.api_url("/users/me"), 100).await {
+        let err = result.expect_err("no token, no request");
         assert!(auth_error(&err).is_reauthorization_required(), "{err}");
     }
     assert_eq!(fake.token_calls(), 1);

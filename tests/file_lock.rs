@@ -1,110 +1,44 @@
 //! `FileStore`'s lock file: two `NiftyAuth`s or two OS processes on one token file refresh once, a
 //! dead holder's lock is free at once, and waiting for the lock is bounded.
 //!
-//! The cross-process tests re-execute this test binary (`current_exe()`, filtered to the test's own
-//! name) with `NIFTY_FILE_LOCK_ROLE` set: the same test function then runs as a worker instead of as
-//! the parent.
+//! The cross-process tests re-execute this test binary as workers (`tests/common/workers.rs`, run
+//! with `NIFTY_WORKER` set): the same test function then runs as a worker instead of as the parent,
+//! driven through its stdin and answering on its stdout.
 
 mod common;
+#[path = "common/workers.rs"]
+mod workers;
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
-use common::{builder, get, send, service};
+use common::auth_over;
+use common::rotating_fake_delayed;
+use common::{get, send, service};
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{Credentials, FileStore, NiftyAuth, TokenSet, TokenStore};
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
+use workers::{answer, commands, env, worker_mode, Worker};
 
-/// Switches a re-executed test binary into worker mode: `refresh` or `hold`.
-const ROLE: &str = "NIFTY_FILE_LOCK_ROLE";
 /// The token file's path.
 const TOKEN_PATH: &str = "NIFTY_FILE_LOCK_TOKEN_PATH";
-/// A directory for the start handshake (`ready-<id>` from workers, `go` from the parent).
-const SYNC_DIR: &str = "NIFTY_FILE_LOCK_SYNC_DIR";
-const WORKER_ID: &str = "NIFTY_FILE_LOCK_WORKER_ID";
 const TOKEN_URL: &str = "NIFTY_FILE_LOCK_TOKEN_URL";
 const CLIENT_ID: &str = "NIFTY_FILE_LOCK_CLIENT_ID";
 const CLIENT_SECRET: &str = "NIFTY_FILE_LOCK_CLIENT_SECRET";
-/// How a worker reports the access token it got (the harness may print on the same line).
-const TOKEN_LINE: &str = "worker access token: ";
-/// Generous: processes start slowly on a loaded machine.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("worker started without {name}"))
-}
-
-/// Starts this test binary again, running only `test` (exactly), as a worker with `role`.
-fn spawn_worker(test: &str, role: &str, vars: &[(&str, String)]) -> Child {
-    Command::new(std::env::current_exe().expect("current_exe"))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn worker")
-}
-
-async fn wait_for_file(path: &Path) {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The access token a `refresh` worker printed; fails the test unless its one test ran and passed.
-fn worker_token(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "worker failed: {}",
-        describe(output)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("1 passed"),
-        "the worker ran no test: {}",
-        describe(output)
-    );
-    stdout
-        .lines()
-        .find_map(|line| line.split_once(TOKEN_LINE))
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no token line: {}", describe(output)))
-        .to_owned()
-}
-
-/// Worker side of the two-process test: waits for `go`, then asks for a token once.
+/// Worker side of the two-process test: says `ready`, waits for `go`, asks for a token once and
+/// answers `token <access token>`.
 async fn refresh_worker() {
-    let sync = PathBuf::from(env(SYNC_DIR));
     let auth = NiftyAuth::builder(Credentials::new(env(CLIENT_ID), env(CLIENT_SECRET)))
         .token_url(env(TOKEN_URL).as_str())
         .store(FileStore::new(env(TOKEN_PATH)))
         .build()
         .expect("build");
-    std::fs::write(sync.join(format!("ready-{}", env(WORKER_ID))), b"").expect("ready file");
-    wait_for_file(&sync.join("go")).await;
+    let mut commands = commands();
+    answer("ready");
+    assert_eq!(commands.recv().await.as_deref(), Some("go"));
     let token = auth.access_token().await.expect("access_token");
-    println!("{TOKEN_LINE}{token}");
+    answer(&format!("token {token}"));
 }
 
 /// Both instances ask at once: four `access_token()` calls and two API requests each.
@@ -150,13 +84,7 @@ async fn two_instances_on_one_file_make_one_token_call_cold_and_after_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
     let bootstrap = fake.issue_refresh_token();
-    let instance = || {
-        builder(&fake)
-            .refresh_token(bootstrap.clone())
-            .store(FileStore::new(&path))
-            .build()
-            .unwrap()
-    };
+    let instance = || auth_over(&fake, bootstrap.clone(), FileStore::new(&path));
     let (a, b) = (instance(), instance());
 
     // Cold: neither has a token.
@@ -181,17 +109,11 @@ async fn two_instances_on_one_file_make_one_token_call_cold_and_after_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_one_file_make_one_token_call_per_expiry() {
     const TEST: &str = "two_processes_on_one_file_make_one_token_call_per_expiry";
-    if let Ok(role) = std::env::var(ROLE) {
+    if let Some(role) = worker_mode() {
         assert_eq!(role, "refresh");
         return refresh_worker().await;
     }
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_delay(Duration::from_millis(100))
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake_delayed(Duration::from_millis(100)).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
     let store = FileStore::new(&path);
@@ -206,17 +128,13 @@ async fn two_processes_on_one_file_make_one_token_call_per_expiry() {
         .unwrap();
 
     for round in 1..=3 {
-        let sync = dir.path().join(format!("round-{round}"));
-        std::fs::create_dir(&sync).unwrap();
-        let workers: Vec<Child> = (0..2)
-            .map(|id| {
-                spawn_worker(
+        let mut workers: Vec<Worker> = (0..2)
+            .map(|_| {
+                Worker::spawn(
                     TEST,
                     "refresh",
                     &[
                         (TOKEN_PATH, path.display().to_string()),
-                        (SYNC_DIR, sync.display().to_string()),
-                        (WORKER_ID, id.to_string()),
                         (TOKEN_URL, fake.token_url()),
                         (CLIENT_ID, fake.client_id().to_owned()),
                         (CLIENT_SECRET, fake.client_secret().to_owned()),
@@ -224,12 +142,19 @@ async fn two_processes_on_one_file_make_one_token_call_per_expiry() {
                 )
             })
             .collect();
-        wait_for_file(&sync.join("ready-0")).await;
-        wait_for_file(&sync.join("ready-1")).await;
-        std::fs::write(sync.join("go"), b"").unwrap();
+        for worker in &mut workers {
+            assert_eq!(worker.next().await, "ready", "round {round}");
+        }
+        for worker in &mut workers {
+            worker.send("go");
+        }
         let mut tokens = Vec::new();
         for worker in workers {
-            tokens.push(worker_token(&worker.wait_with_output().await.unwrap()));
+            let answer = worker.result().await;
+            let token = answer
+                .strip_prefix("token ")
+                .unwrap_or_else(|| panic!("round {round}: {answer:?}"));
+            tokens.push(token.to_owned());
         }
 
         assert_eq!(fake.token_calls(), round, "round {round}");
@@ -251,26 +176,19 @@ async fn two_processes_on_one_file_make_one_token_call_per_expiry() {
 #[tokio::test]
 async fn lock_of_a_killed_process_is_free_at_once() {
     const TEST: &str = "lock_of_a_killed_process_is_free_at_once";
-    if let Ok(role) = std::env::var(ROLE) {
+    if let Some(role) = worker_mode() {
         assert_eq!(role, "hold");
         let store = FileStore::new(env(TOKEN_PATH));
         let _lock = store.lock(Duration::from_secs(10)).await.expect("lock");
-        std::fs::write(PathBuf::from(env(SYNC_DIR)).join("locked"), b"").unwrap();
+        answer("locked");
         // Killed long before this ends.
         tokio::time::sleep(Duration::from_secs(120)).await;
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
-    let mut holder = spawn_worker(
-        TEST,
-        "hold",
-        &[
-            (TOKEN_PATH, path.display().to_string()),
-            (SYNC_DIR, dir.path().display().to_string()),
-        ],
-    );
-    wait_for_file(&dir.path().join("locked")).await;
+    let mut holder = Worker::spawn(TEST, "hold", &[(TOKEN_PATH, path.display().to_string())]);
+    assert_eq!(holder.next().await, "locked");
     let store = FileStore::new(&path);
     let err = store.lock(Duration::from_millis(100)).await.unwrap_err();
     assert!(
@@ -278,8 +196,7 @@ async fn lock_of_a_killed_process_is_free_at_once() {
         "the holder does not hold the lock: {err}"
     );
 
-    holder.start_kill().unwrap();
-    let status = holder.wait().await.unwrap();
+    let status = holder.killed();
     assert!(!status.success(), "the holder was not killed: {status:?}");
     // A zero bound makes exactly one attempt: the OS must have released the lock already.
     let lock = store

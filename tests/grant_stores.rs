@@ -9,7 +9,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{builder, get, send, service};
+use common::auth_over;
+use common::hostile_ids;
+use common::{get, send, service};
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{FileStore, GrantId, GrantStore, TokenSet};
@@ -28,43 +30,6 @@ fn listing(dir: &Path) -> BTreeSet<String> {
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect()
-}
-
-/// Ids a user could send: path tricks, separators of every platform, case twins, escapes that look
-/// escaped, unicode, Windows device names and ids of the longest length.
-fn hostile_ids() -> Vec<String> {
-    let mut ids: Vec<String> = [
-        "../../etc/passwd",
-        "..",
-        ".",
-        "a/b",
-        "a\\b",
-        "A",
-        "a",
-        "a:b",
-        "C:\\x",
-        "%2F",
-        "a%2Fb",
-        "/",
-        "é",
-        "日本語",
-        "con",
-        "NUL.txt",
-        "default",
-        ".hidden",
-        "a.json.lock",
-        "~",
-        " ",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    ids.push("a".repeat(256));
-    ids.push(format!("{}b", "a".repeat(255)));
-    ids.push("Z".repeat(256));
-    ids.push("é".repeat(128));
-    ids.push(format!("{}/../../x", "../".repeat(60)));
-    ids
 }
 
 #[tokio::test]
@@ -263,11 +228,7 @@ async fn a_directory_store_used_by_one_niftyauth_keeps_the_default_grant() {
     assert_eq!(store.path(), grants.join("default.json"));
     assert_eq!(store.directory_path(), Some(grants.as_path()));
 
-    let auth = builder(&fake)
-        .store(store.clone())
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
     let (status, _) = send(&service(&auth), get(fake.api_url("/projects")))
         .await
         .unwrap();

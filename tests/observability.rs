@@ -26,11 +26,9 @@ async fn burst(svc: &AuthClient, url: String, n: usize) {
 async fn stats_count_token_calls_refreshes_coalescing_and_retries_exactly() {
     let fake = FakeNifty::builder()
         .token_delay(Duration::from_secs(1))
-        .start()
-        .await
-        .unwrap();
+        .start_in_process();
     let auth = auth(&fake);
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
     assert_eq!(auth.stats(), Stats::default());
 
     // Cold start: 50 requests, one refresh, 49 joined it.

@@ -223,9 +223,7 @@ async fn the_bearer_sent_on_the_retry_after_a_401_is_sensitive_too() {
 
 #[tokio::test]
 async fn a_caller_set_authorization_header_is_left_alone() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, auth, svc) = started().await;
 
     let own = fake.issue_access_token(None);
     let request = Request::get(fake.api_url("/users/me"))
@@ -297,19 +295,11 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
 
 #[tokio::test]
 async fn debug_output_and_errors_never_show_the_secret_or_a_token() {
-    let fake = FakeNifty::builder()
-        .client("visible-client-id", "the-client-secret-value")
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_for_client("visible-client-id", "the-client-secret-value").await;
     let dir = tempfile::tempdir().unwrap();
     let file_store = FileStore::new(dir.path().join("tokens.json"));
     let bootstrap = fake.issue_refresh_token();
-    let auth = builder(&fake)
-        .refresh_token(bootstrap.clone())
-        .store(file_store.clone())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, bootstrap.clone(), file_store.clone());
     let svc = service(&auth);
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);

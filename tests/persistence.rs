@@ -103,11 +103,7 @@ async fn file_store_persists_the_rotation_and_a_new_instance_resumes_from_it() {
     let bootstrap = fake.issue_refresh_token();
 
     // First "process": bootstrapped with a refresh token.
-    let first = builder(&fake)
-        .refresh_token(bootstrap.clone())
-        .store(FileStore::new(&path))
-        .build()
-        .unwrap();
+    let first = auth_over(&fake, bootstrap.clone(), FileStore::new(&path));
     let (status, _) = send(&service(&first), get(fake.api_url("/users/me")))
         .await
         .unwrap();
@@ -200,16 +196,12 @@ async fn sleep_until(what: &str, mut condition: impl FnMut() -> bool) {
 #[tokio::test(start_paused = true)]
 async fn dropping_every_waiting_request_does_not_cancel_the_refresh_or_lose_the_rotation() {
     const DELAY: Duration = Duration::from_secs(2);
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     fake.set_token_delay(DELAY);
     let bootstrap = fake.issue_refresh_token();
     let store = MemoryStore::new();
-    let auth = builder(&fake)
-        .refresh_token(bootstrap.clone())
-        .store(store.clone())
-        .build()
-        .unwrap();
-    let svc = service(&auth);
+    let auth = auth_over(&fake, bootstrap.clone(), store.clone());
+    let svc = service_for(&fake, &auth);
 
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
@@ -277,11 +269,7 @@ async fn a_failed_save_keeps_the_new_tokens_unused_until_a_later_save_succeeds()
     let bootstrap = fake.issue_refresh_token();
     let store = FlakyStore::default();
     store.set_failing(true);
-    let auth = builder(&fake)
-        .refresh_token(bootstrap.clone())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, bootstrap.clone(), store.clone());
     let svc = service(&auth);
 
     // The token call succeeds (the fake rotates), the save fails: the request gets the store error.
@@ -356,11 +344,7 @@ async fn a_corrupt_token_file_is_a_store_error_naming_the_file_and_is_never_over
     let path = dir.path().join("tokens.json");
     let corrupt: &[u8] = br#"{"access_token": "at-half-written-secret", "refresh_token": "#;
     fs::write(&path, corrupt).unwrap();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .store(FileStore::new(&path))
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), FileStore::new(&path));
     let svc = service(&auth);
 
     for attempt in 1..=2 {
@@ -396,11 +380,7 @@ async fn an_instance_adopts_the_tokens_another_instance_rotated_into_the_shared_
     let fake = FakeNifty::start().await.unwrap();
     let store = MemoryStore::new();
     let bootstrap = fake.issue_refresh_token();
-    let a = builder(&fake)
-        .refresh_token(bootstrap)
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let a = auth_over(&fake, bootstrap, store.clone());
     let b = builder(&fake).store(store.clone()).build().unwrap();
     let (svc_a, svc_b) = (service(&a), service(&b));
 
@@ -510,9 +490,7 @@ async fn set_tokens_saves_to_the_store_before_the_tokens_are_used() {
 
 #[tokio::test]
 async fn exchange_code_returns_saves_and_uses_the_new_tokens() {
-    let fake = FakeNifty::start().await.unwrap();
-    let store = MemoryStore::new();
-    let auth = builder(&fake).store(store.clone()).build().unwrap();
+    let (fake, store, auth) = unauthorized_auth().await;
     let redirect = "http://127.0.0.1/oauth/callback";
 
     let tokens = auth

@@ -38,11 +38,7 @@ fn handles_are_send_sync_clone_static() {
 
 #[tokio::test]
 async fn refresh_grant_request_has_basic_auth_json_body_and_accept_header() {
-    let fake = FakeNifty::builder()
-        .client("my-client", "my-secret")
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_for_client("my-client", "my-secret").await;
     let refresh_token = fake.issue_refresh_token();
     let auth = builder(&fake)
         .refresh_token(refresh_token.clone())
@@ -70,9 +66,7 @@ async fn refresh_grant_request_has_basic_auth_json_body_and_accept_header() {
 
 #[tokio::test]
 async fn exchange_code_sends_the_code_grant_saves_the_tokens_and_the_layer_uses_them() {
-    let fake = FakeNifty::start().await.unwrap();
-    let store = MemoryStore::new();
-    let auth = builder(&fake).store(store.clone()).build().unwrap();
+    let (fake, store, auth) = unauthorized_auth().await;
     let redirect = "http://127.0.0.1:8765/callback";
     let code = fake.issue_code(redirect);
 
@@ -205,21 +199,11 @@ async fn a_panicking_refresh_task_fails_its_waiters_and_does_not_wedge_the_next_
     let fake = FakeNifty::start().await.unwrap();
     let store = PanickyStore::default();
     store.panic_on_save.store(true, Ordering::SeqCst);
-    let auth = builder(&fake)
-        .store(store.clone())
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
     let svc = service(&auth);
 
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..20 {
-        let svc = svc.clone();
-        let url = fake.api_url("/users/me");
-        tasks.spawn(async move { send(&svc, get(url)).await });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        let err = joined.unwrap().unwrap_err();
+    for result in send_concurrently(&svc, fake.api_url("/users/me"), 20).await {
+        let err = result.unwrap_err();
         assert!(
             matches!(auth_error(&err), AuthError::Internal { .. }),
             "{err}"
@@ -245,11 +229,7 @@ async fn a_panicking_refresh_task_fails_its_waiters_and_does_not_wedge_the_next_
 async fn a_personal_access_token_goes_through_the_layer_scoped_and_without_refresh() {
     let fake = FakeNifty::start().await.unwrap();
     let other = FakeNifty::start().await.unwrap();
-    let token = fake.issue_access_token(None);
-    let auth = NiftyAuth::personal_token(token.clone())
-        .allowed_origins([fake.base_url()])
-        .build()
-        .unwrap();
+    let (token, auth) = personal_auth(&fake);
     assert!(!auth.can_refresh());
     let svc = NiftyAuthService::new(http_client(), auth.clone());
 

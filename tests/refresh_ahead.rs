@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use nifty_auth::testing::FakeNifty;
 
 fn bearer(token: &str) -> Option<String> {
     Some(format!("Bearer {token}"))
@@ -16,17 +15,7 @@ fn bearer(token: &str) -> Option<String> {
 
 #[tokio::test(start_paused = true)]
 async fn within_the_skew_callers_are_not_blocked_and_one_background_refresh_runs() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(120)))
-        .start()
-        .await
-        .unwrap();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .refresh_skew(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let svc = service(&auth);
+    let (fake, auth, svc) = paused_started(Duration::from_secs(120), Duration::from_secs(60));
     send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     let old = auth.tokens().unwrap().access_token().to_owned();
     assert_eq!(fake.token_calls(), 1);
@@ -43,6 +32,9 @@ async fn within_the_skew_callers_are_not_blocked_and_one_background_refresh_runs
         started.elapsed() < Duration::from_secs(1),
         "callers waited for the refresh"
     );
+    // The background refresh is a task of its own: wait for its call to reach the fake.
+    fake.wait_until(|fake| fake.token_calls_in_flight() > 0)
+        .await;
     assert_eq!(
         fake.token_calls_in_flight(),
         1,
@@ -69,17 +61,7 @@ async fn within_the_skew_callers_are_not_blocked_and_one_background_refresh_runs
 
 #[tokio::test(start_paused = true)]
 async fn an_expired_token_is_never_sent() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(120)))
-        .start()
-        .await
-        .unwrap();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .refresh_skew(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let svc = service(&auth);
+    let (fake, auth, svc) = paused_started(Duration::from_secs(120), Duration::from_secs(60));
     send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     let old = auth.access_token().await.unwrap();
 
@@ -98,11 +80,7 @@ async fn an_expired_token_is_never_sent() {
 
 #[tokio::test(start_paused = true)]
 async fn access_token_refreshes_only_when_needed() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(300)))
-        .start()
-        .await
-        .unwrap();
+    let fake = paused_fake_lasting(Duration::from_secs(300));
     let auth = auth(&fake);
     let first = auth.access_token().await.unwrap();
     assert_eq!(auth.access_token().await.unwrap(), first);
@@ -117,13 +95,9 @@ async fn access_token_refreshes_only_when_needed() {
 #[tokio::test(start_paused = true)]
 async fn a_short_lived_token_is_refreshed_at_half_its_life_not_in_a_loop() {
     // A 10 s token with the default 60 s skew: the skew is clamped to 5 s.
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(10)))
-        .start()
-        .await
-        .unwrap();
+    let fake = paused_fake_lasting(Duration::from_secs(10));
     let auth = auth(&fake);
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
     send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(fake.token_calls(), 1);
 

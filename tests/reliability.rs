@@ -80,11 +80,7 @@ fn a_refresh_whose_runtime_shut_down_never_blocks_the_next_runtime() {
     // The fake lives on a runtime of its own for the whole test.
     let server = tokio::runtime::Runtime::new().unwrap();
     let fake = server.block_on(FakeNifty::start()).unwrap();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .refresh_skew(Duration::from_secs(600))
-        .build()
-        .unwrap();
+    let auth = auth_with_skew(&fake, Duration::from_secs(600));
 
     for round in 1..=4 {
         // A token that is within the skew at once (the skew is clamped to half its 1 s life): the
@@ -151,11 +147,7 @@ fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
 async fn a_reauthorization_whose_save_failed_is_saved_and_used_by_the_next_attempt() {
     let fake = FakeNifty::start().await.unwrap();
     let store = FaultyStore::default();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
 
     // The grant is revoked: the manager latches.
     fake.push_token_fault(TokenFault::status(400, r#"{"error":"invalid_grant"}"#));
@@ -202,11 +194,7 @@ async fn a_reauthorization_whose_save_failed_is_saved_and_used_by_the_next_attem
 async fn rotated_tokens_whose_save_failed_keep_the_store_lock_until_saved() {
     let fake = FakeNifty::builder().rotation(true).start().await.unwrap();
     let store = FaultyStore::default();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
 
     store.failing_saves.store(3, Ordering::SeqCst);
     let err = auth.access_token().await.unwrap_err();
@@ -229,11 +217,7 @@ async fn rotated_tokens_whose_save_failed_keep_the_store_lock_until_saved() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_background_lock_backs_off_instead_of_retrying_per_request() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = paused_fake_lasting(Duration::from_secs(3600));
     let store = FaultyStore::default();
     let auth = builder(&fake)
         .refresh_token(fake.issue_refresh_token())
@@ -242,7 +226,7 @@ async fn a_failed_background_lock_backs_off_instead_of_retrying_per_request() {
         .store(store.clone())
         .build()
         .unwrap();
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
     // A token that enters its refresh window (the skew is clamped to half its life) after 30 s.
     let token = TokenSet::new(fake.issue_access_token(None))
         .with_refresh_token(fake.issue_refresh_token())
@@ -302,9 +286,9 @@ async fn a_cold_start_does_not_hold_a_concurrency_permit_the_token_call_needs() 
 #[tokio::test(start_paused = true)]
 async fn a_token_that_expired_while_the_monotonic_clock_stood_still_is_not_sent() {
     // Tokio's paused clock plays a monotonic clock stopped by a suspend; the wall clock runs on.
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     let auth = auth(&fake);
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
     let short = TokenSet::new(fake.issue_access_token(None))
         .with_refresh_token(fake.issue_refresh_token())
         .with_expires_in(Duration::from_millis(1500));
@@ -321,7 +305,7 @@ async fn a_token_that_expired_while_the_monotonic_clock_stood_still_is_not_sent(
 
 #[tokio::test(start_paused = true)]
 async fn tokens_adopted_from_the_store_are_judged_on_the_managers_clock() {
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     let stored = TokenSet::new(fake.issue_access_token(None))
         .with_refresh_token(fake.issue_refresh_token())
         .with_expires_in(Duration::from_secs(60));
@@ -340,9 +324,7 @@ async fn tokens_adopted_from_the_store_are_judged_on_the_managers_clock() {
 
 #[tokio::test]
 async fn a_token_answer_too_short_lived_to_use_is_sent_once_without_a_loop() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, _, svc) = started().await;
     let access = fake.issue_access_token(None);
     let body = format!(
         r#"{{"access_token":"{access}","token_type":"bearer","refresh_token":"{}","expires_in":0.001,"scope":"project"}}"#,

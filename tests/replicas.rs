@@ -327,24 +327,14 @@ async fn a_storm_of_1000_expired_grants_over_a_file_directory_keeps_a_lock_file_
 ) {
     const GRANTS: usize = 1000;
     const MAX_CALLS: usize = 2;
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(2))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(2)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::directory(dir.path());
-    let mut ids = Vec::with_capacity(GRANTS);
-    for i in 0..GRANTS {
-        let id = GrantId::new(format!("workspace-{i}")).unwrap();
-        let tokens = TokenSet::new(format!("expired-{i}"))
-            .with_refresh_token(fake.new_grant().issue_refresh_token())
-            .with_expires_in(Duration::ZERO);
-        nifty_auth::store::GrantStore::save_grant(&store, &id, &tokens)
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    let ids: Vec<_> = seed_grants(&fake, &store, GRANTS)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let grants = nifty_auth::NiftyGrants::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
         .allowed_origins([fake.base_url()])
@@ -496,11 +486,7 @@ async fn rotated_tokens_parked_when_the_token_file_is_deleted_are_dropped_not_sa
 /// the next failed save must start a new one, or the kept lock is a hostage again.
 #[test]
 fn a_rescue_ended_by_its_runtime_shutting_down_is_started_again_by_the_next_failed_save() {
-    let main = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main = two_thread_runtime();
     let fake = main.block_on(FakeNifty::start()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
@@ -707,13 +693,7 @@ async fn parked_tokens_whose_lock_the_fence_says_is_lost_are_saved_under_a_new_l
 async fn parked_tokens_older_than_what_another_replica_saved_meanwhile_are_dropped_not_saved_over_it(
 ) {
     // Tokens too short-lived to adopt: every replica that needs one refreshes.
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_lifetime(Some(Duration::from_millis(50)))
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake_lasting(Duration::from_millis(50)).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.json");
     seed_expired(&fake, &path).await;

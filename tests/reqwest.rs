@@ -14,6 +14,13 @@ use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::RetryTransientMiddleware;
 
+/// A fake on 127.0.0.1, and a reqwest client with the middleware bootstrapped for it.
+async fn started_client() -> (FakeNifty, ClientWithMiddleware) {
+    let fake = FakeNifty::start().await.unwrap();
+    let client = client(&auth(&fake));
+    (fake, client)
+}
+
 fn client(auth: &NiftyAuth) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new())
         .with(auth.middleware())
@@ -22,11 +29,7 @@ fn client(auth: &NiftyAuth) -> ClientWithMiddleware {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_make_one_token_call() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(30))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(30)).await;
     let auth = auth(&fake);
     let client = client(&auth);
 
@@ -45,9 +48,7 @@ async fn concurrent_cold_requests_make_one_token_call() {
 
 #[tokio::test]
 async fn a_json_post_answered_401_is_retried_once_with_the_same_body() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let client = client(&auth);
+    let (fake, client) = started_client().await;
     client.get(fake.api_url("/users/me")).send().await.unwrap();
     fake.revoke_access_tokens();
 
@@ -75,9 +76,7 @@ async fn a_json_post_answered_401_is_retried_once_with_the_same_body() {
 
 #[tokio::test]
 async fn a_streaming_body_is_sent_once_and_its_401_returned() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let client = client(&auth);
+    let (fake, client) = started_client().await;
     client.get(fake.api_url("/users/me")).send().await.unwrap();
     fake.revoke_access_tokens();
 
@@ -196,11 +195,7 @@ async fn retry_outside_auth_inside_gives_every_attempt_a_current_token() {
 #[tokio::test]
 async fn a_personal_access_token_is_attached_without_any_token_endpoint() {
     let fake = FakeNifty::start().await.unwrap();
-    let token = fake.issue_access_token(None);
-    let auth = NiftyAuth::personal_token(token.clone())
-        .allowed_origins([fake.base_url()])
-        .build()
-        .unwrap();
+    let (token, auth) = personal_auth(&fake);
     let client = client(&auth);
 
     let response = client.get(fake.api_url("/projects")).send().await.unwrap();

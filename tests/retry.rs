@@ -19,7 +19,7 @@ use tower::{ServiceBuilder, ServiceExt};
 /// Warms the token cache with one request; returns the service.
 async fn warm(fake: &FakeNifty) -> (nifty_auth::NiftyAuth, AuthClient) {
     let auth = auth(fake);
-    let svc = service(&auth);
+    let svc = service_for(fake, &auth);
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.token_calls(), 1);
@@ -77,7 +77,7 @@ async fn a_second_401_goes_back_to_the_caller_as_it_is() {
 // with the revoked token and answered 401 before it completes — deterministically.
 #[tokio::test(start_paused = true)]
 async fn two_hundred_concurrent_401s_for_one_token_make_one_refresh() {
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     let (_auth, svc) = warm(&fake).await;
     fake.revoke_access_tokens();
     fake.set_token_delay(std::time::Duration::from_secs(1));
@@ -278,19 +278,14 @@ async fn a_streaming_body_is_sent_once_and_its_401_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn the_401_retry_waits_for_readiness_under_a_concurrency_limit() {
-    let fake = FakeNifty::start().await.unwrap();
+    let fake = FakeNifty::in_process();
     let auth = auth(&fake);
     // ConcurrencyLimit panics if `call` comes without a successful `poll_ready`.
     let svc = ServiceBuilder::new()
         .layer(auth.layer())
         .concurrency_limit(1)
-        .service(http_client());
-    let response = svc
-        .clone()
-        .oneshot(get(fake.api_url("/users/me")))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+        .service(fake.service());
+    assert_eq!(status_of(&svc, get(fake.api_url("/users/me"))).await, 200);
     fake.revoke_access_tokens();
     // The refresh takes a virtual second: all ten requests are sent (one at a time) with the revoked
     // token and each retry has to win the single permit again.
@@ -324,33 +319,19 @@ async fn composes_with_buffer_and_timeout_in_either_order() {
         .timeout(std::time::Duration::from_secs(10))
         .service(http_client());
 
-    let r = outer
-        .clone()
-        .oneshot(get(fake.api_url("/projects")))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = inner
-        .clone()
-        .oneshot(post_json(fake.api_url("/tasks"), "{}"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(status_of(&outer, get(fake.api_url("/projects"))).await, 200);
+    assert_eq!(
+        status_of(&inner, post_json(fake.api_url("/tasks"), "{}")).await,
+        200
+    );
     for _ in 0..2 {
         fake.revoke_access_tokens();
-        let r = outer
-            .clone()
-            .oneshot(get(fake.api_url("/projects")))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(status_of(&outer, get(fake.api_url("/projects"))).await, 200);
         fake.revoke_access_tokens();
-        let r = inner
-            .clone()
-            .oneshot(post_json(fake.api_url("/tasks"), "{}"))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(
+            status_of(&inner, post_json(fake.api_url("/tasks"), "{}")).await,
+            200
+        );
     }
     assert_eq!(
         fake.token_calls(),
@@ -363,9 +344,7 @@ async fn composes_with_buffer_and_timeout_in_either_order() {
 
 #[tokio::test]
 async fn a_401_from_a_request_with_the_callers_own_authorization_is_not_retried() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, _, svc) = started().await;
     let request = Request::get(fake.api_url("/users/me"))
         .header("authorization", "Bearer caller-chosen")
         .body(Full::new(Bytes::new()))
@@ -386,9 +365,7 @@ async fn a_401_from_a_request_with_the_callers_own_authorization_is_not_retried(
 /// refreshed meanwhile) is retried with the newer token at once: no refresh is started for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_for_a_token_already_replaced_is_retried_with_the_newer_one_without_a_refresh() {
-    let fake = FakeNifty::start().await.unwrap();
-    let auth = auth(&fake);
-    let svc = service(&auth);
+    let (fake, auth, svc) = started().await;
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.token_calls(), 1);

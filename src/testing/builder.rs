@@ -1,17 +1,13 @@
-//! [`FakeNiftyBuilder`]: the fake's configuration, and starting it.
+//! [`FakeNiftyBuilder`]: the fake's configuration (starting it is in `fake.rs`).
 
 use std::fmt;
-use std::io;
-use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
 
 use super::model::Model;
-use super::server::{self, Inner, State};
-use super::FakeNifty;
+use super::server::{Inner, State};
 
 /// The client id the fake accepts unless [`FakeNiftyBuilder::client`] says otherwise.
 const DEFAULT_CLIENT_ID: &str = "fake-client-id";
@@ -20,7 +16,8 @@ const DEFAULT_CLIENT_SECRET: &str = "fake-client-secret";
 /// The lifetime of issued access tokens unless [`FakeNiftyBuilder::token_lifetime`] says otherwise.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// Configures a [`FakeNifty`] before it starts; see [`FakeNifty::builder`].
+/// Configures a [`FakeNifty`](super::FakeNifty) before it starts; see
+/// [`FakeNifty::builder`](super::FakeNifty::builder).
 #[derive(Clone)]
 #[must_use = "a FakeNiftyBuilder does nothing until `.start().await`"]
 pub struct FakeNiftyBuilder {
@@ -94,34 +91,21 @@ impl FakeNiftyBuilder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and spawns the server on the current tokio runtime.
-    ///
-    /// # Errors
-    ///
-    /// Binding the listener failed.
-    ///
-    /// # Panics
-    ///
-    /// Panics if called outside a tokio runtime.
-    pub async fn start(self) -> io::Result<FakeNifty> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
+    /// The fake's shared state, serving at `addr` (none in process) under `base_url`.
+    pub(super) fn into_inner(self, addr: Option<SocketAddr>, base_url: String) -> Inner {
         let model = Model::new(
             self.token_lifetime,
             self.rotation,
             self.replay_revokes_grant,
         );
-        let inner = Arc::new(Inner {
+        Inner {
             addr,
+            base_url,
             client_id: self.client_id,
             client_secret: self.client_secret,
             state: Mutex::new(State::new(model, self.token_delay)),
             token_hold: tokio::sync::watch::Sender::new(false),
-        });
-        let server = server::spawn(listener, Arc::clone(&inner));
-        Ok(FakeNifty {
-            inner,
-            _server: Arc::new(server),
-        })
+            changes: tokio::sync::watch::Sender::new(()),
+        }
     }
 }

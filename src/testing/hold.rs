@@ -1,8 +1,9 @@
-//! [`ApiHold`]: an API answer held back until the test releases it.
+//! Answers held back until the test releases them: [`ApiHold`] (one API answer) and [`TokenHold`]
+//! (every token answer).
 
 use std::fmt;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// An API answer held back by [`FakeNifty::hold_next_api_answer`](super::FakeNifty::hold_next_api_answer).
 ///
@@ -64,5 +65,31 @@ impl fmt::Debug for ApiHold {
             .field("arrived", &self.arrived.is_none())
             .field("released", &self.release.is_none())
             .finish()
+    }
+}
+
+/// Token answers held back by
+/// [`FakeNifty::hold_token_answers`](super::FakeNifty::hold_token_answers) until this is released
+/// or dropped.
+#[must_use = "dropping the hold releases it at once"]
+pub struct TokenHold {
+    /// The fake's switch: `true` while token answers are held.
+    pub(super) held: watch::Sender<bool>,
+}
+
+impl TokenHold {
+    /// Lets the held token requests (and every later one) be answered.
+    pub fn release(self) {}
+}
+
+impl Drop for TokenHold {
+    fn drop(&mut self) {
+        self.held.send_replace(false);
+    }
+}
+
+impl fmt::Debug for TokenHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHold")
     }
 }

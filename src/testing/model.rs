@@ -2,11 +2,32 @@
 //! (rotation and replay detection) and access tokens (expiry on the tokio clock, revocation).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::grant::GrantKey;
+/// Identifies one grant (one user's consent: its codes, refresh tokens and access tokens) of a
+/// [`FakeNifty`](super::FakeNifty).
+///
+/// The API's `GET /api/v1.0/users/me` answers it as the JSON number `"grant"` ([`GrantKey::get`]);
+/// [`FakeNifty::grant_of_bearer`](super::FakeNifty::grant_of_bearer) maps a token to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKey(pub(super) u64);
+
+impl GrantKey {
+    /// The number of this grant (1 for the first one a fake started, then 2, …), as the API's
+    /// `users/me` answer shows it.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for GrantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// What a successful `authorization_code` or `refresh_token` request is given.
 pub(super) struct Issued {

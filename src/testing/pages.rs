@@ -7,15 +7,15 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use serde_json::json;
 
 use super::server::{header_string, json_response, oauth_error, Inner};
-use super::RecordedApiRequest;
+use super::wire::RecordedApiRequest;
 
 impl Inner {
     /// The authorize page: approves at once (or refuses once if asked to) and redirects.
-    pub(super) fn authorize(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    pub(super) fn authorize<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let mut params = HashMap::new();
         for (key, value) in
             form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
@@ -67,7 +67,10 @@ impl Inner {
 
     /// The API: `200` to a live bearer token (`users/me` says which grant it belongs to), `401`
     /// otherwise, or a queued status.
-    pub(super) async fn api(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub(super) async fn api<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+    {
         self.state.lock().counts.api_calls += 1;
         let (parts, body) = request.into_parts();
         let path = parts
@@ -153,6 +156,8 @@ impl Inner {
             status: response.status().as_u16(),
             grant,
         });
+        drop(st);
+        self.changed();
         response
     }
 }

@@ -17,7 +17,7 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -27,9 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::grant::GrantKey;
-use super::model::{Issued, Model, Rejected};
-use super::{Grant, RecordedApiRequest, RecordedTokenRequest, TokenFault};
+use super::hold::Held;
+use super::model::{GrantKey, Issued, Model, Rejected};
+use super::wire::{Grant, RecordedApiRequest, RecordedTokenRequest, TokenFault};
 
 pub(super) const TOKEN_PATH: &str = "/oauth/token";
 pub(super) const AUTHORIZE_PATH: &str = "/authorize";
@@ -38,12 +38,18 @@ const SCOPE: &str = "project task";
 
 /// What every handle of one fake shares.
 pub(super) struct Inner {
-    pub(super) addr: SocketAddr,
+    /// Where the server listens; `None` in process.
+    pub(super) addr: Option<SocketAddr>,
+    /// `http://127.0.0.1:PORT`, or the in-process name.
+    pub(super) base_url: String,
     pub(super) client_id: String,
     pub(super) client_secret: String,
     pub(super) state: Mutex<State>,
     /// `true` while a [`TokenHold`](super::TokenHold) keeps token answers back.
     pub(super) token_hold: tokio::sync::watch::Sender<bool>,
+    /// Ticks when a token request arrives or is answered and when an API request is answered
+    /// (see `FakeNifty::wait_until`).
+    pub(super) changes: tokio::sync::watch::Sender<()>,
 }
 
 /// The fake's mutable state: the grant model, the knobs, the counters and the records.
@@ -55,7 +61,7 @@ pub(super) struct State {
     /// Queued API answers with a body of their own (after the queued statuses).
     pub(super) api_bodies: VecDeque<Bytes>,
     /// Holds for the next API requests (see `FakeNifty::hold_next_api_answer`).
-    pub(super) api_holds: VecDeque<super::hold::Held>,
+    pub(super) api_holds: VecDeque<Held>,
     pub(super) deny_next_authorization: bool,
     pub(super) counts: Counts,
     pub(super) token_requests: Vec<RecordedTokenRequest>,
@@ -104,19 +110,29 @@ impl State {
 /// Stops the server when the last [`FakeNifty`](super::FakeNifty) clone is dropped. Aborting the
 /// accept task drops its `JoinSet`, which aborts every connection task.
 pub(super) struct ServerGuard {
-    accept: AbortHandle,
+    /// The accept task; `None` in process.
+    accept: Option<AbortHandle>,
+}
+
+impl ServerGuard {
+    /// The guard of a fake with no server (in process).
+    pub(super) fn none() -> Self {
+        Self { accept: None }
+    }
 }
 
 impl Drop for ServerGuard {
     fn drop(&mut self) {
-        self.accept.abort();
+        if let Some(accept) = &self.accept {
+            accept.abort();
+        }
     }
 }
 
 /// Spawns the accept loop on the current tokio runtime.
 pub(super) fn spawn(listener: TcpListener, inner: Arc<Inner>) -> ServerGuard {
     ServerGuard {
-        accept: tokio::spawn(accept_loop(listener, inner)).abort_handle(),
+        accept: Some(tokio::spawn(accept_loop(listener, inner)).abort_handle()),
     }
 }
 
@@ -180,11 +196,27 @@ impl Drop for InFlight<'_> {
         st.model.count(self.grant, |c| {
             c.token_calls_in_flight = c.token_calls_in_flight.saturating_sub(1);
         });
+        drop(st);
+        self.inner.changed();
     }
 }
 
 impl Inner {
-    async fn handle(&self, request: Request<Incoming>, reset: &Notify) -> Response<Full<Bytes>> {
+    /// Wakes everyone waiting in `FakeNifty::wait_until`.
+    pub(super) fn changed(&self) {
+        self.changes.send_replace(());
+    }
+
+    /// Answers one request, whatever carried it; a [`TokenFault::Reset`] notifies `reset` and
+    /// never answers.
+    pub(super) async fn handle<B>(
+        &self,
+        request: Request<B>,
+        reset: &Notify,
+    ) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+    {
         let path = request.uri().path();
         if path == TOKEN_PATH {
             self.token(request, reset).await
@@ -201,7 +233,10 @@ impl Inner {
         }
     }
 
-    async fn token(&self, request: Request<Incoming>, reset: &Notify) -> Response<Full<Bytes>> {
+    async fn token<B>(&self, request: Request<B>, reset: &Notify) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+    {
         let mut in_flight = {
             let mut st = self.state.lock();
             st.counts.token_calls += 1;
@@ -252,6 +287,7 @@ impl Inner {
             });
             (st.token_faults.pop_front(), st.token_delay, grant)
         };
+        self.changed();
         // Counted as in flight, answered once no hold is left.
         let _ = self.token_hold.subscribe().wait_for(|held| !held).await;
         if !delay.is_zero() {

@@ -2,11 +2,12 @@
 //! a needed refresh fails within the store's bound with `AuthError::Store` and makes no token call;
 //! after healing, the next refresh succeeds with exactly one token call.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{AuthError, NiftyAuth};
+use nifty_auth::{AuthError, BoxError, NiftyAuth};
 
 use crate::blackhole::{no_hang, Blackhole};
 use crate::common::*;
@@ -26,14 +27,7 @@ pub async fn a_needed_refresh_fails_in_bound_and_heals(
     assert_eq!(fake.token_calls(), 1);
 
     proxy.blackhole();
-    for _ in 0..20 {
-        let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "a valid cached token needs no {store}"
-        );
-    }
+    assert_served_without_the_store(&svc, fake, 20, store).await;
     assert_eq!(fake.api_calls(), 21);
 
     // A refresh is needed now; the store does not answer, so it must fail, bounded, and not
@@ -74,4 +68,29 @@ pub async fn a_needed_refresh_fails_in_bound_and_heals(
     );
     assert_eq!(fake.invalid_grants_served(), 0);
     assert_eq!(fake.refresh_token_replays(), 0);
+}
+
+/// 20 rounds of 50 store calls at once through a blackholed store: `call(n)` makes call `n`
+/// (0..1000; callers mix lock attempts, loads and saves by `n % 3`). Every call must fail with a
+/// timeout, and no round may hang.
+pub async fn a_thousand_calls_time_out<F, Fut>(call: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    let mut timed_out = 0;
+    for round in 0..20 {
+        let calls = (0..50).map(|i| call(round * 50 + i));
+        let results = no_hang(
+            "a round of blackholed calls",
+            futures_util::future::join_all(calls),
+        )
+        .await;
+        for result in results {
+            let err = result.expect_err("a blackholed call succeeded").to_string();
+            assert!(err.contains("timed out"), "round {round}: {err}");
+            timed_out += 1;
+        }
+    }
+    assert_eq!(timed_out, 1_000);
 }

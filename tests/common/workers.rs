@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 /// The marker of a worker's answer lines.
 const MARK: &str = "WORKER ";
@@ -16,7 +16,8 @@ const MARK: &str = "WORKER ";
 pub struct Worker {
     child: Child,
     stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
+    /// Shared so that `next` can wait for a line on tokio's blocking pool.
+    lines: Arc<Mutex<mpsc::Receiver<String>>>,
 }
 
 impl Worker {
@@ -47,7 +48,7 @@ impl Worker {
         Worker {
             stdin: child.stdin.take(),
             child,
-            lines,
+            lines: Arc::new(Mutex::new(lines)),
         }
     }
 
@@ -64,7 +65,8 @@ impl Worker {
 
     /// The next answer line (blocks until it comes; panics if the worker exited without one).
     pub fn answer(&mut self) -> String {
-        match self.lines.recv() {
+        let line = self.lines.lock().unwrap().recv();
+        match line {
             Ok(line) => line,
             Err(_) => {
                 let status = self.child.wait();
@@ -75,12 +77,43 @@ impl Worker {
 
     /// The next answer, if one has come already.
     pub fn try_answer(&mut self) -> Option<String> {
-        self.lines.try_recv().ok()
+        self.lines.lock().unwrap().try_recv().ok()
+    }
+
+    /// The next answer line, awaited on any runtime (the wait runs on tokio's blocking pool).
+    pub async fn next(&mut self) -> String {
+        let lines = Arc::clone(&self.lines);
+        let line = tokio::task::spawn_blocking(move || lines.lock().unwrap().recv())
+            .await
+            .unwrap();
+        match line {
+            Ok(line) => line,
+            Err(_) => {
+                let status = self.child.wait();
+                panic!("worker {} exited without answering: {status:?}", self.pid())
+            }
+        }
+    }
+
+    /// For a worker that answers once and exits: its answer, after it exited successfully.
+    pub async fn result(mut self) -> String {
+        self.stdin.take();
+        let answer = self.next().await;
+        tokio::task::spawn_blocking(move || self.finish())
+            .await
+            .unwrap();
+        answer
     }
 
     /// The next answer, taken from inside a tokio multi-thread runtime.
     pub fn answer_async(&mut self) -> String {
         tokio::task::block_in_place(|| self.answer())
+    }
+
+    /// SIGKILLs the worker, reaps it and returns how it ended.
+    pub fn killed(&mut self) -> std::process::ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
     }
 
     /// SIGKILLs the worker and reaps it.
@@ -165,4 +198,12 @@ pub fn answer(line: &str) {
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n{MARK}{line}").unwrap();
     out.flush().unwrap();
+}
+
+/// The count in a worker's `ok=<n>` answer (requests it saw served).
+pub fn served(answer: &str) -> usize {
+    answer
+        .strip_prefix("ok=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a worker result: {answer:?}"))
 }

@@ -70,11 +70,7 @@ fn bodies(form: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn encoded_secrets_in_error_answers_never_show_in_display_or_debug() {
-    let fake = FakeNifty::builder()
-        .client("nifty-app-id", CLIENT_SECRET)
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_for_client("nifty-app-id", CLIENT_SECRET).await;
     let auth = builder(&fake)
         .refresh_token(REFRESH_TOKEN)
         .build()

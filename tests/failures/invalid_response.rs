@@ -6,9 +6,12 @@ use super::*;
 /// token), exactly one token call (these are not retried), no API call, and then a healthy refresh
 /// with the *same* refresh token makes the next request succeed.
 async fn invalid_response_case(fault: TokenFault, hint: &str) {
-    let fake = FakeNifty::start().await.unwrap();
-    let (auth, refresh_token) = auth_with_refresh_token(&fake);
-    let svc = service(&auth);
+    let Setup {
+        fake,
+        auth,
+        refresh_token,
+        svc,
+    } = setup().await;
     fake.push_token_fault(fault);
 
     let err = failing_request(&svc, &fake).await;

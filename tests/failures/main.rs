@@ -28,6 +28,27 @@ const PLANTED_ACCESS_TOKEN: &str = "at-PLANTED-7c1e9a04f2b35d68e0a1";
 // helpers
 // ---------------------------------------------------------------------------------------------
 
+/// A fake on 127.0.0.1, a `NiftyAuth` bootstrapped with one of its refresh tokens, that refresh
+/// token, and the layer over the real client.
+struct Setup {
+    fake: FakeNifty,
+    auth: NiftyAuth,
+    refresh_token: String,
+    svc: AuthClient,
+}
+
+async fn setup() -> Setup {
+    let fake = FakeNifty::start().await.unwrap();
+    let (auth, refresh_token) = auth_with_refresh_token(&fake);
+    let svc = service(&auth);
+    Setup {
+        fake,
+        auth,
+        refresh_token,
+        svc,
+    }
+}
+
 /// A `NiftyAuth` bootstrapped with a fresh refresh token of `fake`, and that refresh token.
 fn auth_with_refresh_token(fake: &FakeNifty) -> (NiftyAuth, String) {
     let refresh_token = fake.issue_refresh_token();

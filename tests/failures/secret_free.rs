@@ -5,11 +5,7 @@ use super::*;
 #[tokio::test]
 async fn endpoint_errors_never_echo_token_like_error_codes_or_field_names() {
     let secret = "Zq9xVv2LmT4Kp8QwErTy";
-    let fake = FakeNifty::builder()
-        .client("nifty-app-id", secret)
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_for_client("nifty-app-id", secret).await;
     let long_token = "abcdefghijklmnopqrstuvwxyz0123456789ABCD";
     for body in [
         format!(r#"{{"error":"{secret}"}}"#),

@@ -135,9 +135,12 @@ async fn http_403_is_forbidden_latches_and_keeps_the_stored_refresh_token() {
 
 #[tokio::test]
 async fn http_405_is_method_not_allowed_not_latched_and_the_next_call_recovers() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (auth, refresh_token) = auth_with_refresh_token(&fake);
-    let svc = service(&auth);
+    let Setup {
+        fake,
+        refresh_token,
+        svc,
+        ..
+    } = setup().await;
     fake.push_token_fault(TokenFault::status(405, r#"{"error":"invalid_request"}"#));
 
     let err = failing_request(&svc, &fake).await;

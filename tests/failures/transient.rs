@@ -4,9 +4,12 @@ use super::*;
 
 #[tokio::test]
 async fn three_500s_use_all_attempts_then_a_transient_endpoint_error_and_keep_the_refresh_token() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (auth, refresh_token) = auth_with_refresh_token(&fake);
-    let svc = service(&auth);
+    let Setup {
+        fake,
+        refresh_token,
+        svc,
+        ..
+    } = setup().await;
     for _ in 0..3 {
         fake.push_token_fault(TokenFault::status(500, r#"{"error":"server_error"}"#));
     }
@@ -106,9 +109,12 @@ async fn endpoint_error_excerpts_hide_token_like_strings_the_refresh_token_and_t
 
 #[tokio::test]
 async fn two_503s_then_success_still_serve_the_request_with_three_token_calls() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (auth, refresh_token) = auth_with_refresh_token(&fake);
-    let svc = service(&auth);
+    let Setup {
+        fake,
+        refresh_token,
+        svc,
+        ..
+    } = setup().await;
     for _ in 0..2 {
         fake.push_token_fault(TokenFault::Respond {
             status: 503,
@@ -128,9 +134,12 @@ async fn two_503s_then_success_still_serve_the_request_with_three_token_calls() 
 async fn a_429_then_success_serves_the_request() {
     // FakeNifty's `TokenFault::Respond` cannot set a `Retry-After` header, so this is the 429 without
     // one; the retry runs on the (fast) backoff.
-    let fake = FakeNifty::start().await.unwrap();
-    let (auth, refresh_token) = auth_with_refresh_token(&fake);
-    let svc = service(&auth);
+    let Setup {
+        fake,
+        refresh_token,
+        svc,
+        ..
+    } = setup().await;
     fake.push_token_fault(TokenFault::status(429, r#"{"error":"rate_limited"}"#));
 
     succeeding_request(&svc, &fake).await;
@@ -163,9 +172,12 @@ async fn three_429s_are_a_transient_endpoint_error() {
 
 #[tokio::test]
 async fn connection_resets_are_a_transport_error_with_a_source_and_keep_the_refresh_token() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (auth, refresh_token) = auth_with_refresh_token(&fake);
-    let svc = service(&auth);
+    let Setup {
+        fake,
+        refresh_token,
+        svc,
+        ..
+    } = setup().await;
     for _ in 0..3 {
         fake.push_token_fault(TokenFault::Reset);
     }

@@ -4,18 +4,14 @@ use super::*;
 
 #[tokio::test(start_paused = true)]
 async fn a_valid_token_keeps_being_used_when_the_background_refresh_fails() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(120)))
-        .start()
-        .await
-        .unwrap();
+    let fake = paused_fake_lasting(Duration::from_secs(120));
     let refresh_token = fake.issue_refresh_token();
     let auth = builder(&fake)
         .refresh_token(refresh_token)
         .refresh_skew(Duration::from_secs(60))
         .build()
         .unwrap();
-    let svc = service(&auth);
+    let svc = service_for(&fake, &auth);
 
     let first = succeeding_request(&svc, &fake).await;
     assert_eq!(fake.token_calls(), 1);
@@ -81,17 +77,7 @@ async fn a_valid_token_keeps_being_used_when_the_background_refresh_fails() {
 
 #[tokio::test(start_paused = true)]
 async fn a_terminal_background_refresh_failure_keeps_the_valid_token_until_it_expires() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(120)))
-        .start()
-        .await
-        .unwrap();
-    let auth = builder(&fake)
-        .refresh_token(fake.issue_refresh_token())
-        .refresh_skew(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let svc = service(&auth);
+    let (fake, _, svc) = paused_started(Duration::from_secs(120), Duration::from_secs(60));
     let first = succeeding_request(&svc, &fake).await;
     assert_eq!(fake.token_calls(), 1);
 
@@ -124,9 +110,9 @@ async fn a_terminal_background_refresh_failure_keeps_the_valid_token_until_it_ex
 
 #[tokio::test]
 async fn a_valid_token_keeps_being_used_when_a_forced_refresh_after_401_fails() {
-    let fake = FakeNifty::start().await.unwrap();
-    let (auth, _) = auth_with_refresh_token(&fake);
-    let svc = service(&auth);
+    let Setup {
+        fake, auth, svc, ..
+    } = setup().await;
     let first = succeeding_request(&svc, &fake).await;
     let first_tokens = auth.tokens().unwrap();
     assert_eq!(fake.token_calls(), 1);

@@ -12,8 +12,7 @@ use super::*;
 
 #[tokio::test]
 async fn api_answers_by_token() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let token = fake.issue_access_token(None);
 
     let me = get(&client, &fake, "/users/me", Some(&token)).await;
@@ -76,8 +75,7 @@ async fn api_answers_by_token() {
 
 #[tokio::test]
 async fn pushed_api_statuses_and_revocation() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let token = fake.issue_access_token(Some(Duration::from_secs(60)));
     fake.push_api_status(503);
     fake.push_api_status(401);
@@ -109,10 +107,8 @@ async fn pushed_api_statuses_and_revocation() {
 async fn access_tokens_expire_on_the_tokio_clock() {
     let fake = FakeNifty::builder()
         .token_lifetime(Some(Duration::from_secs(120)))
-        .start()
-        .await
-        .expect("start");
-    let client = client();
+        .start_in_process();
+    let client = fake.service();
     let standalone = fake.issue_access_token(Some(Duration::from_secs(60)));
     let rt = fake.issue_refresh_token();
     let refreshed = refresh(&client, &fake, &rt).await.json();
@@ -167,6 +163,13 @@ async fn clones_share_state_and_the_server_stops_with_the_last_one() {
     drop(fake);
     assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
     drop(clone);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // The accept task is aborted: wait for the listener to close (at most 5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept listening after the last clone was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -10,8 +10,7 @@ use super::*;
 
 #[tokio::test]
 async fn fault_respond() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let rt = fake.issue_refresh_token();
     fake.push_token_fault(TokenFault::status(
         503,
@@ -49,8 +48,7 @@ async fn fault_respond() {
 
 #[tokio::test]
 async fn fault_reset_is_a_client_error() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let rt = fake.issue_refresh_token();
     fake.push_token_fault(TokenFault::Reset);
 
@@ -79,8 +77,7 @@ async fn fault_reset_is_a_client_error() {
 
 #[tokio::test]
 async fn fault_hang_until_the_client_gives_up() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let rt = fake.issue_refresh_token();
     fake.push_token_fault(TokenFault::Hang);
 
@@ -110,8 +107,8 @@ async fn fault_hang_until_the_client_gives_up() {
 
 #[tokio::test(start_paused = true)]
 async fn fault_delay_then_normal_answer() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let fake = FakeNifty::in_process();
+    let client = fake.service();
     let rt = fake.issue_refresh_token();
     fake.push_token_fault(TokenFault::Delay(Duration::from_secs(10)));
 
@@ -165,4 +162,40 @@ async fn token_delay_shows_requests_in_flight() {
     .expect("the delay was not reset");
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(fake.token_calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_process_a_reset_fails_the_call_and_the_next_request_is_answered() {
+    let fake = FakeNifty::in_process();
+    let service = fake.service();
+    let rt = fake.issue_refresh_token();
+    fake.push_token_fault(TokenFault::Reset);
+
+    let request = token_request(
+        &fake,
+        &json!({ "grant_type": "refresh_token", "refresh_token": rt }),
+    );
+    let error = tower::ServiceExt::oneshot(service.clone(), request)
+        .await
+        .expect_err("a reset");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(fake.token_calls_in_flight(), 0);
+
+    assert_eq!(
+        refresh(&service, &fake, &rt).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(fake.token_calls(), 2);
+}
+
+#[tokio::test]
+async fn in_process_the_fake_has_invalid_urls_and_no_address() {
+    let fake = FakeNifty::in_process();
+    assert!(fake.is_in_process());
+    assert_eq!(fake.base_url(), "http://fake-nifty.invalid");
+    assert_eq!(fake.token_url(), "http://fake-nifty.invalid/oauth/token");
+    let addr = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fake.addr()));
+    assert!(addr.is_err(), "an in-process fake has no address");
+    assert!(!FakeNifty::start().await.unwrap().is_in_process());
 }

@@ -32,8 +32,7 @@ async fn grant_of_me(client: &HttpClient, fake: &FakeNifty, token: &str) -> Resu
 
 #[tokio::test]
 async fn each_grant_rotates_its_own_refresh_token_and_counts_its_own_calls() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let (a, b) = (fake.new_grant(), fake.new_grant());
     assert_ne!(a.key(), b.key());
     assert_eq!(a.current_refresh_token(), None);
@@ -59,8 +58,7 @@ async fn each_grant_rotates_its_own_refresh_token_and_counts_its_own_calls() {
 
 #[tokio::test]
 async fn a_grants_code_exchange_is_counted_for_that_grant() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let (grant, other) = (fake.new_grant(), fake.new_grant());
     let code = grant.issue_code("http://127.0.0.1/cb");
     let exchange = json!({ "grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1/cb" });
@@ -82,8 +80,7 @@ async fn a_grants_code_exchange_is_counted_for_that_grant() {
 
 #[tokio::test]
 async fn users_me_names_the_grant_of_the_bearer_and_api_calls_are_counted_per_grant() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let grants: Vec<FakeGrant> = (0..3).map(|_| fake.new_grant()).collect();
     let mut tokens = Vec::new();
     for grant in &grants {
@@ -117,8 +114,7 @@ async fn users_me_names_the_grant_of_the_bearer_and_api_calls_are_counted_per_gr
 
 #[tokio::test]
 async fn revoking_one_grant_leaves_the_others_working() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let (a, b) = (fake.new_grant(), fake.new_grant());
     let (at_a, rt_a) = refreshed(&client, &fake, &a.issue_refresh_token()).await;
     let (at_b, rt_b) = refreshed(&client, &fake, &b.issue_refresh_token()).await;
@@ -152,8 +148,7 @@ async fn revoking_one_grant_leaves_the_others_working() {
 
 #[tokio::test]
 async fn a_replay_revokes_only_the_replayed_grant() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let (a, b) = (fake.new_grant(), fake.new_grant());
     let rt_a = a.issue_refresh_token();
     let rt_b = b.issue_refresh_token();
@@ -172,8 +167,7 @@ async fn a_replay_revokes_only_the_replayed_grant() {
 
 #[tokio::test]
 async fn a_grants_access_token_revocation_spares_other_grants_and_its_refresh_token() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let (a, b) = (fake.new_grant(), fake.new_grant());
     let (at_a, rt_a) = refreshed(&client, &fake, &a.issue_refresh_token()).await;
     let at_b = b.issue_access_token(None);
@@ -196,8 +190,7 @@ async fn a_grants_access_token_revocation_spares_other_grants_and_its_refresh_to
 
 #[tokio::test]
 async fn fifty_grants_refreshed_at_once_make_one_token_call_each() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let grants: Vec<FakeGrant> = (0..50).map(|_| fake.new_grant()).collect();
     let refresh_tokens: Vec<String> = grants.iter().map(FakeGrant::issue_refresh_token).collect();
 
@@ -256,8 +249,7 @@ async fn in_flight_token_calls_are_counted_per_grant() {
 
 #[tokio::test]
 async fn rate_limited_fault_answers_429_with_retry_after_in_whole_seconds() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let grant = fake.new_grant();
     let rt = grant.issue_refresh_token();
     fake.push_token_fault(TokenFault::RateLimited {
@@ -284,8 +276,7 @@ async fn rate_limited_fault_answers_429_with_retry_after_in_whole_seconds() {
 
 #[tokio::test]
 async fn the_single_grant_methods_follow_the_most_recently_used_grant() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let rt_a = fake.issue_refresh_token();
     let b = fake.new_grant();
     // A new grant without tokens does not become the latest one...

@@ -1,4 +1,5 @@
-//! Tests of `nifty_auth::testing::FakeNifty` itself, through a real hyper client.
+//! Tests of `nifty_auth::testing::FakeNifty` itself, through a real hyper client (and through its
+//! in-process service on tokio's paused clock).
 //!
 //! * `protocol`: the token endpoint's grants, rotation, replay detection and validation.
 //! * `api`: the API's answers by bearer token, queued statuses, expiry, the server's lifetime.
@@ -14,8 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use nifty_auth::testing::FakeNifty;
+use nifty_auth::testing::{FakeNifty, FakeService};
 use serde_json::{json, Value};
+use tower::ServiceExt;
 
 mod api;
 mod faults;
@@ -36,6 +38,11 @@ impl Answer {
     }
 }
 
+/// A fake with the default configuration, and a client for it.
+async fn started() -> (FakeNifty, HttpClient) {
+    (FakeNifty::start().await.expect("start"), client())
+}
+
 fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
@@ -49,7 +56,14 @@ async fn send(
     client: &HttpClient,
     request: Request<Full<Bytes>>,
 ) -> Result<Answer, hyper_util::client::legacy::Error> {
-    let response = client.request(request).await?;
+    Ok(answer_of(client.request(request).await?).await)
+}
+
+/// The status, headers and whole body of `response`.
+async fn answer_of<B: http_body::Body<Data = Bytes>>(response: http::Response<B>) -> Answer
+where
+    B::Error: std::fmt::Debug,
+{
     let status = response.status();
     let headers = response.headers().clone();
     let body = response
@@ -58,11 +72,11 @@ async fn send(
         .await
         .expect("response body")
         .to_bytes();
-    Ok(Answer {
+    Answer {
         status,
         headers,
         body,
-    })
+    }
 }
 
 fn token_request(fake: &FakeNifty, body: &Value) -> Request<Full<Bytes>> {
@@ -77,13 +91,29 @@ fn token_request(fake: &FakeNifty, body: &Value) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
-async fn token(client: &HttpClient, fake: &FakeNifty, body: Value) -> Answer {
-    send(client, token_request(fake, &body))
-        .await
-        .expect("token request")
+/// How a test reaches the fake: the hyper client over TCP, or the fake's own service in process
+/// (for tests on tokio's paused clock, which must not wait on a socket).
+trait Transport {
+    async fn answer(&self, request: Request<Full<Bytes>>) -> Answer;
 }
 
-async fn refresh(client: &HttpClient, fake: &FakeNifty, refresh_token: &str) -> Answer {
+impl Transport for HttpClient {
+    async fn answer(&self, request: Request<Full<Bytes>>) -> Answer {
+        send(self, request).await.expect("answer")
+    }
+}
+
+impl Transport for FakeService {
+    async fn answer(&self, request: Request<Full<Bytes>>) -> Answer {
+        answer_of(self.clone().oneshot(request).await.expect("answer")).await
+    }
+}
+
+async fn token(client: &impl Transport, fake: &FakeNifty, body: Value) -> Answer {
+    client.answer(token_request(fake, &body)).await
+}
+
+async fn refresh(client: &impl Transport, fake: &FakeNifty, refresh_token: &str) -> Answer {
     token(
         client,
         fake,
@@ -93,7 +123,7 @@ async fn refresh(client: &HttpClient, fake: &FakeNifty, refresh_token: &str) -> 
 }
 
 async fn api(
-    client: &HttpClient,
+    client: &impl Transport,
     fake: &FakeNifty,
     method: Method,
     path: &str,
@@ -107,10 +137,10 @@ async fn api(
     let request = request
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .expect("request");
-    send(client, request).await.expect("API request")
+    client.answer(request).await
 }
 
-async fn get(client: &HttpClient, fake: &FakeNifty, path: &str, token: Option<&str>) -> Answer {
+async fn get(client: &impl Transport, fake: &FakeNifty, path: &str, token: Option<&str>) -> Answer {
     api(client, fake, Method::GET, path, token, "").await
 }
 

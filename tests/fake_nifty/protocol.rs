@@ -12,8 +12,7 @@ use super::*;
 
 #[tokio::test]
 async fn authorization_code_grant() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let redirect_uri = "http://localhost:8080/callback";
     let code = fake.issue_code(redirect_uri);
     let exchange =
@@ -83,8 +82,7 @@ async fn authorization_code_grant() {
 
 #[tokio::test]
 async fn refresh_rotation_and_replay_revokes_grant() {
-    let fake = FakeNifty::start().await.expect("start");
-    let client = client();
+    let (fake, client) = started().await;
     let rt0 = fake.issue_refresh_token();
     assert_eq!(fake.current_refresh_token().as_deref(), Some(rt0.as_str()));
 

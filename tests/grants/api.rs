@@ -8,6 +8,8 @@ use nifty_auth::testing::{FakeNifty, TokenFault};
 use nifty_auth::{AuthError, GrantId, GrantStore, MemoryStore, TokenSet};
 use tokio::task::JoinSet;
 
+use crate::common::two_thread_runtime;
+use crate::common::{fake_delayed, fake_lasting, paused_fake_lasting};
 use crate::{grants_builder, seed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,11 +54,7 @@ async fn two_hundred_cold_grants_times_ten_callers_make_exactly_two_hundred_toke
 
 #[tokio::test]
 async fn a_revoked_grant_fails_alone_and_is_reported_once() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 5).await;
     let reported = Arc::new(Mutex::new(Vec::new()));
@@ -109,11 +107,7 @@ async fn a_revoked_grant_fails_alone_and_is_reported_once() {
 
 #[tokio::test]
 async fn idle_grants_are_evicted_and_reloaded_from_the_store_without_token_calls() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 100).await;
     let grants = grants_builder(&fake)
@@ -141,11 +135,7 @@ async fn idle_grants_are_evicted_and_reloaded_from_the_store_without_token_calls
 
 #[tokio::test]
 async fn token_calls_across_grants_never_exceed_the_limit() {
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(100))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_delayed(Duration::from_millis(100)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 20).await;
     let grants = grants_builder(&fake)
@@ -278,11 +268,7 @@ async fn a_handle_for_one_grant_shares_the_grants_single_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn refresh_points_of_grants_issued_together_are_spread_over_the_skew() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = paused_fake_lasting(Duration::from_secs(3600));
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 200).await;
     let grants = grants_builder(&fake)
@@ -301,12 +287,11 @@ async fn refresh_points_of_grants_issued_together_are_spread_over_the_skew() {
     for (id, _) in &seeded {
         grants.access_token(id).await.unwrap();
     }
-    // Background refreshes started only by the grants whose (jittered) point has passed; give
-    // their token calls real time to land (the paused clock does not move meanwhile).
-    let settle = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < settle {
-        tokio::task::yield_now().await;
-    }
+    // Background refreshes started only by the grants whose (jittered) point has passed. In
+    // process, a token call needs no I/O: once every task is idle (the paused clock moves only
+    // then) each of them has landed.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(fake.token_calls_in_flight(), 0);
     let refreshed = fake.token_calls() - 200;
     assert!(
         (40..=160).contains(&refreshed),
@@ -372,11 +357,7 @@ impl GrantStore for SavesFail {
 /// (its runtime shut down with the rescue): evicting it would lose the only live refresh token.
 #[test]
 fn a_grant_with_unsaved_tokens_is_never_evicted_even_with_no_task_left() {
-    let main = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main = two_thread_runtime();
     let fake = main.block_on(FakeNifty::start()).unwrap();
     let store = SavesFail::default();
     let seeded = main.block_on(seed(&fake, &store.inner, 2));

@@ -12,6 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tower::{Layer, ServiceExt};
 
+use crate::common::fake_lasting;
+use crate::common::status_of;
 use crate::common::{auth_error, get, http_client, HttpClient};
 use crate::{grants_builder, seed};
 
@@ -79,11 +81,7 @@ async fn two_hundred_cold_grants_times_ten_requests_through_one_layer_make_two_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_grant_fails_alone_through_the_layer_while_the_others_keep_refreshing() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(1)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(1)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 5).await;
     let grants = grants_builder(&fake)
@@ -128,11 +126,7 @@ async fn a_revoked_grant_fails_alone_through_the_layer_while_the_others_keep_ref
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_401s_of_one_grant_make_one_refresh_of_that_grant_and_none_of_others() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 4).await;
     let grants = grants_builder(&fake).store(store).build().unwrap();
@@ -197,12 +191,10 @@ async fn a_request_without_a_grant_id_is_never_sent_and_other_origins_pass_untou
     assert_eq!(fake.token_calls(), 0);
 
     // Another origin: sent as it is, with no grant and no token.
-    let response = svc
-        .clone()
-        .oneshot(get(elsewhere.api_url("/projects")))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(
+        status_of(&svc, get(elsewhere.api_url("/projects"))).await,
+        401
+    );
     let seen = elsewhere.api_requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].authorization, None);
@@ -223,11 +215,7 @@ async fn a_request_without_a_grant_id_is_never_sent_and_other_origins_pass_untou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicted_grants_are_reloaded_through_the_layer_without_token_calls() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 100).await;
     let grants = grants_builder(&fake)
@@ -271,11 +259,7 @@ async fn a_layer_of_one_grant_still_serves_requests_without_a_grant_id() {
 async fn the_middleware_reads_the_grant_from_reqwest_extensions_and_refuses_requests_without_one() {
     use nifty_auth::AuthError;
 
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(3600)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 3).await;
     let grants = grants_builder(&fake).store(store).build().unwrap();
@@ -329,11 +313,7 @@ async fn the_middleware_reads_the_grant_from_reqwest_extensions_and_refuses_requ
 /// that grant's refresh in the background, before the token expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_the_skew_window_starts_the_grants_refresh_in_the_background() {
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(4)))
-        .start()
-        .await
-        .unwrap();
+    let fake = fake_lasting(Duration::from_secs(4)).await;
     let store = MemoryStore::new();
     let seeded = seed(&fake, &store, 1).await;
     let (id, grant) = &seeded[0];

@@ -3,14 +3,16 @@
 //! (under CI, or wherever a redis-server is installed). A rotating fake that revokes a grant on a
 //! refresh-token replay proves that no process ever refreshes with a stale refresh token.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{Credentials, GrantId, GrantStore, NiftyGrants, TokenSet};
 use tokio::task::JoinSet;
 use tower::Layer;
+
+use crate::common::assert_one_refresh_per_grant_per_round;
+use crate::common::rotating_fake_lasting;
+use crate::workers::{answer, env, served, worker_mode, worker_runtime, Worker};
 
 #[cfg(feature = "redis")]
 #[path = "../redis/server.rs"]
@@ -27,10 +29,6 @@ const LIFETIME: Duration = Duration::from_millis(1_200);
 /// Concurrent requests per grant per round in each process.
 const CALLERS: usize = 2;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -46,13 +44,7 @@ fn grant_id(i: usize) -> GrantId {
 /// processes against it, and checks: every request served, one refresh per grant per round, no
 /// `invalid_grant`, no refresh-token replay.
 async fn two_processes_share(kind: &str, location: &str, store: impl GrantStore) {
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_lifetime(Some(LIFETIME))
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake_lasting(LIFETIME).await;
     let fake_grants: Vec<_> = (0..GRANTS).map(|_| fake.new_grant()).collect();
     for (i, fake_grant) in fake_grants.iter().enumerate() {
         let tokens = TokenSet::new(format!("expired-seed-{i}"))
@@ -66,37 +58,28 @@ async fn two_processes_share(kind: &str, location: &str, store: impl GrantStore)
         .collect();
 
     let start_at = now_ms() + 1_500;
-    let children: Vec<_> = (0..2)
+    let workers: Vec<_> = (0..2)
         .map(|_| {
-            Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "processes::worker_process_entry", "--nocapture"])
-                .args(["--test-threads=1"])
-                .env("NIFTY_GRANTS_WORKER", kind)
-                .env("NIFTY_GRANTS_STORE", location)
-                .env("NIFTY_GRANTS_CLIENT_ID", fake.client_id())
-                .env("NIFTY_GRANTS_CLIENT_SECRET", fake.client_secret())
-                .env("NIFTY_GRANTS_BASE_URL", fake.base_url())
-                .env("NIFTY_GRANTS_KEYS", keys.join(","))
-                .env("NIFTY_GRANTS_START_AT_MS", start_at.to_string())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
+            Worker::spawn(
+                "processes::worker_process_entry",
+                kind,
+                &[
+                    ("NIFTY_GRANTS_STORE", location.to_owned()),
+                    ("NIFTY_GRANTS_CLIENT_ID", fake.client_id().to_owned()),
+                    (
+                        "NIFTY_GRANTS_CLIENT_SECRET",
+                        fake.client_secret().to_owned(),
+                    ),
+                    ("NIFTY_GRANTS_BASE_URL", fake.base_url()),
+                    ("NIFTY_GRANTS_KEYS", keys.join(",")),
+                    ("NIFTY_GRANTS_START_AT_MS", start_at.to_string()),
+                ],
+            )
         })
         .collect();
     let mut ok = 0;
-    for child in children {
-        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(output.status.success(), "worker failed: {output:?}");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let count = stdout
-            .split("WORKER ok=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no result from the worker: {stdout}"));
-        ok += count.parse::<usize>().unwrap();
+    for worker in workers {
+        ok += served(&worker.result().await);
     }
 
     assert_eq!(
@@ -104,13 +87,7 @@ async fn two_processes_share(kind: &str, location: &str, store: impl GrantStore)
         2 * ROUNDS as usize * GRANTS * CALLERS,
         "every request served"
     );
-    for (i, fake_grant) in fake_grants.iter().enumerate() {
-        assert_eq!(fake_grant.token_calls(), ROUNDS as usize, "grant {i}");
-        assert_eq!(fake_grant.invalid_grants_served(), 0, "grant {i}");
-    }
-    assert_eq!(fake.token_calls(), GRANTS * ROUNDS as usize);
-    assert_eq!(fake.invalid_grants_served(), 0);
-    assert_eq!(fake.refresh_token_replays(), 0);
+    assert_one_refresh_per_grant_per_round(&fake, &fake_grants, ROUNDS as usize);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,14 +120,10 @@ fn redis_store(url: &str) -> nifty_auth::RedisStore {
 /// saw the right grant.
 #[test]
 fn worker_process_entry() {
-    let Ok(kind) = std::env::var("NIFTY_GRANTS_WORKER") else {
+    let Some(kind) = worker_mode() else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = worker_runtime(tracing::Level::WARN);
     runtime.block_on(async {
         let location = env("NIFTY_GRANTS_STORE");
         let base = env("NIFTY_GRANTS_BASE_URL");
@@ -214,6 +187,6 @@ fn worker_process_entry() {
                 }
             }
         }
-        println!("WORKER ok={ok}");
+        answer(&format!("ok={ok}"));
     });
 }

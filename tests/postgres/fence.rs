@@ -3,10 +3,14 @@
 
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
-use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
+use nifty_auth::{GrantId, GrantStore, PostgresStore, StoreLock, TokenSet};
 use sqlx::PgPool;
 
+use crate::common::grants_over;
+use crate::common::or_skip;
+use crate::common::rotating_fake_delayed;
+use crate::common::seed_grant;
+use crate::common::until_at_fake;
 use crate::server::{lease_holder, lease_rows, PgServer};
 
 async fn version(pool: &PgPool, grant: &str) -> i64 {
@@ -28,9 +32,7 @@ async fn bump(pool: &PgPool, grant: &str) {
 
 #[tokio::test]
 async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let store = pg.store("client").await;
     let raw = pg.pool().await;
     let id = GrantId::new("fenced").unwrap();
@@ -84,15 +86,8 @@ async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_holders_lease() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
-    let store = pg.store("client").await;
-    let raw = pg.pool().await;
-    let id = GrantId::new("lease").unwrap();
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let pg = or_skip!(PgServer::start());
+    let (store, raw, id, lock) = locked_grant(&pg, "lease").await;
     let first = lease_holder(&raw, "lease").await.unwrap();
     // Its lease runs out (a holder paused or cut off for longer than a lease)...
     sqlx::query("UPDATE nifty_auth_tokens_lock SET expires_at = now() - interval '1 second'")
@@ -130,15 +125,8 @@ async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_
 
 #[tokio::test]
 async fn a_lock_whose_sessions_all_end_still_saves_and_keeps_others_out() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
-    let store = pg.store("client").await;
-    let raw = pg.pool().await;
-    let id = GrantId::new("session").unwrap();
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let pg = or_skip!(PgServer::start());
+    let (store, raw, id, lock) = locked_grant(&pg, "session").await;
     // Every session but the test's own is terminated (a network cut, an administrator).
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -178,35 +166,23 @@ async fn a_lock_whose_sessions_all_end_still_saves_and_keeps_others_out() {
 /// call). One token call in all, no invalid_grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_them() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_delay(Duration::from_millis(600))
-        .start()
-        .await
-        .unwrap();
+    let pg = or_skip!(PgServer::start());
+    let fake = rotating_fake_delayed(Duration::from_millis(600)).await;
     let store = pg.store(fake.client_id()).await;
     let raw = pg.pool().await;
-    let fake_grant = fake.new_grant();
-    let id = GrantId::new("stale-writer").unwrap();
-    let seed = TokenSet::new("expired-seed")
-        .with_refresh_token(fake_grant.issue_refresh_token())
-        .with_expires_in(Duration::from_millis(1));
-    GrantStore::save_grant(&store, &id, &seed).await.unwrap();
-    let grants = NiftyGrants::builder(fake.credentials())
-        .token_url(fake.token_url().as_str())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let (id, fake_grant, _) = seed_grant(&fake, &store, "stale-writer").await;
+    let grants = grants_over(&fake, store.clone());
 
     let first = tokio::spawn({
         let (grants, id) = (grants.clone(), id.clone());
         async move { grants.access_token(&id).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_at_fake(
+        &fake,
+        |_| fake_grant.token_calls_in_flight() > 0,
+        "the refresh never called the token endpoint",
+    )
+    .await;
     assert_eq!(fake_grant.token_calls_in_flight(), 1);
     bump(&raw, "stale-writer").await;
     let err = first.await.unwrap().unwrap_err();
@@ -230,4 +206,18 @@ async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_th
         fake_grant.current_refresh_token().as_deref()
     );
     assert_eq!(fake_grant.invalid_grants_served(), 0);
+}
+
+/// A store of `pg` (client `client`), a pool of its own, and the lock of grant `id` taken.
+async fn locked_grant(
+    pg: &PgServer,
+    id: &str,
+) -> (PostgresStore, sqlx::PgPool, GrantId, StoreLock) {
+    let store = pg.store("client").await;
+    let raw = pg.pool().await;
+    let id = GrantId::new(id).unwrap();
+    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    (store, raw, id, lock)
 }

@@ -7,7 +7,7 @@
 //! they are missing; under CI (`CI` set) a missing server fails them.
 //!
 //! The multi-process tests re-run this test binary as workers (`worker_process_entry`, inert unless
-//! `NIFTY_PG_WORKER` is set). `processes.rs`: OS processes; `outage.rs`: PostgreSQL down;
+//! `NIFTY_WORKER` is set; the harness is `tests/common/workers.rs`). `processes.rs`: OS processes; `outage.rs`: PostgreSQL down;
 //! `partition.rs`: PostgreSQL behind a proxy that blackholes; `unlock.rs`: a release that fails;
 //! `restart.rs`: a restart mid-refresh; `fence.rs`: fenced saves; `storm.rs`: a refresh storm on a
 //! small pool; `table.rs`: encryption, grant ids, migrations, table names.
@@ -28,14 +28,14 @@ mod server;
 mod storm;
 mod table;
 mod unlock;
+#[path = "../common/workers.rs"]
+mod workers;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nifty_auth::{Credentials, GrantId, GrantStore, NiftyGrants, PostgresStore};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
+use workers::env;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -47,14 +47,10 @@ fn now_ms() -> u64 {
 /// The worker side of the multi-process tests: does nothing in a normal test run.
 #[test]
 fn worker_process_entry() {
-    let Ok(mode) = std::env::var("NIFTY_PG_WORKER") else {
+    let Some(mode) = workers::worker_mode() else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = workers::worker_runtime(tracing::Level::WARN);
     runtime.block_on(async {
         let mut store =
             PostgresStore::connect_builder(&env("NIFTY_PG_URL"), env("NIFTY_PG_CLIENT_ID"));
@@ -70,7 +66,7 @@ fn worker_process_entry() {
                     .lock_grant(&grant, Duration::from_secs(60))
                     .await
                     .unwrap();
-                println!("LOCKED");
+                workers::answer("locked");
                 tokio::time::sleep(Duration::from_secs(600)).await;
             }
             other => panic!("unknown worker mode {other}"),
@@ -111,5 +107,5 @@ async fn run_grants(store: PostgresStore) {
             }
         }
     }
-    println!("WORKER ok={ok}");
+    workers::answer(&format!("ok={ok}"));
 }

@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{GrantId, GrantStore, PostgresStore, TokenSet};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -50,23 +49,16 @@ async fn sessions(admin: &PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_postgres_fails_a_needed_refresh_in_bound_with_no_token_call_and_heals() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let proxy = Blackhole::start(pg.addr());
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake().await;
     pg.store(fake.client_id()).await; // creates the table
     let timeout = Duration::from_secs(1);
-    let auth = builder(&fake)
-        .store(proxied_store(&proxy, fake.client_id(), timeout))
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(
+        &fake,
+        fake.issue_refresh_token(),
+        proxied_store(&proxy, fake.client_id(), timeout),
+    );
     crate::partition_scenario::a_needed_refresh_fails_in_bound_and_heals(
         &proxy,
         &fake,
@@ -79,9 +71,7 @@ async fn a_blackholed_postgres_fails_a_needed_refresh_in_bound_with_no_token_cal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session_and_no_lock() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let proxy = Blackhole::start(pg.addr());
     let admin = pg.pool().await;
     pg.store("client").await; // creates the table
@@ -129,33 +119,20 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
     assert_eq!(proxy.client_connections(), 8);
 
     proxy.blackhole();
-    let mut timed_out = 0;
-    // 20 rounds of 50 calls at once (the pool has 8 connections): lock attempts, loads, saves.
-    for round in 0..20 {
-        let calls = (0..50).map(|i| {
-            let (store, id, tokens) = (store.clone(), id.clone(), tokens.clone());
-            async move {
-                match (round * 50 + i) % 3 {
-                    0 => GrantStore::lock_grant(&store, &id, Duration::from_secs(1))
-                        .await
-                        .map(drop),
-                    1 => GrantStore::load_grant(&store, &id).await.map(drop),
-                    _ => GrantStore::save_grant(&store, &id, &tokens).await,
-                }
+    // Lock attempts, loads and saves (the pool has 8 connections).
+    crate::partition_scenario::a_thousand_calls_time_out(|n| {
+        let (store, id, tokens) = (store.clone(), id.clone(), tokens.clone());
+        async move {
+            match n % 3 {
+                0 => GrantStore::lock_grant(&store, &id, Duration::from_secs(1))
+                    .await
+                    .map(drop),
+                1 => GrantStore::load_grant(&store, &id).await.map(drop),
+                _ => GrantStore::save_grant(&store, &id, &tokens).await,
             }
-        });
-        let results = no_hang(
-            "a round of blackholed calls",
-            futures_util::future::join_all(calls),
-        )
-        .await;
-        for result in results {
-            let err = result.expect_err("a blackholed call succeeded").to_string();
-            assert!(err.contains("timed out"), "round {round}: {err}");
-            timed_out += 1;
         }
-    }
-    assert_eq!(timed_out, 1_000);
+    })
+    .await;
     // Still blackholed: every connection a call gave up on (the 8 that sent a statement, and every
     // connect attempt) is closed, none went back to the pool (it is empty), and no task is left
     // waiting on one.
@@ -165,7 +142,9 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
         "connections held open ({} accepted)",
         proxy.accepted()
     );
-    assert_eq!(store.pool().size(), 0);
+    // The pool counts a connection from the start of its connect; right after the calls gave up
+    // it was seen (1 run in about 10) still counting one, gone a moment later: wait for empty.
+    assert_eq!(eventually(0, || store.pool().size()).await, 0);
     assert_eq!(eventually(tasks_at_rest, alive_tasks).await, tasks_at_rest);
     let accepted = proxy.accepted();
 
@@ -203,9 +182,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_its_lease_lapses() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let proxy = Blackhole::start(pg.addr());
     let admin = pg.pool().await;
     pg.store("client").await; // creates the table

@@ -1,46 +1,34 @@
 //! Several OS processes (this test binary re-run as workers) sharing grants through PostgreSQL.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{GrantId, GrantStore, NiftyGrants, TokenSet};
+use nifty_auth::{GrantId, GrantStore, TokenSet};
 
+use crate::common::or_skip;
+use crate::common::seed_grant;
+use crate::common::{assert_one_refresh_per_grant_per_round, grants_over};
+use crate::common::{rotating_fake, rotating_fake_lasting};
 use crate::now_ms;
 use crate::server::{lease_holder, lease_rows, PgServer};
+use crate::workers::{served, Worker};
 
-/// This test binary in worker `mode`, with the server and fake in its environment.
-fn worker(mode: &str, pg: &PgServer, fake: &FakeNifty) -> Command {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "worker_process_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("NIFTY_PG_WORKER", mode)
-        .env("NIFTY_PG_URL", pg.url())
-        .env("NIFTY_PG_CLIENT_ID", fake.client_id())
-        .env("NIFTY_PG_CLIENT_SECRET", fake.client_secret())
-        .env("NIFTY_PG_TOKEN_URL", fake.token_url())
-        .stdout(Stdio::piped());
-    command
+/// This test binary in worker `mode`, with the server and fake in its environment, and `vars`.
+fn worker(mode: &str, pg: &PgServer, fake: &FakeNifty, vars: &[(&str, String)]) -> Worker {
+    let mut env = vec![
+        ("NIFTY_PG_URL", pg.url()),
+        ("NIFTY_PG_CLIENT_ID", fake.client_id().to_owned()),
+        ("NIFTY_PG_CLIENT_SECRET", fake.client_secret().to_owned()),
+        ("NIFTY_PG_TOKEN_URL", fake.token_url()),
+    ];
+    env.extend(vars.iter().cloned());
+    Worker::spawn("worker_process_entry", mode, &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_grant_per_expiry() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .token_lifetime(Some(Duration::from_millis(1_200)))
-        .start()
-        .await
-        .unwrap();
+    let pg = or_skip!(PgServer::start());
+    let fake = rotating_fake_lasting(Duration::from_millis(1_200)).await;
     let store = pg.store(fake.client_id()).await;
     // Rounds 2.5 s apart, tokens living 1.2 s: a round's refresh may come 1.3 s late (four
     // processes contending on a loaded machine) and each grant still expires once a round.
@@ -56,73 +44,51 @@ async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_gra
     }
 
     let start_at = now_ms() + 1_500;
-    let children: Vec<Child> = (0..4)
+    let workers: Vec<Worker> = (0..4)
         .map(|_| {
-            worker("grants", &pg, &fake)
-                .env("NIFTY_PG_GRANTS", grants.to_string())
-                .env("NIFTY_PG_ROUNDS", rounds.to_string())
-                .env("NIFTY_PG_PERIOD_MS", period_ms.to_string())
-                .env("NIFTY_PG_START_AT_MS", start_at.to_string())
-                .spawn()
-                .unwrap()
+            worker(
+                "grants",
+                &pg,
+                &fake,
+                &[
+                    ("NIFTY_PG_GRANTS", grants.to_string()),
+                    ("NIFTY_PG_ROUNDS", rounds.to_string()),
+                    ("NIFTY_PG_PERIOD_MS", period_ms.to_string()),
+                    ("NIFTY_PG_START_AT_MS", start_at.to_string()),
+                ],
+            )
         })
         .collect();
     let mut ok = 0;
-    for child in children {
-        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(output.status.success(), "worker failed: {output:?}");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        // libtest prints the test's name on the same line as the worker's first output.
-        let count = stdout
-            .split("WORKER ok=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no result from the worker: {stdout}"));
-        ok += count.parse::<usize>().unwrap();
+    for worker in workers {
+        ok += served(&worker.result().await);
     }
 
     // 4 processes × 5 rounds × 20 grants × 3 concurrent calls, all served.
     assert_eq!(ok, 4 * rounds as usize * grants * 3);
-    for (i, fake_grant) in fake_grants.iter().enumerate() {
-        assert_eq!(fake_grant.token_calls(), rounds as usize, "grant {i}");
-        assert_eq!(fake_grant.invalid_grants_served(), 0, "grant {i}");
-    }
-    assert_eq!(fake.token_calls(), grants * rounds as usize);
-    assert_eq!(fake.invalid_grants_served(), 0);
-    assert_eq!(fake.refresh_token_replays(), 0);
+    assert_one_refresh_per_grant_per_round(&fake, &fake_grants, rounds as usize);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_holder_killed_is_taken_over_once_its_lease_lapsed_with_one_token_call() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let pg = or_skip!(PgServer::start());
+    let fake = rotating_fake().await;
     let store = pg.store(fake.client_id()).await;
     let admin = pg.pool().await;
-    let fake_grant = fake.new_grant();
-    let id = GrantId::new("killed").unwrap();
-    let seed = TokenSet::new("expired-seed")
-        .with_refresh_token(fake_grant.issue_refresh_token())
-        .with_expires_in(Duration::from_millis(1));
-    GrantStore::save_grant(&store, &id, &seed).await.unwrap();
+    let (id, fake_grant, _) = seed_grant(&fake, &store, "killed").await;
 
-    let mut holder = worker("hold", &pg, &fake)
-        .env("NIFTY_PG_GRANT", id.as_str())
-        .env("NIFTY_PG_LEASE_MS", "1000")
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
-    assert!(
-        lines.any(|line| line.unwrap().contains("LOCKED")),
+    let mut holder = worker(
+        "hold",
+        &pg,
+        &fake,
+        &[
+            ("NIFTY_PG_GRANT", id.as_str().to_owned()),
+            ("NIFTY_PG_LEASE_MS", "1000".to_owned()),
+        ],
+    );
+    assert_eq!(
+        holder.next().await,
+        "locked",
         "the holder did not take the lock"
     );
     assert!(
@@ -144,15 +110,10 @@ async fn a_lock_holder_killed_is_taken_over_once_its_lease_lapsed_with_one_token
     // Killed: its lease row stays (no session end releases it), is no longer renewed and lapses;
     // a process that needs the grant waits for that (its default wait covers a lease), then
     // refreshes once.
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    holder.kill();
     assert_eq!(lease_rows(&admin).await, 1);
     let store = nifty_auth::PostgresStore::connect(&pg.url(), fake.client_id()).unwrap();
-    let grants = NiftyGrants::builder(fake.credentials())
-        .token_url(fake.token_url().as_str())
-        .store(store)
-        .build()
-        .unwrap();
+    let grants = grants_over(&fake, store);
     grants.access_token(&id).await.unwrap();
 
     assert_eq!(fake_grant.token_calls(), 1);

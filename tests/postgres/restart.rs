@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
-use nifty_auth::{AuthError, GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
+use nifty_auth::{AuthError, GrantStore, NiftyGrants, PostgresStore};
 
+use crate::common::or_skip;
+use crate::common::rotating_fake;
+use crate::common::seed_grant;
 use crate::server::PgServer;
 
 /// Waits until `done` holds (an event, not a guess at timing).
@@ -18,22 +20,10 @@ async fn until(mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_refresh_keeps_the_lock_so_another_process_makes_no_token_call_and_adopts() {
-    let Some(mut pg) = PgServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let mut pg = or_skip!(PgServer::start());
+    let fake = rotating_fake().await;
     let store_a = pg.store(fake.client_id()).await;
-    let fake_grant = fake.new_grant();
-    let id = GrantId::new("restarted").unwrap();
-    let seed = TokenSet::new("expired-seed")
-        .with_refresh_token(fake_grant.issue_refresh_token())
-        .with_expires_in(Duration::from_millis(1));
-    GrantStore::save_grant(&store_a, &id, &seed).await.unwrap();
+    let (id, fake_grant, _) = seed_grant(&fake, &store_a, "restarted").await;
     let manager = |store: PostgresStore| {
         NiftyGrants::builder(fake.credentials())
             .token_url(fake.token_url().as_str())

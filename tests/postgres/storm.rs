@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
-use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
+use nifty_auth::{GrantStore, NiftyGrants, PostgresStore};
 use tokio::task::JoinSet;
 
+use crate::common::fake_delayed;
+use crate::common::or_skip;
+use crate::common::seed_grants;
 use crate::server::PgServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,29 +18,19 @@ async fn a_storm_of_1000_expired_grants_with_4_token_calls_on_a_pool_of_2_has_no
     const GRANTS: usize = 1000;
     const MAX_CALLS: usize = 4;
     const POOL: u32 = 2;
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::builder()
-        .token_delay(Duration::from_millis(5))
-        .start()
-        .await
-        .unwrap();
+    let pg = or_skip!(PgServer::start());
+    let fake = fake_delayed(Duration::from_millis(5)).await;
     let store = PostgresStore::connect_builder(&pg.url(), fake.client_id())
         .max_connections(POOL)
         .acquire_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
     store.migrate().await.unwrap();
-    let mut ids = Vec::with_capacity(GRANTS);
-    for i in 0..GRANTS {
-        let id = GrantId::new(format!("workspace-{i}")).unwrap();
-        let tokens = TokenSet::new(format!("expired-{i}"))
-            .with_refresh_token(fake.new_grant().issue_refresh_token())
-            .with_expires_in(Duration::ZERO);
-        store.save_grant(&id, &tokens).await.unwrap();
-        ids.push(id);
-    }
+    let ids: Vec<_> = seed_grants(&fake, &store, GRANTS)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let grants = NiftyGrants::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
         .allowed_origins([fake.base_url()])

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{
-    AuthError, GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet, TokenStore,
-};
+use nifty_auth::{AuthError, GrantId, GrantStore, PostgresStore, TokenSet, TokenStore};
 
+use crate::common::grants_over;
+use crate::common::or_skip;
 use crate::server::PgServer;
 
 fn tokens(tag: &str) -> TokenSet {
@@ -22,9 +22,7 @@ fn same(a: &TokenSet, b: &TokenSet) -> bool {
 
 #[tokio::test]
 async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphertext_fails() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let fake = FakeNifty::start().await.unwrap();
     let keyed = |key: [u8; 32]| {
         PostgresStore::connect_builder(&pg.url(), fake.client_id())
@@ -70,11 +68,7 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
     assert!(err.contains("wrong encryption key"), "{err}");
     assert!(!err.contains("visible"), "{err}");
     // Through NiftyGrants: a store error, and no token call.
-    let grants = NiftyGrants::builder(fake.credentials())
-        .token_url(fake.token_url().as_str())
-        .store(wrong)
-        .build()
-        .unwrap();
+    let grants = grants_over(&fake, wrong);
     let err = grants.access_token(&alpha).await.unwrap_err();
     assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
     assert_eq!(fake.token_calls(), 0);
@@ -110,9 +104,7 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
 
 #[tokio::test]
 async fn hostile_grant_ids_round_trip_as_parameters() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let store = pg.store("client'; DROP TABLE nifty_auth_tokens; --").await;
     let ids = [
         "'; DROP TABLE x; --".to_owned(),
@@ -163,9 +155,7 @@ async fn hostile_grant_ids_round_trip_as_parameters() {
 
 #[tokio::test]
 async fn migrate_twice_is_fine_a_schema_qualified_table_works_and_a_bad_name_is_a_config_error() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let store = pg.store("client").await;
     store.migrate().await.unwrap();
     // As the single store of a NiftyAuth: the builder's grant, "default" unless set.
@@ -191,20 +181,12 @@ async fn migrate_twice_is_fine_a_schema_qualified_table_works_and_a_bad_name_is_
     TokenStore::save(&qualified, &tokens("qualified"))
         .await
         .unwrap();
-    let grant: String = sqlx::query_scalar("SELECT grant_id FROM auth.\"user\"")
-        .fetch_one(&raw)
-        .await
-        .unwrap();
-    assert_eq!(grant, "main");
+    assert_eq!(only_grant_id(&raw, "auth.\"user\"").await, "main");
     // The lock table sits beside it, and a lock on it is a row there.
     let lock = TokenStore::lock(&qualified, Duration::from_secs(5))
         .await
         .unwrap();
-    let held: String = sqlx::query_scalar("SELECT grant_id FROM auth.user_lock")
-        .fetch_one(&raw)
-        .await
-        .unwrap();
-    assert_eq!(held, "main");
+    assert_eq!(only_grant_id(&raw, "auth.user_lock").await, "main");
     lock.release().await;
 
     for bad in ["tokens; DROP TABLE x", "Tokens", "a.b.c", "", "\"t\""] {
@@ -252,4 +234,12 @@ async fn zero_or_huge_postgres_timeouts_are_configuration_errors() {
     assert!(shown.contains("lock_lease: 100ms"), "{shown}");
     let default = format!("{:?}", builder().build().unwrap());
     assert!(default.contains("lock_lease: 10s"), "{default}");
+}
+
+/// The `grant_id` of the one row of `table`.
+async fn only_grant_id(raw: &sqlx::PgPool, table: &str) -> String {
+    sqlx::query_scalar(&format!("SELECT grant_id FROM {table}"))
+        .fetch_one(raw)
+        .await
+        .unwrap()
 }

@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
-use nifty_auth::{GrantId, GrantStore, NiftyGrants, PostgresStore, TokenSet};
+use nifty_auth::{GrantId, GrantStore, PostgresStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use crate::common::grants_over;
+use crate::common::or_skip;
+use crate::common::rotating_fake;
+use crate::common::seed_grant;
 use crate::server::{lease_holder, lease_rows, live_leases, PgServer};
 
 /// The lease of the stores of these tests: short, so that a lapse is quick.
@@ -52,9 +55,7 @@ async fn until_lapsed(admin: &PgPool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let url = pg.role("no_release").await;
     let store = PostgresStore::connect_builder(&url, "client")
         .lock_lease(LEASE)
@@ -113,16 +114,9 @@ async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_lapsed() {
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
+    let pg = or_skip!(PgServer::start());
     let url = pg.role("no_release").await;
-    let fake = FakeNifty::builder()
-        .rotation(true)
-        .replay_revokes_grant(true)
-        .start()
-        .await
-        .unwrap();
+    let fake = rotating_fake().await;
     let store = PostgresStore::connect_builder(&url, fake.client_id())
         .lock_lease(LEASE)
         .build()
@@ -130,18 +124,9 @@ async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_l
     store.migrate().await.unwrap();
     pg.forbid_release("no_release").await;
     let admin = admin_of(&pg, "no_release").await;
-    let fake_grant = fake.new_grant();
-    let id = GrantId::new("refreshed").unwrap();
-    let seed = TokenSet::new("expired-seed")
-        .with_refresh_token(fake_grant.issue_refresh_token())
-        .with_expires_in(Duration::from_millis(1));
-    GrantStore::save_grant(&store, &id, &seed).await.unwrap();
+    let (id, fake_grant, seed) = seed_grant(&fake, &store, "refreshed").await;
 
-    let grants = NiftyGrants::builder(fake.credentials())
-        .token_url(fake.token_url().as_str())
-        .store(store.clone())
-        .build()
-        .unwrap();
+    let grants = grants_over(&fake, store.clone());
     grants.access_token(&id).await.unwrap();
     assert_eq!(fake_grant.token_calls(), 1);
     // Its release failed: the row is there until it lapses.

@@ -36,9 +36,7 @@ async fn an_unreachable_api_is_a_502_naming_the_cause() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_slower_than_the_upstream_timeout_is_a_504() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&["--upstream-timeout", "1"]).await;
+    let (setup, proxy) = Setup::serving(&["--upstream-timeout", "1"]).await;
     let hold = setup.fake.hold_next_api_answer();
 
     let answer = curl_with_key(&[&format!("{}/api/v1.0/projects", proxy.url)]).await;
@@ -71,9 +69,7 @@ async fn an_unreachable_token_endpoint_is_a_502_and_nothing_reaches_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_head_is_refused_431() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let big = "x".repeat(40 * 1024);
     let request = format!(
         "GET /api/v1.0/projects HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\nX-Big: {big}\r\n\r\n",
@@ -85,9 +81,7 @@ async fn an_oversized_request_head_is_refused_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_after_the_idle_timeout() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&["--idle-timeout", "1"]).await;
+    let (_setup, proxy) = Setup::serving(&["--idle-timeout", "1"]).await;
     let mut stream = tokio::net::TcpStream::connect(proxy.authority())
         .await
         .unwrap();
@@ -107,9 +101,7 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_connection_limit_a_client_waits_until_a_connection_closes() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&["--max-connections", "1"]).await;
+    let (setup, proxy) = Setup::serving(&["--max-connections", "1"]).await;
     let url = format!("{}/api/v1.0/projects", proxy.url);
     let mut first_hold = setup.fake.hold_next_api_answer();
     let mut second_hold = setup.fake.hold_next_api_answer();

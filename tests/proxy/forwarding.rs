@@ -64,9 +64,7 @@ with urllib.request.urlopen(request) as response:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_post_with_a_json_body_arrives_byte_for_byte() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let body = r#"{"name":"Write the proxy","project":"p-1","tags":["é","✓"]}"#;
 
     let url = format!("{}/api/v1.0/tasks", proxy.url);
@@ -113,9 +111,7 @@ async fn a_401_from_nifty_is_retried_once_with_a_fresh_token_and_the_same_body()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_to_a_body_over_64_kib_is_passed_back_without_a_retry() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let (file, _) = random_file(setup.dir.path(), "big", 64 * 1024 + 1);
     setup.fake.push_api_status(401);
 
@@ -133,9 +129,7 @@ async fn a_401_to_a_body_over_64_kib_is_passed_back_without_a_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_mib_up_and_down_stream_through_the_proxy_in_bounded_memory() {
     const LEN: usize = 10 * 1024 * 1024;
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let url = format!("{}/api/v1.0/files", proxy.url);
     // Warm up: the first request sizes the proxy's buffers and pools.
     assert_eq!(curl_with_key(&[&url]).await.status, 200);
@@ -166,9 +160,7 @@ async fn ten_mib_up_and_down_stream_through_the_proxy_in_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_request_stops_accepting_and_lets_it_complete() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let mut hold = setup.fake.hold_next_api_answer();
     let url = format!("{}/api/v1.0/projects", proxy.url);
     let slow = tokio::spawn(async move { curl_with_key(&[&url]).await });

@@ -86,6 +86,14 @@ impl Setup {
     }
 
     /// `proxy --listen 127.0.0.1:0` with `extra` arguments, running.
+    /// A logged-in set-up and its proxy, started with `extra` arguments.
+    pub async fn serving(extra: &[&str]) -> (Setup, Proxy) {
+        let setup = Setup::new().await;
+        setup.logged_in().await;
+        let proxy = setup.proxy(extra).await;
+        (setup, proxy)
+    }
+
     pub async fn proxy(&self, extra: &[&str]) -> Proxy {
         let mut args = vec!["proxy", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);

@@ -63,9 +63,7 @@ async fn health_and_readiness_answer_without_the_key_and_metrics_need_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_page_counts_requests_token_calls_and_upstream_latency() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let api = format!("{}/api/v1.0/projects", proxy.url);
     for _ in 0..3 {
         assert_eq!(curl_with_key(&[&api]).await.status, 200);
@@ -138,9 +136,7 @@ async fn the_metrics_page_counts_requests_token_calls_and_upstream_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_before_its_answer_is_logged_499_and_leaves_no_request_in_flight() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let mut hold = setup.fake.hold_next_api_answer();
     let mut stream = tokio::net::TcpStream::connect(proxy.authority())
         .await

@@ -7,9 +7,7 @@ use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_wrong_proxy_key_is_refused_and_nothing_is_forwarded() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let url = format!("{}/api/v1.0/projects", proxy.url);
 
     let missing = curl(&[&url]).await;
@@ -39,9 +37,7 @@ async fn a_missing_or_wrong_proxy_key_is_refused_and_nothing_is_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_connect_and_foreign_hosts_are_refused_without_forwarding() {
-    let setup = Setup::new().await;
-    setup.logged_in().await;
-    let proxy = setup.proxy(&[]).await;
+    let (setup, proxy) = Setup::serving(&[]).await;
     let auth = format!("Authorization: Bearer {KEY}");
 
     // curl as an HTTP proxy client: an absolute-form target.

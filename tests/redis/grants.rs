@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
-use nifty_auth::{GrantId, GrantStore, RedisStore, TokenSet};
+use nifty_auth::{GrantId, GrantStore, RedisStore, StoreLock, TokenSet};
 
+use crate::common::hostile_ids;
+use crate::common::or_skip;
 use crate::server::*;
 
 fn grant(id: &str) -> GrantId {
@@ -29,10 +30,7 @@ async fn all_keys(redis: &RedisServer) -> HashSet<String> {
 
 #[tokio::test]
 async fn each_grant_round_trips_under_its_own_key_and_remove_deletes_only_that_key() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store(&redis, &fake, "default");
     let (a, b, c) = (grant("alice"), grant("bob"), grant("carol"));
     assert_eq!(
@@ -75,34 +73,11 @@ async fn each_grant_round_trips_under_its_own_key_and_remove_deletes_only_that_k
 
 #[tokio::test]
 async fn hostile_grant_ids_get_distinct_escaped_keys_and_round_trip() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store(&redis, &fake, "default");
-    let mut ids: Vec<String> = [
-        "../../etc/passwd",
-        "..",
-        ".",
-        "a/b",
-        "a\\b",
-        "A",
-        "a",
-        "a:b",
-        "a:b:tokens",
-        "a%3Ab",
-        "%2F",
-        "C:\\x",
-        "é",
-        "日本語",
-        " ",
-        "*",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    ids.push("a".repeat(256));
-    ids.push("é".repeat(128));
+    // Besides every hostile id: the key separator, escapes that look escaped, a glob.
+    let mut ids = hostile_ids();
+    ids.extend(["a:b:tokens", "a%3Ab", "*"].map(String::from));
     let prefix = format!("nifty-auth:{}:", fake.client_id());
     for (i, id) in ids.iter().enumerate() {
         store
@@ -134,10 +109,7 @@ async fn hostile_grant_ids_get_distinct_escaped_keys_and_round_trip() {
 
 #[tokio::test]
 async fn one_grants_lock_does_not_block_another_and_two_stores_exclude_each_other_per_grant() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let first = store(&redis, &fake, "default");
     let second = store(&redis, &fake, "default");
     let (a, b) = (grant("a"), grant("b"));
@@ -152,22 +124,17 @@ async fn one_grants_lock_does_not_block_another_and_two_stores_exclude_each_othe
     .expect("grant a's lock blocked grant b")
     .unwrap();
 
-    let waiting = tokio::spawn({
+    // The second store waits for grant a until the first releases it.
+    let take = {
         let (second, a) = (second.clone(), a.clone());
         async move {
-            let started = std::time::Instant::now();
-            let lock = second
+            second
                 .lock_grant(&a, Duration::from_secs(30))
                 .await
-                .unwrap();
-            (started.elapsed(), lock)
+                .unwrap()
         }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "two stores held grant a at once");
-    held_a.release().await;
-    let (waited, lock_a) = waiting.await.unwrap();
-    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    };
+    let lock_a = lock_after_release(&redis, take, held_a, "two stores held grant a at once").await;
     second
         .save_grant_locked(&a, &tokens("a"), &lock_a)
         .await
@@ -184,20 +151,13 @@ async fn one_grants_lock_does_not_block_another_and_two_stores_exclude_each_othe
 
 #[tokio::test]
 async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store(&redis, &fake, "default");
     let (a, b) = (grant("a"), grant("b"));
     store.save_grant(&b, &tokens("b-old")).await.unwrap();
 
     let lock_a = store.lock_grant(&a, Duration::from_secs(30)).await.unwrap();
-    let err = store
-        .save_grant_locked(&b, &tokens("b-new"), &lock_a)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_save(&store, &b, &tokens("b-new"), &lock_a).await;
     assert!(err.contains("save_locked needs a lock"), "{err}");
     assert!(err.contains(&store.grant_lock_key(&b)), "{err}");
     assert_eq!(
@@ -224,11 +184,7 @@ async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
         .query_async(&mut raw(&redis).await)
         .await
         .unwrap();
-    let err = store
-        .save_grant_locked(&a, &tokens("a-late"), &lock_a)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_save(&store, &a, &tokens("a-late"), &lock_a).await;
     assert!(err.contains("was lost"), "{err}");
     assert_eq!(
         store.load_grant(&a).await.unwrap().unwrap().access_token(),
@@ -238,10 +194,7 @@ async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
 
 #[tokio::test]
 async fn a_grants_lease_is_kept_alive_by_its_own_watchdog() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store_with_lease(&redis, &fake, "default", Duration::from_millis(300));
     let a = grant("a");
     let lock = store.lock_grant(&a, Duration::from_secs(30)).await.unwrap();
@@ -258,14 +211,8 @@ async fn a_grants_lease_is_kept_alive_by_its_own_watchdog() {
 
 #[tokio::test]
 async fn an_encrypted_value_copied_into_another_grants_key_does_not_load() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
-    let store = RedisStore::builder(redis.url(), fake.client_id(), "default")
-        .encryption_key([42; 32])
-        .build()
-        .unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
+    let store = sealed_store(&redis, &fake, "default", [42; 32]);
     let (a, b) = (grant("a"), grant("b"));
     store.save_grant(&a, &tokens("a")).await.unwrap();
     store.save_grant(&b, &tokens("b")).await.unwrap();
@@ -287,4 +234,18 @@ async fn an_encrypted_value_copied_into_another_grants_key_does_not_load() {
     // a's own value still loads.
     let loaded = store.load_grant(&a).await.unwrap().unwrap();
     assert_eq!(loaded.access_token(), "at-a-0123456789");
+}
+
+/// The message of the error with which `store` refuses to save `tokens` for `id` under `lock`.
+async fn refused_save(
+    store: &RedisStore,
+    id: &GrantId,
+    tokens: &TokenSet,
+    lock: &StoreLock,
+) -> String {
+    store
+        .save_grant_locked(id, tokens, lock)
+        .await
+        .unwrap_err()
+        .to_string()
 }

@@ -3,16 +3,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use nifty_auth::testing::FakeNifty;
 use nifty_auth::{AuthError, RedisStore, TokenSet, TokenStore};
 
+use crate::common::or_skip;
 use crate::server::*;
 
 #[tokio::test]
 async fn key_parts_are_escaped_so_distinct_client_and_grant_pairs_never_share_a_key() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let long = "x".repeat(300);
     let long_colon = format!("{}:", "x".repeat(299));
     let pairs: Vec<(&str, &str)> = vec![
@@ -98,10 +96,7 @@ fn huge_or_zero_redis_durations_are_configuration_errors_not_panics() {
 
 #[tokio::test]
 async fn the_longest_token_ttl_is_accepted_by_redis() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = RedisStore::builder(redis.url(), fake.client_id(), "long")
         .token_ttl(Duration::from_secs(100 * 365 * 24 * 60 * 60))
         .build()

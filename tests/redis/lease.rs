@@ -15,9 +15,7 @@ const SHORT_LEASE: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its_tokens() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let fake = FakeNifty::builder()
         .token_delay(Duration::from_secs(3))
         .replay_revokes_grant(true)
@@ -26,17 +24,22 @@ async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its
         .unwrap();
     let bootstrap = fake.issue_refresh_token();
     let instance = || {
-        builder(&fake)
-            .store(store_with_lease(&redis, &fake, "slow", SHORT_LEASE))
-            .refresh_token(bootstrap.clone())
-            .build()
-            .unwrap()
+        auth_over(
+            &fake,
+            bootstrap.clone(),
+            store_with_lease(&redis, &fake, "slow", SHORT_LEASE),
+        )
     };
     let (first, second) = (instance(), instance());
 
     let refreshing = tokio::spawn(async move { first.access_token().await });
     // The first instance holds the lock and waits for the slow token endpoint.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_at_fake(
+        &fake,
+        |fake| fake.token_calls_in_flight() > 0,
+        "the first instance never called the token endpoint",
+    )
+    .await;
     assert_eq!(fake.token_calls_in_flight(), 1);
     let started = std::time::Instant::now();
     let adopted = second.access_token().await.unwrap();
@@ -56,10 +59,7 @@ async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its
 
 #[tokio::test]
 async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let (a, b) = (store(&redis, &fake, "fence"), store(&redis, &fake, "fence"));
     let set_a = TokenSet::new("at-a-0123456789").with_refresh_token("rt-a-0123456789");
     let set_b = TokenSet::new("at-b-0123456789").with_refresh_token("rt-b-0123456789");
@@ -104,10 +104,7 @@ async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
 
 #[tokio::test]
 async fn save_locked_refuses_a_lock_this_store_did_not_take() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let mine = store(&redis, &fake, "mine");
     let other = store(&redis, &fake, "other");
     let tokens = TokenSet::new("at-0123456789");
@@ -131,6 +128,25 @@ async fn save_locked_refuses_a_lock_this_store_did_not_take() {
     assert_eq!(mine.load().await.unwrap().unwrap(), tokens);
     lock.release().await;
     other_lock.release().await;
+}
+
+/// Waits (at most 5 s, then fails) until this (current-thread) runtime has `n` alive tasks: an
+/// aborted or finished watchdog is gone once it has been reaped.
+async fn wait_for_alive_tasks(n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        if alive == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {alive} alive tasks, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Alive tasks on this (current-thread) runtime, once the aborted ones have been reaped.
@@ -157,10 +173,7 @@ async fn expires_unextended(redis: &RedisServer, key: &str, owner: &[u8]) -> boo
 
 #[tokio::test]
 async fn the_watchdog_extends_the_lease_while_held_and_stops_on_release_or_drop() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store_with_lease(&redis, &fake, "watchdog", Duration::from_millis(300));
     store.load().await.unwrap(); // connect first: the connection's own tasks are not the watchdog's
     let baseline = alive_tasks_settled().await;
@@ -174,22 +187,14 @@ async fn the_watchdog_extends_the_lease_while_held_and_stops_on_release_or_drop(
 
     lock.release().await;
     assert!(raw_get(&redis, store.lock_key()).await.is_none());
-    assert_eq!(
-        alive_tasks_settled().await,
-        baseline,
-        "released: no watchdog"
-    );
+    wait_for_alive_tasks(baseline, "released: no watchdog").await;
     assert!(expires_unextended(&redis, store.lock_key(), &owner).await);
 
     let lock = store.lock(Duration::from_secs(30)).await.unwrap();
     let owner = raw_get(&redis, store.lock_key()).await.unwrap();
     assert_eq!(alive_tasks_settled().await, baseline + 1);
     drop(lock); // its release runs in a spawned task
-    assert_eq!(
-        alive_tasks_settled().await,
-        baseline,
-        "dropped: no watchdog"
-    );
+    wait_for_alive_tasks(baseline, "dropped: no watchdog").await;
     assert!(raw_get(&redis, store.lock_key()).await.is_none());
     assert!(expires_unextended(&redis, store.lock_key(), &owner).await);
 }
@@ -238,9 +243,7 @@ impl TokenStore for FirstSaveFails {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
+    let redis = or_skip!(RedisServer::start());
     let fake = FakeNifty::builder()
         .replay_revokes_grant(true)
         .start()
@@ -255,11 +258,11 @@ async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process(
         .refresh_token(bootstrap.clone())
         .build()
         .unwrap();
-    let b = builder(&fake)
-        .store(store_with_lease(&redis, &fake, "issue-8", SHORT_LEASE))
-        .refresh_token(bootstrap)
-        .build()
-        .unwrap();
+    let b = auth_over(
+        &fake,
+        bootstrap,
+        store_with_lease(&redis, &fake, "issue-8", SHORT_LEASE),
+    );
 
     // A refreshes; its first save fails and is retried at once, the lock held throughout.
     let first = a.access_token().await.expect("the retried save succeeds");

@@ -47,22 +47,12 @@ async fn seed(redis: &RedisServer, fake: &FakeNifty, grant: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_instances_sharing_one_key_make_one_token_call_per_expiry() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(2)))
-        .start()
-        .await
-        .unwrap();
+    let redis = or_skip!(RedisServer::start());
+    let fake = fake_lasting(Duration::from_secs(2)).await;
     let bootstrap = fake.issue_refresh_token();
     let instances: Vec<_> = (0..4)
         .map(|_| {
-            let auth = builder(&fake)
-                .store(store(&redis, &fake, "shared"))
-                .refresh_token(bootstrap.clone())
-                .build()
-                .unwrap();
+            let auth = auth_over(&fake, bootstrap.clone(), store(&redis, &fake, "shared"));
             service(&auth)
         })
         .collect();
@@ -141,14 +131,8 @@ fn spawn_worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_os_processes_make_exactly_one_refresh_per_expiry() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::builder()
-        .token_lifetime(Some(Duration::from_secs(2)))
-        .start()
-        .await
-        .unwrap();
+    let redis = or_skip!(RedisServer::start());
+    let fake = fake_lasting(Duration::from_secs(2)).await;
     seed(&redis, &fake, "processes").await;
     assert_eq!(fake.token_calls_for(Grant::AuthorizationCode), 1);
 
@@ -195,10 +179,7 @@ async fn four_os_processes_make_exactly_one_refresh_per_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_holder_killed_before_its_token_call_is_taken_over_within_one_lease() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let bootstrap = fake.issue_refresh_token();
 
     let mut holder = Command::new(worker_binary())
@@ -217,11 +198,7 @@ async fn a_lock_holder_killed_before_its_token_call_is_taken_over_within_one_lea
     holder.wait().unwrap();
     let killed_at = std::time::Instant::now();
 
-    let auth = builder(&fake)
-        .store(store(&redis, &fake, "killed"))
-        .refresh_token(bootstrap)
-        .build()
-        .unwrap();
+    let auth = auth_over(&fake, bootstrap, store(&redis, &fake, "killed"));
     let svc = service(&auth);
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
 
@@ -239,15 +216,13 @@ async fn a_lock_holder_killed_before_its_token_call_is_taken_over_within_one_lea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recovers() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
+    let mut redis = or_skip!(RedisServer::start());
     let fake = FakeNifty::start().await.unwrap();
-    let auth = builder(&fake)
-        .store(store(&redis, &fake, "outage"))
-        .refresh_token(fake.issue_refresh_token())
-        .build()
-        .unwrap();
+    let auth = auth_over(
+        &fake,
+        fake.issue_refresh_token(),
+        store(&redis, &fake, "outage"),
+    );
     let svc = service(&auth);
     assert_eq!(
         send(&svc, get(fake.api_url("/users/me"))).await.unwrap().0,
@@ -256,41 +231,14 @@ async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recov
     assert_eq!(fake.token_calls(), 1);
 
     redis.stop();
-    for _ in 0..20 {
-        let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "a valid cached token needs no Redis"
-        );
-    }
+    assert_served_without_the_store(&svc, &fake, 20, "Redis").await;
 
     // A refresh is needed now; without the lock it must not happen.
-    fake.revoke_access_tokens();
-    let err = send(&svc, get(fake.api_url("/projects")))
-        .await
-        .unwrap_err();
-    let auth_err = auth_error(&err);
-    assert!(matches!(auth_err, AuthError::Store { .. }), "{auth_err:?}");
-    let chain = format!(
-        "{auth_err}: {}",
-        std::error::Error::source(auth_err).unwrap()
-    );
-    assert!(chain.contains("redis"), "{chain}");
-    assert_eq!(fake.token_calls(), 1, "no refresh without the lock");
+    assert_no_refresh_without_the_store(&svc, &fake, "redis").await;
 
     redis.launch();
     // The connection manager reconnects on use; the first command after the restart may fail.
-    let mut recovered = false;
-    for _ in 0..20 {
-        match send(&svc, get(fake.api_url("/projects"))).await {
-            Ok((StatusCode::OK, _)) => {
-                recovered = true;
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    let recovered = served_within(&svc, &fake, 20).await;
     assert!(recovered, "refreshes did not resume after Redis came back");
     assert_eq!(fake.token_calls(), 2);
     assert_eq!(fake.invalid_grants_served(), 0);
@@ -298,14 +246,8 @@ async fn redis_down_keeps_valid_tokens_flowing_fails_refreshes_clearly_and_recov
 
 #[tokio::test]
 async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
-    let encrypted = RedisStore::builder(redis.url(), fake.client_id(), "secret")
-        .encryption_key([42; 32])
-        .build()
-        .unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
+    let encrypted = sealed_store(&redis, &fake, "secret", [42; 32]);
     let tokens = TokenSet::new("at-visible-0123456789")
         .with_refresh_token("rt-visible-0123456789")
         .with_expires_in(Duration::from_secs(600));
@@ -320,10 +262,7 @@ async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error()
     );
     assert_eq!(encrypted.load().await.unwrap().unwrap(), tokens);
 
-    let wrong = RedisStore::builder(redis.url(), fake.client_id(), "secret")
-        .encryption_key([7; 32])
-        .build()
-        .unwrap();
+    let wrong = sealed_store(&redis, &fake, "secret", [7; 32]);
     let err = wrong.load().await.unwrap_err().to_string();
     assert!(err.contains("wrong encryption key"), "{err}");
     assert!(!err.contains("visible"), "{err}");
@@ -344,10 +283,7 @@ async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error()
 
 #[tokio::test]
 async fn keys_are_namespaced_by_client_and_grant_and_expire() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let a = store(&redis, &fake, "alice");
     let b = store(&redis, &fake, "bob");
     assert_eq!(
@@ -372,24 +308,13 @@ async fn keys_are_namespaced_by_client_and_grant_and_expire() {
 
 #[tokio::test]
 async fn the_lock_is_exclusive_and_released_only_by_its_owner() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let fake = FakeNifty::start().await.unwrap();
+    let (redis, fake) = or_skip!(redis_and_fake().await);
     let first = store(&redis, &fake, "lock");
     let second = store(&redis, &fake, "lock");
 
     let held = first.lock(Duration::from_secs(30)).await.unwrap();
-    let waiting = tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let lock = second.lock(Duration::from_secs(30)).await.unwrap();
-        (started.elapsed(), lock)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the lock was not exclusive");
-    held.release().await;
-    let (waited, lock) = waiting.await.unwrap();
-    assert!(waited >= Duration::from_millis(300));
+    let take = async move { second.lock(Duration::from_secs(30)).await.unwrap() };
+    let lock = lock_after_release(&redis, take, held, "the lock was not exclusive").await;
     let owner = raw_get(&redis, first.lock_key()).await.unwrap();
     lock.release().await;
     assert!(raw_get(&redis, first.lock_key()).await.is_none());

@@ -138,3 +138,76 @@ pub async fn pttl(redis: &RedisServer, key: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// The number after `prefix` on a line of the server's `INFO section` (0 if there is none).
+pub async fn info_number(redis: &RedisServer, section: &str, prefix: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut raw(redis).await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// How many `SET` commands the server has run (`INFO commandstats`). A lock waiter's refused
+/// `SET NX` attempts count here, so a test can wait for them instead of sleeping.
+pub async fn set_commands(redis: &RedisServer) -> u64 {
+    info_number(redis, "commandstats", "cmdstat_set:calls=").await
+}
+
+/// Waits (at most 10 s, then fails) until the server has run `n` `SET` commands in all.
+pub async fn wait_for_set_commands(redis: &RedisServer, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while set_commands(redis).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {n} SET commands"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A redis-server and a fake on 127.0.0.1; `None` where redis-server is missing (outside CI).
+pub async fn redis_and_fake() -> Option<(RedisServer, FakeNifty)> {
+    let redis = RedisServer::start()?;
+    Some((redis, FakeNifty::start().await.unwrap()))
+}
+
+/// Runs `take` (another store's attempt at a lock `held` holds) and checks that it waits: Redis
+/// refuses its `SET NX` twice and it has not finished (else `what`); then `held` is released, and
+/// the attempt gets the lock after that. Returns the lock it got.
+pub async fn lock_after_release<L: Send + 'static>(
+    redis: &RedisServer,
+    take: impl std::future::Future<Output = L> + Send + 'static,
+    held: nifty_auth::StoreLock,
+    what: &str,
+) -> L {
+    let sets = set_commands(redis).await;
+    let waiting = tokio::spawn(async move {
+        let lock = take.await;
+        (std::time::Instant::now(), lock)
+    });
+    wait_for_set_commands(redis, sets + 2).await;
+    assert!(!waiting.is_finished(), "{what}");
+    let released = std::time::Instant::now();
+    held.release().await;
+    let (locked, lock) = waiting.await.unwrap();
+    assert!(locked >= released, "locked before the release");
+    lock
+}
+
+/// A `RedisStore` for `fake`'s client under `namespace`, sealing its values with `key`.
+pub fn sealed_store(
+    redis: &RedisServer,
+    fake: &FakeNifty,
+    namespace: &str,
+    key: [u8; 32],
+) -> RedisStore {
+    RedisStore::builder(redis.url(), fake.client_id(), namespace)
+        .encryption_key(key)
+        .build()
+        .unwrap()
+}
