@@ -330,11 +330,7 @@ async fn pkce_sends_an_s256_challenge_and_the_fake_checks_the_verifier() {
     assert_eq!(sent["code_verifier"].as_str(), request.code_verifier());
 
     // Without it (or with another request's): invalid_grant, re-authorization required.
-    let (server, request) = setup(&fake).await;
-    let request = request.pkce(true);
-    let waiting = wait_for_code(server, &request);
-    browse(&request.url()).await;
-    let code = waiting.await.unwrap().unwrap();
+    let (request, code) = authorized_with_pkce(&fake).await;
     let other = AuthorizationRequest::new(fake.client_id(), request.redirect_uri()).pkce(true);
     let wrong = other.exchange(&auth, code.clone()).await.unwrap_err();
     let missing = auth
@@ -348,6 +344,16 @@ async fn pkce_sends_an_s256_challenge_and_the_fake_checks_the_verifier() {
     assert_eq!(fake.invalid_grants_served(), 2);
 }
 
+/// A PKCE authorization request at `fake`, authorized by the browser: the request and its code.
+async fn authorized_with_pkce(fake: &FakeNifty) -> (AuthorizationRequest, String) {
+    let (server, request) = setup(fake).await;
+    let request = request.pkce(true);
+    let waiting = wait_for_code(server, &request);
+    browse(&request.url()).await;
+    let code = waiting.await.unwrap().unwrap();
+    (request, code)
+}
+
 #[tokio::test]
 async fn nifty_grants_exchanges_a_pkce_code_for_one_grant_and_refuses_a_wrong_verifier() {
     let fake = FakeNifty::start().await.unwrap();
@@ -359,14 +365,7 @@ async fn nifty_grants_exchanges_a_pkce_code_for_one_grant_and_refuses_a_wrong_ve
     let acme = GrantId::new("acme").unwrap();
 
     // With the right verifier: the grant's tokens are saved and used.
-    let (server, request) = setup(&fake).await;
-    let request = request.pkce(true);
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
-    browse(&request.url()).await;
-    let code = waiting.await.unwrap().unwrap();
+    let (request, code) = authorized_with_pkce(&fake).await;
     let tokens = request.exchange_grant(&grants, &acme, code).await.unwrap();
     let sent = fake.token_requests()[0].json.clone().unwrap();
     assert_eq!(sent["code_verifier"].as_str(), request.code_verifier());
@@ -375,15 +374,8 @@ async fn nifty_grants_exchanges_a_pkce_code_for_one_grant_and_refuses_a_wrong_ve
         tokens.access_token()
     );
 
-    // Another request's verifier: invalid_grant, and the grant needs re-authorization.
-    let (server, request) = setup(&fake).await;
-    let request = request.pkce(true);
-    let waiting = {
-        let request = request.clone();
-        tokio::spawn(async move { server.wait_for_code(&request).await })
-    };
-    browse(&request.url()).await;
-    let code = waiting.await.unwrap().unwrap();
+    // Another request's verifier: invalid_grant, re-authorization required.
+    let (request, code) = authorized_with_pkce(&fake).await;
     let other = AuthorizationRequest::new(fake.client_id(), request.redirect_uri()).pkce(true);
     let beta = GrantId::new("beta").unwrap();
     let wrong = grants
