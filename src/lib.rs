@@ -176,6 +176,7 @@ pub use tower::BoxError;
 /// same shared settings, of many ([`NiftyGrants::builder`]), and the personal-token builder.
 pub mod builder {
     pub use crate::auth::{Builder, OneGrant, PersonalTokenBuilder};
+    pub use crate::endpoint::TokenClient;
     pub use crate::grants::{ManyGrants, NiftyGrantsBuilder};
 }
 

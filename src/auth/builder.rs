@@ -11,14 +11,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, Uri};
-use http_body_util::Full;
+use http::Uri;
 
 use super::{NiftyAuth, SharedAuth};
 use crate::clock::Clock;
 use crate::credentials::Credentials;
-use crate::endpoint::{self, Backoff, Endpoint, HttpClient, Pressure};
+use crate::endpoint::{self, Backoff, Endpoint, HttpClient, Pressure, TokenClient};
 use crate::error::AuthError;
 use crate::manager::{ManagerParts, Policy, StoreRef, TokenManager};
 use crate::origin::Origins;
@@ -26,7 +24,6 @@ use crate::stats::Counters;
 use crate::store::{MemoryStore, TokenStore};
 use crate::token::cache::{CachePolicy, TokenCache};
 use crate::token::TokenSet;
-use tower::BoxError;
 
 /// Nifty's token endpoint: the default [`Builder::token_url`].
 #[doc(hidden)]
@@ -276,18 +273,7 @@ impl<K> Builder<K> {
     /// The HTTP client for token calls, instead of the built-in hyper-util client (rustls): any tower
     /// service taking `Request<Full<Bytes>>`, e.g. a hyper-util `Client` with your own connector, a
     /// proxy or a test double. It must not follow redirects.
-    pub fn http_client<S, RB>(mut self, client: S) -> Self
-    where
-        S: tower_service::Service<Request<Full<Bytes>>, Response = Response<RB>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        RB: http_body::Body<Data = Bytes> + Send + Sync + 'static,
-        RB::Error: Into<BoxError>,
-    {
+    pub fn http_client(mut self, client: impl TokenClient) -> Self {
         self.config.http_client = Some(endpoint::box_client(client));
         self
     }

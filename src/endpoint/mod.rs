@@ -371,8 +371,26 @@ pub(crate) fn default_client() -> Result<HttpClient, AuthError> {
     Ok(box_client(client))
 }
 
-/// Boxes any tower HTTP client into the [`HttpClient`] used for token calls.
-pub(crate) fn box_client<S, RB>(client: S) -> HttpClient
+/// A tower HTTP client for token calls: any `Service<Request<Full<Bytes>>>` answering
+/// `Response<B>` (`B` an `http_body::Body` of `Bytes`) that is `Clone + Send + Sync + 'static`, such
+/// as hyper-util's `Client` with your own connector, a proxy or a test double. Implemented for every
+/// such service; what [`Builder::http_client`](crate::builder::Builder::http_client) takes. The
+/// bounds are written here once.
+pub trait TokenClient: sealed::Sealed {
+    #[doc(hidden)]
+    fn into_http_client(self) -> HttpClient;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+impl<S, RB> sealed::Sealed for S where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<RB>>
+{
+}
+
+impl<S, RB> TokenClient for S
 where
     S: tower::Service<Request<Full<Bytes>>, Response = Response<RB>>
         + Clone
@@ -384,11 +402,17 @@ where
     RB: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     RB::Error: Into<BoxError>,
 {
-    BoxCloneSyncService::new(
-        client
-            .map_response(|r: Response<RB>| r.map(|b| b.map_err(Into::into).boxed()))
-            .map_err(Into::into),
-    )
+    fn into_http_client(self) -> HttpClient {
+        BoxCloneSyncService::new(
+            self.map_response(|r: Response<RB>| r.map(|b| b.map_err(Into::into).boxed()))
+                .map_err(Into::into),
+        )
+    }
+}
+
+/// Boxes any tower HTTP client into the [`HttpClient`] used for token calls.
+pub(crate) fn box_client(client: impl TokenClient) -> HttpClient {
+    client.into_http_client()
 }
 
 #[cfg(test)]
