@@ -178,7 +178,8 @@ impl Endpoint {
     }
 
     /// Runs one grant: up to `backoff.attempts` calls, retrying transport errors, timeouts, 5xx and 429.
-    /// Each attempt waits for its turn (a 429's pause, then a call slot).
+    /// Each attempt waits for its turn: a 429's pause, then a call slot — unless `holding_turn`
+    /// (the caller already holds a slot from [`Pressure::turn`], taken before its store lock).
     ///
     /// Returns the token set and the number of attempts made.
     pub(crate) fn request<'a>(
@@ -186,19 +187,9 @@ impl Endpoint {
         grant: &'a GrantType<'a>,
         previous_refresh_token: Option<&'a str>,
         counters: &'a Counters,
+        holding_turn: bool,
     ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
-        Box::pin(self.request_inner(grant, previous_refresh_token, counters, false))
-    }
-
-    /// [`request`](Self::request) for a caller that already holds a call slot (from
-    /// [`Pressure::turn`], taken before its store lock): each attempt waits only for a 429's pause.
-    pub(crate) fn request_holding_turn<'a>(
-        &'a self,
-        grant: &'a GrantType<'a>,
-        previous_refresh_token: Option<&'a str>,
-        counters: &'a Counters,
-    ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
-        Box::pin(self.request_inner(grant, previous_refresh_token, counters, true))
+        Box::pin(self.request_inner(grant, previous_refresh_token, counters, holding_turn))
     }
 
     /// The pressure on this endpoint (shared by every grant that calls it).

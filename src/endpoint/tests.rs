@@ -63,7 +63,9 @@ async fn huge_timeout_backoff_and_retry_after_saturate_instead_of_panicking() {
         refresh_token: "rt-1",
     };
     let counters = Counters::default();
-    let (result, attempts) = endpoint.request(&grant, Some("rt-1"), &counters).await;
+    let (result, attempts) = endpoint
+        .request(&grant, Some("rt-1"), &counters, false)
+        .await;
     assert_eq!(result.expect("tokens").access_token(), "at-1");
     assert_eq!((attempts, calls.load(Ordering::SeqCst)), (2, 2));
 }
@@ -81,7 +83,9 @@ async fn a_hung_endpoint_with_a_huge_timeout_times_out_without_panicking() {
     let grant = GrantType::RefreshToken {
         refresh_token: "rt-1",
     };
-    let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;
+    let (result, attempts) = endpoint
+        .request(&grant, None, &Counters::default(), false)
+        .await;
     let err = result.expect_err("timeout");
     assert!(err.is_timeout(), "{err:?}");
     assert_eq!((attempts, calls.load(Ordering::SeqCst)), (1, 1));
@@ -100,12 +104,16 @@ async fn terminal_answers_are_not_retried_and_transient_ones_use_every_attempt()
     let grant = GrantType::RefreshToken {
         refresh_token: "rt-1",
     };
-    let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;
+    let (result, attempts) = endpoint
+        .request(&grant, None, &Counters::default(), false)
+        .await;
     assert!(result.expect_err("500").is_transient());
     assert_eq!((attempts, calls.load(Ordering::SeqCst)), (3, 3));
 
     let (endpoint, calls) = endpoint_with_body(backoff, r#"{"error":"invalid_grant"}"#);
-    let (result, attempts) = endpoint.request(&grant, None, &Counters::default()).await;
+    let (result, attempts) = endpoint
+        .request(&grant, None, &Counters::default(), false)
+        .await;
     assert!(result.expect_err("400").is_reauthorization_required());
     assert_eq!((attempts, calls.load(Ordering::SeqCst)), (1, 1));
 }

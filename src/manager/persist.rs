@@ -198,7 +198,7 @@ impl TokenManager {
             refresh_token: &refresh_token,
         };
         let (result, attempts) = endpoint
-            .request_holding_turn(&grant, Some(&refresh_token), self.counters())
+            .request(&grant, Some(&refresh_token), self.counters(), true)
             .await;
         trace::record!("attempts", attempts);
         let tokens = match result {
@@ -319,7 +319,7 @@ impl TokenManager {
             };
             let (result, _attempts) = manager
                 .endpoint()?
-                .request(&grant, None, manager.counters())
+                .request(&grant, None, manager.counters(), false)
                 .await;
             manager.install(result?).await
         })
