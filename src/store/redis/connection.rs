@@ -29,7 +29,7 @@ pub(crate) enum Connection {
 }
 
 impl Target {
-    /// Connects, one attempt: a single server's manager connects lazily (on its first command,
+    /// Connects, one attempt: a single server's connection manager connects lazily (on its first command,
     /// within `connect_timeout`); the cluster client reads the slot map from a node first, within
     /// `connect_timeout`.
     pub(super) async fn connect(
