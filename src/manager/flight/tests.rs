@@ -94,3 +94,70 @@ async fn a_stale_token_is_served_at_once_and_refreshed_once_in_the_background() 
         "ten stale reads start one background refresh"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_background_refresh_is_not_retried_by_requests_until_its_cooldown_passes() {
+    use std::time::Duration;
+    let nifty = Nifty::new();
+    let store = Flaky::with(expired().with_expires_in(Duration::from_secs(30)));
+    let manager = manager(&nifty, store);
+    std::sync::Arc::clone(&manager)
+        .token(Want::Usable)
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(16)).await; // past the refresh point
+    nifty.fail_next(1);
+
+    manager.header_now().expect("stale, still served");
+    nifty.arrived(1).await;
+    // Let the failed background refresh land.
+    for _ in 0..10_000 {
+        if !manager.busy() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(!manager.busy(), "the failed background refresh never ended");
+    // Within the cooldown (the backoff's max, 10 ms here) stale reads start nothing.
+    for _ in 0..5 {
+        manager.header_now().expect("still served");
+    }
+    assert_eq!(nifty.calls(), 1);
+    assert!(!manager.busy());
+
+    tokio::time::advance(Duration::from_millis(11)).await;
+    manager.header_now().expect("still served");
+    nifty.arrived(2).await;
+    assert_eq!(
+        nifty.calls(),
+        2,
+        "after the cooldown one more background refresh"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manager_is_busy_while_a_refresh_runs_or_tokens_wait_unsaved() {
+    use std::sync::atomic::Ordering;
+    let nifty = Nifty::new();
+    let store = Flaky::with(expired());
+    let manager = manager(&nifty, store.clone());
+    assert!(!manager.busy());
+    assert!(manager.can_refresh());
+    assert!(manager.endpoint_client().is_some());
+
+    nifty.hold();
+    let caller = tokio::spawn(std::sync::Arc::clone(&manager).token(Want::Usable));
+    nifty.arrived(1).await;
+    assert!(manager.busy(), "a refresh is running");
+    store.fail_saves.store(usize::MAX, Ordering::SeqCst);
+    nifty.release();
+    caller.await.unwrap().unwrap_err();
+    assert!(manager.busy(), "rotated tokens wait unsaved");
+
+    store.fail_saves.store(0, Ordering::SeqCst);
+    std::sync::Arc::clone(&manager)
+        .token(Want::Usable)
+        .await
+        .unwrap();
+    assert!(!manager.busy());
+}

@@ -54,3 +54,40 @@ fn fingerprints_are_never_zero_and_tell_tokens_apart() {
     assert_eq!(fingerprint("refresh-1"), fingerprint("refresh-1"));
     assert_ne!(fingerprint("refresh-1"), fingerprint("refresh-2"));
 }
+
+/// A store that records the bound each lock was asked to wait for.
+#[derive(Default)]
+struct Bounds(parking_lot::Mutex<Vec<Duration>>);
+
+impl TokenStore for Bounds {
+    fn load(&self) -> crate::future::BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn save<'a>(&'a self, _: &'a TokenSet) -> crate::future::BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn lock(
+        &self,
+        max_hold: Duration,
+    ) -> crate::future::BoxFuture<'_, Result<StoreLock, BoxError>> {
+        self.0.lock().push(max_hold);
+        Box::pin(async { Ok(StoreLock::none()) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_waits_as_long_as_a_refresh_can_take_and_a_try_not_at_all() {
+    let nifty = Nifty::new();
+    let store = Arc::new(Bounds::default());
+    let manager = manager(&nifty, store.clone());
+
+    manager.lock_store().await.unwrap().release().await;
+    manager.try_lock_store().await.unwrap().release().await;
+
+    // One attempt of at most an hour (the harness's timeout), no backoff between attempts, and the
+    // store's 10 s margin.
+    assert_eq!(
+        *store.0.lock(),
+        vec![Duration::from_secs(3600 + 10), Duration::ZERO]
+    );
+}
