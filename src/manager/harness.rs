@@ -147,6 +147,7 @@ pub(crate) struct Flaky {
     pub(crate) inner: MemoryStore,
     pub(crate) fail_saves: AtomicUsize,
     pub(crate) saves: AtomicUsize,
+    pub(crate) loads: AtomicUsize,
 }
 
 impl Flaky {
@@ -167,6 +168,7 @@ impl Flaky {
 
 impl TokenStore for Flaky {
     fn load(&self) -> crate::future::BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load()
     }
 

@@ -111,6 +111,52 @@ async fn a_retired_manager_forgets_its_token_and_fails_every_call_without_a_toke
     for _ in 0..3 {
         let error = manager.header_for_request().await.unwrap_err();
         assert!(matches!(error, crate::AuthError::GrantRemoved), "{error:?}");
+        // Retired for good: not even a store re-read brings it back (the store still has tokens).
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
     }
     assert_eq!(nifty.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn latched_callers_reread_the_store_at_most_once_a_second_and_a_reauthorization_found_there_lifts_it(
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use crate::store::TokenStore;
+
+    let nifty = Nifty::new();
+    nifty.spend("refresh-0");
+    let store = Flaky::with(expired());
+    let manager = manager(&nifty, store.clone());
+    Arc::clone(&manager).token(Want::Usable).await.unwrap_err();
+    let loads = store.loads.load(Ordering::SeqCst);
+
+    // Within a second of the latch: fail fast, no store read, no call.
+    for _ in 0..5 {
+        Arc::clone(&manager).token(Want::Usable).await.unwrap_err();
+    }
+    assert_eq!(store.loads.load(Ordering::SeqCst), loads);
+
+    // A second later one caller re-reads: still the refused refresh token, so still latched.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    Arc::clone(&manager).token(Want::Usable).await.unwrap_err();
+    Arc::clone(&manager).token(Want::Usable).await.unwrap_err();
+    assert_eq!(store.loads.load(Ordering::SeqCst), loads + 1);
+
+    // Re-authorized elsewhere: the next re-read (a second after the last) finds it and lifts.
+    let elsewhere = TokenSet::new("access-token-elsewhere-0123456789")
+        .with_refresh_token("refresh-elsewhere")
+        .with_expires_in(Duration::from_secs(3600));
+    store.inner.save(&elsewhere).await.unwrap();
+    Arc::clone(&manager).token(Want::Usable).await.unwrap_err();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let current = Arc::clone(&manager).token(Want::Usable).await.unwrap();
+
+    assert_eq!(
+        current.access_token(),
+        Some("access-token-elsewhere-0123456789")
+    );
+    assert_eq!(store.loads.load(Ordering::SeqCst), loads + 2);
+    assert_eq!(nifty.calls(), 1, "the stored token was used, not refreshed");
 }
