@@ -159,7 +159,16 @@ where
     S::Error: std::fmt::Debug,
 {
     let uri: Uri = API.parse().expect("uri");
-    let response = svc.oneshot(request(&uri)).await.expect("check request");
+    check_attaches_to(svc, request(&uri), expected).await;
+}
+
+/// [`check_attaches`] for a request of the caller's (e.g. one carrying a `GrantId`).
+pub async fn check_attaches_to<S>(svc: S, request: Request<Full<Bytes>>, expected: Option<&str>)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    let response = svc.oneshot(request).await.expect("check request");
     let got = response
         .headers()
         .get(AUTHORIZATION)
