@@ -274,7 +274,7 @@ impl<K> Builder<K> {
     /// service taking `Request<Full<Bytes>>`, e.g. a hyper-util `Client` with your own connector, a
     /// proxy or a test double. It must not follow redirects.
     pub fn http_client(mut self, client: impl TokenClient) -> Self {
-        self.config.http_client = Some(endpoint::box_client(client));
+        self.config.http_client = Some(client.into_http_client());
         self
     }
 

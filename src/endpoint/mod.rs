@@ -359,7 +359,7 @@ pub(crate) fn default_client() -> Result<HttpClient, AuthError> {
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
 
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    Ok(box_client(client))
+    Ok(client.into_http_client())
 }
 
 /// A tower HTTP client for token calls: any `Service<Request<Full<Bytes>>>` answering
@@ -399,11 +399,6 @@ where
                 .map_err(Into::into),
         )
     }
-}
-
-/// Boxes any tower HTTP client into the [`HttpClient`] used for token calls.
-pub(crate) fn box_client(client: impl TokenClient) -> HttpClient {
-    client.into_http_client()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ where
     let endpoint = Endpoint::new(
         Uri::from_static("http://127.0.0.1:1/oauth/token"),
         Credentials::new("id", "secret-value"),
-        box_client(client),
+        client.into_http_client(),
         timeout,
         backoff,
         Clock::new(),

@@ -13,7 +13,7 @@ use std::mem;
 use http::header::{HeaderName, HeaderValue};
 use http::{Extensions, Method, Request, Uri, Version};
 
-use crate::GrantId;
+use crate::grant_id::GrantId;
 
 /// Buffers kept per thread for reuse.
 const POOLED_BUFFERS: usize = 16;

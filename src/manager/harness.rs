@@ -12,7 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::*;
 use crate::clock::Clock;
 use crate::credentials::Credentials;
-use crate::endpoint::{box_client, Backoff};
+use crate::endpoint::{Backoff, TokenClient};
 use crate::store::MemoryStore;
 use crate::token::cache::CachePolicy;
 
@@ -227,7 +227,7 @@ fn build(
     let endpoint = Endpoint::new(
         Uri::from_static("http://nifty.test/oauth/token"),
         Credentials::new("client-id", "client-secret"),
-        box_client(client),
+        client.into_http_client(),
         Duration::from_secs(3600),
         Backoff {
             attempts: 1,
