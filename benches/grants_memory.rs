@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Uri};
 use nifty_auth::store::BoxFuture;
-use nifty_auth::{BoxError, Credentials, GrantId, GrantStore, NiftyGrants, TokenSet};
+use nifty_auth::{BoxError, Credentials, GrantId, NiftyGrants, TokenSet, TokenStore};
 use tower::{Layer, ServiceExt};
 
 use common::*;
@@ -107,15 +107,15 @@ const BEARER_PREFIX: usize = 7;
 #[derive(Debug)]
 struct KeepsNothing;
 
-impl GrantStore for KeepsNothing {
-    fn load_grant<'a>(
+impl TokenStore for KeepsNothing {
+    fn load<'a>(
         &'a self,
         _grant: &'a GrantId,
     ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(ready(Ok(None)))
     }
 
-    fn save_grant<'a>(
+    fn save<'a>(
         &'a self,
         _grant: &'a GrantId,
         _tokens: &'a TokenSet,
@@ -123,7 +123,7 @@ impl GrantStore for KeepsNothing {
         Box::pin(ready(Ok(())))
     }
 
-    fn remove_grant<'a>(&'a self, _grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn remove<'a>(&'a self, _grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(ready(Ok(())))
     }
 }

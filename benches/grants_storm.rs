@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nifty_auth::testing::{FakeGrant, FakeNifty};
 use nifty_auth::{
-    GrantId, GrantStore, MemoryStore, NiftyGrants, TokenSet, DEFAULT_MAX_CONCURRENT_TOKEN_CALLS,
+    GrantId, MemoryStore, NiftyGrants, TokenSet, TokenStore, DEFAULT_MAX_CONCURRENT_TOKEN_CALLS,
 };
 use tokio::runtime::Runtime;
 
@@ -50,7 +50,7 @@ async fn fixture(delay: Duration) -> Fixture {
         let tokens = TokenSet::new(format!("expired-{i}"))
             .with_refresh_token(grant.issue_refresh_token())
             .with_expires_at(expired);
-        store.save_grant(&id, &tokens).await.expect("seed");
+        store.save(&id, &tokens).await.expect("seed");
         ids.push((id, grant));
     }
     let grants = NiftyGrants::builder(fake.credentials())

@@ -25,7 +25,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nifty_auth::{FileStore, TokenSet, TokenStore as _};
+use nifty_auth::{FileStore, TokenSet};
 use tokio::net::{TcpListener, TcpStream};
 
 const ROLE: &str = "PROXY_BENCH_ROLE";

@@ -232,7 +232,9 @@ async fn hold_lock(args: &[String]) -> Result<(), BoxError> {
     )
     .lock_ttl(ttl)
     .build()?;
-    let lock = store.lock(Duration::from_secs(3600)).await?;
+    let lock = store
+        .lock(&store.single_grant(), Duration::from_secs(3600))
+        .await?;
     println!("LOCKED");
     tokio::time::sleep(Duration::from_secs(3600)).await;
     lock.release().await;

@@ -71,6 +71,27 @@ impl GrantId {
         })))
     }
 
+    /// The id a single-grant [`NiftyAuth`](crate::NiftyAuth) keeps its tokens under in a store
+    /// (unless the store names another, see
+    /// [`TokenStore::single_grant`](crate::store::TokenStore::single_grant)): `default`.
+    pub const SINGLE: &'static str = "default";
+
+    /// The grant id [`SINGLE`](Self::SINGLE).
+    ///
+    /// ```
+    /// use nifty_auth::GrantId;
+    ///
+    /// assert_eq!(GrantId::single().as_str(), "default");
+    /// assert_eq!(GrantId::single(), GrantId::new(GrantId::SINGLE)?);
+    /// # Ok::<(), nifty_auth::AuthError>(())
+    /// ```
+    pub fn single() -> GrantId {
+        static SINGLE: OnceLock<GrantId> = OnceLock::new();
+        SINGLE
+            .get_or_init(|| GrantId::new(GrantId::SINGLE).expect("a valid grant id"))
+            .clone()
+    }
+
     /// The id as given.
     pub fn as_str(&self) -> &str {
         &self.0.id

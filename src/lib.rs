@@ -79,8 +79,9 @@
 //! them all from one layer (each request names its grant with a [`GrantId`] in its extensions), with
 //! per-grant single flight, bounded memory (`max_cached_grants`), bounded pressure on the token
 //! endpoint (`max_concurrent_token_calls`, a shared 429 backoff, jittered refresh points) and a list
-//! of the grants that must be re-authorized. Their tokens live in a [`GrantStore`]: [`MemoryStore`],
-//! [`FileStore::directory`], `RedisStore`, `PostgresStore` or your own (a row per grant).
+//! of the grants that must be re-authorized. Their tokens live in a [`TokenStore`] — the same trait a
+//! single-grant `NiftyAuth` uses, with a fixed grant id: `MemoryStore`, `DirectoryStore` (a file
+//! per grant), `RedisStore`, `PostgresStore` or your own (a row per grant).
 //!
 //! # Modules
 //!
@@ -92,9 +93,9 @@
 //! - [`layer`]: the tower layer, its service and response future. [`replay`]: which request bodies
 //!   are kept for the retry after a 401.
 //! - [`grants`]: many grants in one process — [`NiftyGrants`], its layer and middleware.
-//! - [`store`]: the [`TokenStore`] and [`GrantStore`] traits,
-//!   `MemoryStore`, `FileStore`, `RedisStore` (feature `redis`), `PostgresStore` (feature
-//!   `postgres`).
+//! - [`store`]: the [`TokenStore`] trait (one entry per grant), `MemoryStore`,
+//!   `DirectoryStore`, `RedisStore` (feature `redis`), `PostgresStore` (feature `postgres`), and
+//!   `FileStore`, one token file for one grant.
 //! - [`authorize`]: the first authorization (authorize URL, loopback callback, PKCE).
 //! - [`stats`]: counters. `middleware` (feature `reqwest`), `metrics` (feature `metrics`), `testing`
 //!   (feature `testing`).
@@ -218,7 +219,7 @@ pub use store::PostgresStore;
 #[doc(hidden)]
 pub use store::RedisStore;
 #[doc(hidden)]
-pub use store::{FileStore, GrantStore, MemoryStore, StoreLock, TokenStore};
+pub use store::{DirectoryStore, FileStore, MemoryStore, StoreLock, TokenStore};
 #[doc(hidden)]
 pub use token::MAX_EXPIRES_IN;
 #[doc(hidden)]

@@ -16,7 +16,7 @@ use common::rotating_fake_delayed;
 use common::{get, send, service};
 use http::StatusCode;
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{Credentials, FileStore, NiftyAuth, TokenSet, TokenStore};
+use nifty_auth::{Credentials, FileStore, NiftyAuth, TokenSet};
 use tokio::time::Instant;
 use workers::{answer, commands, env, worker_mode, Worker};
 

@@ -306,7 +306,7 @@ async fn debug_output_and_errors_never_show_the_secret_or_a_token() {
 
     let tokens = auth.tokens().expect("tokens");
     let memory = MemoryStore::new();
-    memory.save(&tokens).await.unwrap();
+    memory.save(&memory.single_grant(), &tokens).await.unwrap();
     let stored = file_store.load().await.unwrap().expect("stored tokens");
     assert_eq!(stored.access_token(), tokens.access_token());
     let mut secrets = vec![

@@ -15,7 +15,7 @@ use common::*;
 use http::StatusCode;
 use nifty_auth::store::BoxFuture;
 use nifty_auth::testing::{FakeNifty, Grant};
-use nifty_auth::{AuthError, BoxError, FileStore, MemoryStore, TokenSet, TokenStore};
+use nifty_auth::{AuthError, BoxError, FileStore, GrantId, MemoryStore, TokenSet, TokenStore};
 use serde_json::Value;
 
 /// The error a [`FlakyStore`] save fails with.
@@ -49,16 +49,24 @@ impl FlakyStore {
 }
 
 impl TokenStore for FlakyStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load()
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        self.inner.load(grant)
     }
 
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn save<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
         if self.fail_saves.load(Ordering::SeqCst) {
             self.failed_saves.fetch_add(1, Ordering::SeqCst);
             return Box::pin(async { Err(Box::new(DiskFull) as BoxError) });
         }
-        self.inner.save(tokens)
+        self.inner.save(grant, tokens)
+    }
+
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.inner.remove(grant)
     }
 }
 

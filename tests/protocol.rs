@@ -13,8 +13,8 @@ use http::StatusCode;
 use nifty_auth::store::BoxFuture;
 use nifty_auth::testing::{FakeNifty, Grant, TokenFault};
 use nifty_auth::{
-    AuthError, BoxError, MemoryStore, NiftyAuth, NiftyAuthLayer, NiftyAuthService, TokenSet,
-    TokenStore,
+    AuthError, BoxError, GrantId, MemoryStore, NiftyAuth, NiftyAuthLayer, NiftyAuthService,
+    TokenSet, TokenStore,
 };
 
 fn decode_basic(header: &str) -> String {
@@ -181,16 +181,27 @@ struct PanickyStore {
 }
 
 impl TokenStore for PanickyStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load()
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        self.inner.load(grant)
     }
 
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn save<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
         assert!(
             !self.panic_on_save.load(Ordering::SeqCst),
             "store exploded (test)"
         );
-        self.inner.save(tokens)
+        self.inner.save(grant, tokens)
+    }
+
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.inner.remove(grant)
+    }
+    fn single_grant(&self) -> GrantId {
+        self.inner.single_grant()
     }
 }
 

@@ -12,7 +12,9 @@ use common::*;
 use http::StatusCode;
 use nifty_auth::store::BoxFuture;
 use nifty_auth::testing::{FakeNifty, TokenFault};
-use nifty_auth::{AuthError, BoxError, MemoryStore, NiftyAuth, StoreLock, TokenSet, TokenStore};
+use nifty_auth::{
+    AuthError, BoxError, GrantId, MemoryStore, NiftyAuth, StoreLock, TokenSet, TokenStore,
+};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 /// A store over a `MemoryStore` whose next saves and locks can be made to fail, counting calls.
@@ -42,17 +44,25 @@ fn take_one(counter: &AtomicUsize) -> bool {
 }
 
 impl TokenStore for FaultyStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load()
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        self.inner.load(grant)
     }
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn save<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
         self.saves.fetch_add(1, Ordering::SeqCst);
         if take_one(&self.failing_saves) {
             return Box::pin(async { Err(Box::new(Unavailable) as BoxError) });
         }
-        self.inner.save(tokens)
+        self.inner.save(grant, tokens)
     }
-    fn lock(&self, _max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+    fn lock<'a>(
+        &'a self,
+        _: &'a GrantId,
+        _max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
         self.locks.fetch_add(1, Ordering::SeqCst);
         if take_one(&self.failing_locks) {
             return Box::pin(async { Err(Box::new(Unavailable) as BoxError) });
@@ -63,6 +73,13 @@ impl TokenStore for FaultyStore {
                 releases.fetch_add(1, Ordering::SeqCst);
             }))
         })
+    }
+
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.inner.remove(grant)
+    }
+    fn single_grant(&self) -> GrantId {
+        self.inner.single_grant()
     }
 }
 

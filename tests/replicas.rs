@@ -70,33 +70,38 @@ impl Replica {
     }
 }
 
+/// The one grant of a replica's `NiftyAuth`, in one token file: the id is not needed to find it.
 impl TokenStore for Replica {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+    fn load<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         self.loads.fetch_add(1, Ordering::SeqCst);
-        self.store.load()
+        Box::pin(self.store.load())
     }
 
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.refuse().unwrap_or_else(|| self.store.save(tokens))
-    }
-
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        self.store.lock(max_hold)
-    }
-
-    fn save_locked<'a>(
+    fn save<'a>(
         &'a self,
+        _: &'a GrantId,
         tokens: &'a TokenSet,
-        lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         self.refuse()
-            .unwrap_or_else(|| self.store.save_locked(tokens, lock))
+            .unwrap_or_else(|| Box::pin(self.store.save(tokens)))
+    }
+
+    fn remove<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async { Err("a replica's grant is not removed in these tests".into()) })
+    }
+
+    fn lock<'a>(
+        &'a self,
+        _: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
+        Box::pin(self.store.lock(max_hold))
     }
 }
 
 /// A replica of the app on `store`: one token call attempt of at most 500 ms, so a refresh lock
 /// held elsewhere is waited for at most the longest refresh (500 ms + the store margin).
-fn replica(fake: &FakeNifty, store: impl TokenStore) -> NiftyAuth {
+fn replica(fake: &FakeNifty, store: impl nifty_auth::store::OneGrantStore) -> NiftyAuth {
     builder(fake)
         .token_timeout(Duration::from_millis(500))
         .token_attempts(1)
@@ -582,19 +587,32 @@ impl Fenced {
     }
 }
 
+/// The one grant of a replica's `NiftyAuth`, in one token file: the id is not needed to find it.
 impl TokenStore for Fenced {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+    fn load<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         if self.closed.load(Ordering::SeqCst) {
             return Box::pin(async { Err("the store is unreachable".into()) });
         }
-        self.store.load()
+        Box::pin(self.store.load())
     }
 
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.store.save(tokens)
+    fn save<'a>(
+        &'a self,
+        _: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(self.store.save(tokens))
     }
 
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+    fn remove<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async { Err("a replica's grant is not removed in these tests".into()) })
+    }
+
+    fn lock<'a>(
+        &'a self,
+        _: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
         Box::pin(async move {
             if self.closed.load(Ordering::SeqCst) {
                 return Err("the store is unreachable".into());
@@ -615,6 +633,7 @@ impl TokenStore for Fenced {
 
     fn save_locked<'a>(
         &'a self,
+        _: &'a GrantId,
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
@@ -636,7 +655,7 @@ impl TokenStore for Fenced {
                 Err("the answer to the save was lost".into())
             });
         }
-        self.store.save(tokens)
+        Box::pin(self.store.save(tokens))
     }
 }
 

@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use nifty_auth::store::{BoxFuture, StoreLock};
 use nifty_auth::testing::{FakeGrant, FakeNifty, TokenFault};
 use nifty_auth::{
-    AuthError, BoxError, Credentials, GrantId, GrantStore, NiftyGrants, PostgresStore, RedisStore,
-    TokenSet,
+    AuthError, BoxError, Credentials, GrantId, NiftyGrants, PostgresStore, RedisStore, TokenSet,
+    TokenStore,
 };
 use workers::Worker;
 
@@ -154,7 +154,7 @@ impl AnyStore {
         }
     }
 
-    fn inner(&self) -> &dyn GrantStore {
+    fn inner(&self) -> &dyn TokenStore {
         match self {
             AnyStore::Redis(s) => s,
             AnyStore::Postgres(s) => s,
@@ -184,31 +184,28 @@ struct Timed {
     locked_at: Mutex<HashMap<String, Instant>>,
 }
 
-impl GrantStore for Timed {
-    fn load_grant<'a>(
-        &'a self,
-        grant: &'a GrantId,
-    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
-        self.store.inner().load_grant(grant)
+impl TokenStore for Timed {
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        self.store.inner().load(grant)
     }
-    fn save_grant<'a>(
+    fn save<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.store.inner().save_grant(grant, tokens)
+        self.store.inner().save(grant, tokens)
     }
-    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.store.inner().remove_grant(grant)
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.store.inner().remove(grant)
     }
-    fn lock_grant<'a>(
+    fn lock<'a>(
         &'a self,
         grant: &'a GrantId,
         max_hold: Duration,
     ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
         Box::pin(async move {
             let started = Instant::now();
-            let lock = self.store.inner().lock_grant(grant, max_hold).await?;
+            let lock = self.store.inner().lock(grant, max_hold).await?;
             self.lock_wait.push(started.elapsed());
             self.locked_at
                 .lock()
@@ -217,17 +214,14 @@ impl GrantStore for Timed {
             Ok(lock)
         })
     }
-    fn save_grant_locked<'a>(
+    fn save_locked<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
-            self.store
-                .inner()
-                .save_grant_locked(grant, tokens, lock)
-                .await?;
+            self.store.inner().save_locked(grant, tokens, lock).await?;
             if let Some(at) = self.locked_at.lock().unwrap().remove(grant.as_str()) {
                 self.refresh.push(at.elapsed());
             }
@@ -424,7 +418,7 @@ fn spawn(target: &Target, fake: &FakeNifty) -> Slot {
 async fn all_stored_live(store: &AnyStore, fake: &FakeNifty) -> bool {
     use futures_util::stream::{self, StreamExt};
     let mut loads = stream::iter(0..GRANTS)
-        .map(|i| async move { store.inner().load_grant(&grant_id(i)).await })
+        .map(|i| async move { store.inner().load(&grant_id(i)).await })
         .buffer_unordered(32);
     while let Some(loaded) = loads.next().await {
         match loaded {
@@ -489,11 +483,7 @@ async fn soak(target: &mut Target, seed: u64) {
         let tokens = TokenSet::new(format!("expired-seed-{i}"))
             .with_refresh_token(fake_grant.issue_refresh_token())
             .with_expires_in(Duration::from_millis(1));
-        store
-            .inner()
-            .save_grant(&grant_id(i), &tokens)
-            .await
-            .unwrap();
+        store.inner().save(&grant_id(i), &tokens).await.unwrap();
     }
 
     let mut slots: Vec<Slot> = (0..WORKERS).map(|_| spawn(target, &fake)).collect();
@@ -669,12 +659,7 @@ async fn soak(target: &mut Target, seed: u64) {
     let interruptions = (chaos.token_faults + chaos.worker_kills * 8) as usize;
     let mut dead = 0;
     for (i, fake_grant) in fake_grants.iter().enumerate() {
-        let stored = store
-            .inner()
-            .load_grant(&grant_id(i))
-            .await
-            .unwrap()
-            .unwrap();
+        let stored = store.inner().load(&grant_id(i)).await.unwrap().unwrap();
         if !fake.refresh_token_is_live(stored.refresh_token().unwrap()) || fake_grant.is_revoked() {
             println!(
                 "grant {i} is dead: {} token calls",

@@ -18,10 +18,12 @@ use crate::clock::Clock;
 use crate::credentials::Credentials;
 use crate::endpoint::{self, Backoff, Endpoint, HttpClient, Pressure, TokenClient};
 use crate::error::AuthError;
-use crate::manager::{ManagerParts, Policy, StoreRef, TokenManager};
+use crate::grant_id::GrantId;
+use crate::manager::{ManagerParts, Policy, TokenManager};
 use crate::origin::Origins;
 use crate::stats::Counters;
-use crate::store::{MemoryStore, TokenStore};
+use crate::store::one::sealed::Sealed as _;
+use crate::store::{MemoryStore, OneGrantStore, TokenStore};
 use crate::token::cache::{CachePolicy, TokenCache};
 use crate::token::TokenSet;
 
@@ -92,8 +94,8 @@ impl PersonalTokenBuilder {
                 latches: None,
                 counters: Counters::default(),
             }),
-            store: StoreRef::Token(Arc::new(MemoryStore::with_tokens(tokens))),
-            grant: None,
+            store: Arc::new(MemoryStore::with_tokens(tokens)),
+            grant: GrantId::single(),
         });
         Ok(NiftyAuth {
             shared: Arc::new(SharedAuth::new(manager, origins)),
@@ -158,7 +160,8 @@ pub(crate) struct Config {
 #[derive(Default)]
 pub struct OneGrant {
     refresh_token: Option<String>,
-    store: Option<Arc<dyn TokenStore>>,
+    /// The store and the grant's entry in it.
+    store: Option<(Arc<dyn TokenStore>, GrantId)>,
 }
 
 impl Config {
@@ -322,10 +325,11 @@ impl Builder<OneGrant> {
         self
     }
 
-    /// Where tokens are kept: any [`TokenStore`], including `Arc<dyn TokenStore>`. Defaults to a
-    /// [`MemoryStore`].
-    pub fn store(mut self, store: impl TokenStore) -> Self {
-        self.kind.store = Some(Arc::new(store));
+    /// Where tokens are kept: any [`TokenStore`] (including `Arc<dyn TokenStore>`), whose entry
+    /// [`single_grant`](TokenStore::single_grant) this handle uses, or one token file
+    /// ([`FileStore`](crate::FileStore)); see [`OneGrantStore`]. Defaults to a [`MemoryStore`].
+    pub fn store(mut self, store: impl OneGrantStore) -> Self {
+        self.kind.store = Some(store.into_store());
         self
     }
 
@@ -336,10 +340,10 @@ impl Builder<OneGrant> {
     /// token URL without the `rustls` feature or a custom client, or a malformed allowed origin.
     pub fn build(self) -> Result<NiftyAuth, AuthError> {
         let common = self.config.build(Arc::new(Pressure::default()))?;
-        let store = self
+        let (store, grant) = self
             .kind
             .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>);
+            .unwrap_or_else(|| MemoryStore::new().into_store());
         let manager = TokenManager::new(ManagerParts {
             cache: TokenCache::new(CachePolicy::single(common.refresh_skew, common.clock)),
             policy: Arc::new(Policy {
@@ -349,8 +353,8 @@ impl Builder<OneGrant> {
                 latches: None,
                 counters: Counters::default(),
             }),
-            store: StoreRef::Token(store),
-            grant: None,
+            store,
+            grant,
         });
         Ok(NiftyAuth {
             shared: Arc::new(SharedAuth::new(manager, common.origins)),

@@ -14,7 +14,7 @@ use crate::error::AuthError;
 use crate::manager::latches::{Callback, Latches};
 use crate::manager::Policy;
 use crate::stats::Counters;
-use crate::store::{GrantStore, MemoryStore};
+use crate::store::{MemoryStore, TokenStore};
 use crate::token::cache::CachePolicy;
 
 /// Configures a [`NiftyGrants`]; made by [`NiftyGrants::builder`]. The settings shared with
@@ -27,7 +27,7 @@ pub type NiftyGrantsBuilder = Builder<ManyGrants>;
 /// The kind of a [`Builder`] of many grants ([`NiftyGrantsBuilder`]): the grant store, the cache
 /// and token-call limits, the re-authorization callback.
 pub struct ManyGrants {
-    store: Option<Arc<dyn GrantStore>>,
+    store: Option<Arc<dyn TokenStore>>,
     max_cached_grants: usize,
     max_concurrent_token_calls: usize,
     on_reauthorization_required: Option<Callback>,
@@ -45,10 +45,10 @@ impl Default for ManyGrants {
 }
 
 impl Builder<ManyGrants> {
-    /// Where the grants' tokens are kept: any [`GrantStore`] (`MemoryStore`,
+    /// Where the grants' tokens are kept: any [`TokenStore`] (`MemoryStore`,
     /// [`FileStore::directory`](crate::FileStore::directory), `RedisStore`, `PostgresStore`, your
     /// own). Defaults to a [`MemoryStore`].
-    pub fn store(mut self, store: impl GrantStore) -> Self {
+    pub fn store(mut self, store: impl TokenStore) -> Self {
         self.kind.store = Some(Arc::new(store));
         self
     }
@@ -100,7 +100,7 @@ impl Builder<ManyGrants> {
                 cache_policy: CachePolicy::grants(common.refresh_skew, common.clock),
                 store: kind
                     .store
-                    .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn GrantStore>),
+                    .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>),
                 registry: Registry::new(kind.max_cached_grants),
             }),
         })

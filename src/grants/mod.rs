@@ -3,7 +3,7 @@
 //! A multi-tenant app (a SaaS product, an automation platform, an assistant) connects each customer's
 //! Nifty workspace as its own grant. [`NiftyGrants`] serves all of them with one shared machinery:
 //! one client app ([`Credentials`]), one token endpoint client with one concurrency limit and one 429
-//! backoff, one store ([`GrantStore`]: a file, a Redis key, a database row per grant), and a bounded
+//! backoff, one store ([`TokenStore`]: a file, a Redis key, a database row per grant), and a bounded
 //! cache of per-grant token managers — each the same single-grant machinery as [`NiftyAuth`]: single
 //! flight, refresh ahead, retry once on 401, save-before-use rotation, a latch on `invalid_grant` that
 //! affects only its grant.
@@ -17,10 +17,10 @@ use http::Uri;
 use crate::auth::{Builder, NiftyAuth, SharedAuth};
 use crate::credentials::Credentials;
 use crate::error::AuthError;
-use crate::manager::{ManagerParts, Policy, StoreRef, TokenManager};
+use crate::manager::{ManagerParts, Policy, TokenManager};
 use crate::origin::Origins;
 use crate::stats::GrantsStats;
-use crate::store::GrantStore;
+use crate::store::TokenStore;
 use crate::token::cache::{CachePolicy, TokenCache};
 use crate::token::TokenSet;
 
@@ -98,7 +98,7 @@ pub(crate) struct GrantsShared {
     policy: Arc<Policy>,
     /// How every grant's cache publishes tokens (skew with jitter, one header copy).
     cache_policy: Arc<CachePolicy>,
-    store: Arc<dyn GrantStore>,
+    store: Arc<dyn TokenStore>,
     registry: Registry,
 }
 
@@ -115,8 +115,8 @@ impl GrantsShared {
         TokenManager::new(ManagerParts {
             cache: TokenCache::new(Arc::clone(&self.cache_policy)),
             policy: Arc::clone(&self.policy),
-            store: StoreRef::Grant(Arc::clone(&self.store)),
-            grant: Some(grant.clone()),
+            store: Arc::clone(&self.store),
+            grant: grant.clone(),
         })
     }
 
@@ -231,8 +231,8 @@ impl NiftyGrants {
             .map_or(Duration::ZERO, |endpoint| endpoint.timeout)
             .saturating_add(Duration::from_secs(10));
         let result = async move {
-            let lock = store.lock_grant(&id, max_hold).await?;
-            let removed = store.remove_grant(&id).await;
+            let lock = store.lock(&id, max_hold).await?;
+            let removed = store.remove(&id).await;
             lock.release().await;
             removed
         }

@@ -307,7 +307,7 @@ impl TokenManager {
         let span = tracing::debug_span!(
             "nifty_auth.refresh",
             grant_type = "refresh_token",
-            grant_id = self.grant.as_ref().map_or("", GrantId::as_str),
+            grant_id = self.grant.as_str(),
             trigger = ?want,
             outcome = tracing::field::Empty,
             attempts = 0u32,

@@ -167,13 +167,24 @@ impl Flaky {
 }
 
 impl TokenStore for Flaky {
-    fn load(&self) -> crate::future::BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+    fn load<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> crate::future::BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         self.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load()
+        self.inner.load(grant)
+    }
+
+    fn remove<'a>(
+        &'a self,
+        grant: &'a GrantId,
+    ) -> crate::future::BoxFuture<'a, Result<(), BoxError>> {
+        self.inner.remove(grant)
     }
 
     fn save<'a>(
         &'a self,
+        grant: &'a GrantId,
         tokens: &'a TokenSet,
     ) -> crate::future::BoxFuture<'a, Result<(), BoxError>> {
         self.saves.fetch_add(1, Ordering::SeqCst);
@@ -184,7 +195,7 @@ impl TokenStore for Flaky {
         {
             return Box::pin(async { Err("the store is down".into()) });
         }
-        self.inner.save(tokens)
+        self.inner.save(grant, tokens)
     }
 }
 
@@ -198,7 +209,7 @@ pub(crate) fn expired() -> TokenSet {
 /// A one-grant manager over `nifty` and `store`: one attempt per refresh, a 60 s skew, a 30 s 401
 /// cooldown.
 pub(crate) fn manager(nifty: &Arc<Nifty>, store: Arc<dyn TokenStore>) -> Arc<TokenManager> {
-    build(nifty, StoreRef::Token(store), None, None)
+    build(nifty, store, GrantId::single(), None)
 }
 
 /// The manager of the grant `acme` of a grants store `store`, reporting its latches to `latches`
@@ -209,13 +220,13 @@ pub(crate) fn grant_manager(
     latches: Latches,
 ) -> Arc<TokenManager> {
     let grant = GrantId::new("acme").expect("grant id");
-    build(nifty, StoreRef::Grant(store), Some(grant), Some(latches))
+    build(nifty, store, grant, Some(latches))
 }
 
 fn build(
     nifty: &Arc<Nifty>,
-    store: StoreRef,
-    grant: Option<GrantId>,
+    store: Arc<dyn TokenStore>,
+    grant: GrantId,
     latches: Option<Latches>,
 ) -> Arc<TokenManager> {
     let clock = Clock::new();

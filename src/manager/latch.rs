@@ -59,16 +59,16 @@ impl TokenManager {
         if refused == Refused::Removed {
             return;
         }
-        if let (Some(grant), Some(latches)) = (&self.grant, &self.policy.latches) {
-            latches.latched(grant, error, refused);
+        if let Some(latches) = &self.policy.latches {
+            latches.latched(&self.grant, error, refused);
         }
     }
 
     /// Lifts the latch (new tokens from a re-authorization) and reports it.
     pub(super) fn lift(&self, state: &mut State) {
         if state.terminal.take().is_some() {
-            if let (Some(grant), Some(latches)) = (&self.grant, &self.policy.latches) {
-                latches.lifted(grant);
+            if let Some(latches) = &self.policy.latches {
+                latches.lifted(&self.grant);
             }
         }
     }

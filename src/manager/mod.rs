@@ -39,7 +39,7 @@ use crate::endpoint::{Endpoint, GrantType};
 use crate::error::AuthError;
 use crate::grant_id::GrantId;
 use crate::stats::Counters;
-use crate::store::{GrantStore, LockLost, LockTimeout, StoreLock, TokenStore};
+use crate::store::{LockLost, LockTimeout, StoreLock, TokenStore};
 use crate::token::cache::{Current, Read, TokenCache};
 use crate::token::TokenSet;
 use crate::trace;
@@ -61,7 +61,6 @@ use latch::LATCH_RECHECK;
 pub(crate) use latch::{Latched, Refused};
 use persist::Pending;
 use store::fingerprint;
-pub(crate) use store::StoreRef;
 
 /// A token on its way: what waiters await.
 pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<Current>, AuthError>> + Send>>;
@@ -174,9 +173,9 @@ pub(crate) struct TokenManager {
     /// When a request last used this grant (the registry's insertion tick; for eviction).
     pub(crate) last_used: AtomicU64,
     policy: Arc<Policy>,
-    store: StoreRef,
-    /// Which grant of a `NiftyGrants` this is.
-    pub(crate) grant: Option<GrantId>,
+    store: Arc<dyn TokenStore>,
+    /// The grant: its entry in the store (a `NiftyAuth`'s is the store's single grant).
+    pub(crate) grant: GrantId,
     state: Mutex<State>,
     /// Serializes everything that changes the tokens: refreshes, `set_tokens`, `exchange_code`.
     gate: tokio::sync::Mutex<()>,
@@ -206,19 +205,18 @@ pub(crate) struct Policy {
 pub(crate) struct ManagerParts {
     pub(crate) cache: TokenCache,
     pub(crate) policy: Arc<Policy>,
-    pub(crate) store: StoreRef,
-    pub(crate) grant: Option<GrantId>,
+    pub(crate) store: Arc<dyn TokenStore>,
+    pub(crate) grant: GrantId,
 }
 
 impl TokenManager {
     pub(crate) fn new(parts: ManagerParts) -> Self {
         // A grant known to need re-authorization (e.g. before it was evicted) starts latched.
-        let terminal = match (&parts.grant, &parts.policy.latches) {
-            (Some(grant), Some(latches)) => latches
-                .error_for(grant)
-                .map(|(error, refused)| Latched::new(error, refused)),
-            _ => None,
-        };
+        let terminal = parts.policy.latches.as_ref().and_then(|latches| {
+            latches
+                .error_for(&parts.grant)
+                .map(|(error, refused)| Latched::new(error, refused))
+        });
         TokenManager {
             cache: parts.cache,
             policy: parts.policy,

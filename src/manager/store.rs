@@ -1,19 +1,6 @@
-//! The manager's view of its store: a store of its own or its grant's entry in a shared one,
-//! locked with a bound, and what a lost save or a fenced refusal looks like.
+//! The manager's view of its store: its grant's entry, locked with a bound, and what a lost save or a fenced refusal looks like.
 
 use super::*;
-
-/// Where a manager's tokens live: a store of its own (`NiftyAuth`), or its grant's entry in the
-/// shared store of a `NiftyGrants` (no per-grant view object: the grant id is the manager's).
-pub(crate) enum StoreRef {
-    Token(Arc<dyn TokenStore>),
-    Grant(Arc<dyn GrantStore>),
-}
-
-/// A grant store without a grant: a construction bug, reported rather than panicking.
-fn no_grant() -> BoxError {
-    "a grant store was given no grant id".into()
-}
 
 /// A short fingerprint of a refresh token (never 0, which means "none").
 pub(super) fn fingerprint(refresh_token: &str) -> u64 {
@@ -36,25 +23,19 @@ impl TokenManager {
     }
 
     async fn lock_store_within(&self, max_hold: Duration) -> Result<StoreLock, AuthError> {
-        match (&self.store, &self.grant) {
-            (StoreRef::Grant(store), Some(grant)) => store.lock_grant(grant, max_hold).await,
-            (StoreRef::Token(store), _) => store.lock(max_hold).await,
-            (StoreRef::Grant(_), None) => Err(no_grant()),
-        }
-        .map_err(|error| match error.downcast_ref::<LockTimeout>() {
-            Some(timeout) => AuthError::RefreshLockHeld {
-                waited: timeout.waited(),
-            },
-            None => AuthError::store(error),
-        })
+        self.store
+            .lock(&self.grant, max_hold)
+            .await
+            .map_err(|error| match error.downcast_ref::<LockTimeout>() {
+                Some(timeout) => AuthError::RefreshLockHeld {
+                    waited: timeout.waited(),
+                },
+                None => AuthError::store(error),
+            })
     }
 
     pub(super) async fn store_load(&self) -> Result<Option<TokenSet>, BoxError> {
-        match (&self.store, &self.grant) {
-            (StoreRef::Grant(store), Some(grant)) => store.load_grant(grant).await,
-            (StoreRef::Token(store), _) => store.load().await,
-            (StoreRef::Grant(_), None) => Err(no_grant()),
-        }
+        self.store.load(&self.grant).await
     }
 
     pub(super) async fn store_save_locked(
@@ -62,13 +43,7 @@ impl TokenManager {
         tokens: &TokenSet,
         lock: &StoreLock,
     ) -> Result<(), BoxError> {
-        match (&self.store, &self.grant) {
-            (StoreRef::Grant(store), Some(grant)) => {
-                store.save_grant_locked(grant, tokens, lock).await
-            }
-            (StoreRef::Token(store), _) => store.save_locked(tokens, lock).await,
-            (StoreRef::Grant(_), None) => Err(no_grant()),
-        }
+        self.store.save_locked(&self.grant, tokens, lock).await
     }
 
     /// The longest one refresh can take: every attempt timing out, the longest backoff between them,

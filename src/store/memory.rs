@@ -4,31 +4,32 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{BoxFuture, GrantStore, TokenStore};
+use super::{BoxFuture, TokenStore};
 use crate::grant_id::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
 
-/// Keeps token sets in memory: the default store of [`NiftyAuth`](crate::NiftyAuth) (one slot) and
-/// of [`NiftyGrants`](crate::NiftyGrants) (a map from [`GrantId`] to token set, see
-/// [`GrantStore`]). Tokens are lost when the process ends.
+/// Keeps token sets in memory, a map from [`GrantId`] to token set: the default store of
+/// [`NiftyAuth`](crate::NiftyAuth) (which uses the grant [`GrantId::SINGLE`]) and of
+/// [`NiftyGrants`](crate::NiftyGrants). Tokens are lost when the process ends.
 ///
-/// Clones share the same slot and map, so a clone kept aside shows what the token manager saved.
+/// Clones share the same map, so a clone kept aside shows what the token manager saved.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), nifty_auth::BoxError> {
-/// use nifty_auth::TokenSet;
 /// use nifty_auth::store::{MemoryStore, TokenStore};
+/// use nifty_auth::{GrantId, TokenSet};
 ///
 /// let store = MemoryStore::new();
-/// store.save(&TokenSet::new("at").with_refresh_token("rt")).await?;
-/// assert_eq!(store.get().unwrap().refresh_token(), Some("rt"));
+/// let grant = GrantId::new("workspace-42")?;
+/// store.save(&grant, &TokenSet::new("at").with_refresh_token("rt")).await?;
+/// assert_eq!(store.get_grant(&grant).unwrap().refresh_token(), Some("rt"));
+/// assert!(store.get().is_none()); // the single grant's entry
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    slot: Arc<Mutex<Option<TokenSet>>>,
     grants: Arc<Mutex<HashMap<GrantId, TokenSet>>>,
 }
 
@@ -38,40 +39,38 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// A store holding `tokens`.
+    /// A store holding `tokens` for the grant [`GrantId::SINGLE`] (what a single-grant
+    /// [`NiftyAuth`](crate::NiftyAuth) uses).
     pub fn with_tokens(tokens: TokenSet) -> Self {
-        MemoryStore {
-            slot: Arc::new(Mutex::new(Some(tokens))),
-            grants: Arc::default(),
-        }
+        let store = Self::new();
+        store.grants.lock().insert(GrantId::single(), tokens);
+        store
     }
 
-    /// What the store holds now (the single slot a [`NiftyAuth`](crate::NiftyAuth) uses).
+    /// What the store holds now for the grant [`GrantId::SINGLE`] (what a single-grant
+    /// [`NiftyAuth`](crate::NiftyAuth) uses).
     pub fn get(&self) -> Option<TokenSet> {
-        self.slot.lock().clone()
+        self.get_grant(&GrantId::single())
     }
 
-    /// What the store holds now for `grant` (as a [`GrantStore`]).
+    /// What the store holds now for `grant`.
     pub fn get_grant(&self, grant: &GrantId) -> Option<TokenSet> {
         self.grants.lock().get(grant).cloned()
     }
 
-    /// How many grants the store holds (as a [`GrantStore`]).
+    /// How many grants the store holds.
     pub fn grant_count(&self) -> usize {
         self.grants.lock().len()
     }
 }
 
-impl GrantStore for MemoryStore {
-    fn load_grant<'a>(
-        &'a self,
-        grant: &'a GrantId,
-    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+impl TokenStore for MemoryStore {
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         let tokens = self.get_grant(grant);
         Box::pin(async move { Ok(tokens) })
     }
 
-    fn save_grant<'a>(
+    fn save<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -80,28 +79,16 @@ impl GrantStore for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
         self.grants.lock().remove(grant);
-        Box::pin(async { Ok(()) })
-    }
-}
-
-impl TokenStore for MemoryStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        let tokens = self.get();
-        Box::pin(async move { Ok(tokens) })
-    }
-
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        *self.slot.lock() = Some(tokens.clone());
         Box::pin(async { Ok(()) })
     }
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Token sets redact their secrets in `Debug`; the count is enough here.
         f.debug_struct("MemoryStore")
-            .field("tokens", &*self.slot.lock())
             .field("grants", &self.grants.lock().len())
             .finish()
     }

@@ -1,4 +1,12 @@
-//! Where tokens live between runs: the [`TokenStore`] trait, [`MemoryStore`] and [`FileStore`].
+//! Where tokens live between runs: the [`TokenStore`] trait and its built-in stores.
+//!
+//! A store keeps one token set per grant, keyed by [`GrantId`](crate::GrantId): [`MemoryStore`] (the default),
+//! [`DirectoryStore`] (a file per grant), `RedisStore` (a key per grant), `PostgresStore` (a row
+//! per grant). A [`NiftyGrants`](crate::NiftyGrants) uses the entry of each of its grants; a
+//! single-grant [`NiftyAuth`](crate::NiftyAuth) is the same thing with a fixed id, the store's
+//! [`single_grant`](TokenStore::single_grant) (`default` unless the store was built for another).
+//! A single token file ([`FileStore`]) is a store of one grant only: `NiftyAuth` takes it, and
+//! `NiftyGrants` does not (a compile error, not a run-time one — see [`OneGrantStore`]).
 //!
 //! The token manager calls the store from its refresh task (one per grant at a time), after the
 //! refresh has its token-call slot:
@@ -15,69 +23,77 @@
 //!    stay unused in memory, with the lock still held, and a rescue task of the manager retries the
 //!    save until it lands: a rotated refresh token is never lost and never used unsaved.
 //!
-//! `remove` (a grant store's [`remove_grant`](GrantStore::remove_grant)) runs in the caller's task,
-//! under the grant's lock.
+//! [`remove`](TokenStore::remove) (from `NiftyGrants::remove`) runs in the caller's task, under the
+//! grant's lock.
 //!
 //! # Writing your own store
 //!
 //! The trait is object-safe (`Arc<dyn TokenStore>` works), so its methods return boxed futures:
 //!
 //! ```
-//! use nifty_auth::{BoxError, TokenSet};
-//! use nifty_auth::store::TokenStore;
-//! use nifty_auth::store::BoxFuture;
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
+//! use nifty_auth::store::{BoxFuture, TokenStore};
+//! use nifty_auth::{BoxError, GrantId, TokenSet};
 //!
-//! /// Keeps tokens in a database table (here: a mutex standing in for it).
+//! /// A table with a row per grant (here: a map standing in for it).
 //! #[derive(Debug, Default)]
-//! struct DbStore {
-//!     row: std::sync::Mutex<Option<String>>,
-//! }
+//! struct Table(Mutex<HashMap<String, String>>);
 //!
-//! impl TokenStore for DbStore {
-//!     fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+//! impl TokenStore for Table {
+//!     fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
 //!         Box::pin(async move {
-//!             let row = self.row.lock().unwrap().clone();
-//!             Ok(match row {
-//!                 Some(json) => Some(serde_json::from_str(&json)?),
-//!                 None => None,
-//!             })
+//!             let row = self.0.lock().unwrap().get(grant.as_str()).cloned();
+//!             Ok(row.map(|json| serde_json::from_str(&json)).transpose()?)
 //!         })
 //!     }
-//!
-//!     fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+//!     fn save<'a>(&'a self, grant: &'a GrantId, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
 //!         Box::pin(async move {
-//!             *self.row.lock().unwrap() = Some(serde_json::to_string(tokens)?);
+//!             let json = serde_json::to_string(tokens)?;
+//!             self.0.lock().unwrap().insert(grant.as_str().to_owned(), json);
+//!             Ok(())
+//!         })
+//!     }
+//!     fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+//!         Box::pin(async move {
+//!             self.0.lock().unwrap().remove(grant.as_str());
 //!             Ok(())
 //!         })
 //!     }
 //! }
+//!
+//! // The same store serves one grant or many.
+//! let one = nifty_auth::NiftyAuth::builder(nifty_auth::Credentials::new("id", "secret"))
+//!     .store(Table::default());
+//! let many = nifty_auth::NiftyGrants::builder(nifty_auth::Credentials::new("id", "secret"))
+//!     .store(Table::default());
+//! # let _ = (one, many);
 //! ```
+//!
+//! Grant ids come from your users: escape them before they become file names, keys or SQL (use
+//! parameters, never string-built SQL).
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::token::TokenSet;
-use tower::BoxError;
 
 mod file;
-mod grant;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod lease;
 mod memory;
+pub(crate) mod one;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod seal;
+mod token_store;
 mod wait;
 
-pub use file::FileStore;
-pub use grant::GrantStore;
+pub use file::{DirectoryStore, FileStore};
 pub use memory::MemoryStore;
+pub use one::OneGrantStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{
@@ -92,92 +108,10 @@ pub use redis::{
     DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REDIS_LOCK_TTL, DEFAULT_REDIS_REPLICA_TIMEOUT,
     DEFAULT_REDIS_TOKEN_TTL,
 };
+pub use token_store::TokenStore;
 pub use wait::{LockLost, LockTimeout};
 
 pub use crate::future::BoxFuture;
-
-/// Persistent storage for a [`TokenSet`].
-///
-/// Implemented by [`MemoryStore`] (the default) and [`FileStore`]; implement it for your own storage
-/// (a database, a secrets manager). See the [module docs](self) for when each method is called and an
-/// example implementation. Errors may be any error type; they reach callers as
-/// [`AuthError::Store`](crate::AuthError::Store) with the error as `source()`.
-pub trait TokenStore: Send + Sync + 'static {
-    /// Reads the stored token set; `Ok(None)` when nothing has been stored yet.
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>>;
-
-    /// Durably stores `tokens`, replacing what was there. Must not return before the data is safe:
-    /// the new access token is used (and the old refresh token forgotten) only after this succeeds.
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>>;
-
-    /// Takes an exclusive lock around one refresh, for stores shared by several processes.
-    ///
-    /// Called before [`load`](Self::load) at the start of every refresh (and before `set_tokens` /
-    /// `exchange_code` save); the returned [`StoreLock`] is released after the new tokens are saved
-    /// or the refresh failed — but kept, unreleased, while rotated tokens wait for a failed save to be
-    /// retried, so no other process refreshes with the refresh token they replaced. `max_hold` is the
-    /// longest one refresh can take (every token call attempt timing out, plus the backoff between
-    /// them): it bounds how long to wait for a lock held elsewhere. A store whose lock expires should
-    /// keep it alive for as long as the `StoreLock` lives (as `RedisStore` does with a watchdog) and
-    /// fence writes in [`save_locked`](Self::save_locked). After the wait, the refresh re-reads the
-    /// store and usually finds the other holder's tokens.
-    ///
-    /// A lock must never outlive its holder's intent: when releasing it fails, make sure it goes
-    /// anyway, and bound every call to the backing service (a network partition must not hold a
-    /// refresh until TCP gives up). The built-in stores: a `PostgresStore` lease row and a
-    /// `RedisStore` lease whose release failed expire by themselves within their lease;
-    /// [`FileStore`] releases its lock file's `flock` by closing the file, which the OS does even
-    /// for a process that dies.
-    ///
-    /// The default takes no lock: inside one process the token manager already runs one refresh at
-    /// a time.
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        let _ = max_hold;
-        Box::pin(async { Ok(StoreLock::none()) })
-    }
-
-    /// Saves `tokens` while holding `lock` (what [`lock`](Self::lock) returned): the token manager
-    /// saves only this way. A store whose lock can lapse (a TTL) should *fence* the write here: refuse
-    /// it with an error if `lock` is no longer the current holder, so a holder whose lock lapsed cannot
-    /// overwrite a newer token set. The refused tokens are kept by the manager, which re-reads the store
-    /// on its next attempt.
-    ///
-    /// The default ignores the lock and calls [`save`](Self::save).
-    fn save_locked<'a>(
-        &'a self,
-        tokens: &'a TokenSet,
-        lock: &'a StoreLock,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        let _ = lock;
-        self.save(tokens)
-    }
-}
-
-/// `Arc<T>` and `Box<T>` of a store are that store.
-macro_rules! forward_token_store {
-    ($($wrapper:ident),*) => {$(
-        impl<T: TokenStore + ?Sized> TokenStore for $wrapper<T> {
-            fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-                (**self).load()
-            }
-            fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-                (**self).save(tokens)
-            }
-            fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-                (**self).lock(max_hold)
-            }
-            fn save_locked<'a>(
-                &'a self,
-                tokens: &'a TokenSet,
-                lock: &'a StoreLock,
-            ) -> BoxFuture<'a, Result<(), BoxError>> {
-                (**self).save_locked(tokens, lock)
-            }
-        }
-    )*};
-}
-
-forward_token_store!(Arc, Box);
 
 type Release = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 

@@ -220,7 +220,7 @@ pub fn personal_auth(fake: &FakeNifty) -> (String, NiftyAuth) {
 /// A `NiftyGrants` for `fake` keeping its grants in `store` (its other settings the defaults).
 pub fn grants_over(
     fake: &FakeNifty,
-    store: impl nifty_auth::GrantStore,
+    store: impl nifty_auth::TokenStore,
 ) -> nifty_auth::NiftyGrants {
     nifty_auth::NiftyGrants::builder(fake.credentials())
         .token_url(fake.token_url().as_str())
@@ -249,7 +249,7 @@ pub fn assert_one_refresh_per_grant_per_round(
 pub fn auth_over(
     fake: &FakeNifty,
     refresh_token: impl Into<String>,
-    store: impl nifty_auth::TokenStore,
+    store: impl nifty_auth::store::OneGrantStore,
 ) -> NiftyAuth {
     builder(fake)
         .refresh_token(refresh_token)
@@ -418,7 +418,7 @@ pub fn two_thread_runtime() -> tokio::runtime::Runtime {
 /// A new grant of `fake`, stored in `store` under `id` with an access token that has already
 /// expired and a live refresh token: its first use refreshes once. Returns the id, the grant and
 /// the stored tokens.
-pub async fn seed_grant<S: nifty_auth::GrantStore>(
+pub async fn seed_grant<S: nifty_auth::TokenStore>(
     fake: &FakeNifty,
     store: &S,
     id: &str,
@@ -432,13 +432,13 @@ pub async fn seed_grant<S: nifty_auth::GrantStore>(
     let seed = nifty_auth::TokenSet::new("expired-seed")
         .with_refresh_token(grant.issue_refresh_token())
         .with_expires_in(Duration::from_millis(1));
-    store.save_grant(&id, &seed).await.unwrap();
+    store.save(&id, &seed).await.unwrap();
     (id, grant, seed)
 }
 
 /// `n` grants known to `fake`, each stored in `store` with an expired access token and a live
 /// refresh token: the first use of each makes one refresh.
-pub async fn seed_grants<S: nifty_auth::GrantStore>(
+pub async fn seed_grants<S: nifty_auth::TokenStore>(
     fake: &FakeNifty,
     store: &S,
     n: usize,
@@ -450,7 +450,7 @@ pub async fn seed_grants<S: nifty_auth::GrantStore>(
         let tokens = nifty_auth::TokenSet::new(format!("expired-{i}"))
             .with_refresh_token(grant.issue_refresh_token())
             .with_expires_in(Duration::ZERO);
-        store.save_grant(&id, &tokens).await.unwrap();
+        store.save(&id, &tokens).await.unwrap();
         grants.push((id, grant));
     }
     grants

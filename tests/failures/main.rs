@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use common::*;
 use http::StatusCode;
 use nifty_auth::testing::{FakeNifty, TokenFault};
-use nifty_auth::{AuthError, FileStore, MemoryStore, NiftyAuth, TokenSet, TokenStore};
+use nifty_auth::{AuthError, FileStore, MemoryStore, NiftyAuth, TokenSet};
 
 /// An access token planted in bad answers; no error may ever show it.
 const PLANTED_ACCESS_TOKEN: &str = "at-PLANTED-7c1e9a04f2b35d68e0a1";

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nifty_auth::testing::{FakeNifty, TokenFault};
-use nifty_auth::{AuthError, GrantId, GrantStore, MemoryStore, TokenSet};
+use nifty_auth::{AuthError, GrantId, MemoryStore, TokenSet, TokenStore};
 use tokio::task::JoinSet;
 
 use crate::common::two_thread_runtime;
@@ -42,7 +42,7 @@ async fn two_hundred_cold_grants_times_ten_callers_make_exactly_two_hundred_toke
     for (id, grant) in &seeded {
         assert_eq!(grant.token_calls(), 1, "{id}");
         // The rotation is saved under the grant.
-        let saved = GrantStore::load_grant(&store, id).await.unwrap().unwrap();
+        let saved = TokenStore::load(&store, id).await.unwrap().unwrap();
         assert_eq!(
             saved.refresh_token(),
             grant.current_refresh_token().as_deref()
@@ -214,7 +214,7 @@ async fn remove_forgets_the_grant_and_deletes_it_from_the_store() {
         "the old handle still served it: {err:?}"
     );
     assert!(handle.tokens().is_none(), "its token is forgotten");
-    assert_eq!(GrantStore::load_grant(&store, gone).await.unwrap(), None);
+    assert_eq!(TokenStore::load(&store, gone).await.unwrap(), None);
     assert_eq!(grants.cached_grants(), 1);
     let calls = fake.token_calls();
     let err = grants.access_token(gone).await.unwrap_err();
@@ -222,10 +222,7 @@ async fn remove_forgets_the_grant_and_deletes_it_from_the_store() {
     assert_eq!(fake.token_calls(), calls);
     // The other grant is untouched.
     grants.access_token(kept).await.unwrap();
-    assert!(GrantStore::load_grant(&store, kept)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(TokenStore::load(&store, kept).await.unwrap().is_some());
     // Removing an unknown grant is fine.
     grants
         .remove(&GrantId::new("never-seen").unwrap())
@@ -326,15 +323,15 @@ struct SavesFail {
     failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl GrantStore for SavesFail {
-    fn load_grant<'a>(
+impl TokenStore for SavesFail {
+    fn load<'a>(
         &'a self,
         grant: &'a GrantId,
     ) -> nifty_auth::store::BoxFuture<'a, Result<Option<TokenSet>, nifty_auth::BoxError>> {
-        self.inner.load_grant(grant)
+        self.inner.load(grant)
     }
 
-    fn save_grant<'a>(
+    fn save<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -342,14 +339,14 @@ impl GrantStore for SavesFail {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Box::pin(async { Err("the store refuses writes".into()) });
         }
-        self.inner.save_grant(grant, tokens)
+        self.inner.save(grant, tokens)
     }
 
-    fn remove_grant<'a>(
+    fn remove<'a>(
         &'a self,
         grant: &'a GrantId,
     ) -> nifty_auth::store::BoxFuture<'a, Result<(), nifty_auth::BoxError>> {
-        self.inner.remove_grant(grant)
+        self.inner.remove(grant)
     }
 }
 
@@ -397,7 +394,7 @@ fn a_grant_with_unsaved_tokens_is_never_evicted_even_with_no_task_left() {
         grants.access_token(x).await.unwrap();
         assert_eq!(x_grant.token_calls(), 1);
         assert_eq!(fake.invalid_grants_served(), 0);
-        let stored = store.inner.load_grant(x).await.unwrap().unwrap();
+        let stored = store.inner.load(x).await.unwrap().unwrap();
         assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
     });
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nifty_auth::{Credentials, GrantId, GrantStore, NiftyGrants, TokenSet};
+use nifty_auth::{Credentials, GrantId, NiftyGrants, TokenSet, TokenStore};
 use tokio::task::JoinSet;
 use tower::Layer;
 
@@ -43,14 +43,14 @@ fn grant_id(i: usize) -> GrantId {
 /// Seeds 50 grants (expired access tokens, live refresh tokens) into `store`, runs two worker
 /// processes against it, and checks: every request served, one refresh per grant per round, no
 /// `invalid_grant`, no refresh-token replay.
-async fn two_processes_share(kind: &str, location: &str, store: impl GrantStore) {
+async fn two_processes_share(kind: &str, location: &str, store: impl TokenStore) {
     let fake = rotating_fake_lasting(LIFETIME).await;
     let fake_grants: Vec<_> = (0..GRANTS).map(|_| fake.new_grant()).collect();
     for (i, fake_grant) in fake_grants.iter().enumerate() {
         let tokens = TokenSet::new(format!("expired-seed-{i}"))
             .with_refresh_token(fake_grant.issue_refresh_token())
             .with_expires_in(Duration::from_millis(1));
-        store.save_grant(&grant_id(i), &tokens).await.unwrap();
+        store.save(&grant_id(i), &tokens).await.unwrap();
     }
     let keys: Vec<String> = fake_grants
         .iter()

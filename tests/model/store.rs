@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nifty_auth::store::{BoxFuture, LockTimeout, StoreLock};
-use nifty_auth::{BoxError, TokenSet, TokenStore};
+use nifty_auth::{BoxError, GrantId, TokenSet, TokenStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What the store holds, and its history.
@@ -310,8 +310,10 @@ fn record(data: &mut Data, tokens: &TokenSet, at: Tick) {
     });
 }
 
+/// The entry of the model's one grant: every call is about the grant of the replicas' `NiftyAuth`,
+/// so the id is not needed to find it.
 impl TokenStore for FlakyStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+    fn load<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(async move {
             if Self::take(&self.switches.fail_loads) {
                 return Err("injected load failure (store unreachable)".into());
@@ -321,11 +323,24 @@ impl TokenStore for FlakyStore {
     }
 
     /// Only for direct use by a test: the manager saves with [`save_locked`](Self::save_locked).
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn save<'a>(
+        &'a self,
+        _: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(self.save_as(tokens, false))
     }
 
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
+    /// Not used by a `NiftyAuth`; the model removes the entry with [`FlakyStore::remove`].
+    fn remove<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async { Err("the model removes its entry with FlakyStore::remove".into()) })
+    }
+
+    fn lock<'a>(
+        &'a self,
+        _: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
         Box::pin(async move {
             if Self::take(&self.switches.fail_locks) {
                 return Err("injected lock failure (store unreachable)".into());
@@ -359,6 +374,7 @@ impl TokenStore for FlakyStore {
 
     fn save_locked<'a>(
         &'a self,
+        _: &'a GrantId,
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {

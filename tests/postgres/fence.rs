@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, PostgresStore, StoreLock, TokenSet};
+use nifty_auth::{GrantId, PostgresStore, StoreLock, TokenSet, TokenStore};
 use sqlx::PgPool;
 
 use crate::common::grants_over;
@@ -38,34 +38,31 @@ async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
     let id = GrantId::new("fenced").unwrap();
     let old = TokenSet::new("at-old-0123456789").with_refresh_token("rt-old-0123456789");
     let new = TokenSet::new("at-new-0123456789").with_refresh_token("rt-new-0123456789");
-    GrantStore::save_grant(&store, &id, &old).await.unwrap();
+    TokenStore::save(&store, &id, &old).await.unwrap();
     assert_eq!(version(&raw, "fenced").await, 1);
 
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+    let lock = TokenStore::lock(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
     bump(&raw, "fenced").await;
-    let err = GrantStore::save_grant_locked(&store, &id, &new, &lock)
+    let err = TokenStore::save_locked(&store, &id, &new, &lock)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("fenced save refused"), "{err}");
     assert!(!err.contains("0123456789"), "{err}");
-    assert_eq!(
-        GrantStore::load_grant(&store, &id).await.unwrap().unwrap(),
-        old
-    );
+    assert_eq!(TokenStore::load(&store, &id).await.unwrap().unwrap(), old);
     assert_eq!(version(&raw, "fenced").await, 2);
     lock.release().await;
 
     // An unchanged row saves, twice under one lock, one version each.
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+    let lock = TokenStore::lock(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
-    GrantStore::save_grant_locked(&store, &id, &new, &lock)
+    TokenStore::save_locked(&store, &id, &new, &lock)
         .await
         .unwrap();
-    GrantStore::save_grant_locked(&store, &id, &old, &lock)
+    TokenStore::save_locked(&store, &id, &old, &lock)
         .await
         .unwrap();
     assert_eq!(version(&raw, "fenced").await, 4);
@@ -73,11 +70,11 @@ async fn a_save_under_a_lock_whose_row_changed_is_refused_and_writes_nothing() {
 
     // A row created since a lock that saw none: refused too.
     let fresh = GrantId::new("created-meanwhile").unwrap();
-    let lock = GrantStore::lock_grant(&store, &fresh, Duration::from_secs(5))
+    let lock = TokenStore::lock(&store, &fresh, Duration::from_secs(5))
         .await
         .unwrap();
-    GrantStore::save_grant(&store, &fresh, &old).await.unwrap();
-    let err = GrantStore::save_grant_locked(&store, &fresh, &new, &lock)
+    TokenStore::save(&store, &fresh, &old).await.unwrap();
+    let err = TokenStore::save_locked(&store, &fresh, &new, &lock)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("fenced save refused"), "{err}");
@@ -95,13 +92,13 @@ async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_
         .await
         .unwrap();
     // ...and another process takes the lock over.
-    let next = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+    let next = TokenStore::lock(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
     let second = lease_holder(&raw, "lease").await.unwrap();
     assert_ne!(second, first);
 
-    let err = GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-x"), &lock)
+    let err = TokenStore::save_locked(&store, &id, &TokenSet::new("at-x"), &lock)
         .await
         .unwrap_err();
     assert!(
@@ -109,8 +106,8 @@ async fn a_lock_whose_lease_moved_on_cannot_save_and_its_release_leaves_the_new_
         "{err}"
     );
     assert!(err.to_string().contains("fenced save refused"), "{err}");
-    assert_eq!(GrantStore::load_grant(&store, &id).await.unwrap(), None);
-    GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-y"), &next)
+    assert_eq!(TokenStore::load(&store, &id).await.unwrap(), None);
+    TokenStore::save_locked(&store, &id, &TokenSet::new("at-y"), &next)
         .await
         .unwrap();
     // The first holder's release deletes only its own lease: the new holder keeps the lock.
@@ -141,7 +138,7 @@ async fn a_lock_whose_sessions_all_end_still_saves_and_keeps_others_out() {
         .lock_wait(Duration::from_millis(300))
         .build()
         .unwrap();
-    let err = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
+    let err = TokenStore::lock(&other, &id, Duration::from_secs(1))
         .await
         .unwrap_err();
     assert!(
@@ -149,12 +146,12 @@ async fn a_lock_whose_sessions_all_end_still_saves_and_keeps_others_out() {
             .is_some(),
         "{err}"
     );
-    GrantStore::save_grant_locked(&store, &id, &TokenSet::new("at-y"), &lock)
+    TokenStore::save_locked(&store, &id, &TokenSet::new("at-y"), &lock)
         .await
         .unwrap();
     lock.release().await;
     assert_eq!(lease_rows(&raw).await, 0);
-    let taken = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
+    let taken = TokenStore::lock(&other, &id, Duration::from_secs(1))
         .await
         .unwrap();
     taken.release().await;
@@ -192,14 +189,14 @@ async fn a_refused_save_keeps_the_rotated_tokens_and_the_next_attempt_resaves_th
     assert_eq!(fake_grant.token_calls(), 1);
     // Nothing was written over the row.
     assert_eq!(version(&raw, "stale-writer").await, 2);
-    let stored = GrantStore::load_grant(&store, &id).await.unwrap().unwrap();
+    let stored = TokenStore::load(&store, &id).await.unwrap().unwrap();
     assert_eq!(stored.access_token(), "expired-seed");
 
     // The next attempt re-saves the kept tokens under a new lock and uses them.
     let token = grants.access_token(&id).await.unwrap();
     assert_eq!(fake_grant.token_calls(), 1, "no second token call");
     assert_eq!(version(&raw, "stale-writer").await, 3);
-    let stored = GrantStore::load_grant(&store, &id).await.unwrap().unwrap();
+    let stored = TokenStore::load(&store, &id).await.unwrap().unwrap();
     assert_eq!(stored.access_token(), token);
     assert_eq!(
         stored.refresh_token(),
@@ -216,7 +213,7 @@ async fn locked_grant(
     let store = pg.store("client").await;
     let raw = pg.pool().await;
     let id = GrantId::new(id).unwrap();
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+    let lock = TokenStore::lock(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
     (store, raw, id, lock)

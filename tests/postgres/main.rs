@@ -33,7 +33,7 @@ mod workers;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nifty_auth::{Credentials, GrantId, GrantStore, NiftyGrants, PostgresStore};
+use nifty_auth::{Credentials, GrantId, NiftyGrants, PostgresStore, TokenStore};
 
 use workers::env;
 
@@ -62,10 +62,7 @@ fn worker_process_entry() {
             "grants" => run_grants(store).await,
             "hold" => {
                 let grant = GrantId::new(env("NIFTY_PG_GRANT")).unwrap();
-                let _lock = store
-                    .lock_grant(&grant, Duration::from_secs(60))
-                    .await
-                    .unwrap();
+                let _lock = store.lock(&grant, Duration::from_secs(60)).await.unwrap();
                 workers::answer("locked");
                 tokio::time::sleep(Duration::from_secs(600)).await;
             }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use nifty_auth::{GrantId, GrantStore, PostgresStore, TokenSet};
+use nifty_auth::{GrantId, PostgresStore, TokenSet, TokenStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -94,12 +94,9 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
         .unwrap();
     let id = GrantId::new("leaks").unwrap();
     let tokens = TokenSet::new("at-0123456789").with_refresh_token("rt-0123456789");
-    recovered("a first save", || {
-        GrantStore::save_grant(&store, &id, &tokens)
-    })
-    .await;
+    recovered("a first save", || TokenStore::save(&store, &id, &tokens)).await;
     let lock = recovered("a first lock", || {
-        GrantStore::lock_grant(&store, &id, Duration::from_secs(1))
+        TokenStore::lock(&store, &id, Duration::from_secs(1))
     })
     .await;
     lock.release().await;
@@ -108,7 +105,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
         if store.pool().size() == 8 {
             break;
         }
-        let loads = (0..8).map(|_| GrantStore::load_grant(&store, &id));
+        let loads = (0..8).map(|_| TokenStore::load(&store, &id));
         futures_util::future::join_all(loads).await;
     }
     assert_eq!(store.pool().size(), 8);
@@ -124,11 +121,11 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
         let (store, id, tokens) = (store.clone(), id.clone(), tokens.clone());
         async move {
             match n % 3 {
-                0 => GrantStore::lock_grant(&store, &id, Duration::from_secs(1))
+                0 => TokenStore::lock(&store, &id, Duration::from_secs(1))
                     .await
                     .map(drop),
-                1 => GrantStore::load_grant(&store, &id).await.map(drop),
-                _ => GrantStore::save_grant(&store, &id, &tokens).await,
+                1 => TokenStore::load(&store, &id).await.map(drop),
+                _ => TokenStore::save(&store, &id, &tokens).await,
             }
         }
     })
@@ -149,7 +146,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
     let accepted = proxy.accepted();
 
     proxy.heal();
-    let loaded = recovered("a load", || GrantStore::load_grant(&store, &id)).await;
+    let loaded = recovered("a load", || TokenStore::load(&store, &id)).await;
     assert_eq!(loaded, Some(tokens));
     // Every held connection is delivered, then closed: the server ran what each carried (lock
     // attempts included) and ended its session. A lease a delivered lock attempt took (for
@@ -162,7 +159,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_no_session
     assert_eq!(settle(pool_size, || sessions(&admin)).await, pool_size);
     assert_eq!(settle(0, || live_leases(&admin)).await, 0);
     let lock = recovered("a lock", || {
-        GrantStore::lock_grant(&store, &id, Duration::from_secs(1))
+        TokenStore::lock(&store, &id, Duration::from_secs(1))
     })
     .await;
     assert_eq!(live_leases(&admin).await, 1);
@@ -191,11 +188,11 @@ async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_its_lease
     let id = GrantId::new("held").unwrap();
     let old = TokenSet::new("at-old-0123456789").with_refresh_token("rt-old-0123456789");
     let new = TokenSet::new("at-new-0123456789").with_refresh_token("rt-new-0123456789");
-    GrantStore::save_grant(&store, &id, &old).await.unwrap();
+    TokenStore::save(&store, &id, &old).await.unwrap();
     let size = store.pool().size() as usize;
     assert_eq!(eventually(size, || store.pool().num_idle()).await, size);
     let tasks_at_rest = alive_tasks();
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+    let lock = TokenStore::lock(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(lease_rows(&admin).await, 1);
@@ -207,20 +204,17 @@ async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_its_lease
     let started = Instant::now();
     let err = no_hang(
         "a save under a held lock",
-        GrantStore::save_grant_locked(&store, &id, &new, &lock),
+        TokenStore::save_locked(&store, &id, &new, &lock),
     )
     .await
     .unwrap_err()
     .to_string();
     assert!(err.contains("timed out"), "{err}");
     assert!(started.elapsed() >= timeout);
-    let err = no_hang(
-        "a re-read under the lock",
-        GrantStore::load_grant(&store, &id),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = no_hang("a re-read under the lock", TokenStore::load(&store, &id))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("timed out"), "{err}");
     no_hang("the release", lock.release()).await;
     // Its connections are closed, not pooled, and nothing waits on them (the watchdog stopped).
@@ -238,7 +232,7 @@ async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_its_lease
         .lock_wait(Duration::from_millis(1))
         .build()
         .unwrap();
-    let taken = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
+    let taken = TokenStore::lock(&other, &id, Duration::from_secs(1))
         .await
         .expect("the lapsed lease was not taken over");
     assert_ne!(lease_holder(&admin, "held").await.unwrap(), holder);
@@ -246,9 +240,9 @@ async fn a_lock_held_when_the_partition_starts_times_out_is_closed_and_its_lease
     // the close is up to the server. Either way the row is whole, and a save whose answer never
     // came that does land bumped the row's version, so the fence refuses any save under a lock
     // taken before it.
-    let stored = GrantStore::load_grant(&other, &id).await.unwrap().unwrap();
+    let stored = TokenStore::load(&other, &id).await.unwrap().unwrap();
     assert!(stored == old || stored == new, "{stored:?}");
     taken.release().await;
-    let loaded = recovered("a load", || GrantStore::load_grant(&store, &id)).await;
+    let loaded = recovered("a load", || TokenStore::load(&store, &id)).await;
     assert_eq!(loaded, Some(stored));
 }

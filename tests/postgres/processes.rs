@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{GrantId, GrantStore, TokenSet};
+use nifty_auth::{GrantId, TokenSet, TokenStore};
 
 use crate::common::or_skip;
 use crate::common::seed_grant;
@@ -40,7 +40,7 @@ async fn four_processes_times_twenty_rotating_grants_make_one_token_call_per_gra
             .with_refresh_token(fake_grant.issue_refresh_token())
             .with_expires_in(Duration::from_millis(1));
         let id = GrantId::new(format!("tenant-{i}")).unwrap();
-        GrantStore::save_grant(&store, &id, &tokens).await.unwrap();
+        TokenStore::save(&store, &id, &tokens).await.unwrap();
     }
 
     let start_at = now_ms() + 1_500;
@@ -101,7 +101,7 @@ async fn a_lock_holder_killed_is_taken_over_once_its_lease_lapsed_with_one_token
         .build()
         .unwrap();
     let err = impatient
-        .lock_grant(&id, Duration::from_secs(1))
+        .lock(&id, Duration::from_secs(1))
         .await
         .unwrap_err()
         .to_string();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use nifty_auth::{AuthError, GrantStore, NiftyGrants, PostgresStore};
+use nifty_auth::{AuthError, NiftyGrants, PostgresStore, TokenStore};
 
 use crate::common::or_skip;
 use crate::common::rotating_fake;
@@ -76,7 +76,7 @@ async fn a_restart_mid_refresh_keeps_the_lock_so_another_process_makes_no_token_
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(fake.invalid_grants_served(), 0);
     assert_eq!(fake.refresh_token_replays(), 0);
-    let stored = GrantStore::load_grant(
+    let stored = TokenStore::load(
         &PostgresStore::connect(&pg.url(), fake.client_id()).unwrap(),
         &id,
     )

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use nifty_auth::{GrantStore, NiftyGrants, PostgresStore};
+use nifty_auth::{NiftyGrants, PostgresStore, TokenStore};
 use tokio::task::JoinSet;
 
 use crate::common::fake_delayed;
@@ -65,7 +65,7 @@ async fn a_storm_of_1000_expired_grants_with_4_token_calls_on_a_pool_of_2_has_no
     );
     assert_eq!(fake.invalid_grants_served(), 0);
     for id in &ids {
-        let stored = store.load_grant(id).await.unwrap().expect("stored");
+        let stored = store.load(id).await.unwrap().expect("stored");
         assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use nifty_auth::testing::FakeNifty;
-use nifty_auth::{AuthError, GrantId, GrantStore, PostgresStore, TokenSet, TokenStore};
+use nifty_auth::{AuthError, GrantId, PostgresStore, TokenSet, TokenStore};
 
 use crate::common::grants_over;
 use crate::common::or_skip;
@@ -36,10 +36,10 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
         GrantId::new("alpha").unwrap(),
         GrantId::new("beta").unwrap(),
     );
-    GrantStore::save_grant(&store, &alpha, &tokens("alpha"))
+    TokenStore::save(&store, &alpha, &tokens("alpha"))
         .await
         .unwrap();
-    GrantStore::save_grant(&store, &beta, &tokens("beta"))
+    TokenStore::save(&store, &beta, &tokens("beta"))
         .await
         .unwrap();
 
@@ -53,15 +53,12 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
     assert!(text.starts_with("enc:v1:"), "{text}");
     assert!(!text.contains("visible"), "{text}");
     assert!(same(
-        &GrantStore::load_grant(&store, &alpha)
-            .await
-            .unwrap()
-            .unwrap(),
+        &TokenStore::load(&store, &alpha).await.unwrap().unwrap(),
         &tokens("alpha")
     ));
 
     let wrong = keyed([7; 32]);
-    let err = GrantStore::load_grant(&wrong, &alpha)
+    let err = TokenStore::load(&wrong, &alpha)
         .await
         .unwrap_err()
         .to_string();
@@ -81,21 +78,18 @@ async fn encrypted_rows_hide_the_tokens_a_wrong_key_is_clear_and_a_moved_ciphert
     .execute(&raw)
     .await
     .unwrap();
-    let err = GrantStore::load_grant(&store, &beta)
+    let err = TokenStore::load(&store, &beta)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot decrypt"), "{err}");
     assert!(same(
-        &GrantStore::load_grant(&store, &alpha)
-            .await
-            .unwrap()
-            .unwrap(),
+        &TokenStore::load(&store, &alpha).await.unwrap().unwrap(),
         &tokens("alpha")
     ));
 
     let keyless = PostgresStore::new(raw.clone(), fake.client_id()).unwrap();
-    let err = GrantStore::load_grant(&keyless, &alpha)
+    let err = TokenStore::load(&keyless, &alpha)
         .await
         .unwrap_err()
         .to_string();
@@ -117,20 +111,20 @@ async fn hostile_grant_ids_round_trip_as_parameters() {
     ];
     for (i, id) in ids.iter().enumerate() {
         let id = GrantId::new(id.clone()).unwrap();
-        GrantStore::save_grant(&store, &id, &tokens(&i.to_string()))
+        TokenStore::save(&store, &id, &tokens(&i.to_string()))
             .await
             .unwrap();
-        let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+        let lock = TokenStore::lock(&store, &id, Duration::from_secs(5))
             .await
             .unwrap();
-        GrantStore::save_grant_locked(&store, &id, &tokens(&format!("{i}-locked")), &lock)
+        TokenStore::save_locked(&store, &id, &tokens(&format!("{i}-locked")), &lock)
             .await
             .unwrap();
         lock.release().await;
     }
     for (i, id) in ids.iter().enumerate() {
         let id = GrantId::new(id.clone()).unwrap();
-        let loaded = GrantStore::load_grant(&store, &id).await.unwrap().unwrap();
+        let loaded = TokenStore::load(&store, &id).await.unwrap().unwrap();
         assert!(same(&loaded, &tokens(&format!("{i}-locked"))), "{id:?}");
     }
     let raw = pg.pool().await;
@@ -142,11 +136,11 @@ async fn hostile_grant_ids_round_trip_as_parameters() {
     for id in &ids {
         assert!(rows.contains(id), "{id:?} not stored as given");
     }
-    GrantStore::remove_grant(&store, &GrantId::new(ids[0].clone()).unwrap())
+    TokenStore::remove(&store, &GrantId::new(ids[0].clone()).unwrap())
         .await
         .unwrap();
     assert!(
-        GrantStore::load_grant(&store, &GrantId::new(ids[0].clone()).unwrap())
+        TokenStore::load(&store, &GrantId::new(ids[0].clone()).unwrap())
             .await
             .unwrap()
             .is_none()
@@ -159,10 +153,15 @@ async fn migrate_twice_is_fine_a_schema_qualified_table_works_and_a_bad_name_is_
     let store = pg.store("client").await;
     store.migrate().await.unwrap();
     // As the single store of a NiftyAuth: the builder's grant, "default" unless set.
-    TokenStore::save(&store, &tokens("single")).await.unwrap();
+    TokenStore::save(&store, &store.single_grant(), &tokens("single"))
+        .await
+        .unwrap();
     assert_eq!(store.grant().as_str(), "default");
     assert!(same(
-        &TokenStore::load(&store).await.unwrap().unwrap(),
+        &TokenStore::load(&store, &store.single_grant())
+            .await
+            .unwrap()
+            .unwrap(),
         &tokens("single")
     ));
 
@@ -178,14 +177,18 @@ async fn migrate_twice_is_fine_a_schema_qualified_table_works_and_a_bad_name_is_
         .unwrap();
     qualified.migrate().await.unwrap();
     qualified.migrate().await.unwrap();
-    TokenStore::save(&qualified, &tokens("qualified"))
+    TokenStore::save(&qualified, &qualified.single_grant(), &tokens("qualified"))
         .await
         .unwrap();
     assert_eq!(only_grant_id(&raw, "auth.\"user\"").await, "main");
     // The lock table sits beside it, and a lock on it is a row there.
-    let lock = TokenStore::lock(&qualified, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let lock = TokenStore::lock(
+        &qualified,
+        &qualified.single_grant(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert_eq!(only_grant_id(&raw, "auth.user_lock").await, "main");
     lock.release().await;
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, PostgresStore};
+use nifty_auth::{GrantId, PostgresStore, TokenStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -66,7 +66,7 @@ async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over
     let admin = admin_of(&pg, "no_release").await;
     let id = GrantId::new("hostage").unwrap();
 
-    let lock = GrantStore::lock_grant(&store, &id, Duration::from_secs(5))
+    let lock = TokenStore::lock(&store, &id, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(lease_rows(&admin).await, 1, "the lock is a row");
@@ -93,7 +93,7 @@ async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over
 
     // Another process takes the lapsed lease over (in place), and the first store still works.
     let other = patient_store(&url, "client");
-    let taken = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
+    let taken = TokenStore::lock(&other, &id, Duration::from_secs(1))
         .await
         .expect("the lapsed lease was not taken over");
     let new_holder = lease_holder(&admin, "hostage").await.unwrap();
@@ -101,7 +101,7 @@ async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over
     assert_eq!(lease_rows(&admin).await, 1);
     taken.release().await;
     until_lapsed(&admin).await;
-    let again = GrantStore::lock_grant(&store, &id, Duration::from_secs(1))
+    let again = TokenStore::lock(&store, &id, Duration::from_secs(1))
         .await
         .unwrap();
     assert_ne!(
@@ -133,10 +133,10 @@ async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_l
     assert_eq!(lease_rows(&admin).await, 1);
 
     let other = patient_store(&url, fake.client_id());
-    let taken = GrantStore::lock_grant(&other, &id, Duration::from_secs(1))
+    let taken = TokenStore::lock(&other, &id, Duration::from_secs(1))
         .await
         .expect("the refresh's lease never lapsed");
-    let stored = GrantStore::load_grant(&other, &id).await.unwrap().unwrap();
+    let stored = TokenStore::load(&other, &id).await.unwrap().unwrap();
     assert_ne!(stored, seed, "the refresh saved its rotated tokens");
     assert!(fake.refresh_token_is_live(stored.refresh_token().unwrap()));
     taken.release().await;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use nifty_auth::{FileStore, TokenSet, TokenStore as _};
+use nifty_auth::{FileStore, TokenSet};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::harness::*;

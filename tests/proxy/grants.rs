@@ -3,14 +3,15 @@
 
 use std::time::{Duration, SystemTime};
 
+use nifty_auth::store::DirectoryStore;
 use nifty_auth::testing::{FakeGrant, Grant};
-use nifty_auth::{FileStore, GrantId, GrantStore as _, TokenSet};
+use nifty_auth::{GrantId, TokenSet, TokenStore as _};
 
 use crate::harness::*;
 
 /// Saves a new fake grant under `id` in the directory store; its access token is expired when
 /// `expired`, so the first request refreshes it.
-async fn save_grant(setup: &Setup, store: &FileStore, id: &str, expired: bool) -> FakeGrant {
+async fn save_grant(setup: &Setup, store: &DirectoryStore, id: &str, expired: bool) -> FakeGrant {
     let grant = setup.fake.new_grant();
     let refresh = grant.issue_refresh_token();
     let (lifetime, expires_at) = if expired {
@@ -29,7 +30,7 @@ async fn save_grant(setup: &Setup, store: &FileStore, id: &str, expired: bool) -
         .with_refresh_token(refresh)
         .with_expires_at(expires_at);
     store
-        .save_grant(&GrantId::new(id).unwrap(), &tokens)
+        .save(&GrantId::new(id).unwrap(), &tokens)
         .await
         .unwrap();
     grant
@@ -39,7 +40,7 @@ async fn save_grant(setup: &Setup, store: &FileStore, id: &str, expired: bool) -
 async fn each_request_gets_the_token_of_the_grant_its_header_names() {
     let setup = Setup::new().await;
     let dir = setup.dir.path().join("grants");
-    let store = FileStore::directory(&dir);
+    let store = DirectoryStore::new(&dir);
     let acme = save_grant(&setup, &store, "acme", false).await;
     let globex = save_grant(&setup, &store, "globex/eu", true).await;
     let spec = format!("dir:{}", dir.display());
@@ -67,7 +68,7 @@ async fn each_request_gets_the_token_of_the_grant_its_header_names() {
 async fn a_missing_or_unknown_grant_is_answered_400_or_404_and_never_forwarded() {
     let setup = Setup::new().await;
     let dir = setup.dir.path().join("grants");
-    let store = FileStore::directory(&dir);
+    let store = DirectoryStore::new(&dir);
     save_grant(&setup, &store, "acme", false).await;
     let spec = format!("dir:{}", dir.display());
     let proxy = setup.proxy(&["--grants-store", &spec]).await;
@@ -98,7 +99,7 @@ async fn a_missing_or_unknown_grant_is_answered_400_or_404_and_never_forwarded()
 async fn a_grant_needing_reauthorization_is_answered_401_naming_it() {
     let setup = Setup::new().await;
     let dir = setup.dir.path().join("grants");
-    let store = FileStore::directory(&dir);
+    let store = DirectoryStore::new(&dir);
     let dead = save_grant(&setup, &store, "dead", true).await;
     let alive = save_grant(&setup, &store, "alive", true).await;
     dead.revoke();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use nifty_auth::testing::{FakeGrant, FakeNifty};
-use nifty_auth::{FileStore, TokenSet, TokenStore as _};
+use nifty_auth::{FileStore, TokenSet};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use nifty_auth::testing::Grant;
-use nifty_auth::{GrantId, GrantStore, TokenSet};
+use nifty_auth::{GrantId, TokenSet, TokenStore};
 
 use crate::harness::*;
 
@@ -70,7 +70,7 @@ async fn two_proxies_on_one_postgres_make_one_token_call_per_grant_per_expiry() 
 
 /// Seeds 100 grants with expired access tokens into `store`, starts two proxies on `url`, and
 /// sends every grant's requests round robin, twice.
-async fn two_proxies_on_one_store(setup: &Setup, store: &dyn GrantStore, url: &str) {
+async fn two_proxies_on_one_store(setup: &Setup, store: &dyn TokenStore, url: &str) {
     let mut fake_grants = Vec::new();
     for i in 0..GRANTS {
         let grant = setup.fake.new_grant();
@@ -80,7 +80,7 @@ async fn two_proxies_on_one_store(setup: &Setup, store: &dyn GrantStore, url: &s
             .with_refresh_token(refresh)
             .with_expires_at(SystemTime::now() - Duration::from_secs(60));
         let id = GrantId::new(format!("ws-{i}")).unwrap();
-        store.save_grant(&id, &tokens).await.unwrap();
+        store.save(&id, &tokens).await.unwrap();
         fake_grants.push(grant);
     }
     let a = setup.proxy(&["--grants-store", url]).await;

@@ -1,11 +1,11 @@
-//! `RedisStore` as a `GrantStore`: a token key and a lock key per grant, hostile ids escaped, per-grant
+//! `RedisStore` as a `TokenStore`: a token key and a lock key per grant, hostile ids escaped, per-grant
 //! leases and fences (a lock of one grant never passes the fence of another), and encrypted values
 //! bound to their grant's key.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use nifty_auth::{GrantId, GrantStore, RedisStore, StoreLock, TokenSet};
+use nifty_auth::{GrantId, RedisStore, StoreLock, TokenSet, TokenStore};
 
 use crate::common::hostile_ids;
 use crate::common::or_skip;
@@ -42,32 +42,27 @@ async fn each_grant_round_trips_under_its_own_key_and_remove_deletes_only_that_k
         format!("nifty-auth:{}:alice:lock", fake.client_id())
     );
 
-    store.save_grant(&a, &tokens("a1")).await.unwrap();
-    store.save_grant(&b, &tokens("b1")).await.unwrap();
-    store.save_grant(&a, &tokens("a2")).await.unwrap();
-    let loaded = store.load_grant(&a).await.unwrap().unwrap();
+    store.save(&a, &tokens("a1")).await.unwrap();
+    store.save(&b, &tokens("b1")).await.unwrap();
+    store.save(&a, &tokens("a2")).await.unwrap();
+    let loaded = store.load(&a).await.unwrap().unwrap();
     assert_eq!(loaded.refresh_token(), Some("rt-a2-0123456789"));
     assert_eq!(
-        store.load_grant(&b).await.unwrap().unwrap().access_token(),
+        store.load(&b).await.unwrap().unwrap().access_token(),
         "at-b1-0123456789"
     );
-    assert!(store.load_grant(&c).await.unwrap().is_none());
+    assert!(store.load(&c).await.unwrap().is_none());
     // The builder's grant name is not a namespace: grant `alice` is the single store `alice`.
-    let single = nifty_auth::TokenStore::load(&crate::server::store(&redis, &fake, "alice"))
-        .await
-        .unwrap()
-        .unwrap();
+    let alice = crate::server::store(&redis, &fake, "alice");
+    let single = alice.load(&alice.single_grant()).await.unwrap().unwrap();
     assert_eq!(single.access_token(), "at-a2-0123456789");
     assert!(pttl(&redis, &store.grant_key(&a)).await > 0, "no TTL");
 
-    store.remove_grant(&a).await.unwrap();
-    assert!(
-        store.load_grant(&a).await.unwrap().is_none(),
-        "remove left it"
-    );
+    store.remove(&a).await.unwrap();
+    assert!(store.load(&a).await.unwrap().is_none(), "remove left it");
     assert!(raw_get(&redis, &store.grant_key(&a)).await.is_none());
-    assert!(store.load_grant(&b).await.unwrap().is_some());
-    store.remove_grant(&c).await.unwrap();
+    assert!(store.load(&b).await.unwrap().is_some());
+    store.remove(&c).await.unwrap();
     assert_eq!(all_keys(&redis).await, HashSet::from([store.grant_key(&b)]));
 }
 
@@ -81,12 +76,12 @@ async fn hostile_grant_ids_get_distinct_escaped_keys_and_round_trip() {
     let prefix = format!("nifty-auth:{}:", fake.client_id());
     for (i, id) in ids.iter().enumerate() {
         store
-            .save_grant(&grant(id), &tokens(&i.to_string()))
+            .save(&grant(id), &tokens(&i.to_string()))
             .await
             .unwrap();
     }
     for (i, id) in ids.iter().enumerate() {
-        let loaded = store.load_grant(&grant(id)).await.unwrap().unwrap();
+        let loaded = store.load(&grant(id)).await.unwrap().unwrap();
         assert_eq!(
             loaded.access_token(),
             format!("at-{i}-0123456789"),
@@ -114,11 +109,11 @@ async fn one_grants_lock_does_not_block_another_and_two_stores_exclude_each_othe
     let second = store(&redis, &fake, "default");
     let (a, b) = (grant("a"), grant("b"));
 
-    let held_a = first.lock_grant(&a, Duration::from_secs(30)).await.unwrap();
+    let held_a = first.lock(&a, Duration::from_secs(30)).await.unwrap();
     // A blocked attempt would wait up to 30 s + the lease; another grant's is immediate.
     let held_b = tokio::time::timeout(
         Duration::from_secs(2),
-        second.lock_grant(&b, Duration::from_secs(30)),
+        second.lock(&b, Duration::from_secs(30)),
     )
     .await
     .expect("grant a's lock blocked grant b")
@@ -127,22 +122,11 @@ async fn one_grants_lock_does_not_block_another_and_two_stores_exclude_each_othe
     // The second store waits for grant a until the first releases it.
     let take = {
         let (second, a) = (second.clone(), a.clone());
-        async move {
-            second
-                .lock_grant(&a, Duration::from_secs(30))
-                .await
-                .unwrap()
-        }
+        async move { second.lock(&a, Duration::from_secs(30)).await.unwrap() }
     };
     let lock_a = lock_after_release(&redis, take, held_a, "two stores held grant a at once").await;
-    second
-        .save_grant_locked(&a, &tokens("a"), &lock_a)
-        .await
-        .unwrap();
-    second
-        .save_grant_locked(&b, &tokens("b"), &held_b)
-        .await
-        .unwrap();
+    second.save_locked(&a, &tokens("a"), &lock_a).await.unwrap();
+    second.save_locked(&b, &tokens("b"), &held_b).await.unwrap();
     lock_a.release().await;
     held_b.release().await;
     assert!(raw_get(&redis, &first.grant_lock_key(&a)).await.is_none());
@@ -154,31 +138,29 @@ async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
     let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store(&redis, &fake, "default");
     let (a, b) = (grant("a"), grant("b"));
-    store.save_grant(&b, &tokens("b-old")).await.unwrap();
+    store.save(&b, &tokens("b-old")).await.unwrap();
 
-    let lock_a = store.lock_grant(&a, Duration::from_secs(30)).await.unwrap();
+    let lock_a = store.lock(&a, Duration::from_secs(30)).await.unwrap();
     let err = refused_save(&store, &b, &tokens("b-new"), &lock_a).await;
     assert!(err.contains("save_locked needs a lock"), "{err}");
     assert!(err.contains(&store.grant_lock_key(&b)), "{err}");
     assert_eq!(
-        store.load_grant(&b).await.unwrap().unwrap().access_token(),
+        store.load(&b).await.unwrap().unwrap().access_token(),
         "at-b-old-0123456789"
     );
     // Nor does the single-grant lock of the builder's grant name pass a grant's fence.
-    let single = nifty_auth::TokenStore::lock(&store, Duration::from_secs(30))
+    let single = store
+        .lock(&store.single_grant(), Duration::from_secs(30))
         .await
         .unwrap();
     assert!(store
-        .save_grant_locked(&b, &tokens("b-new"), &single)
+        .save_locked(&b, &tokens("b-new"), &single)
         .await
         .is_err());
     single.release().await;
 
     // The lock of a itself passes, while it holds; once its lease is gone it does not.
-    store
-        .save_grant_locked(&a, &tokens("a"), &lock_a)
-        .await
-        .unwrap();
+    store.save_locked(&a, &tokens("a"), &lock_a).await.unwrap();
     let _: () = redis::cmd("DEL")
         .arg(store.grant_lock_key(&a))
         .query_async(&mut raw(&redis).await)
@@ -187,7 +169,7 @@ async fn a_lock_of_one_grant_never_fence_passes_a_save_of_another() {
     let err = refused_save(&store, &a, &tokens("a-late"), &lock_a).await;
     assert!(err.contains("was lost"), "{err}");
     assert_eq!(
-        store.load_grant(&a).await.unwrap().unwrap().access_token(),
+        store.load(&a).await.unwrap().unwrap().access_token(),
         "at-a-0123456789"
     );
 }
@@ -197,14 +179,11 @@ async fn a_grants_lease_is_kept_alive_by_its_own_watchdog() {
     let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store_with_lease(&redis, &fake, "default", Duration::from_millis(300));
     let a = grant("a");
-    let lock = store.lock_grant(&a, Duration::from_secs(30)).await.unwrap();
+    let lock = store.lock(&a, Duration::from_secs(30)).await.unwrap();
     // Three leases later the lock is still held (the watchdog extends the grant's key).
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(pttl(&redis, &store.grant_lock_key(&a)).await > 0);
-    store
-        .save_grant_locked(&a, &tokens("a"), &lock)
-        .await
-        .unwrap();
+    store.save_locked(&a, &tokens("a"), &lock).await.unwrap();
     lock.release().await;
     assert!(raw_get(&redis, &store.grant_lock_key(&a)).await.is_none());
 }
@@ -214,8 +193,8 @@ async fn an_encrypted_value_copied_into_another_grants_key_does_not_load() {
     let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = sealed_store(&redis, &fake, "default", [42; 32]);
     let (a, b) = (grant("a"), grant("b"));
-    store.save_grant(&a, &tokens("a")).await.unwrap();
-    store.save_grant(&b, &tokens("b")).await.unwrap();
+    store.save(&a, &tokens("a")).await.unwrap();
+    store.save(&b, &tokens("b")).await.unwrap();
     let raw_a = raw_get(&redis, &store.grant_key(&a)).await.unwrap();
     assert!(raw_a.starts_with(b"enc:v1:"));
     assert!(!String::from_utf8_lossy(&raw_a).contains("at-a"));
@@ -227,12 +206,12 @@ async fn an_encrypted_value_copied_into_another_grants_key_does_not_load() {
         .query_async(&mut raw(&redis).await)
         .await
         .unwrap();
-    let err = store.load_grant(&b).await.unwrap_err().to_string();
+    let err = store.load(&b).await.unwrap_err().to_string();
     assert!(err.contains("cannot decrypt"), "{err}");
     assert!(err.contains(&store.grant_key(&b)), "{err}");
     assert!(!err.contains("at-a") && !err.contains("rt-a"), "{err}");
     // a's own value still loads.
-    let loaded = store.load_grant(&a).await.unwrap().unwrap();
+    let loaded = store.load(&a).await.unwrap().unwrap();
     assert_eq!(loaded.access_token(), "at-a-0123456789");
 }
 
@@ -244,7 +223,7 @@ async fn refused_save(
     lock: &StoreLock,
 ) -> String {
     store
-        .save_grant_locked(id, tokens, lock)
+        .save_locked(id, tokens, lock)
         .await
         .unwrap_err()
         .to_string()

@@ -13,19 +13,23 @@ async fn key_parts_are_escaped_so_distinct_client_and_grant_pairs_never_share_a_
     let redis = or_skip!(RedisServer::start());
     let long = "x".repeat(300);
     let long_colon = format!("{}:", "x".repeat(299));
+    // The grant name is a grant id (at most 256 bytes, no control characters); the client id is
+    // not bounded.
+    let long_grant = format!("{}:", "x".repeat(255));
     let pairs: Vec<(&str, &str)> = vec![
         ("a:b", "c"),
         ("a", "b:c"),
         ("a%3Ab", "c"),
         ("a", "b%3Ac"),
-        ("id", "\n"),
+        ("\n", "id"),
         ("id", " "),
         ("id", "%"),
         ("id", "%25"),
         ("id", "%0A"),
         ("id", "é"),
-        ("id", &long),
-        ("id", &long_colon),
+        (&long, "id"),
+        (&long_colon, "id"),
+        ("id", &long_grant),
         ("id", "main:tokens"),
         ("id:main", "tokens"),
     ];
@@ -46,10 +50,13 @@ async fn key_parts_are_escaped_so_distinct_client_and_grant_pairs_never_share_a_
     assert_eq!(stores[1].key(), "nifty-auth:a:b%3Ac:tokens");
 
     for (i, store) in stores.iter().enumerate() {
-        store.save(&TokenSet::new(format!("at-{i}"))).await.unwrap();
+        store
+            .save(&store.single_grant(), &TokenSet::new(format!("at-{i}")))
+            .await
+            .unwrap();
     }
     for (i, store) in stores.iter().enumerate() {
-        let loaded = store.load().await.unwrap().unwrap();
+        let loaded = store.load(&store.single_grant()).await.unwrap().unwrap();
         assert_eq!(loaded.access_token(), format!("at-{i}"), "{:?}", pairs[i]);
     }
 }
@@ -101,6 +108,22 @@ async fn the_longest_token_ttl_is_accepted_by_redis() {
         .token_ttl(Duration::from_secs(100 * 365 * 24 * 60 * 60))
         .build()
         .unwrap();
-    store.save(&TokenSet::new("at-long")).await.unwrap();
+    store
+        .save(&store.single_grant(), &TokenSet::new("at-long"))
+        .await
+        .unwrap();
     assert!(pttl(&redis, store.key()).await > 0);
+}
+
+#[tokio::test]
+async fn a_grant_name_that_is_not_a_grant_id_is_a_configuration_error() {
+    let redis = or_skip!(RedisServer::start());
+    for bad in ["\n", "a\u{7f}b", &"x".repeat(257)] {
+        let err = RedisStore::builder(redis.url(), "id", bad)
+            .build()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, AuthError::Configuration { .. }), "{err:?}");
+        assert!(err.to_string().contains("grant name"), "{err}");
+    }
 }

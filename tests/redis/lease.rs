@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nifty_auth::store::BoxFuture;
 use nifty_auth::testing::{FakeNifty, Grant};
-use nifty_auth::{BoxError, RedisStore, StoreLock, TokenSet, TokenStore};
+use nifty_auth::{BoxError, GrantId, RedisStore, StoreLock, TokenSet, TokenStore};
 
 use crate::common::*;
 use crate::server::*;
@@ -50,7 +50,8 @@ async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its
     assert!(waited >= Duration::from_secs(2), "waited only {waited:?}");
     assert_eq!(fake.token_calls(), 1, "the lease lapsed mid-refresh");
     assert_eq!(fake.invalid_grants_served(), 0);
-    let stored = store(&redis, &fake, "slow").load().await.unwrap().unwrap();
+    let slow = store(&redis, &fake, "slow");
+    let stored = slow.load(&slow.single_grant()).await.unwrap().unwrap();
     assert_eq!(
         stored.refresh_token(),
         fake.current_refresh_token().as_deref()
@@ -64,7 +65,10 @@ async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
     let set_a = TokenSet::new("at-a-0123456789").with_refresh_token("rt-a-0123456789");
     let set_b = TokenSet::new("at-b-0123456789").with_refresh_token("rt-b-0123456789");
 
-    let lock_a = a.lock(Duration::from_secs(30)).await.unwrap();
+    let lock_a = a
+        .lock(&a.single_grant(), Duration::from_secs(30))
+        .await
+        .unwrap();
     // The lease lapses (as after a long pause): the lock key is gone.
     let _: () = redis::cmd("DEL")
         .arg(a.lock_key())
@@ -72,18 +76,26 @@ async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
         .await
         .unwrap();
     let err = a
-        .save_locked(&set_a, &lock_a)
+        .save_locked(&a.single_grant(), &set_a, &lock_a)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("was lost"), "{err}");
-    assert!(a.load().await.unwrap().is_none(), "nothing was written");
+    assert!(
+        a.load(&a.single_grant()).await.unwrap().is_none(),
+        "nothing was written"
+    );
 
     // Another process takes the lock and saves newer tokens; the old holder still cannot write.
-    let lock_b = b.lock(Duration::from_secs(30)).await.unwrap();
-    b.save_locked(&set_b, &lock_b).await.unwrap();
+    let lock_b = b
+        .lock(&b.single_grant(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    b.save_locked(&b.single_grant(), &set_b, &lock_b)
+        .await
+        .unwrap();
     let err = a
-        .save_locked(&set_a, &lock_a)
+        .save_locked(&a.single_grant(), &set_a, &lock_a)
         .await
         .unwrap_err()
         .to_string();
@@ -92,7 +104,7 @@ async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
         "{err}"
     );
     assert!(!err.contains("rt-a") && !err.contains("at-a"), "{err}");
-    assert_eq!(a.load().await.unwrap().unwrap(), set_b);
+    assert_eq!(a.load(&a.single_grant()).await.unwrap().unwrap(), set_b);
 
     // The old holder's release leaves the new holder's lock alone.
     let owner_b = raw_get(&redis, b.lock_key()).await.unwrap();
@@ -109,23 +121,38 @@ async fn save_locked_refuses_a_lock_this_store_did_not_take() {
     let other = store(&redis, &fake, "other");
     let tokens = TokenSet::new("at-0123456789");
 
-    let err = mine.save_locked(&tokens, &StoreLock::none()).await;
+    let err = mine
+        .save_locked(&mine.single_grant(), &tokens, &StoreLock::none())
+        .await;
     assert!(err
         .unwrap_err()
         .to_string()
         .contains("needs a lock taken by"));
-    let other_lock = other.lock(Duration::from_secs(30)).await.unwrap();
-    let err = mine.save_locked(&tokens, &other_lock).await;
+    let other_lock = other
+        .lock(&other.single_grant(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let err = mine
+        .save_locked(&mine.single_grant(), &tokens, &other_lock)
+        .await;
     assert!(err
         .unwrap_err()
         .to_string()
         .contains("needs a lock taken by"));
-    assert!(mine.load().await.unwrap().is_none());
+    assert!(mine.load(&mine.single_grant()).await.unwrap().is_none());
 
     // A huge max_hold only bounds the wait: no overflow.
-    let lock = mine.lock(Duration::MAX).await.unwrap();
-    mine.save_locked(&tokens, &lock).await.unwrap();
-    assert_eq!(mine.load().await.unwrap().unwrap(), tokens);
+    let lock = mine
+        .lock(&mine.single_grant(), Duration::MAX)
+        .await
+        .unwrap();
+    mine.save_locked(&mine.single_grant(), &tokens, &lock)
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.load(&mine.single_grant()).await.unwrap().unwrap(),
+        tokens
+    );
     lock.release().await;
     other_lock.release().await;
 }
@@ -175,10 +202,13 @@ async fn expires_unextended(redis: &RedisServer, key: &str, owner: &[u8]) -> boo
 async fn the_watchdog_extends_the_lease_while_held_and_stops_on_release_or_drop() {
     let (redis, fake) = or_skip!(redis_and_fake().await);
     let store = store_with_lease(&redis, &fake, "watchdog", Duration::from_millis(300));
-    store.load().await.unwrap(); // connect first: the connection's own tasks are not the watchdog's
+    store.load(&store.single_grant()).await.unwrap(); // connect first: the connection's own tasks are not the watchdog's
     let baseline = alive_tasks_settled().await;
 
-    let lock = store.lock(Duration::from_secs(30)).await.unwrap();
+    let lock = store
+        .lock(&store.single_grant(), Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(alive_tasks_settled().await, baseline + 1, "one watchdog");
     let owner = raw_get(&redis, store.lock_key()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await; // over three leases
@@ -190,7 +220,10 @@ async fn the_watchdog_extends_the_lease_while_held_and_stops_on_release_or_drop(
     wait_for_alive_tasks(baseline, "released: no watchdog").await;
     assert!(expires_unextended(&redis, store.lock_key(), &owner).await);
 
-    let lock = store.lock(Duration::from_secs(30)).await.unwrap();
+    let lock = store
+        .lock(&store.single_grant(), Duration::from_secs(30))
+        .await
+        .unwrap();
     let owner = raw_get(&redis, store.lock_key()).await.unwrap();
     assert_eq!(alive_tasks_settled().await, baseline + 1);
     drop(lock); // its release runs in a spawned task
@@ -217,27 +250,43 @@ fn injected<'a>() -> BoxFuture<'a, Result<(), BoxError>> {
 }
 
 impl TokenStore for FirstSaveFails {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load()
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        self.inner.load(grant)
     }
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn save<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
         if self.fail_once() {
             return injected();
         }
-        self.inner.save(tokens)
+        self.inner.save(grant, tokens)
     }
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        self.inner.lock(max_hold)
+    fn lock<'a>(
+        &'a self,
+        grant: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
+        self.inner.lock(grant, max_hold)
     }
     fn save_locked<'a>(
         &'a self,
+        grant: &'a GrantId,
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         if self.fail_once() {
             return injected();
         }
-        self.inner.save_locked(tokens, lock)
+        self.inner.save_locked(grant, tokens, lock)
+    }
+
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        self.inner.remove(grant)
+    }
+    fn single_grant(&self) -> GrantId {
+        self.inner.single_grant()
     }
 }
 
@@ -281,11 +330,8 @@ async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process(
     assert_eq!(a_token, b_token);
     assert_eq!(fake.invalid_grants_served(), 0);
     assert_eq!(fake.token_calls_for(Grant::RefreshToken), 1, "one rotation");
-    let stored = store(&redis, &fake, "issue-8")
-        .load()
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = store(&redis, &fake, "issue-8");
+    let stored = stored.load(&stored.single_grant()).await.unwrap().unwrap();
     assert_eq!(stored.access_token(), a_token);
     assert_eq!(
         stored.refresh_token(),

@@ -6,7 +6,7 @@
 //! with a message when it is missing; under CI (`CI` set) a missing server fails them.
 //!
 //! `lease.rs`: the lock's lease, its watchdog and the fenced save; `grants.rs`: a key and a lock
-//! per grant (`GrantStore`); `keys.rs`: key escaping and configuration bounds; `partition.rs`:
+//! per grant (`TokenStore`); `keys.rs`: key escaping and configuration bounds; `partition.rs`:
 //! Redis behind a proxy that blackholes (every store call bounded, nothing leaks).
 #![cfg(feature = "redis")]
 
@@ -251,7 +251,10 @@ async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error()
     let tokens = TokenSet::new("at-visible-0123456789")
         .with_refresh_token("rt-visible-0123456789")
         .with_expires_in(Duration::from_secs(600));
-    encrypted.save(&tokens).await.unwrap();
+    encrypted
+        .save(&encrypted.single_grant(), &tokens)
+        .await
+        .unwrap();
 
     let raw = raw_get(&redis, encrypted.key()).await.unwrap();
     let text = String::from_utf8_lossy(&raw);
@@ -260,10 +263,21 @@ async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error()
         !text.contains("at-visible") && !text.contains("rt-visible"),
         "{text}"
     );
-    assert_eq!(encrypted.load().await.unwrap().unwrap(), tokens);
+    assert_eq!(
+        encrypted
+            .load(&encrypted.single_grant())
+            .await
+            .unwrap()
+            .unwrap(),
+        tokens
+    );
 
     let wrong = sealed_store(&redis, &fake, "secret", [7; 32]);
-    let err = wrong.load().await.unwrap_err().to_string();
+    let err = wrong
+        .load(&wrong.single_grant())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("wrong encryption key"), "{err}");
     assert!(!err.contains("visible"), "{err}");
 
@@ -277,7 +291,11 @@ async fn encrypted_token_sets_hide_the_tokens_and_a_wrong_key_is_a_clear_error()
     let plain = RedisStore::builder(redis.url(), fake.client_id(), "secret")
         .build()
         .unwrap();
-    let err = plain.load().await.unwrap_err().to_string();
+    let err = plain
+        .load(&plain.single_grant())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no encryption key"), "{err}");
 }
 
@@ -291,9 +309,18 @@ async fn keys_are_namespaced_by_client_and_grant_and_expire() {
         format!("nifty-auth:{}:alice:tokens", fake.client_id())
     );
     assert_ne!(a.key(), b.key());
-    a.save(&TokenSet::new("at-a")).await.unwrap();
-    assert!(b.load().await.unwrap().is_none());
-    assert_eq!(a.load().await.unwrap().unwrap().access_token(), "at-a");
+    a.save(&a.single_grant(), &TokenSet::new("at-a"))
+        .await
+        .unwrap();
+    assert!(b.load(&b.single_grant()).await.unwrap().is_none());
+    assert_eq!(
+        a.load(&a.single_grant())
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token(),
+        "at-a"
+    );
 
     let client = redis::Client::open(redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -312,8 +339,16 @@ async fn the_lock_is_exclusive_and_released_only_by_its_owner() {
     let first = store(&redis, &fake, "lock");
     let second = store(&redis, &fake, "lock");
 
-    let held = first.lock(Duration::from_secs(30)).await.unwrap();
-    let take = async move { second.lock(Duration::from_secs(30)).await.unwrap() };
+    let held = first
+        .lock(&first.single_grant(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let take = async move {
+        second
+            .lock(&second.single_grant(), Duration::from_secs(30))
+            .await
+            .unwrap()
+    };
     let lock = lock_after_release(&redis, take, held, "the lock was not exclusive").await;
     let owner = raw_get(&redis, first.lock_key()).await.unwrap();
     lock.release().await;

@@ -65,7 +65,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
     let direct = RedisStore::builder(redis.url(), fake.client_id(), "leaks")
         .build()
         .unwrap();
-    direct.save(&tokens).await.unwrap();
+    direct.save(&direct.single_grant(), &tokens).await.unwrap();
     let tasks_at_rest = alive_tasks();
     drop(direct);
     assert_eq!(
@@ -76,8 +76,9 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
     // The store under test: connected and idle (its 30 ms bounds may fail the first calls on a
     // busy machine; Redis fsyncs every write).
     let store = proxied_store(&proxy, &fake, "leaks", timeout);
-    recovered("a first save", || store.save(&tokens)).await;
-    let lock = recovered("a first lock", || store.lock(Duration::from_secs(1))).await;
+    let id = store.single_grant();
+    recovered("a first save", || store.save(&id, &tokens)).await;
+    let lock = recovered("a first lock", || store.lock(&id, Duration::from_secs(1))).await;
     lock.release().await;
     assert_eq!(eventually(tasks_at_rest, alive_tasks).await, tasks_at_rest);
     assert_eq!(eventually(1, || proxy.client_connections()).await, 1);
@@ -88,9 +89,12 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
         let (store, tokens) = (store.clone(), tokens.clone());
         async move {
             match n % 3 {
-                0 => store.lock(Duration::from_secs(1)).await.map(drop),
-                1 => store.load().await.map(drop),
-                _ => store.save(&tokens).await,
+                0 => store
+                    .lock(&store.single_grant(), Duration::from_secs(1))
+                    .await
+                    .map(drop),
+                1 => store.load(&store.single_grant()).await.map(drop),
+                _ => store.save(&store.single_grant(), &tokens).await,
             }
         }
     })
@@ -112,7 +116,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
     proxy.heal();
     // Right after healing, held bytes are delivered first; with 30 ms bounds the first calls may
     // time out.
-    let loaded = recovered("a load", || store.load()).await;
+    let loaded = recovered("a load", || store.load(&id)).await;
     assert_eq!(loaded, Some(tokens));
     // Every held connection has been delivered and closed, and Redis has run what each carried
     // (lock attempts included) and dropped it: only the store's connection is left.
@@ -133,7 +137,7 @@ async fn a_thousand_blackholed_store_calls_leak_no_task_no_connection_and_no_loc
         .await
         .unwrap();
     assert_eq!(lock_left, 0, "a timed-out lock attempt left the lock taken");
-    let lock = recovered("a lock", || store.lock(Duration::from_secs(1))).await;
+    let lock = recovered("a lock", || store.lock(&id, Duration::from_secs(1))).await;
     lock.release().await;
     assert_eq!(eventually(tasks_at_rest, alive_tasks).await, tasks_at_rest);
     assert_eq!(proxy.client_connections(), 1);

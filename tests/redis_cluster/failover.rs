@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use nifty_auth::GrantStore;
+use nifty_auth::TokenStore;
 
 use crate::redis_cluster::{poll, RedisCluster};
 use crate::{
@@ -166,7 +166,7 @@ async fn a_master_killed_mid_run_fails_over_and_refreshes_resume_without_invalid
     for (i, fake_grant) in fake_grants.iter().enumerate() {
         assert_eq!(fake_grant.invalid_grants_served(), 0, "grant {i}");
         assert!(!fake_grant.is_revoked(), "grant {i}");
-        let stored = store.load_grant(&grant_id(i)).await.unwrap().unwrap();
+        let stored = store.load(&grant_id(i)).await.unwrap().unwrap();
         assert!(
             fake.refresh_token_is_live(stored.refresh_token().unwrap()),
             "grant {i}: the stored refresh token is not the live one"

@@ -19,7 +19,7 @@ mod spread;
 use std::time::Duration;
 
 use nifty_auth::testing::{FakeGrant, FakeNifty};
-use nifty_auth::{AuthError, Credentials, GrantId, GrantStore, NiftyGrants, RedisStore, TokenSet};
+use nifty_auth::{AuthError, Credentials, GrantId, NiftyGrants, RedisStore, TokenSet, TokenStore};
 use redis_cluster::RedisCluster;
 use tokio::task::JoinSet;
 use workers::Worker;
@@ -82,7 +82,7 @@ pub async fn seed(fake: &FakeNifty, store: &RedisStore, n: usize) -> Vec<FakeGra
 /// the set-up is not under test, and saving the same value again is harmless.
 async fn save_acknowledged(store: &RedisStore, id: &GrantId, tokens: &TokenSet) {
     let mut attempts = 0;
-    while let Err(error) = store.save_grant(id, tokens).await {
+    while let Err(error) = store.save(id, tokens).await {
         attempts += 1;
         assert!(attempts < 20, "seeding {id:?}: {error}");
         eprintln!("seeding {id:?} again: {error}");

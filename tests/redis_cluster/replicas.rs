@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use nifty_auth::{AuthError, GrantStore, NiftyGrants, TokenSet};
+use nifty_auth::{AuthError, NiftyGrants, TokenSet, TokenStore};
 
 use crate::redis_cluster::{poll, signal, RedisCluster};
 use crate::{cluster_store, grant_id, rotating_fake, seed};
@@ -32,14 +32,10 @@ async fn a_save_no_replica_acknowledges_fails_and_the_rotated_tokens_wait_with_t
         .unwrap();
     let tokens = TokenSet::new("at-probe-0123456789").with_refresh_token("rt-probe-0123456789");
     signal(replica, "STOP");
-    let err = store
-        .save_grant(&probe, &tokens)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = store.save(&probe, &tokens).await.unwrap_err().to_string();
     assert!(err.contains("0 of the 1 replicas"), "{err}");
     signal(replica, "CONT");
-    store.save_grant(&probe, &tokens).await.unwrap();
+    store.save(&probe, &tokens).await.unwrap();
 
     // Through the manager: the token call happens (the lock was acknowledged before the replica
     // froze), the save is not acknowledged.
@@ -98,7 +94,7 @@ async fn a_save_no_replica_acknowledges_fails_and_the_rotated_tokens_wait_with_t
         }
     })
     .await;
-    let saved = store.load_grant(&id).await.unwrap().unwrap();
+    let saved = store.load(&id).await.unwrap().unwrap();
     assert_eq!(saved.refresh_token(), Some(live.as_str()));
     assert!(fake.refresh_token_is_live(saved.refresh_token().unwrap()));
     let token = grants.access_token(&id).await.unwrap();

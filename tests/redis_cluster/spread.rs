@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use nifty_auth::{GrantStore, RedisStore, TokenSet};
+use nifty_auth::{RedisStore, TokenSet, TokenStore};
 
 use crate::redis_cluster::RedisCluster;
 use crate::{
@@ -18,7 +18,7 @@ async fn a_thousand_grants_land_on_all_three_masters_each_grant_in_one_slot() {
     let store = cluster_store(&cluster.urls(), "spread-client");
     let tokens = TokenSet::new("at-0123456789").with_refresh_token("rt-0123456789");
     for i in 0..1_000 {
-        store.save_grant(&grant_id(i), &tokens).await.unwrap();
+        store.save(&grant_id(i), &tokens).await.unwrap();
     }
 
     // The slot of each grant, from the cluster itself; a grant's lock key shares it.
@@ -60,19 +60,16 @@ async fn a_thousand_grants_land_on_all_three_masters_each_grant_in_one_slot() {
 
     // The lock script's two keys in one slot: a fenced save under a grant's lock works.
     let lock = store
-        .lock_grant(&grant_id(7), Duration::from_secs(5))
+        .lock(&grant_id(7), Duration::from_secs(5))
         .await
         .unwrap();
     let newer = TokenSet::new("at-newer-0123456789").with_refresh_token("rt-newer-0123456789");
     store
-        .save_grant_locked(&grant_id(7), &newer, &lock)
+        .save_locked(&grant_id(7), &newer, &lock)
         .await
         .unwrap();
     lock.release().await;
-    assert_eq!(
-        store.load_grant(&grant_id(7)).await.unwrap().unwrap(),
-        newer
-    );
+    assert_eq!(store.load(&grant_id(7)).await.unwrap().unwrap(), newer);
 }
 
 #[tokio::test]
@@ -135,7 +132,7 @@ async fn two_processes_times_200_grants_times_3_expiries_make_one_token_call_per
     for (i, fake_grant) in fake_grants.iter().enumerate() {
         assert_eq!(fake_grant.token_calls(), rounds, "grant {i}");
         assert_eq!(fake_grant.invalid_grants_served(), 0, "grant {i}");
-        let stored = store.load_grant(&grant_id(i)).await.unwrap().unwrap();
+        let stored = store.load(&grant_id(i)).await.unwrap().unwrap();
         assert!(
             fake.refresh_token_is_live(stored.refresh_token().unwrap()),
             "grant {i}: the stored refresh token is not the live one"

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nifty_auth::store::{BoxFuture, FileStore, StoreLock, TokenStore};
-use nifty_auth::{BoxError, Credentials, NiftyAuth, TokenSet};
+use nifty_auth::{BoxError, Credentials, GrantId, NiftyAuth, TokenSet};
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
@@ -327,11 +327,14 @@ fn env(name: &str) -> Option<String> {
 /// The profile's `FileStore`, showing loaded tokens [`MIN_VALIDITY`] closer to their expiry, so
 /// the token manager refreshes (and saves the rotation, through the `FileStore`) before a script
 /// gets a token about to expire. Saves and locks go to the `FileStore` unchanged.
+///
+/// A store of one grant: the profile's `NiftyAuth` is its only user, so the grant id it is asked
+/// about (always that handle's) is not needed to find the file.
 #[derive(Debug)]
 pub(crate) struct MinValidity(pub(crate) FileStore);
 
 impl TokenStore for MinValidity {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+    fn load<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(async move {
             let tokens = self.0.load().await?;
             Ok(tokens.map(|tokens| match tokens.expires_at() {
@@ -344,20 +347,24 @@ impl TokenStore for MinValidity {
         })
     }
 
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.0.save(tokens)
-    }
-
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        self.0.lock(max_hold)
-    }
-
-    fn save_locked<'a>(
+    fn save<'a>(
         &'a self,
+        _: &'a GrantId,
         tokens: &'a TokenSet,
-        lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.0.save_locked(tokens, lock)
+        Box::pin(self.0.save(tokens))
+    }
+
+    fn remove<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async { Err("a profile's tokens are deleted by `nifty-auth logout`".into()) })
+    }
+
+    fn lock<'a>(
+        &'a self,
+        _: &'a GrantId,
+        max_hold: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
+        Box::pin(self.0.lock(max_hold))
     }
 }
 

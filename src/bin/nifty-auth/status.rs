@@ -2,7 +2,6 @@
 
 use std::time::SystemTime;
 
-use nifty_auth::store::TokenStore as _;
 use serde_json::json;
 
 use crate::failure::Failure;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::Clock;
-use crate::manager::{ManagerParts, Policy, StoreRef};
+use crate::manager::{ManagerParts, Policy};
 use crate::stats::Counters;
 use crate::store::MemoryStore;
 use crate::token::cache::{CachePolicy, TokenCache};
@@ -24,8 +24,8 @@ fn manager(grant: &GrantId) -> TokenManager {
             latches: None,
             counters: Counters::default(),
         }),
-        store: StoreRef::Grant(Arc::new(MemoryStore::new())),
-        grant: Some(grant.clone()),
+        store: Arc::new(MemoryStore::new()),
+        grant: grant.clone(),
     })
 }
 

@@ -56,13 +56,13 @@ async fn a_grant_latched_by_invalid_grant_is_reported_and_lifted_but_a_removed_o
     use crate::grant_id::GrantId;
     use crate::manager::harness::grant_manager;
     use crate::manager::Latches;
-    use crate::store::{GrantStore, MemoryStore};
+    use crate::store::{MemoryStore, TokenStore};
 
     let acme = GrantId::new("acme").unwrap();
     let nifty = Nifty::new();
     nifty.spend("refresh-0");
     let store = Arc::new(MemoryStore::new());
-    store.save_grant(&acme, &expired()).await.unwrap();
+    store.save(&acme, &expired()).await.unwrap();
     let manager = grant_manager(&nifty, Arc::clone(&store), Latches::new(None));
     let latches = manager.policy.latches.as_ref().unwrap();
 
@@ -85,7 +85,7 @@ async fn a_grant_latched_by_invalid_grant_is_reported_and_lifted_but_a_removed_o
     assert_eq!(nifty.calls(), 2);
 
     // Removed elsewhere: the next refresh finds the entry gone — latched, never reported.
-    store.remove_grant(&acme).await.unwrap();
+    store.remove(&acme).await.unwrap();
     let (_, generation) = manager.header_for_request().await.unwrap();
     let gone = manager
         .header_after_unauthorized(generation)
@@ -148,7 +148,11 @@ async fn latched_callers_reread_the_store_at_most_once_a_second_and_a_reauthoriz
     let elsewhere = TokenSet::new("access-token-elsewhere-0123456789")
         .with_refresh_token("refresh-elsewhere")
         .with_expires_in(Duration::from_secs(3600));
-    store.inner.save(&elsewhere).await.unwrap();
+    store
+        .inner
+        .save(&crate::grant_id::GrantId::single(), &elsewhere)
+        .await
+        .unwrap();
     Arc::clone(&manager).token(Want::Usable).await.unwrap_err();
     tokio::time::advance(Duration::from_secs(1)).await;
     let current = Arc::clone(&manager).token(Want::Usable).await.unwrap();

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::future::BoxFuture;
 use crate::manager::harness::{manager, Nifty};
 use crate::store::LockTimeout;
 
@@ -13,13 +14,20 @@ struct Locked {
 }
 
 impl TokenStore for Locked {
-    fn load(&self) -> crate::future::BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+    fn load<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(async { Ok(None) })
     }
-    fn save<'a>(&'a self, _: &'a TokenSet) -> crate::future::BoxFuture<'a, Result<(), BoxError>> {
+    fn save<'a>(&'a self, _: &'a GrantId, _: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async { Ok(()) })
     }
-    fn lock(&self, _: Duration) -> crate::future::BoxFuture<'_, Result<StoreLock, BoxError>> {
+    fn remove<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn lock<'a>(
+        &'a self,
+        _: &'a GrantId,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
         let timeout = self.timeout;
         Box::pin(async move {
             Err(if timeout {
@@ -60,16 +68,20 @@ fn fingerprints_are_never_zero_and_tell_tokens_apart() {
 struct Bounds(parking_lot::Mutex<Vec<Duration>>);
 
 impl TokenStore for Bounds {
-    fn load(&self) -> crate::future::BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
+    fn load<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(async { Ok(None) })
     }
-    fn save<'a>(&'a self, _: &'a TokenSet) -> crate::future::BoxFuture<'a, Result<(), BoxError>> {
+    fn save<'a>(&'a self, _: &'a GrantId, _: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async { Ok(()) })
     }
-    fn lock(
-        &self,
+    fn remove<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn lock<'a>(
+        &'a self,
+        _: &'a GrantId,
         max_hold: Duration,
-    ) -> crate::future::BoxFuture<'_, Result<StoreLock, BoxError>> {
+    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
         self.0.lock().push(max_hold);
         Box::pin(async { Ok(StoreLock::none()) })
     }

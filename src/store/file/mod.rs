@@ -1,4 +1,4 @@
-//! [`FileStore`]: a token set in a JSON file, or one file per grant in a directory.
+//! [`FileStore`]: a token set in a JSON file; [`DirectoryStore`]: one such file per grant.
 
 use std::future::ready;
 use std::io;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use self::disk::{HeldLock, Target};
-use super::{BoxFuture, GrantStore, StoreLock, TokenStore};
+use super::{BoxFuture, StoreLock, TokenStore};
 use crate::grant_id::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
@@ -35,7 +35,7 @@ mod tests;
 ///
 /// # Several processes on one file
 ///
-/// Before each refresh the token manager calls [`lock`](TokenStore::lock), which takes an exclusive
+/// Before each refresh the token manager calls [`lock`](Self::lock), which takes an exclusive
 /// advisory lock (`flock` on Unix, `LockFileEx` on Windows) on a lock file beside the token file:
 /// `<file name>.lock` in the same directory (see [`lock_path`](Self::lock_path)), created with mode
 /// `0600` and never deleted (deleting lock files races). The manager then re-reads the token file, so
@@ -55,33 +55,10 @@ mod tests;
 /// - Advisory locks are only as good as every writer taking them: all processes must use `FileStore`
 ///   (this version or later) on the same path. Some network file systems do not support `flock`.
 ///
-/// # Many grants in a directory
-///
-/// [`FileStore::directory`] keeps one token file per grant in a directory, for
-/// [`NiftyGrants`](crate::NiftyGrants) (through [`GrantStore`]): grant `g` lives in
-/// `<dir>/<escaped g>.json` with its lock file `<dir>/<escaped g>.json.lock`, each written, locked
-/// and capped exactly as above, so two processes (or two stores) on one directory exclude each other
-/// per grant and a grant's lock never blocks another grant. The directory is created (mode `0700`
-/// on Unix, with any missing parents) by the first save or lock.
-///
-/// Grant ids come from your users and are never trusted: the escape keeps lower-case ASCII letters,
-/// digits, `-`, `_` and `.` (not as the first character) and writes every other byte as `%XX` (so
-/// `A` is `%41`, `a/b` is `a%2Fb`, `..` is `%2E.`). No name holds a path separator or NUL, none is
-/// `.`, `..` or hidden, no two grants share a name even on a case-insensitive file system, and
-/// Windows device names (`con`, `nul`, …) get their first letter escaped. An id whose escaped form
-/// passes 200 bytes is named by a readable prefix of it, `~` and the SHA-256 of the whole id, so
-/// every name stays within the usual 255-byte limit. No file outside the directory is read or
-/// written.
-///
-/// - [`GrantStore::remove_grant`] deletes the grant's token file and leaves its (empty) lock file:
-///   deleting a lock file that another process may hold open would let two processes lock
-///   different files of the same name. It does not take the grant's lock: to keep a refresh in
-///   another process from saving the grant again, take [`lock`](GrantStore::lock_grant) around it.
-/// - Used as a single [`TokenStore`] (with [`NiftyAuth`](crate::NiftyAuth)), a directory store
-///   keeps its token set as the grant [`DEFAULT_GRANT`](Self::DEFAULT_GRANT): the file
-///   `<dir>/default.json`, shared with a `NiftyGrants` grant of that id.
-/// - A store made by [`FileStore::new`] keeps one token set: used as a [`GrantStore`], every call
-///   fails with an error that says to use [`FileStore::directory`].
+/// One file holds one grant's tokens: a `FileStore` is what a single-grant
+/// [`NiftyAuth`](crate::NiftyAuth) takes (see [`OneGrantStore`](super::OneGrantStore)), and it is
+/// not a [`TokenStore`], so a [`NiftyGrants`](crate::NiftyGrants) cannot be given one (that would
+/// send one workspace's bearer for another). For many grants, use a [`DirectoryStore`].
 ///
 /// ```no_run
 /// use nifty_auth::{Credentials, FileStore, NiftyAuth};
@@ -93,60 +70,78 @@ mod tests;
 /// ```
 #[derive(Clone, Debug)]
 pub struct FileStore {
-    /// The token set used as a [`TokenStore`]: the file (file mode), or the default grant's file
-    /// (directory mode).
-    single: Arc<Target>,
-    /// The directory, in directory mode.
-    directory: Option<Arc<PathBuf>>,
+    target: Arc<Target>,
+    lock_timeout: Option<Duration>,
+}
+
+/// Keeps one token file per grant in a directory: the [`TokenStore`] of files, for
+/// [`NiftyGrants`](crate::NiftyGrants) (and for a [`NiftyAuth`](crate::NiftyAuth), which uses the
+/// grant [`GrantId::SINGLE`], the file `<dir>/default.json`).
+///
+/// Grant `g` lives in `<dir>/<escaped g>.json` with its lock file `<dir>/<escaped g>.json.lock`,
+/// each written, locked and capped exactly as a [`FileStore`]'s, so two processes (or two stores)
+/// on one directory exclude each other per grant and a grant's lock never blocks another grant. The
+/// directory is created (mode `0700` on Unix, with any missing parents) by the first save or lock.
+///
+/// Grant ids come from your users and are never trusted: the escape keeps lower-case ASCII letters,
+/// digits, `-`, `_` and `.` (not as the first character) and writes every other byte as `%XX` (so
+/// `A` is `%41`, `a/b` is `a%2Fb`, `..` is `%2E.`). No name holds a path separator or NUL, none is
+/// `.`, `..` or hidden, no two grants share a name even on a case-insensitive file system, and
+/// Windows device names (`con`, `nul`, …) get their first letter escaped. An id whose escaped form
+/// passes 200 bytes is named by a readable prefix of it, `~` and the SHA-256 of the whole id, so
+/// every name stays within the usual 255-byte limit. No file outside the directory is read or
+/// written.
+///
+/// [`remove`](TokenStore::remove) deletes the grant's token file and leaves its (empty) lock file:
+/// deleting a lock file that another process may hold open would let two processes lock different
+/// files of the same name. It does not take the grant's lock: to keep a refresh in another process
+/// from saving the grant again, take [`lock`](TokenStore::lock) around it.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), nifty_auth::BoxError> {
+/// use nifty_auth::store::{DirectoryStore, TokenStore};
+/// use nifty_auth::{GrantId, TokenSet};
+///
+/// let store = DirectoryStore::new("/var/lib/my-app/nifty-grants");
+/// let grant = GrantId::new("Workspace/42")?;
+/// store.save(&grant, &TokenSet::new("at").with_refresh_token("rt")).await?;
+/// assert_eq!(
+///     store.grant_path(&grant),
+///     std::path::Path::new("/var/lib/my-app/nifty-grants/%57orkspace%2F42.json")
+/// );
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct DirectoryStore {
+    dir: Arc<PathBuf>,
     lock_timeout: Option<Duration>,
 }
 
 impl FileStore {
-    /// The largest token file [`load`](TokenStore::load) accepts: 1 MiB. A token set is well under
+    /// The largest token file [`load`](Self::load) accepts: 1 MiB. A token set is well under
     /// 10 KiB; a larger file is not one of ours and is refused without being read whole.
     pub const MAX_TOKEN_FILE_BYTES: u64 = 1024 * 1024;
 
-    /// The grant a [directory store](Self::directory) keeps its token set in when used as a single
-    /// [`TokenStore`]: the file `<dir>/default.json`.
-    pub const DEFAULT_GRANT: &'static str = "default";
+    /// The grant a [`DirectoryStore`] keeps a single-grant `NiftyAuth`'s tokens in:
+    /// [`GrantId::SINGLE`].
+    #[doc(hidden)]
+    pub const DEFAULT_GRANT: &'static str = GrantId::SINGLE;
 
     /// A store in the file at `path` (created on the first save; its directory must exist).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileStore {
-            single: Arc::new(Target::new(path.into(), None)),
-            directory: None,
+            target: Arc::new(Target::new(path.into(), None)),
             lock_timeout: None,
         }
     }
 
-    /// A store of one token file per grant in the directory `dir`, created with mode `0700` by the
-    /// first save or lock if missing. See [Many grants in a
-    /// directory](FileStore#many-grants-in-a-directory).
-    ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), nifty_auth::BoxError> {
-    /// use nifty_auth::{FileStore, GrantId, GrantStore, TokenSet};
-    ///
-    /// let store = FileStore::directory("/var/lib/my-app/nifty-grants");
-    /// let grant = GrantId::new("Workspace/42")?;
-    /// store.save_grant(&grant, &TokenSet::new("at").with_refresh_token("rt")).await?;
-    /// assert_eq!(
-    ///     store.grant_path(&grant).unwrap(),
-    ///     std::path::Path::new("/var/lib/my-app/nifty-grants/%57orkspace%2F42.json")
-    /// );
-    /// # Ok(()) }
-    /// ```
-    pub fn directory(dir: impl Into<PathBuf>) -> Self {
-        let dir = dir.into();
-        let default = grant_target(&dir, Self::DEFAULT_GRANT);
-        FileStore {
-            single: Arc::new(default),
-            directory: Some(Arc::new(dir)),
-            lock_timeout: None,
-        }
+    /// A store of one token file per grant in the directory `dir`: the same as
+    /// [`DirectoryStore::new`].
+    pub fn directory(dir: impl Into<PathBuf>) -> DirectoryStore {
+        DirectoryStore::new(dir)
     }
 
-    /// The longest [`lock`](TokenStore::lock) waits for another holder of the lock file before it
+    /// The longest [`lock`](Self::lock) waits for another holder of the lock file before it
     /// fails.
     ///
     /// Defaults to the `max_hold` the token manager passes: the longest one refresh can take (every
@@ -157,44 +152,41 @@ impl FileStore {
         self
     }
 
-    /// The token file's path (for a [directory store](Self::directory): the file of
-    /// [`DEFAULT_GRANT`](Self::DEFAULT_GRANT), used as a single [`TokenStore`]).
+    /// The token file's path.
     pub fn path(&self) -> &Path {
-        &self.single.path
+        &self.target.path
     }
 
     /// The lock file's path: the token file's path with `.lock` appended (`tokens.json.lock`).
     pub fn lock_path(&self) -> &Path {
-        &self.single.lock_path
+        &self.target.lock_path
     }
 
-    /// The directory of a [directory store](Self::directory); `None` for a single file.
-    pub fn directory_path(&self) -> Option<&Path> {
-        self.directory.as_deref().map(PathBuf::as_path)
+    /// Reads the token set; `Ok(None)` when the file does not exist.
+    pub async fn load(&self) -> Result<Option<TokenSet>, BoxError> {
+        disk::load(Arc::clone(&self.target)).await
     }
 
-    /// The token file of `grant` in a [directory store](Self::directory) (its lock file is this path
-    /// with `.lock` appended); `None` for a single file.
-    pub fn grant_path(&self, grant: &GrantId) -> Option<PathBuf> {
-        self.directory
-            .as_deref()
-            .map(|dir| grant_target(dir, grant.as_str()).path)
+    /// Writes `tokens` atomically (see the [type docs](FileStore)), replacing what was there.
+    pub async fn save(&self, tokens: &TokenSet) -> Result<(), BoxError> {
+        disk::save(Arc::clone(&self.target), to_json(tokens)?).await
     }
 
-    /// `grant`'s files, or the error every grant call of a single-file store returns.
-    fn grant_target(&self, grant: &GrantId) -> Result<Arc<Target>, BoxError> {
-        match &self.directory {
-            Some(dir) => Ok(Arc::new(grant_target(dir, grant.as_str()))),
-            None => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "FileStore::new({}) keeps a single token set, not one per grant: use \
-                     FileStore::directory(dir) as the store of many grants",
-                    self.single.path.display()
-                ),
-            )
-            .into()),
-        }
+    /// Takes the exclusive lock on [`lock_path`](FileStore::lock_path), waiting at most `max_hold`
+    /// (or the [`lock_timeout`](Self::lock_timeout)); see the
+    /// [type docs](FileStore#several-processes-on-one-file). The lock is held until the
+    /// `StoreLock` is released or dropped.
+    pub async fn lock(&self, max_hold: Duration) -> Result<StoreLock, BoxError> {
+        lock_target(
+            Arc::clone(&self.target),
+            self.lock_timeout.unwrap_or(max_hold),
+        )
+        .await
+    }
+
+    /// Deletes the token file (keeping its lock file).
+    pub(crate) async fn remove(&self) -> Result<(), BoxError> {
+        disk::remove(Arc::clone(&self.target)).await
     }
 
     /// Not public API: the `nifty-auth` command line's writer of its client file (the secret
@@ -205,16 +197,45 @@ impl FileStore {
     pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
         disk::write_atomically(path, contents)
     }
+}
+
+impl DirectoryStore {
+    /// A store of one token file per grant in the directory `dir`, created with mode `0700` by the
+    /// first save or lock if missing.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DirectoryStore {
+            dir: Arc::new(dir.into()),
+            lock_timeout: None,
+        }
+    }
+
+    /// The longest [`lock`](TokenStore::lock) waits for another holder of a grant's lock file
+    /// before it fails; see [`FileStore::lock_timeout`].
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = Some(timeout);
+        self
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The token file of `grant` (its lock file is this path with `.lock` appended).
+    pub fn grant_path(&self, grant: &GrantId) -> PathBuf {
+        self.target(grant).path
+    }
+
+    fn target(&self, grant: &GrantId) -> Target {
+        let path = self
+            .dir
+            .join(format!("{}.json", name::stem(grant.as_str())));
+        Target::new(path, Some(self.dir.to_path_buf()))
+    }
 
     fn bound(&self, max_hold: Duration) -> Duration {
         self.lock_timeout.unwrap_or(max_hold)
     }
-}
-
-/// The files of grant `id` in `dir` (see [`name`]).
-fn grant_target(dir: &Path, id: &str) -> Target {
-    let path = dir.join(format!("{}.json", name::stem(id)));
-    Target::new(path, Some(dir.to_path_buf()))
 }
 
 /// Takes `target`'s lock file. The open file travels in the lock's data, so it is closed (and the
@@ -229,98 +250,64 @@ fn to_json(tokens: &TokenSet) -> Result<Vec<u8>, BoxError> {
     Ok(serde_json::to_vec_pretty(tokens)?)
 }
 
-impl TokenStore for FileStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        Box::pin(disk::load(Arc::clone(&self.single)))
+/// One file per grant; see [`DirectoryStore`].
+impl TokenStore for DirectoryStore {
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+        Box::pin(disk::load(Arc::new(self.target(grant))))
     }
 
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        match to_json(tokens) {
-            Ok(json) => Box::pin(disk::save(Arc::clone(&self.single), json)),
-            Err(e) => Box::pin(ready(Err(e))),
-        }
-    }
-
-    /// Takes the exclusive lock on [`lock_path`](FileStore::lock_path); see the
-    /// [type docs](FileStore#several-processes-on-one-file).
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        Box::pin(lock_target(Arc::clone(&self.single), self.bound(max_hold)))
-    }
-}
-
-/// One file per grant in a [directory store](FileStore::directory); every call fails on a store
-/// made by [`FileStore::new`].
-impl GrantStore for FileStore {
-    fn load_grant<'a>(
-        &'a self,
-        grant: &'a GrantId,
-    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
-        match self.grant_target(grant) {
-            Ok(target) => Box::pin(disk::load(target)),
-            Err(e) => Box::pin(ready(Err(e))),
-        }
-    }
-
-    fn save_grant<'a>(
+    fn save<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        match self
-            .grant_target(grant)
-            .and_then(|t| Ok((t, to_json(tokens)?)))
-        {
-            Ok((target, json)) => Box::pin(disk::save(target, json)),
+        match to_json(tokens) {
+            Ok(json) => Box::pin(disk::save(Arc::new(self.target(grant)), json)),
             Err(e) => Box::pin(ready(Err(e))),
         }
     }
 
     /// Deletes the grant's token file and keeps its lock file (see the
-    /// [type docs](FileStore#many-grants-in-a-directory)).
-    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
-        match self.grant_target(grant) {
-            Ok(target) => Box::pin(disk::remove(target)),
-            Err(e) => Box::pin(ready(Err(e))),
-        }
+    /// [type docs](DirectoryStore)).
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(disk::remove(Arc::new(self.target(grant))))
     }
 
-    /// Takes the exclusive lock on the grant's lock file, as [`TokenStore::lock`] does on one file.
-    fn lock_grant<'a>(
+    /// Takes the exclusive lock on the grant's lock file, as [`FileStore::lock`] does on one file.
+    fn lock<'a>(
         &'a self,
         grant: &'a GrantId,
         max_hold: Duration,
     ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
-        match self.grant_target(grant) {
-            Ok(target) => Box::pin(lock_target(target, self.bound(max_hold))),
-            Err(e) => Box::pin(ready(Err(e))),
-        }
+        Box::pin(lock_target(
+            Arc::new(self.target(grant)),
+            self.bound(max_hold),
+        ))
     }
 
     /// Saves only under a lock this store took for this grant: a lock of another grant (or none)
     /// is refused, so a mix-up can never write a grant its holder did not lock.
-    fn save_grant_locked<'a>(
+    fn save_locked<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
         lock: &'a StoreLock,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        let checked = self.grant_target(grant).and_then(|target| {
-            let held = lock.data::<HeldLock>().map(HeldLock::path);
-            if held != Some(target.lock_path.as_path()) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "save_locked needs the lock this FileStore's lock() took for the grant \
-                         (lock file {})",
-                        target.lock_path.display()
-                    ),
-                )
-                .into());
-            }
-            Ok((target, to_json(tokens)?))
-        });
-        match checked {
-            Ok((target, json)) => Box::pin(disk::save(target, json)),
+        let target = self.target(grant);
+        let held = lock.data::<HeldLock>().map(HeldLock::path);
+        if held != Some(target.lock_path.as_path()) {
+            return Box::pin(ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "save_locked needs the lock this DirectoryStore's lock() took for the grant \
+                     (lock file {})",
+                    target.lock_path.display()
+                ),
+            )
+            .into())));
+        }
+        match to_json(tokens) {
+            Ok(json) => Box::pin(disk::save(Arc::new(target), json)),
             Err(e) => Box::pin(ready(Err(e))),
         }
     }

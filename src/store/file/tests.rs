@@ -4,7 +4,6 @@ use std::fs::{self, File};
 use std::time::Duration;
 
 use super::FileStore;
-use crate::store::TokenStore;
 use crate::token::TokenSet;
 
 #[tokio::test]

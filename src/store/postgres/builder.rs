@@ -65,8 +65,8 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// The grant id of the row used when the store is a single-grant
-    /// [`TokenStore`](crate::TokenStore) (the store of a `NiftyAuth`). Defaults to
+    /// The grant id of the row a single-grant `NiftyAuth` on this store uses (its
+    /// [`single_grant`](crate::store::TokenStore::single_grant)). Defaults to
     /// [`DEFAULT_POSTGRES_GRANT`]. A [`NiftyGrants`](crate::NiftyGrants) passes its own grant ids
     /// and ignores it.
     pub fn grant(mut self, grant: impl Into<String>) -> Self {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chacha20poly1305::XChaCha20Poly1305;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
-use super::{seal, BoxFuture, GrantStore, StoreLock, TokenStore};
+use super::{seal, BoxFuture, StoreLock, TokenStore};
 use crate::error::AuthError;
 use crate::grant_id::GrantId;
 use crate::token::TokenSet;
@@ -27,7 +27,7 @@ use table::Table;
 
 /// The default table name.
 pub const DEFAULT_POSTGRES_TABLE: &str = "nifty_auth_tokens";
-/// The grant id a [`PostgresStore`] used as a single-grant [`TokenStore`] keeps its row under.
+/// The grant id of the row a single-grant `NiftyAuth` on a [`PostgresStore`] uses.
 pub const DEFAULT_POSTGRES_GRANT: &str = "default";
 /// The size of the pool [`PostgresStore::connect`] makes.
 pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 8;
@@ -42,7 +42,7 @@ pub const DEFAULT_POSTGRES_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// holder that died is taken over within one lease. See [`PostgresStoreBuilder::lock_lease`].
 pub const DEFAULT_POSTGRES_LOCK_LEASE: Duration = Duration::from_secs(10);
 
-/// A [`GrantStore`] (a row per grant) and [`TokenStore`] (one row) in PostgreSQL, shared by every
+/// A [`TokenStore`] (a row per grant) in PostgreSQL, shared by every
 /// process of an app, with a cross-process refresh lock (feature `postgres`, built on sqlx with
 /// runtime-checked queries: building needs no database).
 ///
@@ -179,7 +179,7 @@ pub struct PostgresStore {
 struct Inner {
     pool: PgPool,
     client_id: String,
-    /// The row of the single-grant [`TokenStore`].
+    /// The row a single-grant `NiftyAuth` uses.
     grant: GrantId,
     table: Table,
     cipher: Option<XChaCha20Poly1305>,
@@ -272,7 +272,8 @@ impl PostgresStore {
         &self.inner.table.name
     }
 
-    /// The grant id of the row this store uses as a single-grant [`TokenStore`].
+    /// The grant id of the row a single-grant `NiftyAuth` on this store uses (its
+    /// [`single_grant`](TokenStore::single_grant)).
     pub fn grant(&self) -> &GrantId {
         &self.inner.grant
     }
@@ -363,16 +364,13 @@ impl PostgresStore {
     }
 }
 
-impl GrantStore for PostgresStore {
-    fn load_grant<'a>(
-        &'a self,
-        grant: &'a GrantId,
-    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+impl TokenStore for PostgresStore {
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(self.load_row(grant))
     }
 
     /// Writes the row unconditionally (an upsert that increments `version`).
-    fn save_grant<'a>(
+    fn save<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -380,12 +378,12 @@ impl GrantStore for PostgresStore {
         Box::pin(self.save_row(grant, tokens))
     }
 
-    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(self.delete_row(grant))
     }
 
     /// Takes `grant`'s lease (see [`PostgresStore`]).
-    fn lock_grant<'a>(
+    fn lock<'a>(
         &'a self,
         grant: &'a GrantId,
         max_hold: Duration,
@@ -395,7 +393,7 @@ impl GrantStore for PostgresStore {
 
     /// Saves only if `lock`'s lease is still this holder's and the row's `version` is still what
     /// `lock` saw (see [`PostgresStore`]).
-    fn save_grant_locked<'a>(
+    fn save_locked<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -403,27 +401,10 @@ impl GrantStore for PostgresStore {
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         self.save_locked_grant(grant, tokens, lock)
     }
-}
 
-impl TokenStore for PostgresStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        Box::pin(self.load_row(&self.inner.grant))
-    }
-
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(self.save_row(&self.inner.grant, tokens))
-    }
-
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        Box::pin(self.acquire(&self.inner.grant, max_hold))
-    }
-
-    fn save_locked<'a>(
-        &'a self,
-        tokens: &'a TokenSet,
-        lock: &'a StoreLock,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.save_locked_grant(&self.inner.grant, tokens, lock)
+    /// The builder's [`grant`](PostgresStoreBuilder::grant).
+    fn single_grant(&self) -> GrantId {
+        self.inner.grant.clone()
     }
 }
 

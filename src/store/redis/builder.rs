@@ -15,6 +15,7 @@ use super::{
     DEFAULT_REDIS_LOCK_TTL, DEFAULT_REDIS_TOKEN_TTL,
 };
 use crate::error::AuthError;
+use crate::grant_id::GrantId;
 
 /// Configures a [`RedisStore`]; made by [`RedisStore::builder`].
 pub struct RedisStoreBuilder {
@@ -113,13 +114,17 @@ impl RedisStoreBuilder {
         let target = self.target()?;
         let tagged = target.is_cluster();
         let base = key::base(&self.prefix, &self.client_id, tagged);
-        let keys = key::grant_keys(&base, &self.grant, tagged);
+        let single = GrantId::new(self.grant.as_str()).map_err(|e| {
+            AuthError::config(format!("RedisStore's grant name is not a grant id: {e}"))
+        })?;
+        let keys = key::grant_keys(&base, single.as_str(), tagged);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 target,
                 link: parking_lot::Mutex::new(None),
                 links: AtomicU64::new(0),
                 base,
+                single,
                 keys,
                 token_ttl: self.token_ttl,
                 lock_ttl: self.lock_ttl,

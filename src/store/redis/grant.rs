@@ -1,4 +1,4 @@
-//! [`RedisStore`] as a [`GrantStore`]: one token key and one lock key per grant.
+//! [`RedisStore`] as a [`TokenStore`]: one token key and one lock key per grant.
 
 use std::future::ready;
 use std::time::Duration;
@@ -6,19 +6,19 @@ use std::time::Duration;
 use super::key::{self, Keys};
 use super::RedisStore;
 use crate::grant_id::GrantId;
-use crate::store::{BoxFuture, GrantStore, StoreLock};
+use crate::store::{BoxFuture, StoreLock, TokenStore};
 use crate::token::TokenSet;
 use tower::BoxError;
 
 impl RedisStore {
-    /// The Redis key holding `grant`'s token set when used as a [`GrantStore`]:
+    /// The Redis key holding `grant`'s token set :
     /// `<prefix>:<client id>:<grant id>:tokens`, the client id and grant id escaped (see
     /// [Many grants](RedisStore#many-grants)).
     pub fn grant_key(&self, grant: &GrantId) -> String {
         self.grant_keys(grant).tokens
     }
 
-    /// The Redis key of `grant`'s refresh lock when used as a [`GrantStore`]:
+    /// The Redis key of `grant`'s refresh lock :
     /// `<prefix>:<client id>:<grant id>:lock`.
     pub fn grant_lock_key(&self, grant: &GrantId) -> String {
         self.grant_keys(grant).lock
@@ -34,16 +34,13 @@ impl RedisStore {
 }
 
 /// One token key and one lock key per grant; see [Many grants](RedisStore#many-grants).
-impl GrantStore for RedisStore {
-    fn load_grant<'a>(
-        &'a self,
-        grant: &'a GrantId,
-    ) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
+impl TokenStore for RedisStore {
+    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(async move { self.load_at(&self.grant_keys(grant)).await })
     }
 
     /// Writes `grant`'s token set unconditionally (no lock, no fence), with the token TTL.
-    fn save_grant<'a>(
+    fn save<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -52,7 +49,7 @@ impl GrantStore for RedisStore {
     }
 
     /// Deletes `grant`'s token key. Its lock key is left alone: a holder's lease lapses by itself.
-    fn remove_grant<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
+    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
             let keys = self.grant_keys(grant);
             self.bounded("DEL", |mut connection| async move {
@@ -65,9 +62,12 @@ impl GrantStore for RedisStore {
         })
     }
 
-    /// Takes `grant`'s refresh lock: the same lease, watchdog and bounded wait as
-    /// [`TokenStore::lock`](crate::TokenStore::lock), on the grant's own lock key.
-    fn lock_grant<'a>(
+    /// Takes `grant`'s refresh lock (a lease kept alive by a watchdog while the [`StoreLock`]
+    /// lives). Waits at most `max_hold` + the lock TTL + one second for another holder: a live
+    /// holder finishes within `max_hold`, a dead one's lease lapses within one lock TTL.
+    ///
+    /// `max_hold` bounds only the wait; the lease does not depend on it.
+    fn lock<'a>(
         &'a self,
         grant: &'a GrantId,
         max_hold: Duration,
@@ -77,7 +77,7 @@ impl GrantStore for RedisStore {
 
     /// Saves `grant`'s token set only if `lock` is this store's lock *of this grant* and still
     /// holds it: a lock taken for another grant is refused before anything is sent to Redis.
-    fn save_grant_locked<'a>(
+    fn save_locked<'a>(
         &'a self,
         grant: &'a GrantId,
         tokens: &'a TokenSet,
@@ -88,5 +88,10 @@ impl GrantStore for RedisStore {
             Ok(lease) => Box::pin(async move { self.save_fenced(&keys, tokens, lease).await }),
             Err(e) => Box::pin(ready(Err(e))),
         }
+    }
+
+    /// The builder's grant name.
+    fn single_grant(&self) -> GrantId {
+        self.inner.single.clone()
     }
 }

@@ -1,8 +1,7 @@
 //! Redis key names: `<prefix>:<client id>:<grant>:tokens` with escaped parts.
 //!
-//! The grant is the builder's grant name for the single-grant [`TokenStore`](crate::TokenStore),
-//! and the [`GrantId`](crate::GrantId) of each [`GrantStore`](crate::GrantStore) call: the same
-//! escape, so the grant `g` of a grant store and a single-grant store built for `g` share a key.
+//! The grant is the [`GrantId`](crate::GrantId) of each store call; the builder's grant name (the
+//! store's single grant) is one, escaped the same way.
 //!
 //! Each part (client id, grant name) is percent-escaped: `%`, `:` and every byte that is not
 //! printable ASCII (spaces, control characters, non-ASCII UTF-8) become `%XX` (upper-case hex).

@@ -1,5 +1,5 @@
-//! [`RedisStore`]: Nifty grants shared by many processes through Redis: one grant as a
-//! [`TokenStore`], or many (a key and a lock per grant) as a [`GrantStore`](crate::GrantStore).
+//! [`RedisStore`]: Nifty grants shared by many processes through Redis, a key and a lock per
+//! grant.
 
 use std::fmt;
 use std::io;
@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use self::connection::{Connection, Target};
 use self::key::Keys;
-use super::{BoxFuture, StoreLock, TokenStore};
 #[cfg(doc)]
 use crate::error::AuthError;
+use crate::grant_id::GrantId;
 use crate::token::TokenSet;
 use tower::BoxError;
 
@@ -53,8 +53,9 @@ const MAX_LOCK_TTL: Duration = Duration::from_secs(60 * 60);
 /// The longest token set TTL [`RedisStoreBuilder::build`] accepts (Redis rejects far larger ones).
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
-/// A [`TokenStore`] in Redis, shared by every process of an app that uses one Nifty grant, with a
-/// cross-process refresh lock (feature `redis`).
+/// A [`TokenStore`](crate::store::TokenStore) in Redis, shared by every process of an app, with a
+/// cross-process refresh lock per grant (feature `redis`). Below, `<grant>` is the grant of each
+/// call: for a single-grant `NiftyAuth`, the builder's grant name.
 ///
 /// - The token set lives under `<prefix>:<client id>:<grant>:tokens`, with a TTL
 ///   ([`DEFAULT_REDIS_TOKEN_TTL`]) renewed at every save. The client id and grant name are
@@ -72,7 +73,7 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 ///   lease plus a second. The holder releases it with a compare-and-delete script.
 /// - Saves under the lock are *fenced*: a script writes the token set only if the lock still holds
 ///   this holder's token. A holder whose lease lapsed (a long pause, Redis unreachable for a lease)
-///   gets an error instead of overwriting a newer token set. [`save`](TokenStore::save) without a
+///   gets an error instead of overwriting a newer token set. [`save`](crate::store::TokenStore::save) without a
 ///   lock writes unconditionally.
 /// - Inside one process the token manager's single flight still holds: at most one lock attempt per
 ///   process at a time.
@@ -110,7 +111,7 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 /// - Single-server stores ([`RedisStore::builder`]) keep the layout above, without braces: their
 ///   keys do not change. A deployment that reached a cluster through one node with a hash-tag
 ///   prefix (`{nifty-auth}`, all grants in one slot) moves by copying each grant once, with no
-///   process refreshing: `cluster.save_grant(&id, &old.load_grant(&id).await?.unwrap())`.
+///   process refreshing: `cluster.save(&id, &old.load(&id).await?.unwrap())`.
 /// - A pipeline's redirect (`MOVED` right after a failover) is answered in-band, where the client
 ///   does not follow it: the store then sends one plain command for the key (which the client
 ///   follows, learning the new owner) and tries once more; otherwise the call fails and the token
@@ -151,22 +152,23 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 ///
 /// # Many grants
 ///
-/// A `RedisStore` is also a [`GrantStore`](crate::GrantStore), for
-/// [`NiftyGrants`](crate::NiftyGrants): grant `g` lives under `<prefix>:<client id>:<g>:tokens`
-/// with its lock `<prefix>:<client id>:<g>:lock` ([`grant_key`](Self::grant_key),
-/// [`grant_lock_key`](Self::grant_lock_key)), `g` escaped exactly as the builder's grant name
-/// above, so no grant id (`a:b`, `../x`, `%3A`, unicode) can reach another grant's keys.
+/// A `RedisStore` keeps every grant of a [`NiftyGrants`](crate::NiftyGrants): grant `g` lives
+/// under `<prefix>:<client id>:<g>:tokens` with its lock `<prefix>:<client id>:<g>:lock`
+/// ([`grant_key`](Self::grant_key), [`grant_lock_key`](Self::grant_lock_key)), `g` escaped exactly
+/// as the builder's grant name above, so no grant id (`a:b`, `../x`, `%3A`, unicode) can reach
+/// another grant's keys.
 ///
-/// - The builder's grant name is not used by grant calls: it names only the key the store uses as
-///   a single [`TokenStore`]. So the grant `g` of a grant store and a store built for the grant
-///   name `g` are the same token set (and the same lock), and one `NiftyAuth` can share a grant
-///   with a `NiftyGrants`. For a store used only for many grants, any name (`"default"`) does.
+/// - The builder's grant name is the store's
+///   [`single_grant`](crate::store::TokenStore::single_grant): the entry a single-grant `NiftyAuth`
+///   uses. So a `NiftyAuth` on a store built for the grant name `g` and the grant `g` of a
+///   `NiftyGrants` are the same token set (and the same lock). For a store used only for many
+///   grants, any name (`"default"`) does.
 /// - Each grant has its own lease, watchdog and fenced save, as above. The lock's data names the
-///   grant's lock key: [`save_locked`](crate::GrantStore::save_grant_locked) of grant `b` with a lock
+///   grant's lock key: [`save_locked`](crate::store::TokenStore::save_locked) of grant `b` with a lock
 ///   taken for grant `a` is refused before Redis is asked, and the script checks `b`'s own lock.
 /// - With encryption, the associated data is the grant's token key: a value copied from one
 ///   grant's key into another's does not decrypt (the load fails and says so).
-/// - [`remove`](crate::GrantStore::remove_grant) deletes the grant's token key; a lock key, if held,
+/// - [`remove`](crate::store::TokenStore::remove) deletes the grant's token key; a lock key, if held,
 ///   lapses with its lease.
 ///
 /// # The window no client can close
@@ -202,7 +204,9 @@ struct Inner {
     /// `<prefix>:<escaped client id>` (`<prefix>:{<escaped client id>` on a cluster): the start of
     /// every key, the grants' included.
     base: String,
-    /// The keys of the builder's grant name: what the single-grant [`TokenStore`] uses.
+    /// The builder's grant name: the entry a single-grant `NiftyAuth` uses.
+    single: GrantId,
+    /// Its keys.
     keys: Keys,
     token_ttl: Duration,
     lock_ttl: Duration,
@@ -238,13 +242,13 @@ impl RedisStore {
         }
     }
 
-    /// The Redis key holding the token set (of the builder's grant name, used as a
-    /// [`TokenStore`]).
+    /// The Redis key holding the token set of the builder's grant name (the entry a single-grant
+    /// `NiftyAuth` uses).
     pub fn key(&self) -> &str {
         &self.inner.keys.tokens
     }
 
-    /// The Redis key of the refresh lock (of the builder's grant name, used as a [`TokenStore`]).
+    /// The Redis key of the refresh lock of the builder's grant name.
     pub fn lock_key(&self) -> &str {
         &self.inner.keys.lock
     }
@@ -373,38 +377,6 @@ impl RedisStore {
             })
             .await?;
         self.check_acked(acked, "SET of the token set")
-    }
-}
-
-impl TokenStore for RedisStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<TokenSet>, BoxError>> {
-        Box::pin(self.load_at(&self.inner.keys))
-    }
-
-    fn save<'a>(&'a self, tokens: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(self.save_at(&self.inner.keys, tokens))
-    }
-
-    /// Takes the refresh lock (a lease kept alive by a watchdog while the [`StoreLock`] lives).
-    /// Waits at most `max_hold` + the lock TTL + one second for another holder: a live holder
-    /// finishes within `max_hold`, a dead one's lease lapses within one lock TTL.
-    ///
-    /// `max_hold` bounds only the wait; the lease does not depend on it.
-    fn lock(&self, max_hold: Duration) -> BoxFuture<'_, Result<StoreLock, BoxError>> {
-        Box::pin(self.acquire(&self.inner.keys, max_hold))
-    }
-
-    /// Saves `tokens` only if `lock` still holds the refresh lock (a Lua script checks the lock's
-    /// token before the `SET`); otherwise fails and leaves Redis as it is.
-    fn save_locked<'a>(
-        &'a self,
-        tokens: &'a TokenSet,
-        lock: &'a StoreLock,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        match self.lease(lock, &self.inner.keys) {
-            Ok(lease) => Box::pin(self.save_fenced(&self.inner.keys, tokens, lease)),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
     }
 }
 

@@ -8,7 +8,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use nifty_auth::{AuthError, BoxError, GrantId, GrantStore, NiftyAuth, NiftyGrants};
+use nifty_auth::store::TokenStore;
+use nifty_auth::{AuthError, BoxError, GrantId, NiftyAuth, NiftyGrants};
 use tower::util::BoxCloneSyncService;
 use tower::Layer as _;
 
@@ -32,7 +33,7 @@ pub(crate) enum Mode {
     /// Many grants, named per request by `Nifty-Grant`.
     Grants {
         grants: NiftyGrants,
-        store: Arc<dyn GrantStore>,
+        store: Arc<dyn TokenStore>,
     },
 }
 
@@ -102,7 +103,7 @@ impl Upstream {
                 let probe = GrantId::new("nifty-auth-proxy-readyz")
                     .map_err(|e| ReadyError::Store(e.into()))?;
                 store
-                    .load_grant(&probe)
+                    .load(&probe)
                     .await
                     .map(drop)
                     .map_err(ReadyError::Store)
@@ -114,7 +115,7 @@ impl Upstream {
     pub(crate) async fn knows(&self, grant: &GrantId) -> Result<bool, BoxError> {
         match &self.mode {
             Mode::Single(_) => Ok(true),
-            Mode::Grants { store, .. } => Ok(store.load_grant(grant).await?.is_some()),
+            Mode::Grants { store, .. } => Ok(store.load(grant).await?.is_some()),
         }
     }
 }
@@ -145,7 +146,7 @@ fn client() -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyB
 }
 
 /// Opens the grants store of `--grants-store`.
-async fn open_store(spec: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, Failure> {
+async fn open_store(spec: &str, client_id: &str) -> Result<Arc<dyn TokenStore>, Failure> {
     if let Some(dir) = spec.strip_prefix("dir:") {
         if dir.is_empty() {
             return Err(Failure::usage(
@@ -166,7 +167,7 @@ async fn open_store(spec: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, 
 }
 
 #[cfg(feature = "redis")]
-fn redis_store(url: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, Failure> {
+fn redis_store(url: &str, client_id: &str) -> Result<Arc<dyn TokenStore>, Failure> {
     let store = nifty_auth::store::RedisStore::builder(url, client_id, "proxy")
         .build()
         .map_err(|e| Failure::usage(format!("--grants-store: {e}")))?;
@@ -174,14 +175,14 @@ fn redis_store(url: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, Failur
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_store(_: &str, _: &str) -> Result<Arc<dyn GrantStore>, Failure> {
+fn redis_store(_: &str, _: &str) -> Result<Arc<dyn TokenStore>, Failure> {
     Err(Failure::usage(
         "this nifty-auth was built without Redis: install it with `--features cli,redis`",
     ))
 }
 
 #[cfg(feature = "postgres")]
-async fn postgres_store(url: &str, client_id: &str) -> Result<Arc<dyn GrantStore>, Failure> {
+async fn postgres_store(url: &str, client_id: &str) -> Result<Arc<dyn TokenStore>, Failure> {
     let store = nifty_auth::store::PostgresStore::connect(url, client_id)
         .map_err(|e| Failure::usage(format!("--grants-store: {e}")))?;
     store
@@ -192,7 +193,7 @@ async fn postgres_store(url: &str, client_id: &str) -> Result<Arc<dyn GrantStore
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn postgres_store(_: &str, _: &str) -> Result<Arc<dyn GrantStore>, Failure> {
+async fn postgres_store(_: &str, _: &str) -> Result<Arc<dyn TokenStore>, Failure> {
     Err(Failure::usage(
         "this nifty-auth was built without PostgreSQL: install it with `--features cli,postgres`",
     ))
