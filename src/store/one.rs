@@ -26,12 +26,14 @@ use tower::BoxError;
 ///
 /// ```
 /// use nifty_auth::store::{DirectoryStore, MemoryStore};
-/// use nifty_auth::{Credentials, FileStore, NiftyAuth};
+/// use nifty_auth::{Credentials, FileStore, NiftyAuth, NiftyGrants};
 ///
 /// let credentials = Credentials::new("id", "secret");
 /// NiftyAuth::builder(credentials.clone()).store(FileStore::new("tokens.json"));
 /// NiftyAuth::builder(credentials.clone()).store(DirectoryStore::new("grants")); // grants/default.json
-/// NiftyAuth::builder(credentials).store(MemoryStore::new());
+/// NiftyAuth::builder(credentials.clone()).store(MemoryStore::new());
+/// // Many grants take a store of many: a directory of token files.
+/// NiftyGrants::builder(credentials).store(DirectoryStore::new("grants"));
 /// ```
 pub trait OneGrantStore: sealed::Sealed {}
 
