@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench instructions --no-run
-//! for v in a_bare b_tower_http_static b2_tower_http_with_retry c_nifty_auth c2_nifty_auth_no_retry; do
+//! for v in a_bare b_tower_http_static b2_tower_http_with_retry c_nifty_auth c2_nifty_auth_no_retry g1_one_grant; do
 //!   for n in 100000 200000; do
 //!     valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/deps/instructions-* $v $n 2>&1 | grep refs
 //!   done

@@ -211,3 +211,43 @@ async fn an_evicted_grants_counters_start_again_from_zero_and_the_totals_keep_it
     );
     assert_eq!(fake.token_calls(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_joining_a_grants_refresh_are_counted_as_coalesced_for_that_grant_only() {
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 2).await;
+    let grants = grants_builder(&fake).store(store).build().unwrap();
+    let (a, b) = (seeded[0].0.clone(), seeded[1].0.clone());
+
+    // Five callers of A at once: one refresh (held until the other four joined it).
+    let hold = fake.hold_token_answers();
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let (grants, a) = (grants.clone(), a.clone());
+        callers.spawn(async move { grants.access_token(&a).await.unwrap() });
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while grants.grant(&a).stats().refreshes_coalesced < 4 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("four callers joined the running refresh");
+    hold.release();
+    while let Some(token) = callers.join_next().await {
+        assert!(!token.unwrap().is_empty());
+    }
+    grants.access_token(&b).await.unwrap();
+
+    let stats_a = grants.grant(&a).stats();
+    let stats_b = grants.grant(&b).stats();
+    assert_eq!(refresh_path(&stats_a), [1, 0, 0, 0, 1, 4, 0], "{stats_a:?}");
+    assert_eq!(refresh_path(&stats_b), [1, 0, 0, 0, 1, 0, 0], "{stats_b:?}");
+    let totals = grants.stats().totals;
+    assert_eq!(
+        refresh_path(&totals),
+        sum(refresh_path(&stats_a), refresh_path(&stats_b)),
+        "{totals:?}"
+    );
+}
