@@ -4,17 +4,35 @@
 //! parallel do not contend on one cache line; everything else is counted on the refresh path only.
 //! With the `metrics` feature, the refresh-path counts also go to the `metrics` facade
 //! (see [`crate::metrics`]).
+//!
+//! The grants of a `NiftyGrants` share one set of counters (the totals, [`GrantsStats::totals`]).
+//! Each grant's own refresh-path counts (token calls, refreshes, coalesced waiters, 401 retries,
+//! from `grants.grant(&id).stats()`) are kept beside them, by grant id, from the grant's first such
+//! event until its token manager is dropped (evicted or removed): an idle grant costs no memory for
+//! them and a request no work. Requests are counted in the totals only.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use crate::error::AuthError;
+use crate::grant_id::GrantId;
 use crate::stripe::{self, STRIPES};
 
 /// A snapshot of a [`NiftyAuth`](crate::NiftyAuth)'s counters, from [`NiftyAuth::stats`](crate::NiftyAuth::stats).
 ///
 /// All counts are since the `NiftyAuth` was built and shared by every clone, layer and middleware made
 /// from it.
+///
+/// For a handle from [`NiftyGrants::grant`](crate::NiftyGrants::grant), the counts of that grant
+/// only, and only the refresh path's: token calls by outcome, `refreshes`, `refreshes_coalesced` and
+/// `unauthorized_retries` (whichever layer, middleware or handle the grant's requests went
+/// through). Its `requests_authorized` and `requests_without_retry` are 0: requests are counted in
+/// [`GrantsStats::totals`] only, so that a request costs no extra write. A grant's counts start
+/// when its token manager is first cached and start again from 0 after it is evicted from memory
+/// or removed; the totals keep them.
 ///
 /// ```
 /// # #[cfg(feature = "testing")]
@@ -71,6 +89,154 @@ pub(crate) struct Counters {
     refreshes_coalesced: AtomicU64,
     unauthorized_retries: AtomicU64,
     requests_authorized: Striped,
+    /// Each grant's own refresh-path counts (grants of a `NiftyGrants` only), by grant; the `usize`
+    /// is the address of the token manager that created the entry (see [`Counting`]).
+    per_grant: Mutex<HashMap<GrantId, (usize, GrantCounts)>>,
+}
+
+/// One grant's refresh-path counts (under [`Counters::per_grant`]'s lock: plain integers).
+#[derive(Clone, Copy, Debug, Default)]
+struct GrantCounts {
+    token_calls_succeeded: u64,
+    token_calls_failed_transient: u64,
+    token_calls_failed_terminal: u64,
+    token_calls_failed_other: u64,
+    refreshes: u64,
+    refreshes_coalesced: u64,
+    unauthorized_retries: u64,
+}
+
+impl GrantCounts {
+    fn stats(&self) -> Stats {
+        Stats {
+            token_calls_succeeded: self.token_calls_succeeded,
+            token_calls_failed_transient: self.token_calls_failed_transient,
+            token_calls_failed_terminal: self.token_calls_failed_terminal,
+            token_calls_failed_other: self.token_calls_failed_other,
+            refreshes: self.refreshes,
+            refreshes_coalesced: self.refreshes_coalesced,
+            unauthorized_retries: self.unauthorized_retries,
+            requests_authorized: 0,
+            requests_without_retry: 0,
+        }
+    }
+}
+
+/// What one token manager counts into: the shared totals and, for a grant of a `NiftyGrants`, that
+/// grant's own entry. From [`TokenManager::counters`](crate::manager::TokenManager::counters).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counting<'a> {
+    totals: &'a Counters,
+    /// The grant and the address of its token manager (which identifies the manager whose drop
+    /// forgets the grant's counts: a removed grant's old manager may outlive its successor).
+    grant: Option<(&'a GrantId, usize)>,
+}
+
+impl<'a> Counting<'a> {
+    /// Counting into `totals` only.
+    #[cfg(test)]
+    pub(crate) fn totals(totals: &'a Counters) -> Self {
+        Counting {
+            totals,
+            grant: None,
+        }
+    }
+
+    /// Counting into `totals` and `grant`'s own counts, for the token manager at `owner`.
+    pub(crate) fn grant(totals: &'a Counters, grant: Option<&'a GrantId>, owner: usize) -> Self {
+        Counting {
+            totals,
+            grant: grant.map(|grant| (grant, owner)),
+        }
+    }
+
+    /// Adds one to the grant's own count chosen by `field` (refresh path only: takes a lock).
+    fn per_grant(&self, field: impl FnOnce(&mut GrantCounts) -> &mut u64) {
+        if let Some((grant, owner)) = self.grant {
+            let mut map = self.totals.per_grant.lock();
+            let (counted_by, counts) = map
+                .entry(grant.clone())
+                .or_insert_with(|| (owner, GrantCounts::default()));
+            // The manager that counted last owns the entry (a removed grant's old manager, kept
+            // alive by a handle, must not forget its successor's counts when it is dropped).
+            *counted_by = owner;
+            *field(counts) += 1;
+        }
+    }
+
+    pub(crate) fn token_call(&self, result: Result<(), &AuthError>) {
+        self.totals.token_call(result);
+        self.per_grant(|counts| match result {
+            Ok(()) => &mut counts.token_calls_succeeded,
+            Err(e) if e.is_transient() => &mut counts.token_calls_failed_transient,
+            Err(e) if e.is_terminal() => &mut counts.token_calls_failed_terminal,
+            Err(_) => &mut counts.token_calls_failed_other,
+        });
+    }
+
+    #[inline]
+    pub(crate) fn token_call_started(&self) -> TokenCallTimer {
+        self.totals.token_call_started()
+    }
+
+    pub(crate) fn refresh_started(&self) {
+        self.totals.refresh_started();
+        self.per_grant(|counts| &mut counts.refreshes);
+    }
+
+    #[inline]
+    pub(crate) fn refresh_finished(&self, duration: Duration, ok: bool) {
+        self.totals.refresh_finished(duration, ok);
+    }
+
+    pub(crate) fn refresh_coalesced(&self) {
+        self.totals.refresh_coalesced();
+        self.per_grant(|counts| &mut counts.refreshes_coalesced);
+    }
+
+    pub(crate) fn unauthorized_retry(&self) {
+        self.totals.unauthorized_retry();
+        self.per_grant(|counts| &mut counts.unauthorized_retries);
+    }
+
+    /// A request was sent: counted in the totals only (no per-grant write on the request path).
+    #[inline]
+    pub(crate) fn request_authorized(&self) {
+        self.totals.request_authorized();
+    }
+
+    /// [`request_authorized`](Self::request_authorized) on a known stripe.
+    #[inline]
+    pub(crate) fn request_authorized_on(&self, stripe: usize) {
+        self.totals.request_authorized_on(stripe);
+    }
+
+    /// The grant's own counts (see [`Stats`]), or the totals for a manager of no grant.
+    pub(crate) fn snapshot(&self) -> Stats {
+        match self.grant {
+            Some((grant, _)) => self
+                .totals
+                .per_grant
+                .lock()
+                .get(grant)
+                .map_or_else(Stats::default, |(_, counts)| counts.stats()),
+            None => self.totals.snapshot(),
+        }
+    }
+
+    /// The token manager at `owner` is dropped: forgets its grant's counts, unless another manager
+    /// of the grant counted since.
+    pub(crate) fn forget(&self) {
+        if let Some((grant, owner)) = self.grant {
+            let mut map = self.totals.per_grant.lock();
+            if map
+                .get(grant)
+                .is_some_and(|(counted_by, _)| *counted_by == owner)
+            {
+                map.remove(grant);
+            }
+        }
+    }
 }
 
 impl Counters {
@@ -134,6 +300,17 @@ impl Counters {
     #[inline]
     pub(crate) fn request_authorized_on(&self, stripe: usize) {
         self.requests_authorized.increment(stripe);
+    }
+
+    /// Whether no grant has counts of its own.
+    #[cfg(test)]
+    pub(crate) fn per_grant_is_empty(&self) -> bool {
+        self.per_grant.lock().is_empty()
+    }
+
+    /// Forgets `grant`'s own counts (the grant was removed); the totals keep them.
+    pub(crate) fn forget_grant(&self, grant: &GrantId) {
+        self.per_grant.lock().remove(grant);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

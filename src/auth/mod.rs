@@ -125,10 +125,15 @@ impl NiftyAuth {
     }
 
     /// A snapshot of the counters of this handle's token manager (token calls by outcome, refreshes, coalesced waiters,
-    /// 401 retries, requests). Cheap: a handful of relaxed atomic loads. For a handle from
-    /// [`NiftyGrants::grant`](crate::NiftyGrants::grant), the counters of all grants (the same as
-    /// [`NiftyGrants::stats`](crate::NiftyGrants::stats)'s totals): counting per grant would cost
-    /// every cached grant memory; the `nifty_auth.refresh` span carries the grant id instead.
+    /// 401 retries, requests). Cheap: a handful of relaxed atomic loads.
+    ///
+    /// For a handle from [`NiftyGrants::grant`](crate::NiftyGrants::grant), that grant's own counts
+    /// of the refresh path only — token calls by outcome, refreshes, coalesced waiters, 401 retries
+    /// (through any layer, middleware or handle) — with `requests_authorized` and
+    /// `requests_without_retry` at 0: requests are counted in
+    /// [`NiftyGrants::stats`](crate::NiftyGrants::stats)'s totals only, so a request costs no extra
+    /// write. A grant's counts start again from 0 after it is evicted from memory or removed (the
+    /// totals keep them). One lock and a map lookup.
     pub fn stats(&self) -> crate::stats::Stats {
         self.shared.manager.counters().snapshot()
     }

@@ -25,7 +25,7 @@ use crate::clock::{instant_after, Clock};
 use crate::credentials::Credentials;
 use crate::error::AuthError;
 use crate::future::BoxFuture;
-use crate::stats::Counters;
+use crate::stats::Counting;
 use crate::token::TokenSet;
 
 pub(crate) use crate::token::MAX_TOKEN_RESPONSE_BYTES;
@@ -186,7 +186,7 @@ impl Endpoint {
         &'a self,
         grant: &'a GrantType<'a>,
         previous_refresh_token: Option<&'a str>,
-        counters: &'a Counters,
+        counters: Counting<'a>,
         holding_turn: bool,
     ) -> BoxFuture<'a, (Result<TokenSet, AuthError>, u32)> {
         Box::pin(self.request_inner(grant, previous_refresh_token, counters, holding_turn))
@@ -201,7 +201,7 @@ impl Endpoint {
         &self,
         grant: &GrantType<'_>,
         previous_refresh_token: Option<&str>,
-        counters: &Counters,
+        counters: Counting<'_>,
         holding_turn: bool,
     ) -> (Result<TokenSet, AuthError>, u32) {
         let body = Bytes::from(grant.body().to_string());

@@ -241,12 +241,15 @@ impl NiftyGrants {
         if let Some(manager) = &retired {
             shared.registry.remove_if(grant, manager);
         }
+        shared.policy.counters.forget_grant(grant);
         shared.latches().lifted(grant);
         result
     }
 
     /// A single-grant handle on `grant`, sharing this machinery (cache, single flight, store, limits):
-    /// its [`layer`](NiftyAuth::layer) and middleware authenticate every request as `grant`.
+    /// its [`layer`](NiftyAuth::layer) and middleware authenticate every request as `grant`. Its
+    /// [`stats`](NiftyAuth::stats) are `grant`'s own refresh-path counts (see there); the totals of
+    /// every grant are in [`stats`](Self::stats).
     pub fn grant(&self, grant: &GrantId) -> NiftyAuth {
         NiftyAuth {
             shared: Arc::new(SharedAuth::with_manager(
@@ -286,7 +289,8 @@ impl NiftyGrants {
     }
 
     /// Counters over all grants: token calls by outcome, refreshes, 401 retries, requests; and the
-    /// cache: grants cached, evicted, needing re-authorization.
+    /// cache: grants cached, evicted, needing re-authorization. One grant's own counts:
+    /// `grants.grant(&id).stats()`.
     pub fn stats(&self) -> GrantsStats {
         GrantsStats {
             totals: self.shared.policy.counters.snapshot(),

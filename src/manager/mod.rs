@@ -38,7 +38,7 @@ use crate::clock::instant_after;
 use crate::endpoint::{Endpoint, GrantType};
 use crate::error::AuthError;
 use crate::grant_id::GrantId;
-use crate::stats::Counters;
+use crate::stats::{Counters, Counting};
 use crate::store::{LockLost, LockTimeout, StoreLock, TokenStore};
 use crate::token::cache::{Current, Read, TokenCache};
 use crate::token::TokenSet;
@@ -231,10 +231,17 @@ impl TokenManager {
         }
     }
 
-    /// The counters (shared by every grant of a `NiftyGrants`).
+    /// The counters: the totals (shared by every grant of a `NiftyGrants`) and, for a grant, its own
+    /// refresh-path counts.
     #[inline]
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.policy.counters
+    pub(crate) fn counters(&self) -> Counting<'_> {
+        // Only the grants of a `NiftyGrants` (the managers that report latches) count per grant.
+        let of_many = self.policy.latches.is_some();
+        Counting::grant(
+            &self.policy.counters,
+            of_many.then_some(&self.grant),
+            self as *const Self as usize,
+        )
     }
 
     /// Whether this manager can get new tokens (`false` for a personal access token).
@@ -259,6 +266,13 @@ impl TokenManager {
                      to set_tokens"
                 .to_owned(),
         })
+    }
+}
+
+impl Drop for TokenManager {
+    /// An evicted or removed grant's own counts go with its manager (the totals keep them).
+    fn drop(&mut self) {
+        self.counters().forget();
     }
 }
 

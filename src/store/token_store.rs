@@ -18,6 +18,11 @@ use tower::BoxError;
 /// See the [module docs](super) for when each method is called and an example. Errors may be any
 /// error type; they reach callers as [`AuthError::Store`](crate::AuthError::Store) with the error
 /// as `source()`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `TokenStore` (a store of one token set per grant)",
+    note = "one token file (`FileStore`) keeps one grant: give it to `NiftyAuth`; for many grants \
+            use `DirectoryStore`, `MemoryStore`, `RedisStore`, `PostgresStore` or your own store"
+)]
 pub trait TokenStore: Send + Sync + 'static {
     /// Reads `grant`'s token set; `Ok(None)` when nothing is stored for it.
     fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>>;

@@ -7,6 +7,7 @@ mod common;
 mod api;
 mod layer;
 mod processes;
+mod stats;
 #[path = "../common/workers.rs"]
 mod workers;
 
