@@ -7,18 +7,16 @@
 //!
 //! The grants of a `NiftyGrants` share one set of counters (the totals, [`GrantsStats::totals`]).
 //! Each grant's own refresh-path counts (token calls, refreshes, coalesced waiters, 401 retries,
-//! from `grants.grant(&id).stats()`) are kept beside them, by grant id, from the grant's first such
-//! event until its token manager is dropped (evicted or removed): an idle grant costs no memory for
-//! them and a request no work. Requests are counted in the totals only.
+//! from `grants.grant(&id).stats()`) live in its token manager, in a box allocated at the grant's
+//! first such event (8 bytes until then), and go with the manager (evicted or removed). A request
+//! costs no extra write: requests are counted in the totals only.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use once_cell::race::OnceBox;
 
 use crate::error::AuthError;
-use crate::grant_id::GrantId;
 use crate::stripe::{self, STRIPES};
 
 /// A snapshot of a [`NiftyAuth`](crate::NiftyAuth)'s counters, from [`NiftyAuth::stats`](crate::NiftyAuth::stats).
@@ -89,88 +87,85 @@ pub(crate) struct Counters {
     refreshes_coalesced: AtomicU64,
     unauthorized_retries: AtomicU64,
     requests_authorized: Striped,
-    /// Each grant's own refresh-path counts (grants of a `NiftyGrants` only), by grant; the `usize`
-    /// is the address of the token manager that created the entry (see [`Counting`]).
-    per_grant: Mutex<HashMap<GrantId, (usize, GrantCounts)>>,
 }
 
-/// One grant's refresh-path counts (under [`Counters::per_grant`]'s lock: plain integers).
-#[derive(Clone, Copy, Debug, Default)]
+/// One grant's own refresh-path counts, in its token manager: 8 bytes until the grant's first
+/// counted event allocates them.
+#[derive(Debug, Default)]
+pub(crate) struct OwnCounts(OnceBox<GrantCounts>);
+
+#[derive(Debug, Default)]
 struct GrantCounts {
-    token_calls_succeeded: u64,
-    token_calls_failed_transient: u64,
-    token_calls_failed_terminal: u64,
-    token_calls_failed_other: u64,
-    refreshes: u64,
-    refreshes_coalesced: u64,
-    unauthorized_retries: u64,
+    token_calls_succeeded: AtomicU64,
+    token_calls_failed_transient: AtomicU64,
+    token_calls_failed_terminal: AtomicU64,
+    token_calls_failed_other: AtomicU64,
+    refreshes: AtomicU64,
+    refreshes_coalesced: AtomicU64,
+    unauthorized_retries: AtomicU64,
 }
 
-impl GrantCounts {
-    fn stats(&self) -> Stats {
-        Stats {
-            token_calls_succeeded: self.token_calls_succeeded,
-            token_calls_failed_transient: self.token_calls_failed_transient,
-            token_calls_failed_terminal: self.token_calls_failed_terminal,
-            token_calls_failed_other: self.token_calls_failed_other,
-            refreshes: self.refreshes,
-            refreshes_coalesced: self.refreshes_coalesced,
-            unauthorized_retries: self.unauthorized_retries,
+impl OwnCounts {
+    /// Adds one to the count chosen by `field`, allocating the counts at the first event.
+    fn add(&self, field: impl FnOnce(&GrantCounts) -> &AtomicU64) {
+        field(self.0.get_or_init(Box::default)).fetch_add(1, Relaxed);
+    }
+
+    /// The counts (see [`Stats`]: requests are not counted per grant).
+    pub(crate) fn snapshot(&self) -> Stats {
+        self.0.get().map_or_else(Stats::default, |c| Stats {
+            token_calls_succeeded: c.token_calls_succeeded.load(Relaxed),
+            token_calls_failed_transient: c.token_calls_failed_transient.load(Relaxed),
+            token_calls_failed_terminal: c.token_calls_failed_terminal.load(Relaxed),
+            token_calls_failed_other: c.token_calls_failed_other.load(Relaxed),
+            refreshes: c.refreshes.load(Relaxed),
+            refreshes_coalesced: c.refreshes_coalesced.load(Relaxed),
+            unauthorized_retries: c.unauthorized_retries.load(Relaxed),
             requests_authorized: 0,
             requests_without_retry: 0,
-        }
+        })
+    }
+
+    /// Whether the counts were ever allocated.
+    #[cfg(test)]
+    pub(crate) fn allocated(&self) -> bool {
+        self.0.get().is_some()
     }
 }
 
 /// What one token manager counts into: the shared totals and, for a grant of a `NiftyGrants`, that
-/// grant's own entry. From [`TokenManager::counters`](crate::manager::TokenManager::counters).
+/// grant's own counts. From [`TokenManager::counters`](crate::manager::TokenManager::counters).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Counting<'a> {
     totals: &'a Counters,
-    /// The grant and the address of its token manager (which identifies the manager whose drop
-    /// forgets the grant's counts: a removed grant's old manager may outlive its successor).
-    grant: Option<(&'a GrantId, usize)>,
+    own: Option<&'a OwnCounts>,
 }
 
 impl<'a> Counting<'a> {
     /// Counting into `totals` only.
     #[cfg(test)]
     pub(crate) fn totals(totals: &'a Counters) -> Self {
-        Counting {
-            totals,
-            grant: None,
-        }
+        Counting { totals, own: None }
     }
 
-    /// Counting into `totals` and `grant`'s own counts, for the token manager at `owner`.
-    pub(crate) fn grant(totals: &'a Counters, grant: Option<&'a GrantId>, owner: usize) -> Self {
-        Counting {
-            totals,
-            grant: grant.map(|grant| (grant, owner)),
-        }
+    /// Counting into `totals` and, for a grant of many, its `own` counts.
+    pub(crate) fn new(totals: &'a Counters, own: Option<&'a OwnCounts>) -> Self {
+        Counting { totals, own }
     }
 
-    /// Adds one to the grant's own count chosen by `field` (refresh path only: takes a lock).
-    fn per_grant(&self, field: impl FnOnce(&mut GrantCounts) -> &mut u64) {
-        if let Some((grant, owner)) = self.grant {
-            let mut map = self.totals.per_grant.lock();
-            let (counted_by, counts) = map
-                .entry(grant.clone())
-                .or_insert_with(|| (owner, GrantCounts::default()));
-            // The manager that counted last owns the entry (a removed grant's old manager, kept
-            // alive by a handle, must not forget its successor's counts when it is dropped).
-            *counted_by = owner;
-            *field(counts) += 1;
+    fn per_grant(&self, field: impl FnOnce(&GrantCounts) -> &AtomicU64) {
+        if let Some(own) = self.own {
+            own.add(field);
         }
     }
 
     pub(crate) fn token_call(&self, result: Result<(), &AuthError>) {
         self.totals.token_call(result);
         self.per_grant(|counts| match result {
-            Ok(()) => &mut counts.token_calls_succeeded,
-            Err(e) if e.is_transient() => &mut counts.token_calls_failed_transient,
-            Err(e) if e.is_terminal() => &mut counts.token_calls_failed_terminal,
-            Err(_) => &mut counts.token_calls_failed_other,
+            Ok(()) => &counts.token_calls_succeeded,
+            Err(e) if e.is_transient() => &counts.token_calls_failed_transient,
+            Err(e) if e.is_terminal() => &counts.token_calls_failed_terminal,
+            Err(_) => &counts.token_calls_failed_other,
         });
     }
 
@@ -181,7 +176,7 @@ impl<'a> Counting<'a> {
 
     pub(crate) fn refresh_started(&self) {
         self.totals.refresh_started();
-        self.per_grant(|counts| &mut counts.refreshes);
+        self.per_grant(|counts| &counts.refreshes);
     }
 
     #[inline]
@@ -191,12 +186,12 @@ impl<'a> Counting<'a> {
 
     pub(crate) fn refresh_coalesced(&self) {
         self.totals.refresh_coalesced();
-        self.per_grant(|counts| &mut counts.refreshes_coalesced);
+        self.per_grant(|counts| &counts.refreshes_coalesced);
     }
 
     pub(crate) fn unauthorized_retry(&self) {
         self.totals.unauthorized_retry();
-        self.per_grant(|counts| &mut counts.unauthorized_retries);
+        self.per_grant(|counts| &counts.unauthorized_retries);
     }
 
     /// A request was sent: counted in the totals only (no per-grant write on the request path).
@@ -211,30 +206,11 @@ impl<'a> Counting<'a> {
         self.totals.request_authorized_on(stripe);
     }
 
-    /// The grant's own counts (see [`Stats`]), or the totals for a manager of no grant.
+    /// The grant's own counts (see [`Stats`]), or the totals for a manager of no grant of many.
     pub(crate) fn snapshot(&self) -> Stats {
-        match self.grant {
-            Some((grant, _)) => self
-                .totals
-                .per_grant
-                .lock()
-                .get(grant)
-                .map_or_else(Stats::default, |(_, counts)| counts.stats()),
+        match self.own {
+            Some(own) => own.snapshot(),
             None => self.totals.snapshot(),
-        }
-    }
-
-    /// The token manager at `owner` is dropped: forgets its grant's counts, unless another manager
-    /// of the grant counted since.
-    pub(crate) fn forget(&self) {
-        if let Some((grant, owner)) = self.grant {
-            let mut map = self.totals.per_grant.lock();
-            if map
-                .get(grant)
-                .is_some_and(|(counted_by, _)| *counted_by == owner)
-            {
-                map.remove(grant);
-            }
         }
     }
 }
@@ -300,17 +276,6 @@ impl Counters {
     #[inline]
     pub(crate) fn request_authorized_on(&self, stripe: usize) {
         self.requests_authorized.increment(stripe);
-    }
-
-    /// Whether no grant has counts of its own.
-    #[cfg(test)]
-    pub(crate) fn per_grant_is_empty(&self) -> bool {
-        self.per_grant.lock().is_empty()
-    }
-
-    /// Forgets `grant`'s own counts (the grant was removed); the totals keep them.
-    pub(crate) fn forget_grant(&self, grant: &GrantId) {
-        self.per_grant.lock().remove(grant);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

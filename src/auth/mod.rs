@@ -132,8 +132,8 @@ impl NiftyAuth {
     /// (through any layer, middleware or handle) — with `requests_authorized` and
     /// `requests_without_retry` at 0: requests are counted in
     /// [`NiftyGrants::stats`](crate::NiftyGrants::stats)'s totals only, so a request costs no extra
-    /// write. A grant's counts start again from 0 after it is evicted from memory or removed (the
-    /// totals keep them). One lock and a map lookup.
+    /// write. A grant's counts live in its token manager: they start again from 0 after the grant
+    /// is evicted from memory or removed (the totals keep them).
     pub fn stats(&self) -> crate::stats::Stats {
         self.shared.manager.counters().snapshot()
     }

@@ -241,7 +241,6 @@ impl NiftyGrants {
         if let Some(manager) = &retired {
             shared.registry.remove_if(grant, manager);
         }
-        shared.policy.counters.forget_grant(grant);
         shared.latches().lifted(grant);
         result
     }

@@ -38,7 +38,7 @@ use crate::clock::instant_after;
 use crate::endpoint::{Endpoint, GrantType};
 use crate::error::AuthError;
 use crate::grant_id::GrantId;
-use crate::stats::{Counters, Counting};
+use crate::stats::{Counters, Counting, OwnCounts};
 use crate::store::{LockLost, LockTimeout, StoreLock, TokenStore};
 use crate::token::cache::{Current, Read, TokenCache};
 use crate::token::TokenSet;
@@ -176,6 +176,9 @@ pub(crate) struct TokenManager {
     store: Arc<dyn TokenStore>,
     /// The grant: its entry in the store (a `NiftyAuth`'s is the store's single grant).
     pub(crate) grant: GrantId,
+    /// The grant's own refresh-path counts (a grant of a `NiftyGrants`): allocated at its first
+    /// counted event, gone with this manager.
+    own: OwnCounts,
     state: Mutex<State>,
     /// Serializes everything that changes the tokens: refreshes, `set_tokens`, `exchange_code`.
     gate: tokio::sync::Mutex<()>,
@@ -222,6 +225,7 @@ impl TokenManager {
             policy: parts.policy,
             store: parts.store,
             grant: parts.grant,
+            own: OwnCounts::default(),
             state: Mutex::new(State {
                 terminal: terminal.map(Box::new),
                 ..State::default()
@@ -237,11 +241,7 @@ impl TokenManager {
     pub(crate) fn counters(&self) -> Counting<'_> {
         // Only the grants of a `NiftyGrants` (the managers that report latches) count per grant.
         let of_many = self.policy.latches.is_some();
-        Counting::grant(
-            &self.policy.counters,
-            of_many.then_some(&self.grant),
-            self as *const Self as usize,
-        )
+        Counting::new(&self.policy.counters, of_many.then_some(&self.own))
     }
 
     /// Whether this manager can get new tokens (`false` for a personal access token).
@@ -266,13 +266,6 @@ impl TokenManager {
                      to set_tokens"
                 .to_owned(),
         })
-    }
-}
-
-impl Drop for TokenManager {
-    /// An evicted or removed grant's own counts go with its manager (the totals keep them).
-    fn drop(&mut self) {
-        self.counters().forget();
     }
 }
 

@@ -161,11 +161,11 @@ fn a_manager_remembers_its_last_two_replaced_refresh_tokens_in_a_small_state() {
     );
 }
 
-/// A grant of many counts its own refresh path beside the totals; its counts go with its manager
-/// (an evicted or removed grant starts again from 0), the totals keep them. A single grant counts
+/// A grant of many counts its own refresh path beside the totals, in its manager (allocated at the
+/// first event: an evicted or removed grant's next manager starts from 0); a single grant counts
 /// only the totals.
 #[tokio::test(start_paused = true)]
-async fn a_grants_own_counts_live_as_long_as_its_manager_and_the_totals_keep_them() {
+async fn a_grant_of_many_counts_its_own_refresh_path_and_a_single_grant_only_the_totals() {
     use crate::manager::harness::{expired, grant_manager, manager, Nifty};
     use crate::manager::latches::Latches;
     use crate::store::MemoryStore;
@@ -175,35 +175,45 @@ async fn a_grants_own_counts_live_as_long_as_its_manager_and_the_totals_keep_the
     let acme = GrantId::new("acme").unwrap();
     store.save(&acme, &expired()).await.unwrap();
     let first = grant_manager(&nifty, Arc::clone(&store), Latches::new(None));
-    let policy = Arc::clone(&first.policy);
+    assert!(!first.own.allocated(), "no counts before the first event");
     first.access_token().await.unwrap();
     assert_eq!(nifty.calls(), 1);
     let own = first.counters().snapshot();
     assert_eq!((own.refreshes, own.token_calls_succeeded), (1, 1));
 
-    // A second manager of the grant counts into the same entry; the first one's drop leaves it.
+    // The grant's next manager (after an eviction) on the same policy starts from 0; the totals
+    // keep every count.
     let second = Arc::new(TokenManager::new(ManagerParts {
         cache: TokenCache::new(CachePolicy::single(Duration::from_secs(60), Clock::new())),
-        policy: Arc::clone(&policy),
+        policy: Arc::clone(&first.policy),
         store: store.clone(),
         grant: acme.clone(),
     }));
     second.counters().refresh_coalesced();
-    drop(first);
+    second.counters().unauthorized_retry();
     let own = second.counters().snapshot();
-    assert_eq!((own.refreshes, own.refreshes_coalesced), (1, 1), "{own:?}");
+    assert_eq!(
+        (
+            own.refreshes,
+            own.refreshes_coalesced,
+            own.unauthorized_retries
+        ),
+        (0, 1, 1),
+        "{own:?}"
+    );
+    let totals = first.policy.counters.snapshot();
+    assert_eq!(
+        (
+            totals.refreshes,
+            totals.refreshes_coalesced,
+            totals.unauthorized_retries
+        ),
+        (1, 1, 1)
+    );
 
-    // The last manager that counted goes: the grant's counts go with it, not the totals'.
-    let totals = Counting::grant(&policy.counters, None, 0);
-    let grant_view = Counting::grant(&policy.counters, Some(&acme), 0);
-    drop(second);
-    assert_eq!(grant_view.snapshot(), crate::stats::Stats::default());
-    assert_eq!(totals.snapshot().refreshes, 1);
-    assert_eq!(totals.snapshot().refreshes_coalesced, 1);
-
-    // A single grant's handle reports the totals: it has no entry of its own.
+    // A single grant's handle reports the totals and allocates no counts of its own.
     let single = manager(&Nifty::new(), Arc::new(MemoryStore::with_tokens(expired())));
     single.access_token().await.unwrap();
     assert_eq!(single.counters().snapshot().refreshes, 1);
-    assert!(single.policy.counters.per_grant_is_empty());
+    assert!(!single.own.allocated());
 }
