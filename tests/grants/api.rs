@@ -176,10 +176,15 @@ async fn a_429_with_retry_after_slows_every_grant() {
     let zero = grants.clone();
     let id = seeded[0].0.clone();
     let first = tokio::spawn(async move { zero.access_token(&id).await });
-    while fake.token_calls() < 1 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Its 429 has been answered and counted (the shared pause is set in the same step, with no
+    // await between, and this runtime has one thread).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while grants.stats().totals.token_calls_failed_transient < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("grant 0's token call was answered with its 429");
     // … and grant 1, asking right after, waits for the same Retry-After.
     grants.access_token(&seeded[1].0).await.unwrap();
     assert!(

@@ -151,9 +151,13 @@ async fn twenty_concurrent_401s_of_one_grant_make_one_refresh_of_that_grant_and_
             );
         }
     }
-    while rejected_grant.unauthorized_served() < 20 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while rejected_grant.unauthorized_served() < 20 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("all 20 requests of the rejected grant were answered 401");
     hold.release();
     while let Some(done) = tasks.join_next().await {
         done.unwrap();

@@ -11,11 +11,16 @@ use crate::common::rotating_fake;
 use crate::common::seed_grant;
 use crate::server::PgServer;
 
-/// Waits until `done` holds (an event, not a guess at timing).
+/// Waits until `done` holds (an event, not a guess at timing), failing after 30 s rather than
+/// hanging.
 async fn until(mut done: impl FnMut() -> bool) {
-    while !done() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the awaited event within 30 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

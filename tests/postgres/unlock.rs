@@ -48,9 +48,13 @@ async fn expires_at_ms(admin: &PgPool) -> f64 {
 
 /// Waits until no lease is live (by the server's clock): the event a takeover needs.
 async fn until_lapsed(admin: &PgPool) {
-    while live_leases(admin).await != 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while live_leases(admin).await != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every lease lapsed within 60 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,9 +77,13 @@ async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over
     let holder = lease_holder(&admin, "hostage").await.unwrap();
     // The watchdog renews the lease while the lock is held (every third of it).
     let first = expires_at_ms(&admin).await;
-    while expires_at_ms(&admin).await == first {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while expires_at_ms(&admin).await == first {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the watchdog renewed the lease");
     lock.release().await;
     // The delete was refused: the row stays, no longer renewed, and lapses.
     assert_eq!(lease_rows(&admin).await, 1);
