@@ -46,8 +46,9 @@ impl Default for ManyGrants {
 
 impl Builder<ManyGrants> {
     /// Where the grants' tokens are kept: any [`TokenStore`] (`MemoryStore`,
-    /// [`FileStore::directory`](crate::FileStore::directory), `RedisStore`, `PostgresStore`, your
-    /// own). Defaults to a [`MemoryStore`].
+    /// [`DirectoryStore`](crate::store::DirectoryStore), `RedisStore`, `PostgresStore`, your own).
+    /// Defaults to a [`MemoryStore`]. A single token file
+    /// ([`FileStore`](crate::FileStore)) is not one: it keeps one grant.
     pub fn store(mut self, store: impl TokenStore) -> Self {
         self.kind.store = Some(Arc::new(store));
         self

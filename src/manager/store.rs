@@ -1,4 +1,5 @@
-//! The manager's view of its store: its grant's entry, locked with a bound, and what a lost save or a fenced refusal looks like.
+//! The manager's view of its store: its grant's entry, locked with a bound, and what a lost save
+//! or a fenced refusal looks like.
 
 use super::*;
 

@@ -1,8 +1,8 @@
 //! Where tokens live between runs: the [`TokenStore`] trait and its built-in stores.
 //!
-//! A store keeps one token set per grant, keyed by [`GrantId`](crate::GrantId): [`MemoryStore`] (the default),
-//! [`DirectoryStore`] (a file per grant), `RedisStore` (a key per grant), `PostgresStore` (a row
-//! per grant). A [`NiftyGrants`](crate::NiftyGrants) uses the entry of each of its grants; a
+//! A store keeps one token set per grant, keyed by [`GrantId`](crate::GrantId): [`MemoryStore`]
+//! (the default), [`DirectoryStore`] (a file per grant), `RedisStore` (a key per grant),
+//! `PostgresStore` (a row per grant). A [`NiftyGrants`](crate::NiftyGrants) uses the entry of each of its grants; a
 //! single-grant [`NiftyAuth`](crate::NiftyAuth) is the same thing with a fixed id, the store's
 //! [`single_grant`](TokenStore::single_grant) (`default` unless the store was built for another).
 //! A single token file ([`FileStore`]) is a store of one grant only: `NiftyAuth` takes it, and

@@ -217,3 +217,42 @@ async fn callers_joining_a_grants_refresh_are_counted_as_coalesced_for_that_gran
         "{totals:?}"
     );
 }
+
+/// A terminal answer (`invalid_grant`) and an unusable one (a 405) are each counted as that kind,
+/// for their own grant only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_and_other_token_call_failures_are_counted_for_their_grant() {
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, 2).await;
+    let grants = grants_builder(&fake).store(store).build().unwrap();
+    let (terminal, other) = (&seeded[0].0, &seeded[1].0);
+
+    fake.push_token_fault(TokenFault::Respond {
+        status: 400,
+        content_type: "application/json".to_owned(),
+        body: r#"{"error":"invalid_grant"}"#.to_owned(),
+    });
+    let err = grants.access_token(terminal).await.unwrap_err();
+    assert!(err.is_reauthorization_required(), "{err:?}");
+    fake.push_token_fault(TokenFault::Respond {
+        status: 405,
+        content_type: "text/plain".to_owned(),
+        body: "method not allowed".to_owned(),
+    });
+    let err = grants.access_token(other).await.unwrap_err();
+    assert!(
+        !err.is_transient() && !err.is_reauthorization_required(),
+        "{err:?}"
+    );
+    assert_eq!(fake.token_calls(), 2, "neither is retried");
+
+    let stats_terminal = refresh_path(&grants.grant(terminal).stats());
+    let stats_other = refresh_path(&grants.grant(other).stats());
+    assert_eq!(stats_terminal, [0, 0, 1, 0, 1, 0, 0]);
+    assert_eq!(stats_other, [0, 0, 0, 1, 1, 0, 0]);
+    assert_eq!(
+        refresh_path(&grants.stats().totals),
+        sum(stats_terminal, stats_other)
+    );
+}
