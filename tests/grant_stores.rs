@@ -256,12 +256,15 @@ async fn remove_deletes_the_token_file_and_keeps_the_lock_file() {
 async fn a_niftyauth_keeps_its_tokens_as_the_single_grant_of_a_store_a_niftygrants_reads() {
     let fake = FakeNifty::start().await.unwrap();
     let store = nifty_auth::MemoryStore::new();
+    assert_eq!(store.grant_count(), 0);
     let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
     let token = auth.access_token().await.unwrap();
     assert_eq!(fake.token_calls(), 1);
 
     // The rotation was saved as the grant `default`, the store's only entry.
     assert_eq!(store.grant_count(), 1);
+    let debug = format!("{store:?}");
+    assert_eq!(debug, "MemoryStore { grants: 1 }", "no token in Debug");
     let saved = store.get_grant(&GrantId::single()).unwrap();
     assert_eq!(saved.access_token(), token);
     assert_eq!(
