@@ -17,14 +17,18 @@ use crate::common::status_of;
 use crate::common::{auth_error, get, http_client, HttpClient};
 use crate::{grants_builder, seed};
 
-type GrantsClient = NiftyGrantsService<HttpClient>;
+pub(crate) type GrantsClient = NiftyGrantsService<HttpClient>;
 
 fn client(grants: &NiftyGrants) -> GrantsClient {
     grants.layer().layer(http_client())
 }
 
 /// `GET users/me` as `grant` through `svc`: the grant key the API saw, or the error.
-async fn whoami(svc: &GrantsClient, fake: &FakeNifty, grant: &GrantId) -> Result<u64, BoxError> {
+pub(crate) async fn whoami(
+    svc: &GrantsClient,
+    fake: &FakeNifty,
+    grant: &GrantId,
+) -> Result<u64, BoxError> {
     let mut request = get(fake.api_url("/users/me"));
     request.extensions_mut().insert(grant.clone());
     let response = svc.clone().oneshot(request).await?;

@@ -3,28 +3,14 @@
 
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use nifty_auth::testing::{FakeNifty, TokenFault};
-use nifty_auth::{BoxError, GrantId, MemoryStore, NiftyGrants, NiftyGrantsService, Stats};
+use nifty_auth::{GrantId, MemoryStore, NiftyGrants, Stats};
 use tower::{Layer, ServiceExt};
 
 use crate::common::fake_lasting;
-use crate::common::{get, http_client, HttpClient};
+use crate::common::{get, http_client};
+use crate::layer::{whoami, GrantsClient};
 use crate::{grants_builder, seed};
-
-type GrantsClient = NiftyGrantsService<HttpClient>;
-
-/// `GET users/me` as `grant` through `svc`; asserts a 200 and returns the grant key the API saw.
-async fn whoami(svc: &GrantsClient, fake: &FakeNifty, grant: &GrantId) -> Result<u64, BoxError> {
-    let mut request = get(fake.api_url("/users/me"));
-    request.extensions_mut().insert(grant.clone());
-    let response = svc.clone().oneshot(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    assert_eq!(status, 200, "{grant}: {body:?}");
-    let json: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(json["grant"].as_u64().expect("users/me names the grant"))
-}
 
 /// The counts a grant's own `Stats` holds (the refresh path's), as a tuple to compare and add.
 fn refresh_path(stats: &Stats) -> [u64; 7] {
