@@ -142,12 +142,6 @@ pub(crate) struct Counting<'a> {
 }
 
 impl<'a> Counting<'a> {
-    /// Counting into `totals` only.
-    #[cfg(test)]
-    pub(crate) fn totals(totals: &'a Counters) -> Self {
-        Counting { totals, own: None }
-    }
-
     /// Counting into `totals` and, for a grant of many, its `own` counts.
     pub(crate) fn new(totals: &'a Counters, own: Option<&'a OwnCounts>) -> Self {
         Counting { totals, own }

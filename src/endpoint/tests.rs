@@ -65,7 +65,7 @@ async fn huge_timeout_backoff_and_retry_after_saturate_instead_of_panicking() {
     };
     let counters = Counters::default();
     let (result, attempts) = endpoint
-        .request(&grant, Some("rt-1"), Counting::totals(&counters), false)
+        .request(&grant, Some("rt-1"), Counting::new(&counters, None), false)
         .await;
     assert_eq!(result.expect("tokens").access_token(), "at-1");
     assert_eq!((attempts, calls.load(Ordering::SeqCst)), (2, 2));
@@ -85,7 +85,12 @@ async fn a_hung_endpoint_with_a_huge_timeout_times_out_without_panicking() {
         refresh_token: "rt-1",
     };
     let (result, attempts) = endpoint
-        .request(&grant, None, Counting::totals(&Counters::default()), false)
+        .request(
+            &grant,
+            None,
+            Counting::new(&Counters::default(), None),
+            false,
+        )
         .await;
     let err = result.expect_err("timeout");
     assert!(err.is_timeout(), "{err:?}");
@@ -106,14 +111,24 @@ async fn terminal_answers_are_not_retried_and_transient_ones_use_every_attempt()
         refresh_token: "rt-1",
     };
     let (result, attempts) = endpoint
-        .request(&grant, None, Counting::totals(&Counters::default()), false)
+        .request(
+            &grant,
+            None,
+            Counting::new(&Counters::default(), None),
+            false,
+        )
         .await;
     assert!(result.expect_err("500").is_transient());
     assert_eq!((attempts, calls.load(Ordering::SeqCst)), (3, 3));
 
     let (endpoint, calls) = endpoint_with_body(backoff, r#"{"error":"invalid_grant"}"#);
     let (result, attempts) = endpoint
-        .request(&grant, None, Counting::totals(&Counters::default()), false)
+        .request(
+            &grant,
+            None,
+            Counting::new(&Counters::default(), None),
+            false,
+        )
         .await;
     assert!(result.expect_err("400").is_reauthorization_required());
     assert_eq!((attempts, calls.load(Ordering::SeqCst)), (1, 1));

@@ -8,12 +8,33 @@ use crate::future::BoxFuture;
 use crate::manager::harness::{manager, Nifty};
 use crate::store::LockTimeout;
 
-/// A store whose lock is always held elsewhere (or broken).
-struct Locked {
-    timeout: bool,
+/// How the store of these tests answers `lock`.
+#[derive(Default)]
+enum Answer {
+    #[default]
+    Free,
+    HeldElsewhere,
+    Broken,
 }
 
-impl TokenStore for Locked {
+/// A store that holds nothing, answers every lock as told and records the bound each lock was
+/// asked to wait for.
+#[derive(Default)]
+struct Locks {
+    answer: Answer,
+    bounds: parking_lot::Mutex<Vec<Duration>>,
+}
+
+impl Locks {
+    fn answering(answer: Answer) -> Arc<Self> {
+        Arc::new(Locks {
+            answer,
+            ..Locks::default()
+        })
+    }
+}
+
+impl TokenStore for Locks {
     fn load<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
         Box::pin(async { Ok(None) })
     }
@@ -26,24 +47,25 @@ impl TokenStore for Locked {
     fn lock<'a>(
         &'a self,
         _: &'a GrantId,
-        _: Duration,
+        max_hold: Duration,
     ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
-        let timeout = self.timeout;
-        Box::pin(async move {
-            Err(if timeout {
-                LockTimeout::new(Duration::from_secs(12), "another replica").into()
-            } else {
-                "connection refused".into()
-            })
-        })
+        self.bounds.lock().push(max_hold);
+        let answer: Result<StoreLock, BoxError> = match self.answer {
+            Answer::Free => Ok(StoreLock::none()),
+            Answer::HeldElsewhere => {
+                Err(LockTimeout::new(Duration::from_secs(12), "another replica").into())
+            }
+            Answer::Broken => Err("connection refused".into()),
+        };
+        Box::pin(async move { answer })
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_lock_held_elsewhere_is_refresh_lock_held_and_a_broken_one_a_store_error() {
     let nifty = Nifty::new();
-    let held = manager(&nifty, Arc::new(Locked { timeout: true }));
-    let broken = manager(&nifty, Arc::new(Locked { timeout: false }));
+    let held = manager(&nifty, Locks::answering(Answer::HeldElsewhere));
+    let broken = manager(&nifty, Locks::answering(Answer::Broken));
 
     match held.lock_store().await {
         Err(AuthError::RefreshLockHeld { waited }) => assert_eq!(waited, Duration::from_secs(12)),
@@ -63,34 +85,10 @@ fn fingerprints_are_never_zero_and_tell_tokens_apart() {
     assert_ne!(fingerprint("refresh-1"), fingerprint("refresh-2"));
 }
 
-/// A store that records the bound each lock was asked to wait for.
-#[derive(Default)]
-struct Bounds(parking_lot::Mutex<Vec<Duration>>);
-
-impl TokenStore for Bounds {
-    fn load<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn save<'a>(&'a self, _: &'a GrantId, _: &'a TokenSet) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn remove<'a>(&'a self, _: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn lock<'a>(
-        &'a self,
-        _: &'a GrantId,
-        max_hold: Duration,
-    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
-        self.0.lock().push(max_hold);
-        Box::pin(async { Ok(StoreLock::none()) })
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_lock_waits_as_long_as_a_refresh_can_take_and_a_try_not_at_all() {
     let nifty = Nifty::new();
-    let store = Arc::new(Bounds::default());
+    let store = Locks::answering(Answer::Free);
     let manager = manager(&nifty, store.clone());
 
     manager.lock_store().await.unwrap().release().await;
@@ -99,7 +97,7 @@ async fn a_lock_waits_as_long_as_a_refresh_can_take_and_a_try_not_at_all() {
     // One attempt of at most an hour (the harness's timeout), no backoff between attempts, and the
     // store's 10 s margin.
     assert_eq!(
-        *store.0.lock(),
+        *store.bounds.lock(),
         vec![Duration::from_secs(3600 + 10), Duration::ZERO]
     );
 }
