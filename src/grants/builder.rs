@@ -1,7 +1,7 @@
 //! The builder of a [`NiftyGrants`]: the shared [`Builder`] of kind [`ManyGrants`].
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::registry::Registry;
 use super::{
@@ -12,7 +12,7 @@ use crate::auth::Builder;
 use crate::endpoint::Pressure;
 use crate::error::AuthError;
 use crate::manager::latches::{Callback, Latches};
-use crate::manager::Policy;
+use crate::manager::{Mirror, Policy};
 use crate::stats::Counters;
 use crate::store::{MemoryStore, TokenStore};
 use crate::token::cache::CachePolicy;
@@ -88,6 +88,9 @@ impl Builder<ManyGrants> {
         let kind = self.kind;
         let pressure = Arc::new(Pressure::limited(kind.max_concurrent_token_calls));
         let common = self.config.build(pressure)?;
+        let registry = Arc::new(Registry::new(kind.max_cached_grants));
+        // Weak: the registry holds the managers, which hold the policy.
+        let mirror: Weak<dyn Mirror> = Arc::downgrade(&registry) as Weak<dyn Mirror>;
         Ok(NiftyGrants {
             shared: Arc::new(GrantsShared {
                 origins: common.origins,
@@ -97,12 +100,13 @@ impl Builder<ManyGrants> {
                     unauthorized_cooldown: common.unauthorized_cooldown,
                     latches: Some(Latches::new(kind.on_reauthorization_required)),
                     counters: Counters::default(),
+                    mirror: Some(mirror),
                 }),
                 cache_policy: CachePolicy::grants(common.refresh_skew, common.clock),
                 store: kind
                     .store
                     .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>),
-                registry: Registry::new(kind.max_cached_grants),
+                registry,
             }),
         })
     }

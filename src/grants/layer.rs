@@ -12,6 +12,8 @@ use super::{GrantId, NiftyGrants};
 use crate::error::AuthError;
 use crate::layer::{authenticating_service, wants_token, Core, Manager, Settings};
 use crate::layer::{CloneBodyFn, CommonBodies};
+use crate::stripe;
+use crate::token::cache::Read;
 
 /// A tower [`Layer`] that authenticates each request to Nifty as the grant named by its [`GrantId`]
 /// extension. Made by [`NiftyGrants::layer`].
@@ -131,16 +133,20 @@ authenticating_service!(NiftyGrantsService, |this, request| {
         // Never guess a grant: sending no token (or another grant's) would be worse.
         return this.core.fail(AuthError::MissingGrant);
     };
+    let stripe = stripe::index();
     // One registry lookup (the id carries its hash); no I/O even for a grant not cached.
-    let manager = shared.manager(grant);
-    match manager.header_now() {
-        Some((header, generation)) => {
-            manager.counters().request_authorized();
-            this.core
-                .send(request, header, generation, || Manager::Grant(manager))
+    let (manager, read) = shared.read(grant, stripe);
+    let (header, generation) = match read {
+        Read::Fresh(header, generation) => (header, generation),
+        Read::Stale(header, generation) => {
+            manager.refresh_in_background();
+            (header, generation)
         }
-        None => this.core.wait_for_token(request, Manager::Grant(manager)),
-    }
+        Read::Missing => return this.core.wait_for_token(request, Manager::Grant(manager)),
+    };
+    shared.counters().request_authorized_on(stripe);
+    this.core
+        .send(request, header, generation, || Manager::Grant(manager))
 });
 
 impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for NiftyGrantsService<S, P> {

@@ -19,9 +19,9 @@ use crate::credentials::Credentials;
 use crate::error::AuthError;
 use crate::manager::{ManagerParts, Policy, TokenManager};
 use crate::origin::Origins;
-use crate::stats::GrantsStats;
+use crate::stats::{Counters, GrantsStats};
 use crate::store::TokenStore;
-use crate::token::cache::{CachePolicy, TokenCache};
+use crate::token::cache::{CachePolicy, Read, TokenCache};
 use crate::token::TokenSet;
 
 mod builder;
@@ -99,7 +99,7 @@ pub(crate) struct GrantsShared {
     /// How every grant's cache publishes tokens (skew with jitter, one header copy).
     cache_policy: Arc<CachePolicy>,
     store: Arc<dyn TokenStore>,
-    registry: Registry,
+    registry: Arc<Registry>,
 }
 
 impl GrantsShared {
@@ -109,6 +109,29 @@ impl GrantsShared {
     pub(crate) fn manager(&self, grant: &GrantId) -> Arc<TokenManager> {
         self.registry
             .get_or_insert_with(grant, || self.new_manager(grant))
+    }
+
+    /// The request path: what `grant`'s current token gives a request (the header copy of
+    /// `stripe`), from the registry's entry; a grant not cached gets a new manager.
+    #[inline]
+    pub(crate) fn read(&self, grant: &GrantId, stripe: usize) -> (Arc<TokenManager>, Read) {
+        match self.registry.read(grant, stripe) {
+            Some(hot) => hot,
+            None => self.read_new(grant),
+        }
+    }
+
+    #[cold]
+    fn read_new(&self, grant: &GrantId) -> (Arc<TokenManager>, Read) {
+        let manager = self.manager(grant);
+        let read = manager.cache.read();
+        (manager, read)
+    }
+
+    /// The request counters (every grant's totals).
+    #[inline]
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.policy.counters
     }
 
     fn new_manager(&self, grant: &GrantId) -> TokenManager {

@@ -2,9 +2,14 @@
 //! `max_cached_grants`.
 //!
 //! A lookup hashes nothing (a [`GrantId`] carries its hash), takes one shard's uncontended lock and
-//! clones a reference count. Creating a manager does no I/O: its first refresh loads the grant from the
-//! store (single flight per grant, like every refresh). When the registry grows past its capacity it
-//! evicts idle grants, least recently used first among a sample: never one whose refresh is running,
+//! clones a reference count. Each entry keeps, beside the grant's manager, the manager's current
+//! token (the same `Arc` its cache published: the manager tells the registry of every change, see
+//! [`Mirror`]), so a request reads its token through the entry rather than through the manager: the
+//! reads of the manager's line and of the token's go out to memory side by side, not one after the
+//! other.
+//!
+//! Creating a manager does no I/O: its first refresh loads the grant from the store (single flight
+//! per grant, like every refresh). When the registry grows past its capacity it evicts idle grants, least recently used first among a sample: never one whose refresh is running,
 //! whose rotated tokens wait unsaved, or that anything else still holds (a request in flight, a
 //! `NiftyAuth` handle) — so a grant is never managed twice in one process.
 
@@ -15,14 +20,21 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::grant_id::{BuildGrantIdHasher, GrantId};
-use crate::manager::TokenManager;
+use crate::manager::{Mirror, TokenManager};
+use crate::token::cache::{Current, Read};
 
 /// Shards of the map; a power of two.
 const SHARDS: usize = 16;
 /// How many evictable entries of a shard are compared to find the least recently used one.
 const SAMPLE: usize = 8;
 
-type Map = HashMap<GrantId, Arc<TokenManager>, BuildGrantIdHasher>;
+type Map = HashMap<GrantId, Entry, BuildGrantIdHasher>;
+
+/// A cached grant: its manager, and the manager's current token as of its last change.
+struct Entry {
+    manager: Arc<TokenManager>,
+    current: Arc<Current>,
+}
 
 /// One shard, alone on its cache lines.
 #[repr(align(128))]
@@ -68,9 +80,23 @@ impl Registry {
     /// The cached manager of `grant`, if any.
     #[inline]
     pub(crate) fn get(&self, grant: &GrantId) -> Option<Arc<TokenManager>> {
-        let manager = self.shard(grant).lock().get(grant).cloned()?;
+        let manager = Arc::clone(&self.shard(grant).lock().get(grant)?.manager);
         self.touch(&manager);
         Some(manager)
+    }
+
+    /// The request path: the manager of `grant` and what its current token gives a request (the
+    /// header copy of `stripe`), read from the entry's copy under the shard's lock. The entry holds
+    /// both pointers, so the manager's line (its eviction mark) and the token's are read side by
+    /// side; the manager's reference count is taken only after the token was read, when its line is
+    /// already in cache.
+    #[inline]
+    pub(crate) fn read(&self, grant: &GrantId, stripe: usize) -> Option<(Arc<TokenManager>, Read)> {
+        let map = self.shard(grant).lock();
+        let entry = map.get(grant)?;
+        self.touch(&entry.manager);
+        let read = entry.current.read_for(stripe);
+        Some((Arc::clone(&entry.manager), read))
     }
 
     /// The manager of `grant`, made by `make` if it is not cached (then idle grants may be evicted).
@@ -95,10 +121,14 @@ impl Registry {
         let (manager, inserted) = {
             let mut map = self.shard(grant).lock();
             match map.get(grant) {
-                Some(manager) => (Arc::clone(manager), false),
+                Some(entry) => (Arc::clone(&entry.manager), false),
                 None => {
                     let manager = Arc::new(make());
-                    map.insert(grant.clone(), Arc::clone(&manager));
+                    let entry = Entry {
+                        current: manager.cache.load(),
+                        manager: Arc::clone(&manager),
+                    };
+                    map.insert(grant.clone(), entry);
                     self.len.fetch_add(1, Relaxed);
                     (manager, true)
                 }
@@ -122,9 +152,9 @@ impl Registry {
             let mut map = self.shards[index].0.lock();
             let victim = map
                 .iter()
-                .filter(|(id, manager)| *id != keep && evictable(manager))
+                .filter(|(id, entry)| *id != keep && evictable(&entry.manager))
                 .take(SAMPLE)
-                .min_by_key(|(_, manager)| manager.last_used.load(Relaxed))
+                .min_by_key(|(_, entry)| entry.manager.last_used.load(Relaxed))
                 .map(|(id, _)| id.clone());
             match victim {
                 Some(id) => {
@@ -141,7 +171,10 @@ impl Registry {
     /// Takes `grant` out of the registry if it is still `manager`.
     pub(crate) fn remove_if(&self, grant: &GrantId, manager: &Arc<TokenManager>) {
         let mut map = self.shard(grant).lock();
-        if map.get(grant).is_some_and(|m| Arc::ptr_eq(m, manager)) {
+        if map
+            .get(grant)
+            .is_some_and(|e| Arc::ptr_eq(&e.manager, manager))
+        {
             map.remove(grant);
             self.len.fetch_sub(1, Relaxed);
         }
@@ -155,6 +188,19 @@ impl Registry {
     /// How many grants were evicted so far.
     pub(crate) fn evictions(&self) -> u64 {
         self.evictions.load(Relaxed)
+    }
+}
+
+impl Mirror for Registry {
+    /// Copies `manager`'s current token into its entry (if the entry is still this manager's).
+    /// Loaded under the shard's lock, so of two changes told at once the entry ends with the later.
+    fn current_changed(&self, manager: &TokenManager) {
+        let mut map = self.shard(&manager.grant).lock();
+        if let Some(entry) = map.get_mut(&manager.grant) {
+            if std::ptr::eq(Arc::as_ptr(&entry.manager), manager) {
+                entry.current = manager.cache.load();
+            }
+        }
     }
 }
 

@@ -257,6 +257,7 @@ fn build(
             unauthorized_cooldown: Duration::from_secs(30),
             latches,
             counters: Counters::default(),
+            mirror: None,
         }),
         store,
         grant,

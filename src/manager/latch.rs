@@ -87,7 +87,7 @@ impl TokenManager {
                     Refused::Removed,
                 )));
             }
-            manager.cache.clear();
+            manager.clear_current();
             Ok(manager.cache.load())
         })
         .await
@@ -100,7 +100,7 @@ impl TokenManager {
     /// back) and makes no token call while the entry is absent.
     pub(super) fn removed(&self) -> AuthError {
         trace::warning!("the grant's stored tokens are gone: it was removed");
-        self.cache.clear();
+        self.clear_current();
         self.latch(&AuthError::GrantRemoved, Refused::Removed);
         AuthError::GrantRemoved
     }

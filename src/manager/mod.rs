@@ -25,7 +25,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::future::{FutureExt, Shared};
@@ -165,8 +165,9 @@ impl State {
 /// state. What does not differ between the grants of a `NiftyGrants` lives in the shared [`Policy`],
 /// so an idle grant costs little memory.
 ///
-/// `repr(C)`: what a request reads (the current-token slot, the eviction mark, the shared policy's
-/// counters) first, on the cache line of the `Arc`'s counts.
+/// `repr(C)`: what a request reads (the current-token slot of a `NiftyAuth`, the eviction mark of a
+/// grant of many, whose request reads its token through the registry's entry) first, on the cache
+/// line of the `Arc`'s counts.
 #[repr(C)]
 pub(crate) struct TokenManager {
     pub(crate) cache: TokenCache,
@@ -202,6 +203,16 @@ pub(crate) struct Policy {
     /// Where the grants' latches are reported (`NiftyGrants`).
     pub(crate) latches: Option<Latches>,
     pub(crate) counters: Counters,
+    /// Told of every change of a grant's current token (the grants registry, which keeps a copy
+    /// beside each grant's entry); `None` for a `NiftyAuth`.
+    pub(crate) mirror: Option<Weak<dyn Mirror>>,
+}
+
+/// What keeps a copy of managers' current tokens: told after every publication and clearing, so
+/// its copy is never older than the manager's own once the call returns.
+pub(crate) trait Mirror: Send + Sync {
+    /// `manager`'s current token changed. Called with none of the manager's locks held.
+    fn current_changed(&self, manager: &TokenManager);
 }
 
 /// What a [`TokenManager`] is made of.
@@ -242,6 +253,25 @@ impl TokenManager {
         // Only the grants of a `NiftyGrants` (the managers that report latches) count per grant.
         let of_many = self.policy.latches.is_some();
         Counting::new(&self.policy.counters, of_many.then_some(&self.own))
+    }
+
+    /// Publishes `tokens` as the current token, then tells the mirror.
+    fn publish(&self, tokens: TokenSet) -> Result<Arc<Current>, AuthError> {
+        let current = self.cache.publish(tokens)?;
+        self.current_changed();
+        Ok(current)
+    }
+
+    /// Forgets the current token, then tells the mirror.
+    fn clear_current(&self) {
+        self.cache.clear();
+        self.current_changed();
+    }
+
+    fn current_changed(&self) {
+        if let Some(mirror) = self.policy.mirror.as_ref().and_then(Weak::upgrade) {
+            mirror.current_changed(self);
+        }
     }
 
     /// Whether this manager can get new tokens (`false` for a personal access token).

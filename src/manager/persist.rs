@@ -118,7 +118,7 @@ impl TokenManager {
             } else {
                 let saved = self.save_parked(pending, reauthorized, lock).await?;
                 if self.cache.adoptable(&saved) {
-                    return self.cache.publish(saved);
+                    return self.publish(saved);
                 }
                 refresh_token = saved.refresh_token().map(str::to_owned);
             }
@@ -170,7 +170,7 @@ impl TokenManager {
                         if newer && self.cache.adoptable(&stored) {
                             trace::record!("outcome", "adopted_from_store");
                             trace::debug!("adopting tokens from the store");
-                            return self.cache.publish(stored);
+                            return self.publish(stored);
                         }
                         refresh_token = stored.refresh_token().map(str::to_owned);
                     }
@@ -221,7 +221,7 @@ impl TokenManager {
 
         // 4. Save before anyone uses the new access token; 5. publish.
         let saved = self.save_parked(tokens, false, lock).await?;
-        self.cache.publish(saved)
+        self.publish(saved)
     }
 
     /// Parks `tokens` as unsaved, then saves them under `lock`, retrying a failed save while the lock
@@ -349,7 +349,7 @@ impl TokenManager {
             None => self.lock_store_or_rescue().await?,
         };
         let result = match self.save_parked(tokens, true, &lock).await {
-            Ok(saved) => self.cache.publish(saved),
+            Ok(saved) => self.publish(saved),
             Err(error) => Err(error),
         };
         self.settle(lock).await;

@@ -39,11 +39,10 @@ pub(crate) struct Current {
     pub(crate) refresh_at: Instant,
     /// …or from here on by the wall clock (plus its tolerance), whichever comes first (see [`Clock`]).
     refresh_at_wall: SystemTime,
-    /// From here on (tokio's clock), the token is never sent…
+    /// From here on (tokio's clock), the token is never sent, nor from the token's own expiry by
+    /// the wall clock (plus its tolerance), which keeps running while the machine sleeps (read from
+    /// `tokens`, not kept twice: a cached grant of many stays small).
     pub(crate) expires_at: Instant,
-    /// …nor from here on by the wall clock (plus its tolerance), which keeps running while the
-    /// machine sleeps.
-    expires_at_wall: SystemTime,
     /// When this token was published (a 401 storm guard: a young token rejected twice is not
     /// refreshed again until it has aged).
     pub(crate) published_at: Instant,
@@ -59,7 +58,6 @@ impl Current {
             refresh_at: now,
             refresh_at_wall: SystemTime::UNIX_EPOCH,
             expires_at: now,
-            expires_at_wall: SystemTime::UNIX_EPOCH,
             published_at: now,
             tokens: None,
         }
@@ -69,7 +67,7 @@ impl Current {
     pub(crate) fn usable(&self) -> bool {
         self.headers.is_some()
             && Instant::now() < self.expires_at
-            && SystemTime::now() < self.expires_at_wall
+            && self.before_expiry_wall(SystemTime::now())
     }
 
     /// A token that needs no refresh yet.
@@ -77,6 +75,15 @@ impl Current {
         self.headers.is_some()
             && Instant::now() < self.refresh_at
             && SystemTime::now() < self.refresh_at_wall
+    }
+
+    /// Whether `wall` is before the token's expiry by the wall clock (plus its tolerance); a token
+    /// without a known expiry never expires by it.
+    fn before_expiry_wall(&self, wall: SystemTime) -> bool {
+        self.tokens
+            .as_ref()
+            .and_then(TokenSet::expires_at)
+            .is_none_or(|at| wall < tolerant(at))
     }
 
     pub(crate) fn access_token(&self) -> Option<&str> {
@@ -125,7 +132,7 @@ impl Current {
         let header = || headers.get(stripe);
         if now < self.refresh_at && wall < self.refresh_at_wall {
             Read::Fresh(header(), self.generation)
-        } else if now < self.expires_at && wall < self.expires_at_wall {
+        } else if now < self.expires_at && self.before_expiry_wall(wall) {
             Read::Stale(header(), self.generation)
         } else {
             Read::Missing
@@ -328,7 +335,6 @@ impl TokenCache {
             refresh_at: self.policy.clock.instant_at(refresh_at_wall),
             refresh_at_wall: tolerant(refresh_at_wall),
             expires_at: self.policy.clock.instant_at(expires_at_wall),
-            expires_at_wall: tolerant(expires_at_wall),
             published_at: Instant::now(),
             tokens: Some(tokens),
         });

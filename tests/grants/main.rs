@@ -5,6 +5,7 @@
 mod common;
 
 mod api;
+mod current;
 mod layer;
 mod processes;
 mod stats;

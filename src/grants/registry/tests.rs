@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::manager::{ManagerParts, Policy};
 use crate::stats::Counters;
 use crate::store::MemoryStore;
-use crate::token::cache::{CachePolicy, TokenCache};
+use crate::token::cache::{CachePolicy, Read, TokenCache};
 
 fn id(name: &str) -> GrantId {
     GrantId::new(name).unwrap()
@@ -23,6 +23,7 @@ fn manager(grant: &GrantId) -> TokenManager {
             unauthorized_cooldown: Duration::from_secs(5),
             latches: None,
             counters: Counters::default(),
+            mirror: None,
         }),
         store: Arc::new(MemoryStore::new()),
         grant: grant.clone(),
@@ -147,4 +148,55 @@ fn its_debug_says_how_full_it_is() {
         format!("{registry:?}"),
         "Registry { cached: 2, capacity: 3, evictions: 0 }"
     );
+}
+
+fn read_header(registry: &Registry, name: &str) -> Option<String> {
+    match registry.read(&id(name), 0)?.1 {
+        Read::Fresh(header, _) | Read::Stale(header, _) => {
+            Some(header.to_str().unwrap().to_owned())
+        }
+        Read::Missing => None,
+    }
+}
+
+fn tokens(access: &str) -> crate::token::TokenSet {
+    crate::token::TokenSet::new(access).with_expires_in(Duration::from_secs(3600))
+}
+
+#[test]
+fn an_entry_reads_its_managers_current_token_as_of_its_last_change() {
+    let registry = Registry::new(4);
+    let manager = insert(&registry, "g");
+    assert_eq!(read_header(&registry, "g"), None);
+
+    manager.cache.publish(tokens("first")).unwrap();
+    // Not told yet: the entry still has the token of its last change.
+    assert_eq!(read_header(&registry, "g"), None);
+    registry.current_changed(&manager);
+    assert_eq!(read_header(&registry, "g").as_deref(), Some("Bearer first"));
+
+    manager.cache.publish(tokens("second")).unwrap();
+    registry.current_changed(&manager);
+    assert_eq!(
+        read_header(&registry, "g").as_deref(),
+        Some("Bearer second")
+    );
+    manager.cache.clear();
+    registry.current_changed(&manager);
+    assert_eq!(read_header(&registry, "g"), None);
+}
+
+#[test]
+fn a_replaced_manager_never_writes_over_its_successors_entry() {
+    let registry = Registry::new(4);
+    let old = insert(&registry, "g");
+    registry.remove_if(&id("g"), &old);
+    let new = insert(&registry, "g");
+    assert!(!Arc::ptr_eq(&old, &new));
+    new.cache.publish(tokens("new")).unwrap();
+    registry.current_changed(&new);
+
+    old.cache.publish(tokens("old")).unwrap();
+    registry.current_changed(&old);
+    assert_eq!(read_header(&registry, "g").as_deref(), Some("Bearer new"));
 }
