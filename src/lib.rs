@@ -106,7 +106,9 @@
 //!
 //! # Design notes
 //!
-//! The current token lives behind an [`arc_swap::ArcSwap`]: the hot path never locks. A refresh is a
+//! The current token lives behind an [`arc_swap::ArcSwap`]: a [`NiftyAuthLayer`] request never
+//! locks (a [`NiftyGrants`] request reads the same token from its grant's registry entry, under one
+//! of 16 shard locks held for that read alone). A refresh is a
 //! spawned task whose `Shared` handle waiters await; a [`parking_lot::Mutex`] guards each grant's
 //! refresh state (the in-flight slot, the failure latch, tokens waiting for a save), and a request
 //! with a fresh token never takes it. A 401 names the token *generation* it was sent with: if a
