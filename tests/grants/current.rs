@@ -4,29 +4,52 @@
 
 use std::time::Duration;
 
-use nifty_auth::{AuthError, TokenSet, TokenStore};
+use nifty_auth::testing::{FakeGrant, FakeNifty};
+use nifty_auth::{AuthError, GrantId, MemoryStore, NiftyGrants, TokenSet, TokenStore};
 use tower::{Layer, ServiceExt};
 
 use crate::common::{auth_error, fake_lasting, get, http_client};
 use crate::layer::{whoami, GrantsClient};
 use crate::{grants_builder, seed};
 
-fn client(grants: &nifty_auth::NiftyGrants) -> GrantsClient {
-    grants.layer().layer(http_client())
+/// A fake Nifty, `n` seeded grants in a store and a grants layer that served each grant once.
+struct Served {
+    fake: FakeNifty,
+    store: MemoryStore,
+    grants: NiftyGrants,
+    svc: GrantsClient,
+    seeded: Vec<(GrantId, FakeGrant)>,
+}
+
+async fn served(n: usize) -> Served {
+    let fake = fake_lasting(Duration::from_secs(3600)).await;
+    let store = MemoryStore::new();
+    let seeded = seed(&fake, &store, n).await;
+    let grants = grants_builder(&fake).store(store.clone()).build().unwrap();
+    let svc = grants.layer().layer(http_client());
+    for (id, grant) in &seeded {
+        assert_eq!(whoami(&svc, &fake, id).await.unwrap(), grant.key().get());
+    }
+    Served {
+        fake,
+        store,
+        grants,
+        svc,
+        seeded,
+    }
 }
 
 /// After a 401 and its refresh, every later request of the grant goes out with the new token: the
 /// API answers 401 once, not once per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_401_and_its_refresh_later_requests_send_the_new_token() {
-    let fake = fake_lasting(Duration::from_secs(3600)).await;
-    let store = nifty_auth::MemoryStore::new();
-    let seeded = seed(&fake, &store, 2).await;
-    let grants = grants_builder(&fake).store(store).build().unwrap();
-    let svc = client(&grants);
-    for (id, grant) in &seeded {
-        assert_eq!(whoami(&svc, &fake, id).await.unwrap(), grant.key().get());
-    }
+    let Served {
+        fake,
+        grants,
+        svc,
+        seeded,
+        ..
+    } = served(2).await;
 
     let (id, grant) = &seeded[0];
     grant.revoke_access_tokens();
@@ -47,13 +70,14 @@ async fn after_a_401_and_its_refresh_later_requests_send_the_new_token() {
 /// carries each new token (here tokens of other fake grants, so the API names whose token it got).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_set_through_the_grants_or_a_grant_handle_are_sent_by_the_next_request() {
-    let fake = fake_lasting(Duration::from_secs(3600)).await;
-    let store = nifty_auth::MemoryStore::new();
-    let seeded = seed(&fake, &store, 1).await;
-    let grants = grants_builder(&fake).store(store).build().unwrap();
-    let svc = client(&grants);
+    let Served {
+        fake,
+        grants,
+        svc,
+        seeded,
+        ..
+    } = served(1).await;
     let (id, grant) = &seeded[0];
-    assert_eq!(whoami(&svc, &fake, id).await.unwrap(), grant.key().get());
 
     let second = fake.new_grant();
     let token = second.issue_access_token(Some(Duration::from_secs(3600)));
@@ -89,13 +113,14 @@ async fn tokens_set_through_the_grants_or_a_grant_handle_are_sent_by_the_next_re
 /// before anything reaches the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_found_removed_never_sends_its_old_token_again() {
-    let fake = fake_lasting(Duration::from_secs(3600)).await;
-    let store = nifty_auth::MemoryStore::new();
-    let seeded = seed(&fake, &store, 1).await;
-    let grants = grants_builder(&fake).store(store.clone()).build().unwrap();
-    let svc = client(&grants);
+    let Served {
+        fake,
+        store,
+        svc,
+        seeded,
+        ..
+    } = served(1).await;
     let (id, grant) = &seeded[0];
-    assert_eq!(whoami(&svc, &fake, id).await.unwrap(), grant.key().get());
 
     // Removed by another process: the entry is gone; this process learns it at its next refresh.
     store.remove(id).await.unwrap();
@@ -125,13 +150,14 @@ async fn a_grant_found_removed_never_sends_its_old_token_again() {
 /// `remove` here: the next request through a layer kept across the removal is not sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_removed_here_sends_nothing_through_a_kept_layer() {
-    let fake = fake_lasting(Duration::from_secs(3600)).await;
-    let store = nifty_auth::MemoryStore::new();
-    let seeded = seed(&fake, &store, 1).await;
-    let grants = grants_builder(&fake).store(store).build().unwrap();
-    let svc = client(&grants);
+    let Served {
+        fake,
+        grants,
+        svc,
+        seeded,
+        ..
+    } = served(1).await;
     let (id, grant) = &seeded[0];
-    assert_eq!(whoami(&svc, &fake, id).await.unwrap(), grant.key().get());
 
     grants.remove(id).await.unwrap();
     let error = send(&svc, &fake, id).await.unwrap_err();
@@ -152,8 +178,8 @@ async fn a_grant_removed_here_sends_nothing_through_a_kept_layer() {
 /// `GET users/me` as `grant` through `svc`, the answer unread.
 async fn send(
     svc: &GrantsClient,
-    fake: &nifty_auth::testing::FakeNifty,
-    grant: &nifty_auth::GrantId,
+    fake: &FakeNifty,
+    grant: &GrantId,
 ) -> Result<http::Response<hyper::body::Incoming>, nifty_auth::BoxError> {
     let mut request = get(fake.api_url("/users/me"));
     request.extensions_mut().insert(grant.clone());
