@@ -15,6 +15,8 @@
 //! hash, HeaderValue>` as a layer — beside (g100k) in the `paired grants_floor` lines: 100,000 cached
 //! grants, requests in a shuffled round-robin (fixed seed; the same sequence of `GrantId` extensions
 //! for every variant of the group, bare included). Target: (g100k)'s overhead ≤ 1.5× (f)'s.
+//! Beside them (f2): the floor under `tower::retry::Retry` with a policy cloning each request (the
+//! same peer as hot_path's (b2)) — the composition a user could build that also retries a 401.
 //! Requests are built (extension included) inside the timed loop for every variant.
 //!
 //! `cargo bench --bench grants_hot_path`
@@ -286,9 +288,20 @@ fn grants_hot_path(c: &mut Criterion) {
             let svc = grants.layer().layer(echo_service());
             check_attaches_to(svc, request, Some(bearer.as_str())).await;
         }
-        let mut request = request(&uri);
-        request.extensions_mut().insert(many_ids[7].clone());
-        check_attaches_to(floor.layer(echo_service()), request, Some(bearer.as_str())).await;
+        let for_grant = || {
+            let mut request = request(&uri);
+            request.extensions_mut().insert(many_ids[7].clone());
+            request
+        };
+        check_attaches_to(
+            floor.layer(echo_service()),
+            for_grant(),
+            Some(bearer.as_str()),
+        )
+        .await;
+        let retrying = tower::retry::RetryLayer::new(RetryOnceOn401::default())
+            .layer(floor.layer(echo_service()));
+        check_attaches_to(retrying, for_grant(), Some(bearer.as_str())).await;
     });
 
     let mut group = c.benchmark_group("grants_hot_path");
@@ -342,6 +355,16 @@ fn grants_hot_path(c: &mut Criterion) {
                     "f_floor_100000_grants",
                     &rt,
                     floor.layer(ok_service()),
+                    &uri,
+                    &many_ids,
+                ),
+                // The composition a user could build from these parts to also retry a 401: the
+                // floor under tower's `Retry` cloning each request (as hot_path's (b2)).
+                variant(
+                    "f2_floor_under_retry",
+                    &rt,
+                    tower::retry::RetryLayer::new(RetryOnceOn401::default())
+                        .layer(floor.layer(ok_service())),
                     &uri,
                     &many_ids,
                 ),
