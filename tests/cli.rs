@@ -2,39 +2,27 @@
 //! `XDG_CONFIG_HOME` in a temporary directory. The test plays the browser.
 #![cfg(feature = "cli")]
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cli::Setup;
 use common::http_client;
 use http::StatusCode;
-use nifty_auth::testing::{FakeNifty, Grant, TokenFault};
+use nifty_auth::testing::{Grant, TokenFault};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nifty-auth");
 const SECRET: &str = "cli-test-secret-7f3a9c";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A fake Nifty and a private config directory.
-struct Setup {
-    fake: FakeNifty,
-    dir: tempfile::TempDir,
-}
-
 impl Setup {
     async fn new() -> Self {
-        let fake = FakeNifty::builder()
-            .client("cli-test-id", SECRET)
-            .start()
-            .await
-            .unwrap();
-        Setup {
-            fake,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Setup::start("cli-test-id", SECRET).await
     }
 
     fn profile_dir(&self) -> PathBuf {
@@ -47,22 +35,11 @@ impl Setup {
 
     /// The binary with the environment pointing at the fake and the temporary config directory.
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
+        let mut command = self.cli_command();
         command
             .args(args)
-            .env("XDG_CONFIG_HOME", self.dir.path())
-            .env("HOME", self.dir.path())
-            .env("NIFTY_TOKEN_URL", self.fake.token_url())
             .env("NIFTY_AUTHORIZE_URL", self.fake.authorize_url())
-            .env("NIFTY_API_URL", self.fake.api_url(""))
-            .env("NIFTY_CLIENT_ID", self.fake.client_id())
-            .env("NIFTY_CLIENT_SECRET", SECRET)
-            .env_remove("NIFTY_AUTH_PROFILE")
-            .env_remove("NIFTY_AUTH_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stdout(Stdio::piped());
         command
     }
 

@@ -2,6 +2,8 @@
 //! failed saves and restarts, and are shared between instances without replaying a stale token.
 
 mod common;
+#[path = "common/hooked.rs"]
+mod hooked;
 
 use std::error::Error as _;
 use std::fmt;
@@ -12,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use hooked::{Hook, Hooked};
 use http::StatusCode;
-use nifty_auth::store::BoxFuture;
 use nifty_auth::testing::{FakeNifty, Grant};
-use nifty_auth::{AuthError, BoxError, FileStore, GrantId, MemoryStore, TokenSet, TokenStore};
+use nifty_auth::{AuthError, BoxError, FileStore, MemoryStore, TokenSet};
 use serde_json::Value;
 
 /// The error a [`FlakyStore`] save fails with.
@@ -30,43 +32,32 @@ impl fmt::Display for DiskFull {
 
 impl std::error::Error for DiskFull {}
 
-/// A `MemoryStore` whose saves fail while `fail_saves` is set. Clones share everything.
+/// A `MemoryStore` whose saves fail while the hook is set failing. Clones share everything.
+type FlakyStore = Hooked<MemoryStore, Flaky>;
+
 #[derive(Clone, Debug, Default)]
-struct FlakyStore {
-    inner: MemoryStore,
+struct Flaky {
     fail_saves: Arc<AtomicBool>,
     failed_saves: Arc<AtomicUsize>,
 }
 
-impl FlakyStore {
-    fn set_failing(&self, failing: bool) {
-        self.fail_saves.store(failing, Ordering::SeqCst);
-    }
-
-    fn failed_saves(&self) -> usize {
-        self.failed_saves.load(Ordering::SeqCst)
+impl Hook for Flaky {
+    fn save(&self) -> Result<(), BoxError> {
+        if self.fail_saves.load(Ordering::SeqCst) {
+            self.failed_saves.fetch_add(1, Ordering::SeqCst);
+            return Err(Box::new(DiskFull));
+        }
+        Ok(())
     }
 }
 
-impl TokenStore for FlakyStore {
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load(grant)
+impl FlakyStore {
+    fn set_failing(&self, failing: bool) {
+        self.hook.fail_saves.store(failing, Ordering::SeqCst);
     }
 
-    fn save<'a>(
-        &'a self,
-        grant: &'a GrantId,
-        tokens: &'a TokenSet,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        if self.fail_saves.load(Ordering::SeqCst) {
-            self.failed_saves.fetch_add(1, Ordering::SeqCst);
-            return Box::pin(async { Err(Box::new(DiskFull) as BoxError) });
-        }
-        self.inner.save(grant, tokens)
-    }
-
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.inner.remove(grant)
+    fn failed_saves(&self) -> usize {
+        self.hook.failed_saves.load(Ordering::SeqCst)
     }
 }
 

@@ -3,18 +3,19 @@
 //! all, a store that panics inside the refresh task).
 
 mod common;
+#[path = "common/hooked.rs"]
+mod hooked;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
 use common::*;
+use hooked::{Hook, Hooked};
 use http::StatusCode;
-use nifty_auth::store::BoxFuture;
 use nifty_auth::testing::{FakeNifty, Grant, TokenFault};
 use nifty_auth::{
-    AuthError, BoxError, GrantId, MemoryStore, NiftyAuth, NiftyAuthLayer, NiftyAuthService,
-    TokenSet, TokenStore,
+    AuthError, BoxError, MemoryStore, NiftyAuth, NiftyAuthLayer, NiftyAuthService, TokenSet,
 };
 
 fn decode_basic(header: &str) -> String {
@@ -173,35 +174,16 @@ async fn a_redirect_from_the_token_endpoint_is_not_followed() {
     assert_eq!(fake.api_calls(), 0);
 }
 
-/// A store whose `save` panics while `panic_on_save` is set.
+/// A `MemoryStore` whose saves panic while the hook is set.
+type PanickyStore = Hooked<MemoryStore, PanicOnSave>;
+
 #[derive(Clone, Default)]
-struct PanickyStore {
-    inner: MemoryStore,
-    panic_on_save: Arc<AtomicBool>,
-}
+struct PanicOnSave(Arc<AtomicBool>);
 
-impl TokenStore for PanickyStore {
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load(grant)
-    }
-
-    fn save<'a>(
-        &'a self,
-        grant: &'a GrantId,
-        tokens: &'a TokenSet,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        assert!(
-            !self.panic_on_save.load(Ordering::SeqCst),
-            "store exploded (test)"
-        );
-        self.inner.save(grant, tokens)
-    }
-
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.inner.remove(grant)
-    }
-    fn single_grant(&self) -> GrantId {
-        self.inner.single_grant()
+impl Hook for PanicOnSave {
+    fn save(&self) -> Result<(), BoxError> {
+        assert!(!self.0.load(Ordering::SeqCst), "store exploded (test)");
+        Ok(())
     }
 }
 
@@ -209,7 +191,7 @@ impl TokenStore for PanickyStore {
 async fn a_panicking_refresh_task_fails_its_waiters_and_does_not_wedge_the_next_refresh() {
     let fake = FakeNifty::start().await.unwrap();
     let store = PanickyStore::default();
-    store.panic_on_save.store(true, Ordering::SeqCst);
+    store.hook.0.store(true, Ordering::SeqCst);
     let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
     let svc = service(&auth);
 
@@ -225,7 +207,7 @@ async fn a_panicking_refresh_task_fails_its_waiters_and_does_not_wedge_the_next_
 
     // The rotated tokens were parked before the save panicked: the next attempt saves and uses them
     // without another token call (and without replaying the retired refresh token).
-    store.panic_on_save.store(false, Ordering::SeqCst);
+    store.hook.0.store(false, Ordering::SeqCst);
     let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.token_calls(), 1);

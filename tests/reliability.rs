@@ -3,24 +3,26 @@
 //! whose lock fails.
 
 mod common;
+#[path = "common/hooked.rs"]
+mod hooked;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use hooked::{Hook, Hooked};
 use http::StatusCode;
-use nifty_auth::store::BoxFuture;
 use nifty_auth::testing::{FakeNifty, TokenFault};
-use nifty_auth::{
-    AuthError, BoxError, GrantId, MemoryStore, NiftyAuth, StoreLock, TokenSet, TokenStore,
-};
+use nifty_auth::{AuthError, BoxError, MemoryStore, NiftyAuth, StoreLock, TokenSet};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-/// A store over a `MemoryStore` whose next saves and locks can be made to fail, counting calls.
+/// A `MemoryStore` whose next saves and locks can be made to fail, counting calls (its locks are
+/// the hook's own, counting releases).
+type FaultyStore = Hooked<MemoryStore, Faults>;
+
 #[derive(Clone, Default)]
-struct FaultyStore {
-    inner: MemoryStore,
+struct Faults {
     failing_saves: Arc<AtomicUsize>,
     failing_locks: Arc<AtomicUsize>,
     saves: Arc<AtomicUsize>,
@@ -43,43 +45,24 @@ fn take_one(counter: &AtomicUsize) -> bool {
         .is_ok()
 }
 
-impl TokenStore for FaultyStore {
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load(grant)
-    }
-    fn save<'a>(
-        &'a self,
-        grant: &'a GrantId,
-        tokens: &'a TokenSet,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
+impl Hook for Faults {
+    fn save(&self) -> Result<(), BoxError> {
         self.saves.fetch_add(1, Ordering::SeqCst);
         if take_one(&self.failing_saves) {
-            return Box::pin(async { Err(Box::new(Unavailable) as BoxError) });
+            return Err(Box::new(Unavailable));
         }
-        self.inner.save(grant, tokens)
-    }
-    fn lock<'a>(
-        &'a self,
-        _: &'a GrantId,
-        _max_hold: Duration,
-    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
-        self.locks.fetch_add(1, Ordering::SeqCst);
-        if take_one(&self.failing_locks) {
-            return Box::pin(async { Err(Box::new(Unavailable) as BoxError) });
-        }
-        let releases = Arc::clone(&self.releases);
-        Box::pin(async move {
-            Ok(StoreLock::new(move || async move {
-                releases.fetch_add(1, Ordering::SeqCst);
-            }))
-        })
+        Ok(())
     }
 
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.inner.remove(grant)
-    }
-    fn single_grant(&self) -> GrantId {
-        self.inner.single_grant()
+    fn lock(&self) -> Result<Option<StoreLock>, BoxError> {
+        self.locks.fetch_add(1, Ordering::SeqCst);
+        if take_one(&self.failing_locks) {
+            return Err(Box::new(Unavailable));
+        }
+        let releases = Arc::clone(&self.releases);
+        Ok(Some(StoreLock::new(move || async move {
+            releases.fetch_add(1, Ordering::SeqCst);
+        })))
     }
 }
 
@@ -181,7 +164,7 @@ async fn a_reauthorization_whose_save_failed_is_saved_and_used_by_the_next_attem
     assert_eq!(fake.token_calls(), 1);
 
     // The user authorizes again; every save of that attempt fails.
-    store.failing_saves.store(3, Ordering::SeqCst);
+    store.hook.failing_saves.store(3, Ordering::SeqCst);
     let redirect = "http://127.0.0.1/callback";
     let err = auth
         .exchange_code(fake.issue_code(redirect), redirect)
@@ -213,18 +196,18 @@ async fn rotated_tokens_whose_save_failed_keep_the_store_lock_until_saved() {
     let store = FaultyStore::default();
     let auth = auth_over(&fake, fake.issue_refresh_token(), store.clone());
 
-    store.failing_saves.store(3, Ordering::SeqCst);
+    store.hook.failing_saves.store(3, Ordering::SeqCst);
     let err = auth.access_token().await.unwrap_err();
     assert!(matches!(err, AuthError::Store { .. }), "{err:?}");
     // Three tries under one lock, which is still held: the rotated refresh token exists only here.
-    assert_eq!(store.saves.load(Ordering::SeqCst), 3);
-    assert_eq!(store.locks.load(Ordering::SeqCst), 1);
-    assert_eq!(store.releases.load(Ordering::SeqCst), 0);
+    assert_eq!(store.hook.saves.load(Ordering::SeqCst), 3);
+    assert_eq!(store.hook.locks.load(Ordering::SeqCst), 1);
+    assert_eq!(store.hook.releases.load(Ordering::SeqCst), 0);
 
     // The next attempt saves under the same lock (no new lock), then releases it; no token call.
     auth.access_token().await.unwrap();
-    assert_eq!(store.locks.load(Ordering::SeqCst), 1);
-    assert_eq!(store.releases.load(Ordering::SeqCst), 1);
+    assert_eq!(store.hook.locks.load(Ordering::SeqCst), 1);
+    assert_eq!(store.hook.releases.load(Ordering::SeqCst), 1);
     assert_eq!(fake.token_calls(), 1);
     assert_eq!(
         store.inner.get().unwrap().refresh_token(),
@@ -249,17 +232,17 @@ async fn a_failed_background_lock_backs_off_instead_of_retrying_per_request() {
         .with_refresh_token(fake.issue_refresh_token())
         .with_expires_in(Duration::from_secs(60));
     auth.set_tokens(token).await.unwrap();
-    let locks_before = store.locks.load(Ordering::SeqCst);
+    let locks_before = store.hook.locks.load(Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(31)).await;
 
-    store.failing_locks.store(usize::MAX, Ordering::SeqCst);
+    store.hook.failing_locks.store(usize::MAX, Ordering::SeqCst);
     for _ in 0..20 {
         let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
         assert_eq!(status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(store.locks.load(Ordering::SeqCst) - locks_before, 1);
+    assert_eq!(store.hook.locks.load(Ordering::SeqCst) - locks_before, 1);
     assert_eq!(fake.token_calls(), 0);
 }
 

@@ -152,7 +152,12 @@ fn rotating() -> FakeNiftyBuilder {
 /// A builder aimed at `fake`, with fast backoff so failure tests stay quick. An in-process fake is
 /// also its HTTP client.
 pub fn builder(fake: &FakeNifty) -> Builder {
-    let builder = NiftyAuth::builder(fake.credentials())
+    aimed_at(NiftyAuth::builder(fake.credentials()), fake)
+}
+
+/// `builder` (of one grant or many) aimed at `fake` as [`builder`] is.
+pub fn aimed_at<K>(builder: Builder<K>, fake: &FakeNifty) -> Builder<K> {
+    let builder = builder
         .token_url(fake.token_url().as_str())
         .allowed_origins([fake.base_url()])
         .token_backoff(Duration::from_millis(5), Duration::from_millis(20));

@@ -43,18 +43,15 @@ async fn served(n: usize) -> Served {
 /// API answers 401 once, not once per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_401_and_its_refresh_later_requests_send_the_new_token() {
-    let Served {
-        fake,
-        grants,
-        svc,
-        seeded,
-        ..
-    } = served(2).await;
+    let s = served(2).await;
 
-    let (id, grant) = &seeded[0];
+    let (id, grant) = &s.seeded[0];
     grant.revoke_access_tokens();
     for _ in 0..5 {
-        assert_eq!(whoami(&svc, &fake, id).await.unwrap(), grant.key().get());
+        assert_eq!(
+            whoami(&s.svc, &s.fake, id).await.unwrap(),
+            grant.key().get()
+        );
     }
     assert_eq!(
         grant.unauthorized_served(),
@@ -62,42 +59,42 @@ async fn after_a_401_and_its_refresh_later_requests_send_the_new_token() {
         "only the first request met the old token"
     );
     assert_eq!(grant.token_calls(), 2, "one refresh, for that one 401");
-    assert_eq!(grants.stats().totals.unauthorized_retries, 1);
-    assert_eq!(seeded[1].1.unauthorized_served(), 0);
+    assert_eq!(s.grants.stats().totals.unauthorized_retries, 1);
+    assert_eq!(s.seeded[1].1.unauthorized_served(), 0);
 }
 
 /// `set_tokens` through `NiftyGrants`, then through a grant's own handle: the layer's next request
 /// carries each new token (here tokens of other fake grants, so the API names whose token it got).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_set_through_the_grants_or_a_grant_handle_are_sent_by_the_next_request() {
-    let Served {
-        fake,
-        grants,
-        svc,
-        seeded,
-        ..
-    } = served(1).await;
-    let (id, grant) = &seeded[0];
+    let s = served(1).await;
+    let (id, grant) = &s.seeded[0];
 
-    let second = fake.new_grant();
+    let second = s.fake.new_grant();
     let token = second.issue_access_token(Some(Duration::from_secs(3600)));
-    grants
+    s.grants
         .set_tokens(
             id,
             TokenSet::new(token).with_expires_in(Duration::from_secs(3600)),
         )
         .await
         .unwrap();
-    assert_eq!(whoami(&svc, &fake, id).await.unwrap(), second.key().get());
+    assert_eq!(
+        whoami(&s.svc, &s.fake, id).await.unwrap(),
+        second.key().get()
+    );
 
-    let third = fake.new_grant();
+    let third = s.fake.new_grant();
     let token = third.issue_access_token(Some(Duration::from_secs(3600)));
-    let handle = grants.grant(id);
+    let handle = s.grants.grant(id);
     handle
         .set_tokens(TokenSet::new(token).with_expires_in(Duration::from_secs(3600)))
         .await
         .unwrap();
-    assert_eq!(whoami(&svc, &fake, id).await.unwrap(), third.key().get());
+    assert_eq!(
+        whoami(&s.svc, &s.fake, id).await.unwrap(),
+        third.key().get()
+    );
     assert_eq!(
         grant.api_calls(),
         1,
@@ -105,7 +102,7 @@ async fn tokens_set_through_the_grants_or_a_grant_handle_are_sent_by_the_next_re
     );
     assert_eq!(second.api_calls(), 1);
     assert_eq!(third.api_calls(), 1);
-    assert_eq!(fake.token_calls(), 1);
+    assert_eq!(s.fake.token_calls(), 1);
 }
 
 /// A grant removed elsewhere (its store entry deleted), found out by the refresh after a 401: its
@@ -113,54 +110,32 @@ async fn tokens_set_through_the_grants_or_a_grant_handle_are_sent_by_the_next_re
 /// before anything reaches the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_found_removed_never_sends_its_old_token_again() {
-    let Served {
-        fake,
-        store,
-        svc,
-        seeded,
-        ..
-    } = served(1).await;
-    let (id, grant) = &seeded[0];
+    let s = served(1).await;
+    let (id, grant) = &s.seeded[0];
 
     // Removed by another process: the entry is gone; this process learns it at its next refresh.
-    store.remove(id).await.unwrap();
+    s.store.remove(id).await.unwrap();
     grant.revoke_access_tokens();
-    let error = send(&svc, &fake, id).await.unwrap_err();
-    assert!(
-        matches!(auth_error(&error), AuthError::GrantRemoved),
-        "{error:?}"
-    );
-    assert_eq!((grant.api_calls(), grant.unauthorized_served()), (2, 1));
-
-    for _ in 0..3 {
-        let error = send(&svc, &fake, id).await.unwrap_err();
+    // The first request meets the 401, whose refresh finds the grant gone; then three more.
+    for sent in 0..4 {
+        let error = send(&s.svc, &s.fake, id).await.unwrap_err();
         assert!(
             matches!(auth_error(&error), AuthError::GrantRemoved),
-            "{error:?}"
+            "request {sent}: {error:?}"
         );
+        assert_eq!((grant.api_calls(), grant.unauthorized_served()), (2, 1));
     }
-    assert_eq!(
-        (grant.api_calls(), grant.unauthorized_served()),
-        (2, 1),
-        "the removed grant's old token reached the API again"
-    );
     assert_eq!(grant.token_calls(), 1);
 }
 
 /// `remove` here: the next request through a layer kept across the removal is not sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_removed_here_sends_nothing_through_a_kept_layer() {
-    let Served {
-        fake,
-        grants,
-        svc,
-        seeded,
-        ..
-    } = served(1).await;
-    let (id, grant) = &seeded[0];
+    let s = served(1).await;
+    let (id, grant) = &s.seeded[0];
 
-    grants.remove(id).await.unwrap();
-    let error = send(&svc, &fake, id).await.unwrap_err();
+    s.grants.remove(id).await.unwrap();
+    let error = send(&s.svc, &s.fake, id).await.unwrap_err();
     assert!(
         matches!(
             auth_error(&error),

@@ -12,22 +12,12 @@ mod stats;
 #[path = "../common/workers.rs"]
 mod workers;
 
-use std::time::Duration;
-
 use nifty_auth::testing::FakeNifty;
 use nifty_auth::{NiftyGrants, NiftyGrantsBuilder};
 
 /// A grants builder aimed at `fake`, with fast backoff.
 pub fn grants_builder(fake: &FakeNifty) -> NiftyGrantsBuilder {
-    let builder = NiftyGrants::builder(fake.credentials())
-        .token_url(fake.token_url().as_str())
-        .allowed_origins([fake.base_url()])
-        .token_backoff(Duration::from_millis(5), Duration::from_millis(20));
-    if fake.is_in_process() {
-        builder.http_client(fake.service())
-    } else {
-        builder
-    }
+    common::aimed_at(NiftyGrants::builder(fake.credentials()), fake)
 }
 
 pub use common::seed_grants as seed;

@@ -36,6 +36,23 @@ async fn admin_of(pg: &PgServer, db: &str) -> PgPool {
         .unwrap()
 }
 
+/// A store of `client_id` on a role that may not delete from the lock table (so every release
+/// fails), its schema made; with the role's URL and a superuser pool on its database.
+async fn store_whose_releases_fail(
+    pg: &PgServer,
+    client_id: &str,
+) -> (PostgresStore, String, PgPool) {
+    let url = pg.role("no_release").await;
+    let store = PostgresStore::connect_builder(&url, client_id)
+        .lock_lease(LEASE)
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    pg.forbid_release("no_release").await;
+    let admin = admin_of(pg, "no_release").await;
+    (store, url, admin)
+}
+
 /// The lease row's `expires_at`, in ms since the epoch (server clock).
 async fn expires_at_ms(admin: &PgPool) -> f64 {
     sqlx::query_scalar(
@@ -60,14 +77,7 @@ async fn until_lapsed(admin: &PgPool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over() {
     let pg = or_skip!(PgServer::start());
-    let url = pg.role("no_release").await;
-    let store = PostgresStore::connect_builder(&url, "client")
-        .lock_lease(LEASE)
-        .build()
-        .unwrap();
-    store.migrate().await.unwrap();
-    pg.forbid_release("no_release").await;
-    let admin = admin_of(&pg, "no_release").await;
+    let (store, url, admin) = store_whose_releases_fail(&pg, "client").await;
     let id = GrantId::new("hostage").unwrap();
 
     let lock = TokenStore::lock(&store, &id, Duration::from_secs(5))
@@ -123,15 +133,8 @@ async fn a_lock_whose_release_fails_stops_being_renewed_lapses_and_is_taken_over
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_whose_release_fails_lets_the_next_process_in_once_its_lease_lapsed() {
     let pg = or_skip!(PgServer::start());
-    let url = pg.role("no_release").await;
     let fake = rotating_fake().await;
-    let store = PostgresStore::connect_builder(&url, fake.client_id())
-        .lock_lease(LEASE)
-        .build()
-        .unwrap();
-    store.migrate().await.unwrap();
-    pg.forbid_release("no_release").await;
-    let admin = admin_of(&pg, "no_release").await;
+    let (store, url, admin) = store_whose_releases_fail(&pg, fake.client_id()).await;
     let (id, fake_grant, seed) = seed_grant(&fake, &store, "refreshed").await;
 
     let grants = grants_over(&fake, store.clone());

@@ -16,30 +16,16 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_nifty-auth");
+pub use crate::cli::Setup;
 pub const CLIENT_ID: &str = "proxy-test-client";
 pub const SECRET: &str = "proxy-test-secret-5b1e77";
 pub const KEY: &str = "proxy-test-key-0a9f3c2e71d4";
 /// A bound on waits that should end at once (a hang guard, never a timing assertion).
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// A fake Nifty and a private directory.
-pub struct Setup {
-    pub fake: FakeNifty,
-    pub dir: tempfile::TempDir,
-}
-
 impl Setup {
     pub async fn new() -> Self {
-        let fake = FakeNifty::builder()
-            .client(CLIENT_ID, SECRET)
-            .start()
-            .await
-            .unwrap();
-        Setup {
-            fake,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Setup::start(CLIENT_ID, SECRET).await
     }
 
     pub fn tokens_file(&self) -> PathBuf {
@@ -64,24 +50,13 @@ impl Setup {
 
     /// The binary with the environment pointing at the fake and the private directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
+        let mut command = self.cli_command();
         command
             .arg("--store")
             .arg(self.tokens_file())
             .args(args)
-            .env("XDG_CONFIG_HOME", self.dir.path())
-            .env("HOME", self.dir.path())
-            .env("NIFTY_TOKEN_URL", self.fake.token_url())
-            .env("NIFTY_API_URL", self.fake.api_url(""))
-            .env("NIFTY_CLIENT_ID", CLIENT_ID)
-            .env("NIFTY_CLIENT_SECRET", SECRET)
             .env("NIFTY_PROXY_KEY", KEY)
-            .env_remove("NIFTY_AUTH_PROFILE")
-            .env_remove("NIFTY_AUTH_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stdout(Stdio::null());
         command
     }
 

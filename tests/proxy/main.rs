@@ -2,6 +2,8 @@
 //! `curl`, Python's standard library (`urllib.request`) and raw TCP for what those refuse to send.
 #![cfg(feature = "cli")]
 
+#[path = "../common/cli.rs"]
+mod cli;
 mod harness;
 
 mod failures;

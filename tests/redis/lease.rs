@@ -4,11 +4,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use nifty_auth::store::BoxFuture;
 use nifty_auth::testing::{FakeNifty, Grant};
-use nifty_auth::{BoxError, GrantId, RedisStore, StoreLock, TokenSet, TokenStore};
+use nifty_auth::{BoxError, RedisStore, StoreLock, TokenSet, TokenStore};
 
 use crate::common::*;
+use crate::hooked::{Hook, Hooked};
 use crate::server::*;
 
 const SHORT_LEASE: Duration = Duration::from_secs(1);
@@ -58,6 +58,15 @@ async fn a_refresh_outlasting_the_lease_keeps_the_lock_and_the_waiter_adopts_its
     );
 }
 
+/// The error of `store`'s save of `tokens` under `lock`, which must fail.
+async fn refused_save(store: &RedisStore, tokens: &TokenSet, lock: &StoreLock) -> String {
+    store
+        .save_locked(&store.single_grant(), tokens, lock)
+        .await
+        .expect_err("the save under a lapsed lease is refused")
+        .to_string()
+}
+
 #[tokio::test]
 async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
     let (redis, fake) = or_skip!(redis_and_fake().await);
@@ -75,11 +84,7 @@ async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
         .query_async(&mut raw(&redis).await)
         .await
         .unwrap();
-    let err = a
-        .save_locked(&a.single_grant(), &set_a, &lock_a)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_save(&a, &set_a, &lock_a).await;
     assert!(err.contains("was lost"), "{err}");
     assert!(
         a.load(&a.single_grant()).await.unwrap().is_none(),
@@ -94,11 +99,7 @@ async fn a_holder_whose_lease_lapsed_cannot_overwrite_the_newer_token_set() {
     b.save_locked(&b.single_grant(), &set_b, &lock_b)
         .await
         .unwrap();
-    let err = a
-        .save_locked(&a.single_grant(), &set_a, &lock_a)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_save(&a, &set_a, &lock_a).await;
     assert!(
         err.contains("was lost") && err.contains("not overwriting"),
         "{err}"
@@ -232,61 +233,17 @@ async fn the_watchdog_extends_the_lease_while_held_and_stops_on_release_or_drop(
     assert!(expires_unextended(&redis, store.lock_key(), &owner).await);
 }
 
-/// A `RedisStore` whose first save (locked or not) fails (a Redis hiccup), delegating everything
-/// else.
-struct FirstSaveFails {
-    inner: RedisStore,
-    failed: AtomicBool,
-}
+/// The hook of a store whose first save (locked or not) fails (a Redis hiccup).
+#[derive(Default)]
+struct FirstSaveFails(AtomicBool);
 
-impl FirstSaveFails {
-    fn fail_once(&self) -> bool {
-        !self.failed.swap(true, Ordering::SeqCst)
-    }
-}
-
-fn injected<'a>() -> BoxFuture<'a, Result<(), BoxError>> {
-    Box::pin(async { Err("injected: the first save fails".into()) })
-}
-
-impl TokenStore for FirstSaveFails {
-    fn load<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<Option<TokenSet>, BoxError>> {
-        self.inner.load(grant)
-    }
-    fn save<'a>(
-        &'a self,
-        grant: &'a GrantId,
-        tokens: &'a TokenSet,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        if self.fail_once() {
-            return injected();
+impl Hook for FirstSaveFails {
+    fn save(&self) -> Result<(), BoxError> {
+        if self.0.swap(true, Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("injected: the first save fails".into())
         }
-        self.inner.save(grant, tokens)
-    }
-    fn lock<'a>(
-        &'a self,
-        grant: &'a GrantId,
-        max_hold: Duration,
-    ) -> BoxFuture<'a, Result<StoreLock, BoxError>> {
-        self.inner.lock(grant, max_hold)
-    }
-    fn save_locked<'a>(
-        &'a self,
-        grant: &'a GrantId,
-        tokens: &'a TokenSet,
-        lock: &'a StoreLock,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        if self.fail_once() {
-            return injected();
-        }
-        self.inner.save_locked(grant, tokens, lock)
-    }
-
-    fn remove<'a>(&'a self, grant: &'a GrantId) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.inner.remove(grant)
-    }
-    fn single_grant(&self) -> GrantId {
-        self.inner.single_grant()
     }
 }
 
@@ -300,10 +257,10 @@ async fn a_rotated_token_whose_save_failed_is_never_replayed_by_another_process(
         .unwrap();
     let bootstrap = fake.issue_refresh_token();
     let a = builder(&fake)
-        .store(FirstSaveFails {
-            inner: store_with_lease(&redis, &fake, "issue-8", SHORT_LEASE),
-            failed: AtomicBool::new(false),
-        })
+        .store(Hooked::new(
+            store_with_lease(&redis, &fake, "issue-8", SHORT_LEASE),
+            FirstSaveFails::default(),
+        ))
         .refresh_token(bootstrap.clone())
         .build()
         .unwrap();

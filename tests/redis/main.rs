@@ -15,6 +15,8 @@ mod blackhole;
 #[path = "../common/mod.rs"]
 mod common;
 mod grants;
+#[path = "../common/hooked.rs"]
+mod hooked;
 mod keys;
 mod lease;
 mod partition;
