@@ -61,6 +61,35 @@ impl FlakyStore {
     }
 }
 
+/// A request while saves still fail: not sent, failed with `AuthError::Store`.
+async fn refused_by_the_store(svc: &AuthClient, fake: &FakeNifty) {
+    let err = send(svc, get(fake.api_url("/users/me"))).await.unwrap_err();
+    assert!(
+        matches!(auth_error(&err), AuthError::Store { .. }),
+        "{err:?}"
+    );
+}
+
+/// The access tokens die and a request to `path` goes through after a refresh, the second token
+/// call, which presents `refresh_token` and meets no `invalid_grant`.
+async fn second_refresh_presents(
+    svc: &AuthClient,
+    fake: &FakeNifty,
+    path: &str,
+    refresh_token: &str,
+) {
+    fake.revoke_access_tokens();
+    let (status, _) = send(svc, get(fake.api_url(path))).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fake.token_calls(), 2);
+    assert_eq!(fake.invalid_grants_served(), 0);
+    let sent = fake.token_requests()[1]
+        .json
+        .clone()
+        .expect("JSON token request");
+    assert_eq!(sent["refresh_token"].as_str(), Some(refresh_token));
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&fs::read(path).expect("token file")).expect("token file is JSON")
 }
@@ -112,16 +141,7 @@ async fn file_store_persists_the_rotation_and_a_new_instance_resumes_from_it() {
     let rotated = fake.current_refresh_token().expect("live grant");
     assert_ne!(rotated, bootstrap);
     let used = first.tokens().expect("tokens");
-    let json = read_json(&path);
-    assert_eq!(json["refresh_token"].as_str(), Some(rotated.as_str()));
-    assert_eq!(json["access_token"].as_str(), Some(used.access_token()));
-    assert_eq!(json["token_type"].as_str(), Some("bearer"));
-    assert_mode_0600(&path);
-    assert_eq!(
-        file_names(dir.path()),
-        ["tokens.json", "tokens.json.lock"],
-        "temp files left"
-    );
+    assert_file_holds(&path, used.access_token(), &rotated);
     drop(first);
 
     // Second "process": no bootstrap, same file. The stored access token is still valid.
@@ -141,33 +161,16 @@ async fn file_store_persists_the_rotation_and_a_new_instance_resumes_from_it() {
     assert_eq!(fake.api_requests()[1].authorization, bearer(&used));
 
     // Its access token dies: one refresh, with the stored rotated refresh token.
-    fake.revoke_access_tokens();
-    let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(fake.token_calls(), 2);
+    second_refresh_presents(&svc, &fake, "/projects", &rotated).await;
     assert_eq!(fake.token_calls_for(Grant::RefreshToken), 2);
-    assert_eq!(fake.invalid_grants_served(), 0);
     assert_eq!(fake.unauthorized_served(), 1);
-    let sent = fake.token_requests()[1]
-        .json
-        .clone()
-        .expect("JSON token request");
-    assert_eq!(sent["refresh_token"].as_str(), Some(rotated.as_str()));
 
     let rotated_again = fake.current_refresh_token().expect("live grant");
     assert_ne!(rotated_again, rotated);
     let now_used = second.tokens().expect("tokens");
-    let json = read_json(&path);
-    assert_eq!(json["refresh_token"].as_str(), Some(rotated_again.as_str()));
-    assert_eq!(json["access_token"].as_str(), Some(now_used.access_token()));
+    assert_file_holds(&path, now_used.access_token(), &rotated_again);
     assert_ne!(now_used.access_token(), used.access_token());
     assert_eq!(fake.api_requests()[3].authorization, bearer(&now_used));
-    assert_mode_0600(&path);
-    assert_eq!(
-        file_names(dir.path()),
-        ["tokens.json", "tokens.json.lock"],
-        "temp files left"
-    );
 }
 
 /// Yields (without letting the paused clock move) until `condition` holds.
@@ -242,17 +245,8 @@ async fn dropping_every_waiting_request_does_not_cancel_the_refresh_or_lose_the_
     assert_eq!(fake.api_requests()[0].authorization, bearer(&saved));
 
     // A forced refresh later uses the saved rotated token successfully.
-    fake.revoke_access_tokens();
-    let (status, _) = send(&svc, get(fake.api_url("/projects"))).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(fake.token_calls(), 2);
-    assert_eq!(fake.invalid_grants_served(), 0);
+    second_refresh_presents(&svc, &fake, "/projects", &rotated).await;
     assert_eq!(fake.unauthorized_served(), 1);
-    let sent = fake.token_requests()[1]
-        .json
-        .clone()
-        .expect("JSON token request");
-    assert_eq!(sent["refresh_token"].as_str(), Some(rotated.as_str()));
     let resaved = store.get().expect("saved");
     assert_eq!(
         resaved.refresh_token(),
@@ -290,13 +284,7 @@ async fn a_failed_save_keeps_the_new_tokens_unused_until_a_later_save_succeeds()
     assert_eq!(auth.tokens(), None);
 
     // Still failing: the pending tokens are saved first, so no second token call is made.
-    let err = send(&svc, get(fake.api_url("/users/me")))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(auth_error(&err), AuthError::Store { .. }),
-        "{err:?}"
-    );
+    refused_by_the_store(&svc, &fake).await;
     assert_eq!(fake.token_calls(), 1);
     // Three more under the kept lock, then three under a new one.
     assert_eq!(store.failed_saves(), 9);
@@ -319,16 +307,7 @@ async fn a_failed_save_keeps_the_new_tokens_unused_until_a_later_save_succeeds()
     assert_eq!(fake.invalid_grants_served(), 0);
 
     // The next forced refresh presents the saved (rotated) token.
-    fake.revoke_access_tokens();
-    let (status, _) = send(&svc, get(fake.api_url("/users/me"))).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(fake.token_calls(), 2);
-    assert_eq!(fake.invalid_grants_served(), 0);
-    let sent = fake.token_requests()[1]
-        .json
-        .clone()
-        .expect("JSON token request");
-    assert_eq!(sent["refresh_token"].as_str(), Some(rotated.as_str()));
+    second_refresh_presents(&svc, &fake, "/users/me", &rotated).await;
     assert_eq!(
         store.inner.get().expect("saved").refresh_token(),
         fake.current_refresh_token().as_deref()
@@ -452,13 +431,7 @@ async fn set_tokens_saves_to_the_store_before_the_tokens_are_used() {
     assert_eq!(store.failed_saves(), 3);
     assert_eq!(auth.tokens(), None);
     assert_eq!(store.inner.get(), None);
-    let err = send(&svc, get(fake.api_url("/users/me")))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(auth_error(&err), AuthError::Store { .. }),
-        "{err:?}"
-    );
+    refused_by_the_store(&svc, &fake).await;
     assert_eq!(store.failed_saves(), 9);
     assert_eq!(fake.api_calls(), 0);
     assert_eq!(fake.token_calls(), 0);
@@ -515,4 +488,19 @@ async fn exchange_code_returns_saves_and_uses_the_new_tokens() {
     assert_eq!(api.len(), 1);
     assert_eq!(api[0].authorization, bearer(&tokens));
     assert_eq!(fake.invalid_grants_served(), 0);
+}
+
+/// The token file `tokens.json` at `path` holds a bearer `access` token and `refresh`, readable by
+/// its owner only, with no temporary file left beside it (only its lock file).
+fn assert_file_holds(path: &Path, access: &str, refresh: &str) {
+    let json = read_json(path);
+    assert_eq!(json["refresh_token"].as_str(), Some(refresh));
+    assert_eq!(json["access_token"].as_str(), Some(access));
+    assert_eq!(json["token_type"].as_str(), Some("bearer"));
+    assert_mode_0600(path);
+    assert_eq!(
+        file_names(path.parent().expect("a directory")),
+        ["tokens.json", "tokens.json.lock"],
+        "temp files left"
+    );
 }

@@ -42,6 +42,17 @@ async fn invalid_response_case(fault: TokenFault, hint: &str) {
     );
 }
 
+/// A 201 answer with the planted access token and the given `token_type` and (raw JSON)
+/// `expires_in`.
+fn answer_with(token_type: &str, expires_in: &str) -> TokenFault {
+    TokenFault::status(
+        201,
+        format!(
+            r#"{{"access_token":"{PLANTED_ACCESS_TOKEN}","token_type":"{token_type}","expires_in":{expires_in}}}"#
+        ),
+    )
+}
+
 #[tokio::test]
 async fn malformed_json_is_invalid_response_and_keeps_the_refresh_token() {
     invalid_response_case(
@@ -99,44 +110,17 @@ async fn missing_token_type_is_invalid_response_and_keeps_the_refresh_token() {
 
 #[tokio::test]
 async fn mac_token_type_is_invalid_response_and_keeps_the_refresh_token() {
-    invalid_response_case(
-        TokenFault::status(
-            201,
-            format!(
-                r#"{{"access_token":"{PLANTED_ACCESS_TOKEN}","token_type":"mac","expires_in":3600}}"#
-            ),
-        ),
-        "mac",
-    )
-    .await;
+    invalid_response_case(answer_with("mac", "3600"), "mac").await;
 }
 
 #[tokio::test]
 async fn negative_expires_in_is_invalid_response_and_keeps_the_refresh_token() {
-    invalid_response_case(
-        TokenFault::status(
-            201,
-            format!(
-                r#"{{"access_token":"{PLANTED_ACCESS_TOKEN}","token_type":"bearer","expires_in":-3600}}"#
-            ),
-        ),
-        "`expires_in`",
-    )
-    .await;
+    invalid_response_case(answer_with("bearer", "-3600"), "`expires_in`").await;
 }
 
 #[tokio::test]
 async fn huge_expires_in_is_invalid_response_and_keeps_the_refresh_token() {
-    invalid_response_case(
-        TokenFault::status(
-            201,
-            format!(
-                r#"{{"access_token":"{PLANTED_ACCESS_TOKEN}","token_type":"bearer","expires_in":1e12}}"#
-            ),
-        ),
-        "`expires_in`",
-    )
-    .await;
+    invalid_response_case(answer_with("bearer", "1e12"), "`expires_in`").await;
 }
 
 #[tokio::test]
