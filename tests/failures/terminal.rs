@@ -12,6 +12,15 @@ async fn auth_with_stored_tokens() -> (FakeNifty, NiftyAuth, MemoryStore, String
     (fake, auth, store, refresh_token)
 }
 
+/// The refresh token `store` holds, read anew at each call (what `assert_latched` checks).
+fn refresh_token_in(store: &MemoryStore) -> impl Fn() -> Option<String> + '_ {
+    || {
+        store
+            .get()
+            .and_then(|t| t.refresh_token().map(str::to_owned))
+    }
+}
+
 /// After a terminal failure: `access_token()` and a request through the layer fail fast with the same
 /// kind of error, without a token or API call; the store and the fake still hold the old refresh token.
 async fn assert_latched(
@@ -61,11 +70,7 @@ async fn http_401_is_invalid_client_latches_and_keeps_the_stored_refresh_token()
     assert_latched(
         &fake,
         &auth,
-        || {
-            store
-                .get()
-                .and_then(|t| t.refresh_token().map(str::to_owned))
-        },
+        refresh_token_in(&store),
         &refresh_token,
         |e| matches!(e, AuthError::InvalidClient { status } if *status == StatusCode::UNAUTHORIZED),
     )
@@ -92,11 +97,7 @@ async fn http_401_without_a_body_is_invalid_client_too() {
     assert_latched(
         &fake,
         &auth,
-        || {
-            store
-                .get()
-                .and_then(|t| t.refresh_token().map(str::to_owned))
-        },
+        refresh_token_in(&store),
         &refresh_token,
         AuthError::is_invalid_client,
     )
@@ -121,11 +122,7 @@ async fn http_403_is_forbidden_latches_and_keeps_the_stored_refresh_token() {
     assert_latched(
         &fake,
         &auth,
-        || {
-            store
-                .get()
-                .and_then(|t| t.refresh_token().map(str::to_owned))
-        },
+        refresh_token_in(&store),
         &refresh_token,
         |e| matches!(e, AuthError::Forbidden),
     )
