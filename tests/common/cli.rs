@@ -2,7 +2,6 @@
 //! test's, every Nifty URL at a `FakeNifty`, nothing inherited that could pick another profile or
 //! store, no stdin, killed with its handle.
 
-use std::path::Path;
 use std::process::Stdio;
 
 use nifty_auth::testing::FakeNifty;
@@ -33,27 +32,23 @@ impl Setup {
         }
     }
 
-    /// [`BIN`] as that client of the fake, configured in the directory: see [`cli_command`].
+    /// [`BIN`] as that client of the fake, its configuration and home in the directory; stderr
+    /// piped. The caller adds the arguments and stdout.
     pub fn cli_command(&self) -> Command {
-        cli_command(self.dir.path(), &self.fake, self.client.0, self.client.1)
+        let home = self.dir.path();
+        let mut command = Command::new(BIN);
+        command
+            .env("XDG_CONFIG_HOME", home)
+            .env("HOME", home)
+            .env("NIFTY_TOKEN_URL", self.fake.token_url())
+            .env("NIFTY_API_URL", self.fake.api_url(""))
+            .env("NIFTY_CLIENT_ID", self.client.0)
+            .env("NIFTY_CLIENT_SECRET", self.client.1)
+            .env_remove("NIFTY_AUTH_PROFILE")
+            .env_remove("NIFTY_AUTH_STORE")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
     }
-}
-
-/// [`BIN`] with its environment pointing at `fake` (as client `client_id` with `secret`) and at
-/// `home` for its configuration; stderr piped. The caller adds the arguments and stdout.
-pub fn cli_command(home: &Path, fake: &FakeNifty, client_id: &str, secret: &str) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env("XDG_CONFIG_HOME", home)
-        .env("HOME", home)
-        .env("NIFTY_TOKEN_URL", fake.token_url())
-        .env("NIFTY_API_URL", fake.api_url(""))
-        .env("NIFTY_CLIENT_ID", client_id)
-        .env("NIFTY_CLIENT_SECRET", secret)
-        .env_remove("NIFTY_AUTH_PROFILE")
-        .env_remove("NIFTY_AUTH_STORE")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
 }

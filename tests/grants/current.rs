@@ -123,7 +123,11 @@ async fn a_grant_found_removed_never_sends_its_old_token_again() {
             matches!(auth_error(&error), AuthError::GrantRemoved),
             "request {sent}: {error:?}"
         );
-        assert_eq!((grant.api_calls(), grant.unauthorized_served()), (2, 1));
+        assert_eq!(
+            (grant.api_calls(), grant.unauthorized_served()),
+            (2, 1),
+            "the removed grant's old token reached the API again"
+        );
     }
     assert_eq!(grant.token_calls(), 1);
 }
